@@ -1,0 +1,1 @@
+"""Fovea: datasets/synthetic."""

@@ -1,0 +1,149 @@
+"""The model card: the contract between training and serving.
+
+A card is a JSON file beside each ONNX model. Training writes it only after the ONNX-vs-PyTorch parity check
+passed; serving reads it, checks the ONNX file's sha256 and the preprocessing version *before* creating an
+inference session, and takes classes, input size and the operating point from it — never from code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models import preprocess
+
+#: ICDR severity scale (International Clinical Diabetic Retinopathy), grades 0–4.
+ICDR_LABELS = ("No DR", "Mild NPDR", "Moderate NPDR", "Severe NPDR", "Proliferative DR")
+
+SYNTHETIC_WARNING = (
+    "Trained on synthetic fundus photographs only; not clinically validated. "
+    "Not for diagnostic use: retrain on real, labelled data before any clinical use."
+)
+
+
+class CardError(ValueError):
+    """A model file does not match its card, or the card asks for something serving cannot provide."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InputSpec(_Frozen):
+    """The ONNX input: ``name`` with shape ``[batch, 3, size, size]`` float32, RGB, normalised."""
+
+    name: str = "image"
+    size: int = Field(gt=0)
+    channels: Literal["RGB"] = "RGB"
+    dtype: Literal["float32"] = "float32"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    dynamic_batch: bool = True
+
+
+class PreprocessingSpec(_Frozen):
+    """Name and version of :mod:`models.preprocess` the model was trained with."""
+
+    name: str
+    version: str
+
+
+class OperatingPoint(_Frozen):
+    """A threshold on a probability, chosen on held-out data, with the metrics it achieved there."""
+
+    name: str
+    threshold: float = Field(ge=0.0, le=1.0)
+    sensitivity: float
+    specificity: float
+    chosen_on: str
+
+
+class TrainingProvenance(_Frozen):
+    """Where the weights came from: reproducible by ``command`` at ``code_commit`` on ``data``."""
+
+    data: str
+    command: str
+    code_commit: str
+    config: dict[str, object]
+    torch_version: str
+    seconds: float | None = None
+
+
+class ModelCard(_Frozen):
+    """A versioned ONNX model and everything needed to use it correctly."""
+
+    schema_version: Literal[1] = 1
+    name: str
+    version: str
+    task: Literal["dr-grading"]
+    architecture: str
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    opset: int
+    input: InputSpec
+    outputs: tuple[str, ...]
+    preprocessing: PreprocessingSpec
+    classes: tuple[str, ...]
+    operating_points: tuple[OperatingPoint, ...] = ()
+    metrics: dict[str, float]
+    metrics_data: str
+    training: TrainingProvenance
+    intended_use: str = SYNTHETIC_WARNING
+    created: str
+
+    @property
+    def tag(self) -> str:
+        """The BentoML model-store tag ``name:version``."""
+        return f"{self.name}:{self.version}"
+
+    def operating_point(self, name: str) -> OperatingPoint | None:
+        """The operating point called ``name``, if the card has one."""
+        return next((op for op in self.operating_points if op.name == name), None)
+
+    def save(self, path: Path) -> None:
+        """Write the card as indented JSON."""
+        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> ModelCard:
+        """Read and validate a card; :class:`CardError` if it is malformed."""
+        try:
+            return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:  # pydantic.ValidationError is a ValueError
+            raise CardError(f"model card {path.name} is unreadable or invalid: {exc}") from exc
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(card: ModelCard, model_dir: Path) -> Path:
+    """Check the model file against its card before anything loads it; return the file's path.
+
+    Raises :class:`CardError` when the file is missing, its sha256 differs from the card's, or the card needs
+    a preprocessing this code does not implement.
+    """
+    path = model_dir / card.file
+    # The card's file name is data: keep it inside the model directory (no path traversal).
+    if path.resolve().parent != model_dir.resolve():
+        raise CardError(f"model card {card.tag} names a file outside its directory: {card.file!r}")
+    if not path.is_file():
+        raise CardError(f"model {card.tag}: file {card.file} is missing")
+    digest = sha256_file(path)
+    if digest != card.sha256:
+        raise CardError(f"model {card.tag}: sha256 of {card.file} is {digest}, the card says {card.sha256}")
+    if (card.preprocessing.name, card.preprocessing.version) != (preprocess.NAME, preprocess.VERSION):
+        raise CardError(
+            f"model {card.tag} needs preprocessing {card.preprocessing.name} v{card.preprocessing.version}; "
+            f"this code provides {preprocess.NAME} v{preprocess.VERSION}"
+        )
+    return path

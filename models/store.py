@@ -1,0 +1,89 @@
+"""The BentoML model store as Fovea uses it: import an exported model (ONNX + card), ensure the embedded
+defaults are present, and resolve a tag to a *verified* model directory.
+
+No pickle is ever written or read: a Fovea model directory holds the ONNX file and its JSON card only
+(BentoML's optional ``custom_objects.pkl`` is refused if present).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import bentoml
+from bentoml.exceptions import NotFound
+
+from models.card import CardError, ModelCard, verify
+
+DEFAULT_DIR = Path(__file__).resolve().parent / "default"
+CARD_SUFFIX = ".card.json"
+#: Names of the models the service loads, in the order they are imported.
+DEFAULT_MODELS = ("dr-grader",)
+
+
+def import_model(card_path: Path) -> str:
+    """Copy ``<name>.onnx`` + card into the store as ``name:version``; return the tag.
+
+    Idempotent: importing the same file again is a no-op. Importing a *different* file under an existing
+    version is refused (bump the version in the training config instead).
+    """
+    card = ModelCard.load(card_path)
+    src = verify(card, card_path.parent)
+    try:
+        existing = bentoml.models.get(card.tag)
+    except NotFound:
+        existing = None
+    if existing is not None:
+        stored = ModelCard.load(Path(existing.path) / "card.json")
+        if stored.sha256 != card.sha256:
+            raise CardError(f"{card.tag} is already in the model store with a different file "
+                            f"(sha256 {stored.sha256[:12]}…); bump the version")
+        return card.tag
+    with bentoml.models.create(
+        card.tag,
+        labels={"task": card.task, "architecture": card.architecture},
+        metadata={"sha256": card.sha256, "preprocessing": f"{card.preprocessing.name}/{card.preprocessing.version}",
+                  "intended_use": card.intended_use},
+    ) as model:
+        shutil.copyfile(src, Path(model.path) / card.file)
+        shutil.copyfile(card_path, Path(model.path) / "card.json")
+    return card.tag
+
+
+def ensure_defaults(default_dir: Path = DEFAULT_DIR) -> list[str]:
+    """Import each embedded default whose name has no version in the store yet; return the tags imported."""
+    imported = []
+    for name in DEFAULT_MODELS:
+        if bentoml.models.list(name):
+            continue
+        imported.append(import_model(default_dir / f"{name}{CARD_SUFFIX}"))
+    return imported
+
+
+def load_verified(model_dir: Path) -> tuple[ModelCard, Path]:
+    """Read ``card.json`` in a store directory, verify the ONNX file against it, return ``(card, onnx path)``."""
+    if (model_dir / "custom_objects.pkl").exists():
+        # A pickle in a model directory would be unpickled by BentoML on access: never serve such a model.
+        raise CardError(f"model directory {model_dir.name} contains a pickle; refusing to load it")
+    card = ModelCard.load(model_dir / "card.json")
+    return card, verify(card, model_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m models.store ensure-defaults``: used by ``make serve``."""
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["ensure-defaults"]:
+        print("usage: python -m models.store ensure-defaults", file=sys.stderr)
+        return 2
+    try:
+        tags = ensure_defaults()
+    except CardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("imported " + ", ".join(tags) if tags else "default models already in the model store")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Fovea: service."""

@@ -1,0 +1,897 @@
+"""Upload bytes in, RGB images out, typed errors.
+
+Contract
+--------
+:func:`decode` turns the raw bytes of one upload into one :class:`DecodedImage` per analysed frame: an
+``(H, W, 3)`` ``uint8`` RGB array, C-contiguous, plus the DICOM identifiers the report needs. It accepts exactly
+three formats, recognised by magic bytes (never by file name or declared content type):
+
+* DICOM Part 10 files (128-byte preamble + ``b"DICM"``); preamble-less datasets are refused;
+* JPEG (``FF D8 FF``);
+* PNG (``89 50 4E 47 0D 0A 1A 0A``).
+
+For ANY input bytes, :func:`decode` either returns a non-empty list or raises a
+:class:`~service.errors.FoveaError` subclass; no other exception escapes (unexpected decoder exceptions are
+wrapped into :class:`~service.errors.UnreadableImage`, chained with ``from`` so the server log keeps the cause):
+
+=====================================================================  ===================================
+condition                                                              error
+=====================================================================  ===================================
+empty bytes, or not DICOM Part 10 / JPEG / PNG                         ``UnsupportedMediaType`` (415)
+more than ``max_bytes`` bytes; header dimensions over ``max_pixels``   ``PayloadTooLarge`` (413)
+(checked BEFORE any pixel is decoded); deflated DICOM inflating to
+more than ``max_inflated_bytes``
+truncated or corrupt JPEG / PNG / DICOM                                ``UnreadableImage`` (400)
+valid DICOM that is not analysed: no Pixel Data, a SOP class that is   ``UnsupportedDicom`` (422)
+not a fundus / visible-light photograph, an unsupported transfer
+syntax, photometric interpretation or bit depth
+=====================================================================  ===================================
+
+Error messages describe the file (SOP class, transfer syntax, photometric interpretation, sizes), never the
+patient: no names, IDs or dates are ever read into a message, and messages of third-party exceptions (which may
+quote element values) are not copied into ours.
+
+Colour handling
+---------------
+* JPEG / PNG: decoded with OpenCV (``cv2.imdecode``, BGR -> RGB), Pillow as a fallback for what OpenCV cannot
+  read. Grayscale is replicated to 3 channels, alpha is dropped (RGBA / LA / palette-with-transparency PNG ->
+  RGB; the colour values under transparent pixels are kept as stored), 16-bit PNG is scaled to 8 bit
+  (``round(v / 257)``). EXIF orientation is deliberately IGNORED for now (both decoders are told to), so the
+  array is in stored order; a rotated phone photo of a fundus stays rotated.
+* DICOM: pixels are decoded by pydicom 3 (``Decoder.iter_array``) with only permissively licensed backends:
+  Pillow (libjpeg-turbo / OpenJPEG), GDCM and pydicom's own RLE / native decoders; pylibjpeg (GPL
+  libjpeg) is never used even if installed. YBR_FULL / YBR_FULL_422 are converted to RGB exactly once, by
+  pydicom (we check the photometric interpretation pydicom reports after decoding); YBR_ICT / YBR_RCT
+  (JPEG 2000) come back as RGB from the backends; PALETTE COLOR goes through the palette LUT; MONOCHROME1/2
+  go through the modality LUT / rescale and the VOI LUT / window (first one), then to 8 bit, MONOCHROME1
+  inverted. 16-bit colour is scaled by ``BitsStored``.
+
+Limits and other defences
+-------------------------
+* Pillow's own decompression-bomb guard (``PIL.Image.MAX_IMAGE_PIXELS``, process-global) is left at its
+  default (~89.5 Mpx warns, ~179 Mpx raises) and NOT modified here: our own ``max_pixels`` (60 Mpx default)
+  is checked first from the header, and a ``DecompressionBombError`` raised while Pillow parses the header is
+  mapped to ``PayloadTooLarge`` as well. A caller raising ``max_pixels`` above ~89 Mpx will see Pillow's
+  ``DecompressionBombWarning`` for such images (and a 413 above ~179 Mpx) unless it also raises Pillow's limit.
+* Encapsulated DICOM frames (JPEG, JPEG-LS, JPEG 2000) have their codestream dimensions checked against
+  ``Rows``/``Columns`` and ``max_pixels`` before decoding, and must end with an EOI / EOC marker, so a small
+  DICOM header cannot smuggle a huge or truncated codestream to a backend that would decode it silently.
+* Truncated JPEG/PNG uploads are detected from their markers (no EOI after the last SOS / no IEND after the last
+  IDAT), because OpenCV returns partially decoded images silently.
+* Thread-safety: no global state is modified; :func:`decode` may be called from several threads.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+import cv2
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom import uid as dcm_uid
+from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing, get_decoder
+
+from service.errors import FoveaError, PayloadTooLarge, UnreadableImage, UnsupportedDicom, UnsupportedMediaType
+
+__all__ = [
+    "ACCEPTED_PHOTOMETRIC_INTERPRETATIONS",
+    "ACCEPTED_TRANSFER_SYNTAXES",
+    "FUNDUS_SOP_CLASSES",
+    "DecodeLimits",
+    "DecodedImage",
+    "decode",
+    "sniff",
+]
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Public types
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecodeLimits:
+    """Resource limits applied by :func:`decode`.
+
+    ``max_bytes``: size of the upload. ``max_pixels``: ``width * height`` of one frame, checked from the header
+    before any pixel is decoded. ``max_frames``: a multi-frame DICOM is analysed on its first ``max_frames``
+    frames only (not an error; :attr:`DecodedImage.notes` says so). ``max_inflated_bytes``: a DICOM file in the
+    Deflated Explicit VR Little Endian transfer syntax may not inflate to more than this (zip-bomb guard).
+    Worst-case memory for one call is roughly ``max_frames * max_pixels * 3`` bytes of output.
+    """
+
+    max_bytes: int = 64 * 1024 * 1024
+    max_pixels: int = 60_000_000
+    max_frames: int = 16
+    max_inflated_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class DecodedImage:
+    """One decoded frame.
+
+    ``rgb`` is ``(height, width, 3)`` ``uint8`` RGB, C-contiguous, owned by this object (not a view on the
+    upload). ``source`` is ``"dicom"``, ``"jpeg"`` or ``"png"``. ``frame_index`` is the 0-based frame number for
+    a multi-frame DICOM, else ``None``. ``laterality`` is ``"L"``/``"R"`` from DICOM ImageLaterality (0020,0062)
+    or, failing that, Laterality (0020,0060); ``None`` otherwise (including ``"B"``/``"U"``). The UIDs,
+    ``photometric_interpretation`` (as stored in the file, before conversion to RGB) and
+    ``transfer_syntax_uid`` are ``None`` for JPEG/PNG. ``notes`` are short human-readable remarks about
+    lossy or partial handling (frames skipped, alpha dropped, 16 bit scaled, ...); they contain no patient data.
+    ``eq=False``: instances compare by identity (ndarray equality is not a bool).
+    """
+
+    rgb: np.ndarray
+    source: str
+    width: int
+    height: int
+    frame_index: int | None = None
+    laterality: str | None = None
+    sop_class_uid: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    sop_instance_uid: str | None = None
+    photometric_interpretation: str | None = None
+    transfer_syntax_uid: str | None = None
+    notes: tuple[str, ...] = ()
+
+
+#: SOP classes Fovea analyses: fundus / visible-light photographs and secondary captures of them.
+#: Anything else (CT, MR, OCT, US, SR, RT, ...) is refused with 422 "not a fundus photograph".
+FUNDUS_SOP_CLASSES: Final[frozenset[str]] = frozenset(
+    {
+        dcm_uid.OphthalmicPhotography8BitImageStorage,  # 1.2.840.10008.5.1.4.1.1.77.1.5.1
+        dcm_uid.OphthalmicPhotography16BitImageStorage,  # 1.2.840.10008.5.1.4.1.1.77.1.5.2
+        dcm_uid.VLPhotographicImageStorage,  # 1.2.840.10008.5.1.4.1.1.77.1.4
+        dcm_uid.SecondaryCaptureImageStorage,  # 1.2.840.10008.5.1.4.1.1.7
+        dcm_uid.MultiFrameTrueColorSecondaryCaptureImageStorage,  # 1.2.840.10008.5.1.4.1.1.7.4
+        dcm_uid.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,  # 1.2.840.10008.5.1.4.1.1.7.2
+        dcm_uid.WideFieldOphthalmicPhotographyStereographicProjectionImageStorage,  # ...77.1.5.5
+        dcm_uid.WideFieldOphthalmicPhotography3DCoordinatesImageStorage,  # ...77.1.5.6
+    }
+)
+
+#: Transfer syntaxes we can decode with permissively licensed backends (GDCM, Pillow, pydicom).
+#: JPEG Extended is accepted for 8-bit samples only (no such backend decodes 12-bit JPEG).
+ACCEPTED_TRANSFER_SYNTAXES: Final[frozenset[str]] = frozenset(
+    {
+        dcm_uid.ImplicitVRLittleEndian,
+        dcm_uid.ExplicitVRLittleEndian,
+        dcm_uid.ExplicitVRBigEndian,
+        dcm_uid.DeflatedExplicitVRLittleEndian,
+        dcm_uid.JPEGBaseline8Bit,
+        dcm_uid.JPEGExtended12Bit,
+        dcm_uid.JPEGLossless,
+        dcm_uid.JPEGLosslessSV1,
+        dcm_uid.JPEGLSLossless,
+        dcm_uid.JPEGLSNearLossless,
+        dcm_uid.JPEG2000Lossless,
+        dcm_uid.JPEG2000,
+        dcm_uid.RLELossless,
+    }
+)
+
+#: Photometric interpretations we convert to RGB. YBR_ICT / YBR_RCT only occur with JPEG 2000.
+ACCEPTED_PHOTOMETRIC_INTERPRETATIONS: Final[frozenset[str]] = frozenset(
+    {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR", "MONOCHROME1", "MONOCHROME2"}
+)
+
+_SUPPORTED_FORMATS_HINT: Final = "send a DICOM Part 10 file, JPEG or PNG"
+
+# Decoding plugins allowed per encapsulated transfer syntax, in order of preference. Pillow (libjpeg-turbo) is
+# ~2-3x faster than GDCM on JPEG baseline; GDCM reads some JPEG 2000 files Pillow/OpenJPEG refuses. Never
+# "pylibjpeg" (its libjpeg backend is GPL). Native (uncompressed) syntaxes use pydicom itself: plugin "".
+_PLUGIN_PREFERENCE: Final[dict[str, tuple[str, ...]]] = {
+    dcm_uid.JPEGBaseline8Bit: ("pillow", "gdcm"),
+    dcm_uid.JPEGExtended12Bit: ("pillow", "gdcm"),
+    dcm_uid.JPEGLossless: ("gdcm",),
+    dcm_uid.JPEGLosslessSV1: ("gdcm",),
+    dcm_uid.JPEGLSLossless: ("gdcm",),
+    dcm_uid.JPEGLSNearLossless: ("gdcm",),
+    dcm_uid.JPEG2000Lossless: ("gdcm", "pillow"),
+    dcm_uid.JPEG2000: ("gdcm", "pillow"),
+    dcm_uid.RLELossless: ("pydicom",),
+}
+
+_JPEG_FAMILY: Final = frozenset(
+    {
+        dcm_uid.JPEGBaseline8Bit,
+        dcm_uid.JPEGExtended12Bit,
+        dcm_uid.JPEGLossless,
+        dcm_uid.JPEGLosslessSV1,
+        dcm_uid.JPEGLSLossless,
+        dcm_uid.JPEGLSNearLossless,
+    }
+)
+_J2K_FAMILY: Final = frozenset({dcm_uid.JPEG2000Lossless, dcm_uid.JPEG2000})
+
+_PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC: Final = b"\xff\xd8\xff"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Public functions
+# --------------------------------------------------------------------------------------------------------------
+
+
+def sniff(data: bytes) -> str:
+    """Return ``"dicom"``, ``"jpeg"`` or ``"png"`` from the magic bytes of ``data``.
+
+    DICOM means Part 10 only: a 128-byte preamble followed by ``b"DICM"``. Raises
+    :class:`~service.errors.UnsupportedMediaType` for anything else, including empty bytes.
+    """
+    if not data:
+        raise UnsupportedMediaType(f"The upload is empty: {_SUPPORTED_FORMATS_HINT}.")
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom"
+    if data[:3] == _JPEG_MAGIC:
+        return "jpeg"
+    if data[:8] == _PNG_MAGIC:
+        return "png"
+    raise UnsupportedMediaType(
+        "The upload is not a recognised image format (checked by content, not by name): "
+        f"{_SUPPORTED_FORMATS_HINT}. A DICOM file must be in Part 10 format (128-byte preamble + 'DICM')."
+    )
+
+
+def decode(data: bytes, *, limits: DecodeLimits = DecodeLimits()) -> list[DecodedImage]:
+    """Decode one upload into RGB frames (one :class:`DecodedImage` per analysed frame, never empty).
+
+    Raises only :class:`~service.errors.FoveaError` subclasses (see the module docstring for which one when).
+    Size limits are enforced before any pixel is decoded.
+    """
+    if not isinstance(data, bytes):
+        data = bytes(data)  # bytearray / memoryview
+    if len(data) > limits.max_bytes:
+        raise PayloadTooLarge(
+            f"The upload is {len(data)} bytes; the limit is {limits.max_bytes} bytes."
+        )
+    kind = sniff(data)
+    try:
+        if kind == "dicom":
+            return _decode_dicom(data, limits)
+        return [_decode_raster(data, kind, limits)]
+    except FoveaError:
+        raise
+    except Exception as exc:  # the contract: nothing but FoveaError escapes
+        logger.warning("unexpected %s while decoding a %s upload", type(exc).__name__, kind, exc_info=True)
+        raise UnreadableImage(
+            f"The {kind.upper()} file could not be decoded ({type(exc).__name__}); it may be corrupt."
+        ) from exc
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Shared helpers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_pixels(width: int, height: int, limits: DecodeLimits, what: str = "The image") -> None:
+    if width * height > limits.max_pixels:
+        raise PayloadTooLarge(
+            f"{what} is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels} pixels "
+            "per image."
+        )
+
+
+def _finish(rgb: np.ndarray) -> np.ndarray:
+    """Enforce the output contract: (H, W, 3) uint8, C-contiguous, owning its memory."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise UnreadableImage(f"Decoding produced an unexpected array {rgb.shape} {rgb.dtype}.")
+    out = np.ascontiguousarray(rgb)
+    return out if out.flags.owndata and out.flags.writeable else out.copy()
+
+
+def _scale_uint_to_u8(arr: np.ndarray, max_value: int) -> np.ndarray:
+    """Linearly map unsigned integers ``[0, max_value]`` to ``[0, 255]`` (rounded, saturated)."""
+    if arr.dtype == np.uint8 and max_value == 255:
+        return arr
+    src = np.ascontiguousarray(arr)
+    if src.dtype not in (np.uint8, np.uint16):  # cv2 only does 8/16-bit; rare (32-bit LUT output)
+        return np.clip(np.rint(src.astype(np.float64) * (255.0 / max_value)), 0, 255).astype(np.uint8)
+    return cv2.convertScaleAbs(src, alpha=255.0 / max_value)
+
+
+def _linear_to_u8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Linearly map ``[lo, hi]`` to ``[0, 255]`` (rounded, clipped). A flat range maps to 0."""
+    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
+        return np.zeros(values.shape, dtype=np.uint8)
+    out = (values.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _jpeg_complete(buf: bytes) -> bool:
+    """True if an EOI marker follows the last SOS marker.
+
+    Inside entropy-coded data 0xFF is always followed by 0x00 or RSTn (JPEG) or a byte < 0x80 (JPEG-LS), so
+    ``FF DA`` / ``FF D9`` only occur as markers. Trailing padding or garbage after EOI is tolerated.
+    """
+    sos = buf.rfind(b"\xff\xda")
+    return sos >= 0 and buf.rfind(b"\xff\xd9") > sos
+
+
+# --------------------------------------------------------------------------------------------------------------
+# JPEG / PNG
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _decode_raster(data: bytes, kind: str, limits: DecodeLimits) -> DecodedImage:
+    fmt = "JPEG" if kind == "jpeg" else "PNG"
+    # 1. Header only (Pillow's open is lazy): dimensions against our limit before decoding anything.
+    try:
+        with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+            width, height = im.size
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(
+            f"The {fmt} header declares an image larger than the decoder allows; the limit is "
+            f"{limits.max_pixels} pixels per image."
+        ) from exc
+    except Exception as exc:
+        raise UnreadableImage(f"The {fmt} header could not be read; the file is corrupt or truncated.") from exc
+    if width <= 0 or height <= 0:
+        raise UnreadableImage(f"The {fmt} header declares an empty image ({width}x{height}).")
+    _check_pixels(width, height, limits, f"The {fmt} image")
+
+    # 2. Truncation: decoders (OpenCV in particular) return partial images silently.
+    if kind == "jpeg" and not _jpeg_complete(data):
+        raise UnreadableImage("The JPEG file is truncated (no end-of-image marker after the last scan).")
+    if kind == "png" and not (0 <= data.rfind(b"IDAT") < data.rfind(b"IEND")):
+        raise UnreadableImage("The PNG file is truncated (no IEND chunk after the image data).")
+
+    # 3. Decode: OpenCV first, Pillow for what OpenCV cannot read.
+    notes: list[str] = ["EXIF orientation ignored"] if kind == "jpeg" else []
+    rgb = _cv2_decode(data, kind, notes)
+    if rgb is None:
+        rgb = _pillow_decode(data, fmt, notes)
+        notes.append("decoded with Pillow (OpenCV could not read it)")
+    if rgb.shape[:2] != (height, width):
+        raise UnreadableImage(
+            f"The {fmt} decoded to {rgb.shape[1]}x{rgb.shape[0]} but its header says {width}x{height}."
+        )
+    return DecodedImage(rgb=_finish(rgb), source=kind, width=width, height=height, notes=tuple(notes))
+
+
+def _cv2_decode(data: bytes, kind: str, notes: list[str]) -> np.ndarray | None:
+    """Decode with OpenCV; ``None`` if OpenCV cannot (the caller falls back to Pillow)."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    try:
+        if kind == "jpeg":
+            # Always 8-bit, 3 channels (grayscale / CMYK converted by OpenCV); EXIF orientation NOT applied.
+            img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+            return None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)  # keeps 16 bit and alpha; never rotates
+        if img is None:
+            return None
+        if img.dtype == np.uint16:
+            img = _scale_uint_to_u8(img, 65535)
+            notes.append("16-bit image scaled to 8 bit")
+        elif img.dtype != np.uint8:
+            return None
+        if img.ndim == 2:
+            return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+        channels = img.shape[2]
+        if channels == 1:
+            return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
+        if channels == 2:  # gray + alpha
+            notes.append("alpha channel dropped")
+            return cv2.cvtColor(np.ascontiguousarray(img[:, :, 0]), cv2.COLOR_GRAY2RGB)
+        if channels == 3:
+            return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        if channels == 4:
+            notes.append("alpha channel dropped")
+            return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+        return None
+    except cv2.error:
+        logger.debug("OpenCV could not decode a %s upload", kind, exc_info=True)
+        return None
+
+
+def _pillow_decode(data: bytes, fmt: str, notes: list[str]) -> np.ndarray:
+    """Decode with Pillow (fallback). Truncation raises unless a caller enabled LOAD_TRUNCATED_IMAGES globally,
+    which is why truncation is also checked from the markers before we get here."""
+    try:
+        with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+                arr = np.asarray(im)
+                if arr.ndim != 2:
+                    raise UnreadableImage(f"The {fmt} has an unexpected {im.mode} layout.")
+                gray = np.clip(np.rint(arr.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
+                notes.append("16-bit image scaled to 8 bit")
+                return cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                notes.append("alpha channel dropped")
+            return np.asarray(im.convert("RGB"))
+    except FoveaError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"The {fmt} image is larger than the decoder allows.") from exc
+    except Exception as exc:
+        raise UnreadableImage(f"The {fmt} file could not be decoded; it is corrupt or truncated.") from exc
+
+
+# --------------------------------------------------------------------------------------------------------------
+# DICOM
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _PixelHeader:
+    """The validated Image Pixel module of a dataset."""
+
+    transfer_syntax: pydicom.uid.UID
+    rows: int
+    columns: int
+    samples_per_pixel: int
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    photometric_interpretation: str
+    number_of_frames: int
+
+
+def _uid_label(value: str) -> str:
+    """``"Name (uid)"`` for a UID pydicom knows, else the bare UID."""
+    u = pydicom.uid.UID(value)
+    name = u.name
+    return f"{name} ({value})" if name and name != value else value
+
+
+def _accepted_sops() -> str:
+    return "; ".join(sorted(_uid_label(u) for u in FUNDUS_SOP_CLASSES))
+
+
+def _accepted_syntaxes() -> str:
+    return "; ".join(sorted(_uid_label(u) for u in ACCEPTED_TRANSFER_SYNTAXES if _plugins_for(u)))
+
+
+def _read_dataset(data: bytes, limits: DecodeLimits) -> Dataset:
+    """Parse a Part 10 file fully (pixel data stays encoded); guard deflated datasets against zip bombs."""
+    try:
+        fp = io.BytesIO(data)
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+        dataset_offset = fp.tell()
+    except Exception as exc:
+        raise UnreadableImage(
+            "The DICOM file meta information could not be read; the file is corrupt or truncated."
+        ) from exc
+
+    if meta.get("TransferSyntaxUID") == dcm_uid.DeflatedExplicitVRLittleEndian:
+        try:
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            inflated = len(inflater.decompress(data[dataset_offset:], limits.max_inflated_bytes + 1))
+        except zlib.error as exc:
+            raise UnreadableImage("The deflated DICOM dataset could not be inflated; it is corrupt.") from exc
+        if inflated > limits.max_inflated_bytes:
+            raise PayloadTooLarge(
+                f"The deflated DICOM dataset inflates to more than {limits.max_inflated_bytes} bytes."
+            )
+
+    try:
+        return pydicom.dcmread(io.BytesIO(data), force=False)
+    except Exception as exc:
+        raise UnreadableImage("The DICOM file could not be parsed; it is corrupt or truncated.") from exc
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _sop_class(ds: Dataset) -> str | None:
+    sop = _text(ds, "SOPClassUID")
+    if sop is None and getattr(ds, "file_meta", None) is not None:
+        sop = _text(ds.file_meta, "MediaStorageSOPClassUID")
+    return sop
+
+
+def _laterality(ds: Dataset) -> str | None:
+    """ImageLaterality (0020,0062), else Laterality (0020,0060); only ``"L"``/``"R"``."""
+    for keyword in ("ImageLaterality", "Laterality"):
+        value = (_text(ds, keyword) or "").upper()
+        if value in ("L", "R"):
+            return value
+    return None
+
+
+def _int_attr(ds: Dataset, keyword: str) -> int:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        raise UnreadableImage(f"The DICOM Image Pixel module is incomplete: {keyword} is missing.")
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise UnreadableImage(f"The DICOM {keyword} value is not an integer.") from exc
+
+
+def _check_header(ds: Dataset, limits: DecodeLimits) -> _PixelHeader:
+    """Validate SOP class, pixel data presence, transfer syntax and Image Pixel module, cheapest first."""
+    sop = _sop_class(ds)
+    if sop is None:
+        raise UnsupportedDicom(
+            f"The DICOM file is not a fundus photograph: it has no SOP Class UID. "
+            f"Accepted SOP classes: {_accepted_sops()}."
+        )
+    if sop not in FUNDUS_SOP_CLASSES:
+        raise UnsupportedDicom(
+            f"The DICOM file is not a fundus photograph: its SOP class is {_uid_label(sop)}. "
+            f"Accepted SOP classes: {_accepted_sops()}."
+        )
+
+    if "PixelData" not in ds:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise UnsupportedDicom(
+                "The DICOM file has floating-point pixel data; only integer Pixel Data (7FE0,0010) is accepted."
+            )
+        raise UnsupportedDicom("The DICOM file contains no Pixel Data (7FE0,0010): there is no image to analyse.")
+
+    file_meta = getattr(ds, "file_meta", None)
+    ts = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    if not ts:
+        raise UnsupportedDicom(
+            f"The DICOM file meta has no Transfer Syntax UID (0002,0010). Accepted: {_accepted_syntaxes()}."
+        )
+    ts = pydicom.uid.UID(str(ts))
+    if ts not in ACCEPTED_TRANSFER_SYNTAXES or not _plugins_for(ts):
+        raise UnsupportedDicom(
+            f"The DICOM transfer syntax {_uid_label(ts)} is not supported. Accepted: {_accepted_syntaxes()}."
+        )
+
+    rows = _int_attr(ds, "Rows")
+    columns = _int_attr(ds, "Columns")
+    if rows <= 0 or columns <= 0:
+        raise UnreadableImage(f"The DICOM image has invalid dimensions {columns}x{rows}.")
+    _check_pixels(columns, rows, limits, "The DICOM image (Columns x Rows)")
+
+    pi = (_text(ds, "PhotometricInterpretation") or "").upper()
+    if not pi:
+        raise UnreadableImage("The DICOM Image Pixel module is incomplete: PhotometricInterpretation is missing.")
+    accepted_pi = ", ".join(sorted(ACCEPTED_PHOTOMETRIC_INTERPRETATIONS))
+    if pi not in ACCEPTED_PHOTOMETRIC_INTERPRETATIONS or (
+        pi in ("YBR_ICT", "YBR_RCT") and ts not in _J2K_FAMILY
+    ):
+        raise UnsupportedDicom(
+            f"The DICOM photometric interpretation {pi!r} is not supported with {_uid_label(ts)}. "
+            f"Accepted: {accepted_pi} (YBR_ICT / YBR_RCT with JPEG 2000 only)."
+        )
+
+    spp = _int_attr(ds, "SamplesPerPixel")
+    expected_spp = 1 if pi in ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR") else 3
+    if spp != expected_spp:
+        raise UnsupportedDicom(
+            f"The DICOM file has SamplesPerPixel {spp} with photometric interpretation {pi!r}; "
+            f"{expected_spp} is required."
+        )
+
+    bits_allocated = _int_attr(ds, "BitsAllocated")
+    bits_stored = _int_attr(ds, "BitsStored")
+    pixel_representation = _int_attr(ds, "PixelRepresentation")
+    if bits_allocated not in (8, 16) or not 1 <= bits_stored <= bits_allocated:
+        raise UnsupportedDicom(
+            f"The DICOM bit depth (BitsAllocated {bits_allocated}, BitsStored {bits_stored}) is not supported; "
+            "accepted: BitsAllocated 8 or 16 with 1 <= BitsStored <= BitsAllocated."
+        )
+    if pixel_representation not in (0, 1):
+        raise UnreadableImage(f"The DICOM PixelRepresentation {pixel_representation} is invalid (0 or 1).")
+    if expected_spp == 3 and pixel_representation != 0:
+        raise UnsupportedDicom(f"Signed colour pixel data ({pi}) is not supported; colour must be unsigned.")
+    if pi.startswith("YBR_FULL") and bits_allocated != 8:
+        raise UnsupportedDicom(f"{pi} pixel data must be 8 bit; found BitsAllocated {bits_allocated}.")
+    if ts == dcm_uid.JPEGExtended12Bit and bits_stored > 8:
+        raise UnsupportedDicom(
+            f"{_uid_label(ts)} with {bits_stored}-bit samples is not supported (no permissively licensed "
+            "decoder); accepted: 8-bit JPEG, or a lossless transfer syntax."
+        )
+
+    number_of_frames = 1
+    if ds.get("NumberOfFrames") not in (None, ""):
+        try:
+            number_of_frames = max(1, int(ds.NumberOfFrames))
+        except (TypeError, ValueError) as exc:
+            raise UnreadableImage("The DICOM NumberOfFrames value is not an integer.") from exc
+
+    return _PixelHeader(
+        transfer_syntax=ts,
+        rows=rows,
+        columns=columns,
+        samples_per_pixel=spp,
+        bits_allocated=bits_allocated,
+        bits_stored=bits_stored,
+        pixel_representation=pixel_representation,
+        photometric_interpretation=pi,
+        number_of_frames=number_of_frames,
+    )
+
+
+def _plugins_for(ts: str) -> tuple[str, ...]:
+    """Allowed, installed decoding plugins for ``ts``, in preference order; ``("",)`` for native syntaxes."""
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        return ()
+    if decoder.is_native:
+        return ("",)
+    available = set(decoder.available_plugins)
+    return tuple(p for p in _PLUGIN_PREFERENCE.get(ts, ()) if p in available)
+
+
+def _codestream_dimensions(buf: bytes, ts: str) -> tuple[int, int] | None:
+    """``(width, height)`` from a JPEG / JPEG-LS SOF or JPEG 2000 SIZ segment; ``None`` if not found."""
+    if ts in _J2K_FAMILY:
+        return _j2k_dimensions(buf)
+    return _jpeg_dimensions(buf)
+
+
+_SOF_MARKERS: Final = frozenset(
+    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}  # 0xF7: JPEG-LS SOF55
+)
+
+
+def _jpeg_dimensions(buf: bytes) -> tuple[int, int] | None:
+    if buf[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(buf)
+    while i + 4 <= n:  # every iteration advances i: terminates
+        if buf[i] != 0xFF:
+            return None
+        marker = buf[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # stand-alone markers
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # EOI / SOS before any SOF
+            return None
+        length = int.from_bytes(buf[i + 2 : i + 4], "big")
+        if length < 2:
+            return None
+        if marker in _SOF_MARKERS:
+            if i + 9 > n:
+                return None
+            height = int.from_bytes(buf[i + 5 : i + 7], "big")
+            width = int.from_bytes(buf[i + 7 : i + 9], "big")
+            return width, height
+        i += 2 + length
+    return None
+
+
+def _j2k_dimensions(buf: bytes) -> tuple[int, int] | None:
+    offset = 0
+    if buf[:8] == b"\x00\x00\x00\x0cjP  ":  # JP2 file format wrapper (non-conformant in DICOM, but seen)
+        offset, n = 0, len(buf)
+        while offset + 8 <= n:
+            length = int.from_bytes(buf[offset : offset + 4], "big")
+            header = 8
+            if length == 1:  # XLBox
+                length = int.from_bytes(buf[offset + 8 : offset + 16], "big")
+                header = 16
+            elif length == 0:  # box runs to the end
+                length = n - offset
+            if buf[offset + 4 : offset + 8] == b"jp2c":
+                offset += header
+                break
+            if length < header:
+                return None
+            offset += length
+        else:
+            return None
+    if buf[offset : offset + 4] != b"\xff\x4f\xff\x51":  # SOC then SIZ
+        return None
+    siz = offset + 4
+    if siz + 20 > len(buf):
+        return None
+    xsiz = int.from_bytes(buf[siz + 4 : siz + 8], "big")
+    ysiz = int.from_bytes(buf[siz + 8 : siz + 12], "big")
+    xosiz = int.from_bytes(buf[siz + 12 : siz + 16], "big")
+    yosiz = int.from_bytes(buf[siz + 16 : siz + 20], "big")
+    return xsiz - xosiz, ysiz - yosiz
+
+
+def _check_encapsulated_frames(ds: Dataset, header: _PixelHeader, count: int, limits: DecodeLimits) -> None:
+    """Before decoding: each codestream's own dimensions must match the header and the limit, and it must be
+    complete (a backend may decode a truncated codestream silently)."""
+    ts = header.transfer_syntax
+    if ts not in _JPEG_FAMILY and ts not in _J2K_FAMILY:
+        return  # RLE: decoded into a buffer sized from Rows x Columns, nothing to smuggle
+    for index in range(count):
+        try:
+            frame = get_frame(ds.PixelData, index, number_of_frames=header.number_of_frames)
+        except Exception as exc:
+            raise UnreadableImage(
+                f"Frame {index} of the encapsulated DICOM pixel data could not be located; the file is corrupt "
+                "or truncated."
+            ) from exc
+        dims = _codestream_dimensions(frame, ts)
+        if dims is None:
+            raise UnreadableImage(f"Frame {index} is not a valid {_uid_label(ts)} codestream.")
+        width, height = dims
+        _check_pixels(width, height, limits, f"Frame {index} of the DICOM pixel data")
+        if (width, height) != (header.columns, header.rows):
+            raise UnreadableImage(
+                f"Frame {index} codestream is {width}x{height} but the DICOM header says "
+                f"{header.columns}x{header.rows}."
+            )
+        complete = _jpeg_complete(frame) if ts in _JPEG_FAMILY else b"\xff\xd9" in frame[-16:]
+        if not complete:
+            raise UnreadableImage(f"Frame {index} of the DICOM pixel data is truncated (no end marker).")
+
+
+def _decode_dicom(data: bytes, limits: DecodeLimits) -> list[DecodedImage]:
+    ds = _read_dataset(data, limits)
+    try:
+        header = _check_header(ds, limits)
+        count = min(header.number_of_frames, max(1, limits.max_frames))
+        _check_encapsulated_frames(ds, header, count, limits)
+    except FoveaError:
+        raise
+    except Exception as exc:
+        raise UnreadableImage(
+            f"The DICOM header could not be interpreted ({type(exc).__name__}); the file is corrupt."
+        ) from exc
+
+    notes: list[str] = []
+    if count < header.number_of_frames:
+        notes.append(f"only the first {count} of {header.number_of_frames} frames were analysed")
+    if header.bits_stored > 8 or header.bits_allocated > 8:
+        notes.append(f"{header.bits_stored}-bit pixel data scaled to 8 bit")
+
+    frames, frame_notes = _decode_dicom_frames(ds, header, count)
+    multi = header.number_of_frames > 1
+    common: dict[str, Any] = {
+        "source": "dicom",
+        "laterality": _laterality(ds),
+        "sop_class_uid": _sop_class(ds),
+        "study_instance_uid": _text(ds, "StudyInstanceUID"),
+        "series_instance_uid": _text(ds, "SeriesInstanceUID"),
+        "sop_instance_uid": _text(ds, "SOPInstanceUID"),
+        "photometric_interpretation": header.photometric_interpretation,
+        "transfer_syntax_uid": str(header.transfer_syntax),
+        "notes": tuple(notes + frame_notes),
+    }
+    return [
+        DecodedImage(
+            rgb=rgb,
+            width=rgb.shape[1],
+            height=rgb.shape[0],
+            frame_index=index if multi else None,
+            **common,
+        )
+        for index, rgb in enumerate(frames)
+    ]
+
+
+def _decode_dicom_frames(ds: Dataset, header: _PixelHeader, count: int) -> tuple[list[np.ndarray], list[str]]:
+    """Decode the first ``count`` frames to RGB uint8, trying each allowed plugin in turn."""
+    decoder = get_decoder(header.transfer_syntax)
+    plugins = _plugins_for(header.transfer_syntax)
+    failures: list[str] = []
+    last_exc: Exception | None = None
+    for plugin in plugins:
+        notes: list[str] = []
+        try:
+            frames = [
+                _to_rgb8(arr, props, ds, header, notes)
+                for arr, props in _iter_frames(decoder, ds, count, plugin)
+            ]
+        except FoveaError:
+            raise
+        except Exception as exc:
+            logger.debug("pydicom plugin %r failed", plugin or "native", exc_info=True)
+            failures.append(f"{plugin or 'native'}: {type(exc).__name__}")
+            last_exc = exc
+            continue
+        return frames, list(dict.fromkeys(notes))  # de-duplicated, in order
+    raise UnreadableImage(
+        f"The DICOM pixel data ({_uid_label(header.transfer_syntax)}) could not be decoded "
+        f"({'; '.join(failures) or 'no decoder'}); the file is corrupt or truncated."
+    ) from last_exc
+
+
+def _iter_frames(decoder: Any, ds: Dataset, count: int, plugin: str) -> Iterator[tuple[np.ndarray, dict]]:
+    # raw=False + as_rgb=True: pydicom converts YBR_FULL / YBR_FULL_422 to RGB and reports the resulting
+    # photometric interpretation in the returned properties, which is what _to_rgb8 trusts.
+    yield from decoder.iter_array(
+        ds, indices=range(count), raw=False, validate=True, decoding_plugin=plugin, as_rgb=True
+    )
+
+
+def _to_rgb8(
+    arr: np.ndarray, props: dict[str, Any], ds: Dataset, header: _PixelHeader, notes: list[str]
+) -> np.ndarray:
+    """One decoded frame (as pydicom returns it) to (H, W, 3) uint8 RGB."""
+    pi = str(props.get("photometric_interpretation", header.photometric_interpretation)).upper()
+    bits_stored = int(props.get("bits_stored", header.bits_stored))
+    if pi == "RGB":
+        if arr.ndim != 3 or arr.shape[2] != 3:
+            raise UnreadableImage(f"The decoded RGB frame has an unexpected shape {arr.shape}.")
+        return _finish(_scale_uint_to_u8(arr, 2**bits_stored - 1))
+    if pi in ("YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"):
+        # pydicom converts YBR_FULL*/ICT/RCT itself; reaching this would mean a double or missing conversion.
+        raise UnsupportedDicom(f"The DICOM pixel data stayed in {pi} after decoding; only RGB output is usable.")
+    if arr.ndim != 2:
+        raise UnreadableImage(f"The decoded {pi} frame has an unexpected shape {arr.shape}.")
+    if pi == "PALETTE COLOR":
+        return _finish(_palette_to_rgb8(arr, ds))
+    if pi in ("MONOCHROME1", "MONOCHROME2"):
+        gray = _monochrome_to_u8(arr, ds, header, notes)
+        if pi == "MONOCHROME1":
+            gray = 255 - gray
+        return _finish(cv2.cvtColor(np.ascontiguousarray(gray), cv2.COLOR_GRAY2RGB))
+    raise UnsupportedDicom(f"The DICOM photometric interpretation {pi!r} is not supported.")
+
+
+def _palette_to_rgb8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    try:
+        rgb = apply_color_lut(arr, ds)
+        depth = int(ds.RedPaletteColorLookupTableDescriptor[2])
+    except Exception as exc:
+        raise UnsupportedDicom(
+            "The DICOM PALETTE COLOR lookup table is missing or not supported (a standard 8/16-bit "
+            "palette in the Image Pixel module is required)."
+        ) from exc
+    rgb = rgb[..., :3]  # drop alpha if the palette has one
+    return _scale_uint_to_u8(rgb, 255 if depth <= 8 else 65535)
+
+
+def _monochrome_to_u8(arr: np.ndarray, ds: Dataset, header: _PixelHeader, notes: list[str]) -> np.ndarray:
+    """Modality LUT / rescale, then VOI LUT or window (first), then to uint8.
+
+    Output range used for the final scaling: the VOI LUT's nominal range, or the window's output range (as
+    pydicom defines it: the modality output range); with no VOI transform, unsigned <= 8-bit data without a
+    modality transform is kept as is, anything else is min-max stretched per frame.
+    """
+    has_modality = bool(ds.get("ModalityLUTSequence")) or (
+        "RescaleSlope" in ds and "RescaleIntercept" in ds
+    )
+    values = apply_modality_lut(arr, ds)
+
+    voi_items = ds.get("VOILUTSequence")
+    has_voi_lut = bool(voi_items) and all(
+        voi_items[0].get(k) is not None for k in ("LUTDescriptor", "LUTData")
+    )
+    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+    try:
+        if has_voi_lut:
+            depth = int(voi_items[0].LUTDescriptor[2])
+            return _linear_to_u8(apply_voi(values, ds, 0), 0, 2**depth - 1)
+        if has_window:
+            lo, hi = _window_output_range(ds, header)
+            return _linear_to_u8(apply_windowing(values, ds, 0), lo, hi)
+    except Exception:
+        logger.debug("VOI transform failed; falling back to min-max", exc_info=True)
+        notes.append("the VOI LUT / window could not be applied; intensities were min-max stretched")
+
+    if not has_modality and header.pixel_representation == 0 and header.bits_stored <= 8:
+        return _linear_to_u8(values, 0, 2**header.bits_stored - 1)
+    lo, hi = float(np.min(values)), float(np.max(values))
+    return _linear_to_u8(values, lo, hi)
+
+
+def _window_output_range(ds: Dataset, header: _PixelHeader) -> tuple[float, float]:
+    """Output range of pydicom's ``apply_windowing`` (PS3.3 C.11.2.1.2: the modality output range)."""
+    if ds.get("ModalityLUTSequence"):
+        depth = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
+        return 0.0, float(2**depth - 1)
+    bits = header.bits_stored
+    if header.pixel_representation == 0:
+        lo, hi = 0.0, float(2**bits - 1)
+    else:
+        lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        lo, hi = lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)
+    return min(lo, hi), max(lo, hi)

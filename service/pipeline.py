@@ -1,0 +1,102 @@
+"""One analysis: bytes → decode → preprocess → grader (logits + CAM) → findings + saliency.
+
+This module holds the logic; ``service/service.py`` only adapts it to HTTP.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models.card import ModelCard
+from models.preprocess import preprocess
+from models.store import load_verified
+from service.decode import DecodedImage, DecodeLimits, decode
+from service.findings import DrGrade, Findings, ImageInfo, ModelRef, ReferableDr, Saliency
+from service.render import cam_to_heatmap, overlay, png_base64
+from service.runtime import OnnxModel
+
+REFERABLE_MIN_GRADE = 2
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax over the last axis (float64 so the probabilities sum to 1 exactly enough)."""
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def saliency_target(grade: int, probs: np.ndarray) -> int:
+    """The grade whose evidence the heatmap shows: the predicted grade if it is a DR grade; for a "No DR"
+    prediction, the most probable DR grade — a reader wants to see what *could* be disease."""
+    return grade if grade > 0 else 1 + int(np.argmax(probs[1:]))
+
+
+@dataclass
+class Analyzer:
+    """Holds the verified models; :meth:`analyze` is thread-safe (ONNX Runtime sessions are)."""
+
+    grader: OnnxModel
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+
+    @classmethod
+    def from_store_dirs(cls, grader_dir: Path, providers: list[str] | None = None) -> Analyzer:
+        """Verify each model directory against its card, then create the sessions."""
+        card, path = load_verified(grader_dir)
+        if card.task != "dr-grading" or tuple(card.outputs) != ("logits", "cam"):
+            raise ValueError(f"{card.tag} is not a DR grader with in-graph CAM")
+        return cls(grader=OnnxModel.load(card, path, providers))
+
+    @property
+    def grader_card(self) -> ModelCard:
+        return self.grader.card
+
+    def analyze(self, data: bytes, *, request_id: str | None = None) -> Findings:
+        """Analyse one upload; raises :class:`service.errors.FoveaError` subclasses for bad input."""
+        t0 = time.perf_counter()
+        timing: dict[str, float] = {}
+
+        def lap(name: str, since: float) -> float:
+            now = time.perf_counter()
+            timing[name] = round(1000 * (now - since), 2)
+            return now
+
+        frames = decode(data, limits=self.limits)
+        t = lap("decode", t0)
+        img: DecodedImage = frames[0]
+        card = self.grader.card
+        pre = preprocess(img.rgb, card.input.size)
+        t = lap("preprocess", t)
+        out = self.grader.run(pre.tensor[None])
+        t = lap("inference", t)
+
+        probs = softmax(out["logits"][0])
+        grade = int(np.argmax(probs))
+        target = saliency_target(grade, probs)
+        heat = cam_to_heatmap(out["cam"][0, target], pre.transform)
+        heat_u8 = (heat * 255).astype(np.uint8)
+        saliency = Saliency(target_grade=target, heatmap_png=png_base64(heat_u8),
+                            overlay_png=png_base64(overlay(img.rgb, heat)))
+        t = lap("render", t)
+
+        referable = None
+        op = card.operating_point("referable_dr")
+        if op is not None:
+            p_ref = float(probs[REFERABLE_MIN_GRADE:].sum())
+            referable = ReferableDr(value=p_ref >= op.threshold, probability=p_ref, operating_point=op.threshold)
+        timing["total"] = round(1000 * (time.perf_counter() - t0), 2)
+        return Findings(
+            request_id=request_id or uuid.uuid4().hex,
+            image=ImageInfo(source=img.source, width=img.width, height=img.height, laterality=img.laterality,
+                            frames=len(frames), sop_instance_uid=img.sop_instance_uid,
+                            study_instance_uid=img.study_instance_uid),
+            dr_grade=DrGrade(grade=grade, label=card.classes[grade], probabilities=[float(p) for p in probs]),
+            referable_dr=referable,
+            saliency=saliency,
+            models=[ModelRef(name=card.name, version=card.version, sha256=card.sha256, provider=self.grader.provider)],
+            timing_ms=timing,
+        )

@@ -1,0 +1,63 @@
+"""The Fovea BentoML service: HTTP adapter only; the logic lives in :mod:`service.pipeline`.
+
+Run: ``make serve`` (or ``bentoml serve service.service:Fovea``). Models are loaded by tag from the BentoML
+model store; the embedded defaults are imported into the store first if it has none.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import bentoml
+from starlette.responses import JSONResponse
+
+from models.store import ensure_defaults
+from service.errors import FoveaError, MissingField, PayloadTooLarge
+from service.http_errors import ErrorShapeMiddleware
+from service.pipeline import Analyzer
+
+log = logging.getLogger("fovea")
+
+GRADER_TAG = os.environ.get("FOVEA_GRADER_TAG", "dr-grader:latest")
+MAX_UPLOAD_BYTES = int(os.environ.get("FOVEA_MAX_UPLOAD_BYTES", str(64 * 1024 * 1024)))
+
+# DESIGN.md: if the store has none, import the embedded defaults before the service resolves its models.
+ensure_defaults()
+
+
+@bentoml.service(name="fovea", traffic={"timeout": 120}, http={"port": 3000})
+class Fovea:
+    """Diabetic-retinopathy screening on fundus photographs (JPEG, PNG, DICOM)."""
+
+    grader_ref = bentoml.models.BentoModel(GRADER_TAG)
+
+    def __init__(self) -> None:
+        self.analyzer = Analyzer.from_store_dirs(Path(self.grader_ref.path))
+        card = self.analyzer.grader_card
+        log.info("loaded %s (sha256 %s…) on %s", card.tag, card.sha256[:12], self.analyzer.grader.provider)
+
+    @bentoml.api(route="/analyze")
+    def analyze(self, image: Path | None = None) -> Any:
+        """Grade one fundus photograph (multipart field ``image``: DICOM Part 10, JPEG or PNG) and return
+        ``Findings`` JSON with the saliency map; errors are ``{"error": {"code", "message"}}`` with a 4xx."""
+        request_id = uuid.uuid4().hex
+        try:
+            if image is None:
+                raise MissingField("send the photograph as multipart form field 'image' "
+                                   "(curl -F image=@photo.jpg …)")
+            size = image.stat().st_size
+            if size > MAX_UPLOAD_BYTES:
+                raise PayloadTooLarge(f"the file is {size} bytes; the limit is {MAX_UPLOAD_BYTES} bytes")
+            findings = self.analyzer.analyze(image.read_bytes(), request_id=request_id)
+        except FoveaError as exc:
+            # The message describes the file, never the patient: safe to log and return.
+            log.info("request %s refused: %s %s", request_id, exc.status, exc.code)
+            return JSONResponse(exc.to_json(), status_code=exc.status)
+        return findings.model_dump(mode="json")
+
+
+Fovea.add_asgi_middleware(ErrorShapeMiddleware, max_body=MAX_UPLOAD_BYTES + 1024 * 1024)

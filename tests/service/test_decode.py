@@ -1,0 +1,561 @@
+"""Tests for service.decode: sniffing, JPEG/PNG/DICOM decoding, limits and the typed-error contract.
+
+pydicom's bundled test files are opened by PATH from the installed wheel, never through
+``pydicom.data.get_testdata_file`` (which downloads missing files and hangs offline).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom import uid
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+
+from service.decode import DecodedImage, DecodeLimits, FUNDUS_SOP_CLASSES, decode, sniff
+from service.errors import (
+    FoveaError,
+    PayloadTooLarge,
+    UnreadableImage,
+    UnsupportedDicom,
+    UnsupportedMediaType,
+)
+
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+# SC_rgb*.dcm (100x100): ten 10-row stripes, sampled at column 50 (values from pydicom's own tests).
+STRIPES = [
+    (255, 0, 0), (255, 128, 128), (0, 255, 0), (128, 255, 128), (0, 0, 255),
+    (128, 128, 255), (0, 0, 0), (64, 64, 64), (192, 192, 192), (255, 255, 255),
+]  # fmt: skip
+PATIENT_NAME = "DOE^JANE"
+PATIENT_ID = "PID-998877"
+
+
+def _test_file(name: str) -> bytes:
+    return (TEST_FILES / name).read_bytes()
+
+
+def _assert_contract(images: list[DecodedImage]) -> None:
+    assert images
+    for im in images:
+        assert im.rgb.dtype == np.uint8
+        assert im.rgb.ndim == 3 and im.rgb.shape[2] == 3
+        assert im.rgb.flags.c_contiguous
+        assert im.rgb.shape[:2] == (im.height, im.width)
+
+
+def _assert_stripes(rgb: np.ndarray, tol: int, expected: list[tuple[int, int, int]] = STRIPES) -> None:
+    got = [tuple(int(v) for v in rgb[r, 50]) for r in range(5, 100, 10)]
+    for g, e in zip(got, expected, strict=True):
+        assert max(abs(a - b) for a, b in zip(g, e)) <= tol, (got, expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Builders
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _quadrants(h: int = 48, w: int = 64) -> np.ndarray:
+    """RGB test card: red / green top, blue / white bottom (W != H to catch transposition)."""
+    rgb = np.zeros((h, w, 3), np.uint8)
+    rgb[: h // 2, : w // 2] = (255, 0, 0)
+    rgb[: h // 2, w // 2 :] = (0, 255, 0)
+    rgb[h // 2 :, : w // 2] = (0, 0, 255)
+    rgb[h // 2 :, w // 2 :] = (255, 255, 255)
+    return rgb
+
+
+def _quadrant_centres(rgb: np.ndarray) -> list[tuple[int, ...]]:
+    h, w = rgb.shape[:2]
+    pts = [(h // 4, w // 4), (h // 4, 3 * w // 4), (3 * h // 4, w // 4), (3 * h // 4, 3 * w // 4)]
+    return [tuple(int(v) for v in rgb[y, x]) for y, x in pts]
+
+
+QUADRANT_COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)]
+
+
+def _close(got: list[tuple[int, ...]], expected: list[tuple[int, ...]], tol: int) -> bool:
+    return all(max(abs(a - b) for a, b in zip(g, e)) <= tol for g, e in zip(got, expected, strict=True))
+
+
+def _jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return buf.tobytes()
+
+
+def _png_pil(img: Image.Image) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A syntactically valid PNG whose IHDR claims width x height (the IDAT is tiny)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def _dicom(
+    pixels: np.ndarray | None = None,
+    *,
+    pi: str = "RGB",
+    bits_stored: int | None = None,
+    sop_class: str = uid.OphthalmicPhotography8BitImageStorage,
+    transfer_syntax: str = uid.ExplicitVRLittleEndian,
+    **elements: object,
+) -> Dataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = uid.generate_uid()
+    meta.TransferSyntaxUID = transfer_syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = uid.generate_uid()
+    ds.SeriesInstanceUID = uid.generate_uid()
+    ds.PatientName = PATIENT_NAME
+    ds.PatientID = PATIENT_ID
+    ds.PatientBirthDate = "19700101"
+    ds.Modality = "OP"
+    if pixels is not None:
+        ds.set_pixel_data(pixels, pi, bits_stored or pixels.dtype.itemsize * 8, generate_instance_uid=False)
+        ds.file_meta.TransferSyntaxUID = transfer_syntax
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def _save(ds: Dataset) -> bytes:
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _jpeg_dicom(rgb: np.ndarray, *, rows: int | None = None, cols: int | None = None, frame: bytes | None = None):
+    """An Ophthalmic Photography 8-bit file with a JPEG-baseline (YBR_FULL_422) frame made by OpenCV."""
+    ds = _dicom(sop_class=uid.OphthalmicPhotography8BitImageStorage, transfer_syntax=uid.JPEGBaseline8Bit)
+    ds.Rows = rows or rgb.shape[0]
+    ds.Columns = cols or rgb.shape[1]
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    ds.PlanarConfiguration = 0
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.LossyImageCompression = "01"
+    ds.PixelData = encapsulate([frame if frame is not None else _jpeg(rgb)])
+    ds["PixelData"].VR = "OB"
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sniffing
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_sniff_by_magic_bytes() -> None:
+    assert sniff(_jpeg(_quadrants())) == "jpeg"
+    assert sniff(_png_pil(Image.new("RGB", (4, 4)))) == "png"
+    assert sniff(_test_file("SC_rgb_rle.dcm")) == "dicom"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x00" * 10, np.random.default_rng(0).bytes(4096), b"GIF89a" + b"\x00" * 64, b"DICM" + b"\x00" * 200],
+    ids=["empty", "zeros", "random", "gif", "dicm-at-0"],
+)
+def test_sniff_and_decode_reject_other_bytes(data: bytes) -> None:
+    with pytest.raises(UnsupportedMediaType) as err:
+        sniff(data)
+    assert "DICOM Part 10" in err.value.message and "JPEG" in err.value.message
+    with pytest.raises(UnsupportedMediaType):
+        decode(data)
+
+
+def test_preamble_less_dicom_is_refused_as_media_type() -> None:
+    with pytest.raises(UnsupportedMediaType, match="Part 10"):
+        decode(_test_file("ExplVR_LitEndNoMeta.dcm"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# JPEG / PNG
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_jpeg_decodes_to_rgb_with_right_size_and_colours() -> None:
+    [im] = decode(_jpeg(_quadrants()))
+    _assert_contract([im])
+    assert (im.source, im.width, im.height, im.frame_index, im.laterality) == ("jpeg", 64, 48, None, None)
+    assert im.sop_class_uid is None and im.transfer_syntax_uid is None
+    assert _close(_quadrant_centres(im.rgb), QUADRANT_COLOURS, tol=6)
+
+
+def test_grayscale_jpeg_gives_three_equal_channels() -> None:
+    ok, buf = cv2.imencode(".jpg", np.full((20, 30), 77, np.uint8))
+    assert ok
+    [im] = decode(buf.tobytes())
+    assert im.rgb.shape == (20, 30, 3)
+    assert np.all(np.abs(im.rgb.astype(int) - 77) <= 2)
+
+
+def test_png_rgb_is_lossless() -> None:
+    rgb = _quadrants()
+    [im] = decode(_png_pil(Image.fromarray(rgb)))
+    assert im.source == "png"
+    np.testing.assert_array_equal(im.rgb, rgb)
+
+
+def test_png_grayscale_rgba_palette() -> None:
+    gray = np.tile(np.arange(0, 250, 10, dtype=np.uint8), (5, 1))
+    [im] = decode(_png_pil(Image.fromarray(gray, mode="L")))
+    np.testing.assert_array_equal(im.rgb, np.repeat(gray[:, :, None], 3, axis=2))
+
+    rgba = np.dstack([_quadrants(), np.full((48, 64), 128, np.uint8)])
+    [im] = decode(_png_pil(Image.fromarray(rgba, mode="RGBA")))
+    np.testing.assert_array_equal(im.rgb, _quadrants())
+    assert "alpha channel dropped" in im.notes
+
+    palette = Image.fromarray(_quadrants()).convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+    [im] = decode(_png_pil(palette))
+    assert _close(_quadrant_centres(im.rgb), QUADRANT_COLOURS, tol=0)
+
+
+def test_png_16_bit_is_scaled_to_8_bit() -> None:
+    rgb16 = _quadrants().astype(np.uint16) * 257  # 255 -> 65535
+    rgb16[0, 0] = (257 * 100, 257 * 50, 0)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb16, cv2.COLOR_RGB2BGR))
+    assert ok
+    [im] = decode(buf.tobytes())
+    assert im.rgb.dtype == np.uint8
+    assert tuple(im.rgb[0, 0]) == (100, 50, 0)
+    assert _close(_quadrant_centres(im.rgb), QUADRANT_COLOURS, tol=0)
+
+    gray16 = np.full((6, 7), 257 * 200, np.uint16)
+    ok, buf = cv2.imencode(".png", gray16)
+    [im] = decode(buf.tobytes())
+    assert np.all(im.rgb == 200)
+
+
+def test_pillow_fallback_gives_the_same_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    rgba = np.dstack([_quadrants(), np.full((48, 64), 255, np.uint8)])
+    png = _png_pil(Image.fromarray(rgba, mode="RGBA"))
+    jpeg = _jpeg(_quadrants())
+    gray16 = np.full((6, 7), 257 * 200, np.uint16)
+    ok, png16 = cv2.imencode(".png", gray16)
+    expected_jpeg = decode(jpeg)[0].rgb
+    monkeypatch.setattr(cv2, "imdecode", lambda *a, **k: None)
+    [im] = decode(png)
+    np.testing.assert_array_equal(im.rgb, _quadrants())
+    assert any("Pillow" in n for n in im.notes)
+    [im] = decode(jpeg)
+    assert np.abs(im.rgb.astype(int) - expected_jpeg.astype(int)).max() <= 3
+    [im] = decode(png16.tobytes())
+    assert np.all(im.rgb == 200)
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "png"])
+def test_truncated_raster_is_unreadable(kind: str) -> None:
+    noise = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    data = _jpeg(noise) if kind == "jpeg" else _png_pil(Image.fromarray(noise))
+    for cut in (len(data) // 2, len(data) - 20, 40):
+        with pytest.raises(UnreadableImage):
+            decode(data[:cut])
+
+
+def test_corrupt_raster_is_unreadable() -> None:
+    with pytest.raises(UnreadableImage):
+        decode(b"\xff\xd8\xff\xe0" + b"\x00" * 100)
+    with pytest.raises(UnreadableImage):
+        decode(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+
+
+def test_jpeg_with_trailing_bytes_after_eoi_still_decodes() -> None:
+    [im] = decode(_jpeg(_quadrants()) + b"\x00\x00trailer")
+    assert (im.width, im.height) == (64, 48)
+
+
+def test_oversize_headers_are_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pixels must not be decoded")
+
+    monkeypatch.setattr(cv2, "imdecode", no_decoding)
+    with pytest.raises(PayloadTooLarge):  # 10^10 px: Pillow's own bomb guard fires while parsing the header
+        decode(_png_claiming(100_000, 100_000))
+    with pytest.raises(PayloadTooLarge, match="60000000"):  # 81 Mpx: over our limit, under Pillow's
+        decode(_png_claiming(9_000, 9_000))
+    with pytest.raises(PayloadTooLarge):
+        decode(_jpeg(_quadrants()), limits=DecodeLimits(max_pixels=64 * 48 - 1))
+
+
+def test_upload_over_max_bytes() -> None:
+    data = _jpeg(_quadrants())
+    with pytest.raises(PayloadTooLarge):
+        decode(data, limits=DecodeLimits(max_bytes=len(data) - 1))
+    assert decode(data, limits=DecodeLimits(max_bytes=len(data)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DICOM: pydicom's bundled files
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "tol"),
+    [
+        ("SC_rgb_rle.dcm", 0),  # RLE, RGB
+        ("SC_rgb_jpeg_dcmtk.dcm", 8),  # JPEG baseline, YBR_FULL
+        ("SC_rgb_dcmtk_+eb+cy+np.dcm", 8),  # JPEG baseline, YBR_FULL_422
+        ("SC_rgb_dcmtk_+eb+cr.dcm", 0),  # JPEG baseline, RGB (no colour transform)
+        ("SC_ybr_full_422_uncompressed.dcm", 8),  # native YBR_FULL_422
+        ("SC_rgb_jpeg_gdcm.dcm", 0),  # JPEG lossless (GDCM)
+        ("SC_rgb_gdcm_KY.dcm", 0),  # JPEG 2000
+        ("SC_rgb_jls_lossy_line.dcm", 8),  # JPEG-LS near-lossless
+        ("SC_rgb_rle_16bit.dcm", 0),  # 16-bit RGB scaled to 8 bit
+    ],
+)
+def test_dicom_colour_files_decode_to_rgb_once(name: str, tol: int) -> None:
+    images = decode(_test_file(name))
+    _assert_contract(images)
+    [im] = images
+    assert (im.source, im.width, im.height, im.frame_index) == ("dicom", 100, 100, None)
+    assert im.sop_class_uid == uid.SecondaryCaptureImageStorage
+    assert im.transfer_syntax_uid is not None
+    _assert_stripes(im.rgb, tol)
+
+
+def test_dicom_multi_frame_and_max_frames() -> None:
+    data = _test_file("SC_rgb_rle_2frame.dcm")
+    images = decode(data)
+    assert [im.frame_index for im in images] == [0, 1]
+    _assert_stripes(images[0].rgb, 0)
+    _assert_stripes(images[1].rgb, 1, [tuple(255 - v for v in c) for c in STRIPES])  # frame 2 is inverted
+
+    [only] = decode(data, limits=DecodeLimits(max_frames=1))
+    assert only.frame_index == 0
+    assert any("first 1 of 2 frames" in n for n in only.notes)
+
+
+def test_ct_is_not_a_fundus_photograph() -> None:
+    with pytest.raises(UnsupportedDicom, match="not a fundus photograph") as err:
+        decode(_test_file("CT_small.dcm"))
+    assert "CT Image Storage" in err.value.message
+    assert err.value.status == 422
+
+
+@pytest.mark.parametrize("name", ["rtplan.dcm", "test-SR.dcm", "reportsi.dcm"])
+def test_non_image_dicom_is_unsupported(name: str) -> None:
+    with pytest.raises(UnsupportedDicom):
+        decode(_test_file(name))
+
+
+def test_32_bit_and_12_bit_jpeg_are_unsupported() -> None:
+    with pytest.raises(UnsupportedDicom, match="bit depth"):
+        decode(_test_file("SC_rgb_rle_32bit.dcm"))
+    with pytest.raises(UnsupportedDicom, match="12-bit"):
+        decode(_test_file("JPEG-lossy.dcm"))
+
+
+@pytest.mark.parametrize(
+    "name", ["SC_rgb_rle.dcm", "SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_gdcm_KY.dcm", "SC_rgb_dcmtk_+eb+cy+np.dcm"]
+)
+def test_truncated_dicom_raises_only_fovea_errors(name: str) -> None:
+    data = _test_file(name)
+    for cut in (133, 200, len(data) // 2, len(data) - 100, len(data) - 9):
+        with pytest.raises((UnreadableImage, UnsupportedDicom)):
+            decode(data[:cut])
+
+
+@pytest.mark.timeout(120)
+def test_every_pydicom_test_file_decodes_or_raises_a_fovea_error() -> None:
+    files = sorted(p for p in TEST_FILES.rglob("*") if p.is_file())
+    assert len(files) > 50
+    decoded, refused = [], {}
+    for path in files:
+        data = path.read_bytes()
+        try:
+            images = decode(data)
+        except FoveaError as exc:
+            refused[path.name] = type(exc).__name__
+            assert exc.message and PATIENT_NAME not in exc.message
+            continue
+        except Exception as exc:  # pragma: no cover - the failure message is the point
+            pytest.fail(f"{path.relative_to(TEST_FILES)} raised {type(exc).__name__}: {exc}")
+        _assert_contract(images)
+        decoded.append(path.name)
+    # Sanity: the fundus-compatible SC files decode, the CT/MR/RT ones are refused.
+    assert {"SC_rgb_rle.dcm", "SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_rle_2frame.dcm"} <= set(decoded)
+    assert refused["CT_small.dcm"] == "UnsupportedDicom" and refused["README.txt"] == "UnsupportedMediaType"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DICOM: files built here
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_ophthalmic_photography_rgb_with_laterality() -> None:
+    ds = _dicom(_quadrants(), pi="RGB", ImageLaterality="L", Laterality="R")
+    [im] = decode(_save(ds))
+    np.testing.assert_array_equal(im.rgb, _quadrants())
+    assert im.laterality == "L"  # ImageLaterality wins over Laterality
+    assert im.sop_class_uid == uid.OphthalmicPhotography8BitImageStorage
+    assert im.study_instance_uid == ds.StudyInstanceUID
+    assert im.series_instance_uid == ds.SeriesInstanceUID
+    assert im.sop_instance_uid == ds.SOPInstanceUID
+    assert im.photometric_interpretation == "RGB"
+    assert im.transfer_syntax_uid == uid.ExplicitVRLittleEndian
+    assert im.frame_index is None
+
+    [im] = decode(_save(_dicom(_quadrants(), Laterality="R")))
+    assert im.laterality == "R"
+    [im] = decode(_save(_dicom(_quadrants(), ImageLaterality="B")))
+    assert im.laterality is None
+
+
+def test_jpeg_baseline_ophthalmic_dicom_is_converted_to_rgb_exactly_once() -> None:
+    [im] = decode(_save(_jpeg_dicom(_quadrants())))
+    assert im.photometric_interpretation == "YBR_FULL_422"
+    assert _close(_quadrant_centres(im.rgb), QUADRANT_COLOURS, tol=6)
+
+
+def test_jpeg_frame_that_disagrees_with_the_header_is_refused() -> None:
+    with pytest.raises(UnreadableImage, match="header says"):  # codestream 64x48, header 32x24
+        decode(_save(_jpeg_dicom(_quadrants(), rows=24, cols=32)))
+    big = np.zeros((1000, 1000, 3), np.uint8)
+    with pytest.raises(PayloadTooLarge):  # the codestream itself is over the limit
+        decode(_save(_jpeg_dicom(big, rows=10, cols=10)), limits=DecodeLimits(max_pixels=10_000))
+    truncated = _jpeg(_quadrants())[:-200]
+    with pytest.raises(UnreadableImage, match="truncated"):
+        decode(_save(_jpeg_dicom(_quadrants(), frame=truncated)))
+
+
+def test_monochrome1_is_inverted_and_monochrome2_windowed() -> None:
+    gray = np.array([[0, 64, 128, 255]], np.uint8).repeat(3, axis=0)
+    [im] = decode(_save(_dicom(gray, pi="MONOCHROME1")))
+    np.testing.assert_array_equal(im.rgb[..., 0], 255 - gray)
+    assert np.all(im.rgb[..., 0] == im.rgb[..., 2])
+
+    [im] = decode(_save(_dicom(gray, pi="MONOCHROME2")))
+    np.testing.assert_array_equal(im.rgb[..., 1], gray)
+
+    # 12-bit data in 16 bits, window [1000, 3000]: below -> 0, above -> 255, centre -> ~128.
+    values = np.array([[0, 1000, 2000, 3000, 4095]], np.uint16)
+    ds = _dicom(values, pi="MONOCHROME2", bits_stored=12, WindowCenter=2000, WindowWidth=2000)
+    [im] = decode(_save(ds))
+    row = im.rgb[0, :, 0].astype(int).tolist()
+    assert row[0] == 0 and row[1] <= 1 and abs(row[2] - 128) <= 1 and row[3] >= 254 and row[4] == 255
+
+
+def test_palette_colour_goes_through_the_lut() -> None:
+    ds = pydicom.dcmread(io.BytesIO(_test_file("examples_palette.dcm")))
+    ds.SOPClassUID = uid.SecondaryCaptureImageStorage  # an US file; relabelled to pass the allow-list
+    ds.file_meta.MediaStorageSOPClassUID = uid.SecondaryCaptureImageStorage
+    [im] = decode(_save(ds))
+    assert im.photometric_interpretation == "PALETTE COLOR"
+    expected = pydicom.pixels.apply_color_lut(ds.pixel_array, ds)
+    if expected.dtype == np.uint16:
+        expected = np.rint(expected / 257.0).astype(np.uint8)
+    np.testing.assert_array_equal(im.rgb, expected[..., :3])
+
+
+def test_no_pixel_data_is_unsupported() -> None:
+    with pytest.raises(UnsupportedDicom, match="no Pixel Data"):
+        decode(_save(_dicom(None)))
+
+
+def test_header_dimensions_over_limit_refused_before_decoding() -> None:
+    ds = _dicom(_quadrants())
+    with pytest.raises(PayloadTooLarge):
+        decode(_save(ds), limits=DecodeLimits(max_pixels=100))
+    ds.Rows, ds.Columns = 60_000, 60_000  # 3.6 Gpx claimed by a ~10 kB file: refused from the header alone
+    with pytest.raises(PayloadTooLarge):
+        decode(_save(ds))
+
+
+def test_unsupported_transfer_syntax_and_photometric_interpretation() -> None:
+    ds = _dicom(_quadrants())
+    ds.file_meta.TransferSyntaxUID = uid.HTJ2KLossless
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 60])
+    with pytest.raises(UnsupportedDicom, match="transfer syntax") as err:
+        decode(_save(ds))
+    assert "JPEG Baseline" in err.value.message  # says what is accepted
+
+    ds = _dicom(_quadrants(), PhotometricInterpretation="YBR_PARTIAL_420")
+    with pytest.raises(UnsupportedDicom, match="YBR_PARTIAL_420"):
+        decode(_save(ds))
+
+
+def test_deflated_dicom_decodes_and_zip_bombs_are_refused() -> None:
+    ds = _dicom(np.zeros((200, 300, 3), np.uint8), transfer_syntax=uid.DeflatedExplicitVRLittleEndian)
+    data = _save(ds)
+    assert len(data) < 10_000
+    [im] = decode(data)
+    assert im.rgb.shape == (200, 300, 3) and not im.rgb.any()
+    with pytest.raises(PayloadTooLarge):
+        decode(data, limits=DecodeLimits(max_inflated_bytes=50_000))
+
+
+def test_messages_never_contain_patient_data() -> None:
+    cases = [
+        _dicom(None),
+        _dicom(_quadrants(), sop_class=uid.CTImageStorage),
+        _dicom(_quadrants(), PhotometricInterpretation="HSV"),
+        _dicom(_quadrants(), BitsAllocated=32),
+    ]
+    for ds in cases:
+        with pytest.raises(FoveaError) as err:
+            decode(_save(ds), limits=DecodeLimits(max_pixels=10_000))
+        for secret in (PATIENT_NAME, "DOE", PATIENT_ID, "19700101"):
+            assert secret not in err.value.message
+    data = _save(_dicom(_quadrants()))
+    for cut in (300, len(data) // 2):
+        with pytest.raises(FoveaError) as err:
+            decode(data[:cut])
+        assert PATIENT_NAME not in err.value.message and PATIENT_ID not in err.value.message
+
+
+def test_fuzzed_inputs_raise_only_fovea_errors() -> None:
+    rng = np.random.default_rng(1234)
+    seeds = [
+        _save(_dicom(_quadrants())),
+        _save(_jpeg_dicom(_quadrants())),
+        _jpeg(_quadrants()),
+        _png_pil(Image.fromarray(_quadrants())),
+    ]
+    for base in seeds:
+        for _ in range(40):
+            data = bytearray(base)
+            for pos in rng.integers(132 if base[128:132] == b"DICM" else 8, len(data), size=rng.integers(1, 8)):
+                data[pos] = int(rng.integers(0, 256))
+            try:
+                images = decode(bytes(data))
+            except FoveaError:
+                continue
+            _assert_contract(images)
+
+
+def test_fundus_allow_list_matches_pydicom_names() -> None:
+    names = {uid.UID(u).name for u in FUNDUS_SOP_CLASSES}
+    assert "Ophthalmic Photography 8 Bit Image Storage" in names
+    assert "Wide Field Ophthalmic Photography 3D Coordinates Image Storage" in names
+    assert len(FUNDUS_SOP_CLASSES) == 8

@@ -1,0 +1,83 @@
+"""``python -m training {train,evaluate,export,register}`` — see README "Training"."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training", description="Train, evaluate, export and register Fovea models.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train a model from a YAML config")
+    t.add_argument("--config", type=Path, required=True)
+    t.add_argument("--data", dest="train", help="training data folder (overrides the config)")
+    t.add_argument("--format", help="data layout (eyepacs)")
+    t.add_argument("--out", help="run folder (overrides the config)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    e = sub.add_parser("evaluate", help="metrics of a checkpoint on held-out data")
+    e.add_argument("--config", type=Path, required=True)
+    e.add_argument("--checkpoint", type=Path)
+    e.add_argument("--data", help="held-out data folder (default: the config's test split)")
+    x = sub.add_parser("export", help="export a checkpoint to ONNX + model card (after a parity check)")
+    x.add_argument("--config", type=Path, required=True)
+    x.add_argument("--checkpoint", type=Path)
+    x.add_argument("--data", help="held-out data folder for the card's metrics (default: the config's test split)")
+    x.add_argument("--out", type=Path, default=Path("models/default"))
+    r = sub.add_parser("register", help="import an exported model (ONNX + card) into the BentoML model store")
+    r.add_argument("--card", type=Path, required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = "python -m training " + shlex.join(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.cmd == "register":
+            from models.store import import_model
+
+            print(import_model(args.card))
+            return 0
+        from training.config import load_config
+        from training.train import ensure_data
+
+        overrides = {k: getattr(args, k, None) for k in ("train", "format", "out", "epochs")}
+        cfg = load_config(args.config, overrides)
+        if args.cmd == "train":
+            from training.train import main as train
+
+            print(train(cfg, resume=args.resume, command=command))
+            return 0
+        checkpoint = args.checkpoint or Path(cfg.out) / "best.pt"
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"no checkpoint at {checkpoint}: train first or pass --checkpoint")
+        test_root = Path(args.data or cfg.data.test)
+        if args.data is None:
+            ensure_data(test_root, cfg.data.synthetic_test)
+        if args.cmd == "evaluate":
+            from training.export import load_checkpoint
+            from training.data import FundusDataset, read_items
+            from training.train import evaluate
+            from torch.utils.data import DataLoader
+
+            model, cfg_ck, ck = load_checkpoint(checkpoint)
+            ds = FundusDataset(read_items(test_root, cfg.data.format), cfg_ck.input_size, train=False)
+            metrics = evaluate(model, DataLoader(ds, batch_size=32), json.loads(ck["operating_point"])["threshold"])
+            print(json.dumps(metrics, indent=2))
+            return 0
+        from training.export import export
+
+        card = export(checkpoint, args.out, test_root=test_root, command=command)
+        print(json.dumps(card.metrics, indent=2))
+        return 0
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Training configuration: a frozen dataclass loaded from YAML, saved resolved with every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyntheticSpec:
+    """How to generate a synthetic split when its folder does not exist yet."""
+
+    count: int
+    seed: int
+    size: int = 512
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Where images and labels come from. ``format`` names a reader in :mod:`training.data`."""
+
+    train: str
+    test: str
+    format: str = "eyepacs"
+    val_fraction: float = 0.15
+    synthetic_train: SyntheticSpec | None = None
+    synthetic_test: SyntheticSpec | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything that determines a trained grader."""
+
+    name: str = "dr-grader"
+    version: str = "0.1.0"
+    architecture: str = "mobilenet_v3_large"
+    input_size: int = 384
+    num_classes: int = 5
+    dropout: float = 0.2
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.05
+    early_stopping_patience: int = 4
+    seed: int = 0
+    workers: int = 0
+    out: str = "runs/grader"
+    referable_min_sensitivity: float = 0.90
+    data: DataConfig = field(default_factory=lambda: DataConfig(train="data/train", test="data/test"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (for YAML, the checkpoint and the model card)."""
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, values: dict[str, Any]) -> Any:
+    """Instantiate nested frozen dataclasses from plain dicts, rejecting unknown keys with a clear message."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {', '.join(sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    nested = {"data": DataConfig, "synthetic_train": SyntheticSpec, "synthetic_test": SyntheticSpec}
+    for key, value in values.items():
+        kwargs[key] = _build(nested[key], value) if key in nested and isinstance(value, dict) else value
+    return cls(**kwargs)
+
+
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Load a YAML config and apply top-level ``overrides`` (e.g. ``{"epochs": 1}``); ``None`` values are
+    ignored so unset CLI flags do not override the file."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"config {path} must be a mapping at the top level")
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key in {"train", "test"}:
+            raw.setdefault("data", {})[key] = value
+        else:
+            raw[key] = value
+    return _build(TrainConfig, raw)
+
+
+def resolve_path(p: str, base: Path | None = None) -> Path:
+    """Paths in configs are relative to the current directory (the repository root in the Makefile)."""
+    path = Path(p)
+    return path if path.is_absolute() or base is None else base / path

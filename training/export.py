@@ -1,0 +1,128 @@
+"""Export a trained grader to ONNX with in-graph CAM, verify it against PyTorch, measure it, write its card.
+
+The card is written only after ONNX Runtime reproduces PyTorch's logits within :data:`PARITY_ATOL`; the
+held-out metrics in the card are those of the exported ONNX file itself, run through ONNX Runtime on the
+same preprocessing serving uses.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from tqdm import tqdm
+
+from models import preprocess
+from models.architectures import build
+from models.architectures.classifier import WithCam
+from models.card import (ICDR_LABELS, InputSpec, ModelCard, OperatingPoint, PreprocessingSpec, TrainingProvenance,
+                         sha256_file)
+from training.config import TrainConfig
+from training.data import load_rgb, read_items
+from training.metrics import grader_metrics
+
+PARITY_ATOL = 1e-4
+OPSET = 17
+
+
+class ParityError(RuntimeError):
+    """ONNX Runtime disagrees with PyTorch beyond tolerance: the export is not trustworthy."""
+
+
+def load_checkpoint(path: Path) -> tuple[torch.nn.Module, TrainConfig, dict]:
+    """Rebuild the model from a checkpoint written by :func:`training.train.main` (weights only, no pickle)."""
+    from training.config import _build
+
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = _build(TrainConfig, json.loads(ck["config"]))
+    model = build(cfg.architecture, num_classes=cfg.num_classes, dropout=cfg.dropout)
+    model.load_state_dict(ck["model"])
+    return model.eval(), cfg, ck
+
+
+def to_onnx(model: torch.nn.Module, size: int) -> bytes:
+    """Serialise ``WithCam(model)`` to ONNX bytes: input ``image`` (dynamic batch), outputs ``logits``, ``cam``."""
+    buf = io.BytesIO()
+    # dynamo=False: the TorchScript exporter gives one self-contained file at opset 17 with a dynamic batch
+    # axis and needs no onnxscript; DESIGN.md measured both exporters as equivalent for classifiers.
+    torch.onnx.export(
+        WithCam(model).eval(), (torch.zeros(1, 3, size, size),), buf, input_names=["image"],
+        output_names=["logits", "cam"], opset_version=OPSET, dynamo=False,
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "cam": {0: "batch"}},
+    )
+    return buf.getvalue()
+
+
+def check_parity(model: torch.nn.Module, onnx_bytes: bytes, inputs: np.ndarray) -> dict[str, float]:
+    """Max abs differences of logits and CAM between PyTorch and ONNX Runtime; :class:`ParityError` if the
+    logits differ by more than :data:`PARITY_ATOL`."""
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    logits, cam = sess.run(["logits", "cam"], {"image": inputs})
+    with torch.inference_mode():
+        ref_logits, ref_cam = WithCam(model.eval())(torch.from_numpy(inputs))
+    d_logits = float(np.abs(logits - ref_logits.numpy()).max())
+    d_cam = float(np.abs(cam - ref_cam.numpy()).max() / (np.abs(ref_cam.numpy()).max() + 1e-12))
+    if not d_logits <= PARITY_ATOL:
+        raise ParityError(f"ONNX Runtime logits differ from PyTorch by {d_logits:.2e} (> {PARITY_ATOL:.0e})")
+    return {"max_abs_logit_diff": d_logits, "max_rel_cam_diff": d_cam}
+
+
+def onnx_probabilities(onnx_bytes: bytes, items: list[tuple[Path, int]], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Run the exported model through ONNX Runtime on ``items`` with the serving preprocessing."""
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    probs = []
+    for path, _ in tqdm(items, desc="evaluate onnx", unit="img", leave=False):
+        x = preprocess.preprocess(load_rgb(path), size).tensor[None]
+        (logits,) = sess.run(["logits"], {"image": x})
+        e = np.exp(logits[0] - logits[0].max())
+        probs.append(e / e.sum())
+    return np.stack(probs), np.array([g for _, g in items])
+
+
+def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: str) -> ModelCard:
+    """Export ``checkpoint`` into ``out_dir`` as ``<name>.onnx`` + ``<name>.card.json``; return the card."""
+    model, cfg, ck = load_checkpoint(checkpoint)
+    onnx_bytes = to_onnx(model, cfg.input_size)
+    rng = np.random.default_rng(0)
+    probe = rng.standard_normal((2, 3, cfg.input_size, cfg.input_size), dtype=np.float32)
+    parity = check_parity(model, onnx_bytes, probe)
+    print(f"parity: {parity}", file=sys.stderr)
+
+    op = json.loads(ck["operating_point"])
+    metrics: dict[str, float] = {}
+    metrics_data = "none (no held-out data given)"
+    if test_root is not None:
+        items = read_items(test_root, cfg.data.format)
+        probs, labels = onnx_probabilities(onnx_bytes, items, cfg.input_size)
+        metrics = grader_metrics(probs, labels, op["threshold"])
+        metrics_data = f"{test_root} ({len(items)} images, held out from training and validation)"
+    metrics.update(parity)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / f"{cfg.name}.onnx"
+    onnx_path.write_bytes(onnx_bytes)
+    card = ModelCard(
+        name=cfg.name, version=cfg.version, task="dr-grading", architecture=cfg.architecture,
+        file=onnx_path.name, sha256=sha256_file(onnx_path), opset=OPSET,
+        input=InputSpec(size=cfg.input_size, mean=tuple(preprocess.MEAN.tolist()), std=tuple(preprocess.STD.tolist())),
+        outputs=("logits", "cam"),
+        preprocessing=PreprocessingSpec(name=preprocess.NAME, version=preprocess.VERSION),
+        classes=ICDR_LABELS,
+        operating_points=(OperatingPoint(name="referable_dr", threshold=op["threshold"],
+                                         sensitivity=op["sensitivity"], specificity=op["specificity"],
+                                         chosen_on="validation split (patients held out from training), "
+                                                   f"sensitivity >= {cfg.referable_min_sensitivity}"),),
+        metrics=metrics, metrics_data=metrics_data,
+        training=TrainingProvenance(data=f"{cfg.data.train} ({cfg.data.format})", command=ck["command"],
+                                    code_commit=ck["code_commit"], config=json.loads(ck["config"]),
+                                    torch_version=ck["torch_version"], seconds=ck["seconds"]),
+        created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+    )
+    card.save(out_dir / f"{cfg.name}.card.json")
+    return card

@@ -1,0 +1,150 @@
+"""Train the DR grader: ``train_one_epoch``, ``evaluate``, ``main`` (torchvision reference-script style)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from models.architectures import build
+from training.config import SyntheticSpec, TrainConfig
+from training.data import FundusDataset, read_items, split_by_patient
+from training.metrics import choose_operating_point, grader_metrics, referable_probability
+
+
+def ensure_data(root: Path, spec: SyntheticSpec | None) -> None:
+    """Generate a synthetic split at ``root`` if it does not exist and the config says how."""
+    if (root / "trainLabels.csv").is_file():
+        return
+    if spec is None:
+        raise FileNotFoundError(f"no dataset at {root} (expected {root / 'trainLabels.csv'})")
+    from datasets.synthetic.writer import generate
+
+    print(f"generating {spec.count} synthetic images into {root} (seed {spec.seed})", file=sys.stderr)
+    generate(root, count=spec.count, seed=spec.seed, size=spec.size)
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
+                    sched: torch.optim.lr_scheduler.LRScheduler, loss_fn: nn.Module, epoch: int) -> float:
+    """One pass over ``loader``; returns the mean training loss."""
+    model.train()
+    total, n = 0.0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False)
+    for x, y in bar:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += float(loss) * len(y)
+        n += len(y)
+        bar.set_postfix(loss=f"{total / n:.3f}")
+    return total / max(n, 1)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities ``(N, C)`` and labels ``(N,)`` over ``loader``."""
+    model.eval()
+    probs, labels = [], []
+    for x, y in loader:
+        probs.append(torch.softmax(model(x), dim=1).numpy())
+        labels.append(y.numpy())
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def evaluate(model: nn.Module, loader: DataLoader, threshold: float | None = None) -> dict[str, float]:
+    """Grader metrics (see :func:`training.metrics.grader_metrics`) on ``loader``."""
+    probs, labels = predict(model, loader)
+    return grader_metrics(probs, labels, threshold)
+
+
+def code_commit() -> str:
+    """The git commit of the code (with ``-dirty`` if the tree has changes), or ``unknown``."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(cfg: TrainConfig, *, resume: bool = False, command: str = "") -> Path:
+    """Train per ``cfg``; write ``last.pt``/``best.pt`` (with the resolved config) and ``history.json`` into
+    ``cfg.out``; return the path of ``best.pt``."""
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_root = Path(cfg.data.train)
+    ensure_data(train_root, cfg.data.synthetic_train)
+    items = read_items(train_root, cfg.data.format)
+    train_items, val_items = split_by_patient(items, cfg.data.val_fraction, cfg.seed)
+    if not train_items or not val_items:
+        raise ValueError(f"need images for both training and validation; got {len(train_items)} and {len(val_items)}")
+    train_ds = FundusDataset(train_items, cfg.input_size, train=True, seed=cfg.seed, desc="preprocess train")
+    val_ds = FundusDataset(val_items, cfg.input_size, train=False, desc="preprocess val")
+    g = torch.Generator().manual_seed(cfg.seed)
+    train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=g, num_workers=cfg.workers,
+                          drop_last=len(train_ds) > cfg.batch_size)
+    val_dl = DataLoader(val_ds, batch_size=cfg.batch_size * 2, num_workers=cfg.workers)
+
+    model = build(cfg.architecture, num_classes=cfg.num_classes, dropout=cfg.dropout)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * len(train_dl),
+                                                pct_start=0.15)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    start, best_kappa, stale, history = 0, -2.0, 0, []
+    last = out / "last.pt"
+    if resume and last.is_file():
+        ck = torch.load(last, map_location="cpu", weights_only=True)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start, best_kappa, stale, history = ck["epoch"] + 1, ck["best_kappa"], ck["stale"], json.loads(ck["history"])
+        print(f"resumed from {last} at epoch {start}", file=sys.stderr)
+
+    t0 = time.perf_counter()
+    for epoch in range(start, cfg.epochs):
+        train_ds.set_epoch(epoch)
+        loss = train_one_epoch(model, train_dl, opt, sched, loss_fn, epoch)
+        probs, labels = predict(model, val_dl)
+        op = choose_operating_point(referable_probability(probs), (labels >= 2).astype(np.int64),
+                                    cfg.referable_min_sensitivity)
+        metrics = grader_metrics(probs, labels, op.threshold)
+        history.append({"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in metrics.items()}})
+        kappa = metrics["quadratic_weighted_kappa"]
+        improved = kappa > best_kappa
+        print(f"epoch {epoch}: loss {loss:.4f} val kappa {kappa:.3f} acc {metrics['accuracy']:.3f} "
+              f"ref-AUC {metrics.get('referable_auc', float('nan')):.3f}{' *' if improved else ''}", file=sys.stderr)
+        if improved:
+            best_kappa, stale = kappa, 0
+        else:
+            stale += 1
+        ck: dict[str, Any] = {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "epoch": epoch, "best_kappa": best_kappa, "stale": stale, "history": json.dumps(history),
+            "config": json.dumps(cfg.to_dict()), "command": command, "code_commit": code_commit(),
+            "torch_version": torch.__version__, "seconds": time.perf_counter() - t0,
+            "val_metrics": json.dumps(metrics),
+            "operating_point": json.dumps({"threshold": op.threshold, "sensitivity": op.sensitivity,
+                                           "specificity": op.specificity}),
+        }
+        torch.save(ck, last)
+        if improved:
+            torch.save(ck, out / "best.pt")
+        (out / "history.json").write_text(json.dumps(history, indent=2))
+        if stale >= cfg.early_stopping_patience:
+            print(f"early stop: no kappa improvement for {stale} epochs", file=sys.stderr)
+            break
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    return out / "best.pt"
