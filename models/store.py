@@ -61,13 +61,16 @@ def ensure_defaults(default_dir: Path = DEFAULT_DIR) -> list[str]:
     return imported
 
 
-def load_verified(model_dir: Path) -> tuple[ModelCard, Path]:
-    """Read ``card.json`` in a store directory, verify the ONNX file against it, return ``(card, onnx path)``."""
-    if (model_dir / "custom_objects.pkl").exists():
+def load_verified(card_path: Path) -> tuple[ModelCard, Path]:
+    """Read a card (``card.json`` in a store directory, or ``<name>.card.json`` beside an export), verify the
+    ONNX file against it and return ``(card, onnx path)``. A directory may be passed for ``card.json``."""
+    if card_path.is_dir():
+        card_path = card_path / "card.json"
+    if any(card_path.parent.glob("*.pkl")):
         # A pickle in a model directory would be unpickled by BentoML on access: never serve such a model.
-        raise CardError(f"model directory {model_dir.name} contains a pickle; refusing to load it")
-    card = ModelCard.load(model_dir / "card.json")
-    return card, verify(card, model_dir)
+        raise CardError(f"model directory {card_path.parent.name} contains a pickle; refusing to load it")
+    card = ModelCard.load(card_path)
+    return card, verify(card, card_path.parent)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,9 @@ Colour handling
   (``round(v / 257)``). EXIF orientation is deliberately IGNORED for now (both decoders are told to), so the
   array is in stored order; a rotated phone photo of a fundus stays rotated.
 * DICOM: pixels are decoded by pydicom 3 (``Decoder.iter_array``) with only permissively licensed backends:
-  Pillow (libjpeg-turbo / OpenJPEG), GDCM and pydicom's own RLE / native decoders; pylibjpeg (GPL
+  pydicom's own native / RLE decoders and Pillow (libjpeg-turbo / OpenJPEG) in process; GDCM (JPEG lossless,
+  JPEG-LS, and fallback for JPEG / JPEG 2000 that Pillow refuses) ONLY in a child process, because GDCM aborts
+  or segfaults the interpreter on some corrupt codestreams (see :mod:`service.dicom_pixels`). pylibjpeg (GPL
   libjpeg) is never used even if installed. YBR_FULL / YBR_FULL_422 are converted to RGB exactly once, by
   pydicom (we check the photometric interpretation pydicom reports after decoding); YBR_ICT / YBR_RCT
   (JPEG 2000) come back as RGB from the backends; PALETTE COLOR goes through the palette LUT; MONOCHROME1/2
@@ -53,12 +55,18 @@ Limits and other defences
   is checked first from the header, and a ``DecompressionBombError`` raised while Pillow parses the header is
   mapped to ``PayloadTooLarge`` as well. A caller raising ``max_pixels`` above ~89 Mpx will see Pillow's
   ``DecompressionBombWarning`` for such images (and a 413 above ~179 Mpx) unless it also raises Pillow's limit.
-* Encapsulated DICOM frames (JPEG, JPEG-LS, JPEG 2000) have their codestream dimensions checked against
-  ``Rows``/``Columns`` and ``max_pixels`` before decoding, and must end with an EOI / EOC marker, so a small
-  DICOM header cannot smuggle a huge or truncated codestream to a backend that would decode it silently.
+* Encapsulated DICOM frames (JPEG, JPEG-LS, JPEG 2000) have their codestream header parsed before decoding:
+  dimensions must match ``Rows``/``Columns`` and ``max_pixels``, components and precision must match the
+  DICOM header, marker segments up to the first scan must be well formed, and the codestream must end with an
+  EOI / EOC marker, so a small DICOM header cannot smuggle a huge, inconsistent or truncated codestream to a
+  backend that would decode it silently.
+* Corrupt entropy-coded data inside an otherwise well-formed JPEG is NOT always detected: libjpeg (OpenCV,
+  Pillow) only warns and returns an image with garbage blocks. Detecting that would need a second decoder.
 * Truncated JPEG/PNG uploads are detected from their markers (no EOI after the last SOS / no IEND after the last
   IDAT), because OpenCV returns partially decoded images silently.
 * Thread-safety: no global state is modified; :func:`decode` may be called from several threads.
+* ``decode`` cannot hang on in-process work (all parsing loops advance; sizes are bounded before decoding); the
+  GDCM child has a wall-clock timeout (``isolated_decode_timeout_s``).
 """
 
 from __future__ import annotations
@@ -66,7 +74,6 @@ from __future__ import annotations
 import io
 import logging
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -78,8 +85,16 @@ from pydicom import uid as dcm_uid
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
 from pydicom.filereader import _read_file_meta_info, read_preamble
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing, get_decoder
+from pydicom.pixels import get_decoder
 
+from service.dicom_pixels import (
+    IN_PROCESS_PLUGINS,
+    PixelHeader,
+    decode_frames,
+    decode_frames_isolated,
+    finish_rgb,
+    scale_uint_to_u8,
+)
 from service.errors import FoveaError, PayloadTooLarge, UnreadableImage, UnsupportedDicom, UnsupportedMediaType
 
 __all__ = [
@@ -108,6 +123,8 @@ class DecodeLimits:
     before any pixel is decoded. ``max_frames``: a multi-frame DICOM is analysed on its first ``max_frames``
     frames only (not an error; :attr:`DecodedImage.notes` says so). ``max_inflated_bytes``: a DICOM file in the
     Deflated Explicit VR Little Endian transfer syntax may not inflate to more than this (zip-bomb guard).
+    ``isolated_decode_timeout_s``: wall-clock limit for the child process that runs GDCM (see
+    :mod:`service.dicom_pixels`); past it the child is killed and the upload is ``UnreadableImage``.
     Worst-case memory for one call is roughly ``max_frames * max_pixels * 3`` bytes of output.
     """
 
@@ -115,6 +132,7 @@ class DecodeLimits:
     max_pixels: int = 60_000_000
     max_frames: int = 16
     max_inflated_bytes: int = 256 * 1024 * 1024
+    isolated_decode_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -188,9 +206,10 @@ ACCEPTED_PHOTOMETRIC_INTERPRETATIONS: Final[frozenset[str]] = frozenset(
 
 _SUPPORTED_FORMATS_HINT: Final = "send a DICOM Part 10 file, JPEG or PNG"
 
-# Decoding plugins allowed per encapsulated transfer syntax, in order of preference. Pillow (libjpeg-turbo) is
-# ~2-3x faster than GDCM on JPEG baseline; GDCM reads some JPEG 2000 files Pillow/OpenJPEG refuses. Never
-# "pylibjpeg" (its libjpeg backend is GPL). Native (uncompressed) syntaxes use pydicom itself: plugin "".
+# Decoding plugins allowed per encapsulated transfer syntax, in order of preference. Pillow runs in process and
+# is ~2-3x faster than GDCM on JPEG baseline; GDCM runs in a child process (service.dicom_pixels), so it is the
+# fallback (it reads some JPEG 2000 files Pillow/OpenJPEG refuses) or the only choice (JPEG lossless, JPEG-LS).
+# Never "pylibjpeg" (its libjpeg backend is GPL). Native (uncompressed) syntaxes use pydicom itself: plugin "".
 _PLUGIN_PREFERENCE: Final[dict[str, tuple[str, ...]]] = {
     dcm_uid.JPEGBaseline8Bit: ("pillow", "gdcm"),
     dcm_uid.JPEGExtended12Bit: ("pillow", "gdcm"),
@@ -198,8 +217,8 @@ _PLUGIN_PREFERENCE: Final[dict[str, tuple[str, ...]]] = {
     dcm_uid.JPEGLosslessSV1: ("gdcm",),
     dcm_uid.JPEGLSLossless: ("gdcm",),
     dcm_uid.JPEGLSNearLossless: ("gdcm",),
-    dcm_uid.JPEG2000Lossless: ("gdcm", "pillow"),
-    dcm_uid.JPEG2000: ("gdcm", "pillow"),
+    dcm_uid.JPEG2000Lossless: ("pillow", "gdcm"),
+    dcm_uid.JPEG2000: ("pillow", "gdcm"),
     dcm_uid.RLELossless: ("pydicom",),
 }
 
@@ -283,32 +302,6 @@ def _check_pixels(width: int, height: int, limits: DecodeLimits, what: str = "Th
         )
 
 
-def _finish(rgb: np.ndarray) -> np.ndarray:
-    """Enforce the output contract: (H, W, 3) uint8, C-contiguous, owning its memory."""
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise UnreadableImage(f"Decoding produced an unexpected array {rgb.shape} {rgb.dtype}.")
-    out = np.ascontiguousarray(rgb)
-    return out if out.flags.owndata and out.flags.writeable else out.copy()
-
-
-def _scale_uint_to_u8(arr: np.ndarray, max_value: int) -> np.ndarray:
-    """Linearly map unsigned integers ``[0, max_value]`` to ``[0, 255]`` (rounded, saturated)."""
-    if arr.dtype == np.uint8 and max_value == 255:
-        return arr
-    src = np.ascontiguousarray(arr)
-    if src.dtype not in (np.uint8, np.uint16):  # cv2 only does 8/16-bit; rare (32-bit LUT output)
-        return np.clip(np.rint(src.astype(np.float64) * (255.0 / max_value)), 0, 255).astype(np.uint8)
-    return cv2.convertScaleAbs(src, alpha=255.0 / max_value)
-
-
-def _linear_to_u8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Linearly map ``[lo, hi]`` to ``[0, 255]`` (rounded, clipped). A flat range maps to 0."""
-    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
-        return np.zeros(values.shape, dtype=np.uint8)
-    out = (values.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
 def _jpeg_complete(buf: bytes) -> bool:
     """True if an EOI marker follows the last SOS marker.
 
@@ -357,7 +350,7 @@ def _decode_raster(data: bytes, kind: str, limits: DecodeLimits) -> DecodedImage
         raise UnreadableImage(
             f"The {fmt} decoded to {rgb.shape[1]}x{rgb.shape[0]} but its header says {width}x{height}."
         )
-    return DecodedImage(rgb=_finish(rgb), source=kind, width=width, height=height, notes=tuple(notes))
+    return DecodedImage(rgb=finish_rgb(rgb), source=kind, width=width, height=height, notes=tuple(notes))
 
 
 def _cv2_decode(data: bytes, kind: str, notes: list[str]) -> np.ndarray | None:
@@ -372,7 +365,7 @@ def _cv2_decode(data: bytes, kind: str, notes: list[str]) -> np.ndarray | None:
         if img is None:
             return None
         if img.dtype == np.uint16:
-            img = _scale_uint_to_u8(img, 65535)
+            img = scale_uint_to_u8(img, 65535)
             notes.append("16-bit image scaled to 8 bit")
         elif img.dtype != np.uint8:
             return None
@@ -424,25 +417,9 @@ def _pillow_decode(data: bytes, fmt: str, notes: list[str]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _PixelHeader:
-    """The validated Image Pixel module of a dataset."""
-
-    transfer_syntax: pydicom.uid.UID
-    rows: int
-    columns: int
-    samples_per_pixel: int
-    bits_allocated: int
-    bits_stored: int
-    pixel_representation: int
-    photometric_interpretation: str
-    number_of_frames: int
-
-
 def _uid_label(value: str) -> str:
     """``"Name (uid)"`` for a UID pydicom knows, else the bare UID."""
-    u = pydicom.uid.UID(value)
-    name = u.name
+    name = pydicom.uid.UID(value).name
     return f"{name} ({value})" if name and name != value else value
 
 
@@ -455,11 +432,15 @@ def _accepted_syntaxes() -> str:
 
 
 def _read_dataset(data: bytes, limits: DecodeLimits) -> Dataset:
-    """Parse a Part 10 file fully (pixel data stays encoded); guard deflated datasets against zip bombs."""
+    """Parse a Part 10 file fully (pixel data stays encoded); guard deflated datasets against zip bombs.
+
+    One full parse instead of a ``stop_before_pixels`` pass plus a full pass: the bytes are already in memory
+    (<= ``max_bytes``) and nothing is decoded until :func:`_check_header` has passed.
+    """
     try:
         fp = io.BytesIO(data)
         read_preamble(fp, False)
-        meta = _read_file_meta_info(fp)
+        meta = _read_file_meta_info(fp)  # private in pydicom 3, but the only way to read meta from a buffer
         dataset_offset = fp.tell()
     except Exception as exc:
         raise UnreadableImage(
@@ -467,7 +448,7 @@ def _read_dataset(data: bytes, limits: DecodeLimits) -> Dataset:
         ) from exc
 
     if meta.get("TransferSyntaxUID") == dcm_uid.DeflatedExplicitVRLittleEndian:
-        try:
+        try:  # pydicom inflates with an unbounded zlib.decompress: bound it first
             inflater = zlib.decompressobj(-zlib.MAX_WBITS)
             inflated = len(inflater.decompress(data[dataset_offset:], limits.max_inflated_bytes + 1))
         except zlib.error as exc:
@@ -517,12 +498,12 @@ def _int_attr(ds: Dataset, keyword: str) -> int:
         raise UnreadableImage(f"The DICOM {keyword} value is not an integer.") from exc
 
 
-def _check_header(ds: Dataset, limits: DecodeLimits) -> _PixelHeader:
-    """Validate SOP class, pixel data presence, transfer syntax and Image Pixel module, cheapest first."""
+def _check_header(ds: Dataset, limits: DecodeLimits) -> PixelHeader:
+    """Validate SOP class, pixel data presence, transfer syntax and the Image Pixel module, cheapest first."""
     sop = _sop_class(ds)
     if sop is None:
         raise UnsupportedDicom(
-            f"The DICOM file is not a fundus photograph: it has no SOP Class UID. "
+            "The DICOM file is not a fundus photograph: it has no SOP Class UID. "
             f"Accepted SOP classes: {_accepted_sops()}."
         )
     if sop not in FUNDUS_SOP_CLASSES:
@@ -559,13 +540,10 @@ def _check_header(ds: Dataset, limits: DecodeLimits) -> _PixelHeader:
     pi = (_text(ds, "PhotometricInterpretation") or "").upper()
     if not pi:
         raise UnreadableImage("The DICOM Image Pixel module is incomplete: PhotometricInterpretation is missing.")
-    accepted_pi = ", ".join(sorted(ACCEPTED_PHOTOMETRIC_INTERPRETATIONS))
-    if pi not in ACCEPTED_PHOTOMETRIC_INTERPRETATIONS or (
-        pi in ("YBR_ICT", "YBR_RCT") and ts not in _J2K_FAMILY
-    ):
+    if pi not in ACCEPTED_PHOTOMETRIC_INTERPRETATIONS or (pi in ("YBR_ICT", "YBR_RCT") and ts not in _J2K_FAMILY):
         raise UnsupportedDicom(
-            f"The DICOM photometric interpretation {pi!r} is not supported with {_uid_label(ts)}. "
-            f"Accepted: {accepted_pi} (YBR_ICT / YBR_RCT with JPEG 2000 only)."
+            f"The DICOM photometric interpretation {pi!r} is not supported with {_uid_label(ts)}. Accepted: "
+            f"{', '.join(sorted(ACCEPTED_PHOTOMETRIC_INTERPRETATIONS))} (YBR_ICT / YBR_RCT with JPEG 2000 only)."
         )
 
     spp = _int_attr(ds, "SamplesPerPixel")
@@ -603,8 +581,8 @@ def _check_header(ds: Dataset, limits: DecodeLimits) -> _PixelHeader:
         except (TypeError, ValueError) as exc:
             raise UnreadableImage("The DICOM NumberOfFrames value is not an integer.") from exc
 
-    return _PixelHeader(
-        transfer_syntax=ts,
+    return PixelHeader(
+        transfer_syntax=str(ts),
         rows=rows,
         columns=columns,
         samples_per_pixel=spp,
@@ -628,11 +606,12 @@ def _plugins_for(ts: str) -> tuple[str, ...]:
     return tuple(p for p in _PLUGIN_PREFERENCE.get(ts, ()) if p in available)
 
 
-def _codestream_dimensions(buf: bytes, ts: str) -> tuple[int, int] | None:
-    """``(width, height)`` from a JPEG / JPEG-LS SOF or JPEG 2000 SIZ segment; ``None`` if not found."""
-    if ts in _J2K_FAMILY:
-        return _j2k_dimensions(buf)
-    return _jpeg_dimensions(buf)
+@dataclass(frozen=True)
+class _Codestream:
+    width: int
+    height: int
+    components: int
+    precision: int  # bits per sample of the first component
 
 
 _SOF_MARKERS: Final = frozenset(
@@ -640,9 +619,12 @@ _SOF_MARKERS: Final = frozenset(
 )
 
 
-def _jpeg_dimensions(buf: bytes) -> tuple[int, int] | None:
+def _jpeg_codestream(buf: bytes) -> _Codestream | None:
+    """SOF parameters of a JPEG / JPEG-LS codestream, requiring well-formed marker segments from SOI up to the
+    first SOS (a malformed table segment is refused here rather than handed to a native decoder)."""
     if buf[:2] != b"\xff\xd8":
         return None
+    info: _Codestream | None = None
     i, n = 2, len(buf)
     while i + 4 <= n:  # every iteration advances i: terminates
         if buf[i] != 0xFF:
@@ -651,35 +633,38 @@ def _jpeg_dimensions(buf: bytes) -> tuple[int, int] | None:
         if marker == 0xFF:  # fill byte
             i += 1
             continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # stand-alone markers
-            i += 2
-            continue
-        if marker in (0xD9, 0xDA):  # EOI / SOS before any SOF
-            return None
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7 or marker == 0xD8 or marker == 0xD9:
+            return None  # no stand-alone markers (or a second SOI / an EOI) belong before the first scan
         length = int.from_bytes(buf[i + 2 : i + 4], "big")
-        if length < 2:
+        if length < 2 or i + 2 + length > n:
             return None
+        if marker == 0xDA:  # SOS: headers are over
+            return info
         if marker in _SOF_MARKERS:
-            if i + 9 > n:
+            if info is not None or length < 8:
                 return None
+            precision = buf[i + 4]
             height = int.from_bytes(buf[i + 5 : i + 7], "big")
             width = int.from_bytes(buf[i + 7 : i + 9], "big")
-            return width, height
+            components = buf[i + 9]
+            if length != 8 + 3 * components:
+                return None
+            info = _Codestream(width=width, height=height, components=components, precision=precision)
         i += 2 + length
     return None
 
 
-def _j2k_dimensions(buf: bytes) -> tuple[int, int] | None:
-    offset = 0
+def _j2k_codestream(buf: bytes) -> _Codestream | None:
+    """SIZ parameters of a JPEG 2000 codestream (optionally inside a JP2 wrapper), sanity-checked."""
+    offset, n = 0, len(buf)
     if buf[:8] == b"\x00\x00\x00\x0cjP  ":  # JP2 file format wrapper (non-conformant in DICOM, but seen)
-        offset, n = 0, len(buf)
         while offset + 8 <= n:
             length = int.from_bytes(buf[offset : offset + 4], "big")
             header = 8
             if length == 1:  # XLBox
                 length = int.from_bytes(buf[offset + 8 : offset + 16], "big")
                 header = 16
-            elif length == 0:  # box runs to the end
+            elif length == 0:  # the box runs to the end
                 length = n - offset
             if buf[offset + 4 : offset + 8] == b"jp2c":
                 offset += header
@@ -692,18 +677,33 @@ def _j2k_dimensions(buf: bytes) -> tuple[int, int] | None:
     if buf[offset : offset + 4] != b"\xff\x4f\xff\x51":  # SOC then SIZ
         return None
     siz = offset + 4
-    if siz + 20 > len(buf):
+    if siz + 38 > n:
         return None
-    xsiz = int.from_bytes(buf[siz + 4 : siz + 8], "big")
-    ysiz = int.from_bytes(buf[siz + 8 : siz + 12], "big")
-    xosiz = int.from_bytes(buf[siz + 12 : siz + 16], "big")
-    yosiz = int.from_bytes(buf[siz + 16 : siz + 20], "big")
-    return xsiz - xosiz, ysiz - yosiz
+
+    def u32(at: int) -> int:
+        return int.from_bytes(buf[siz + at : siz + at + 4], "big")
+
+    lsiz = int.from_bytes(buf[siz : siz + 2], "big")
+    xsiz, ysiz, xosiz, yosiz, xtsiz, ytsiz = u32(4), u32(8), u32(12), u32(16), u32(20), u32(24)
+    components = int.from_bytes(buf[siz + 36 : siz + 38], "big")
+    if components < 1 or lsiz != 38 + 3 * components or siz + lsiz > n:
+        return None
+    if xosiz >= xsiz or yosiz >= ysiz or xtsiz == 0 or ytsiz == 0:
+        return None
+    precisions = set()
+    for c in range(components):
+        ssiz, xrsiz, yrsiz = buf[siz + 38 + 3 * c], buf[siz + 39 + 3 * c], buf[siz + 40 + 3 * c]
+        if xrsiz == 0 or yrsiz == 0:
+            return None
+        precisions.add((ssiz & 0x7F) + 1)
+    return _Codestream(
+        width=xsiz - xosiz, height=ysiz - yosiz, components=components, precision=max(precisions)
+    )
 
 
-def _check_encapsulated_frames(ds: Dataset, header: _PixelHeader, count: int, limits: DecodeLimits) -> None:
-    """Before decoding: each codestream's own dimensions must match the header and the limit, and it must be
-    complete (a backend may decode a truncated codestream silently)."""
+def _check_encapsulated_frames(ds: Dataset, header: PixelHeader, count: int, limits: DecodeLimits) -> None:
+    """Before decoding: each codestream's own header must agree with the DICOM header and the limit, and the
+    codestream must be complete (a backend may decode a truncated codestream silently)."""
     ts = header.transfer_syntax
     if ts not in _JPEG_FAMILY and ts not in _J2K_FAMILY:
         return  # RLE: decoded into a buffer sized from Rows x Columns, nothing to smuggle
@@ -715,15 +715,20 @@ def _check_encapsulated_frames(ds: Dataset, header: _PixelHeader, count: int, li
                 f"Frame {index} of the encapsulated DICOM pixel data could not be located; the file is corrupt "
                 "or truncated."
             ) from exc
-        dims = _codestream_dimensions(frame, ts)
-        if dims is None:
+        info = _j2k_codestream(frame) if ts in _J2K_FAMILY else _jpeg_codestream(frame)
+        if info is None:
             raise UnreadableImage(f"Frame {index} is not a valid {_uid_label(ts)} codestream.")
-        width, height = dims
-        _check_pixels(width, height, limits, f"Frame {index} of the DICOM pixel data")
-        if (width, height) != (header.columns, header.rows):
+        _check_pixels(info.width, info.height, limits, f"Frame {index} of the DICOM pixel data")
+        if (info.width, info.height) != (header.columns, header.rows):
             raise UnreadableImage(
-                f"Frame {index} codestream is {width}x{height} but the DICOM header says "
+                f"Frame {index} codestream is {info.width}x{info.height} but the DICOM header says "
                 f"{header.columns}x{header.rows}."
+            )
+        if info.components != header.samples_per_pixel or not 2 <= info.precision <= header.bits_allocated:
+            raise UnreadableImage(
+                f"Frame {index} codestream has {info.components} component(s) of {info.precision} bit(s), "
+                f"inconsistent with the DICOM header (SamplesPerPixel {header.samples_per_pixel}, "
+                f"BitsAllocated {header.bits_allocated})."
             )
         complete = _jpeg_complete(frame) if ts in _JPEG_FAMILY else b"\xff\xd9" in frame[-16:]
         if not complete:
@@ -749,7 +754,7 @@ def _decode_dicom(data: bytes, limits: DecodeLimits) -> list[DecodedImage]:
     if header.bits_stored > 8 or header.bits_allocated > 8:
         notes.append(f"{header.bits_stored}-bit pixel data scaled to 8 bit")
 
-    frames, frame_notes = _decode_dicom_frames(ds, header, count)
+    frames, frame_notes = _decode_dicom_frames(data, ds, header, count, limits)
     multi = header.number_of_frames > 1
     common: dict[str, Any] = {
         "source": "dicom",
@@ -759,139 +764,36 @@ def _decode_dicom(data: bytes, limits: DecodeLimits) -> list[DecodedImage]:
         "series_instance_uid": _text(ds, "SeriesInstanceUID"),
         "sop_instance_uid": _text(ds, "SOPInstanceUID"),
         "photometric_interpretation": header.photometric_interpretation,
-        "transfer_syntax_uid": str(header.transfer_syntax),
+        "transfer_syntax_uid": header.transfer_syntax,
         "notes": tuple(notes + frame_notes),
     }
     return [
-        DecodedImage(
-            rgb=rgb,
-            width=rgb.shape[1],
-            height=rgb.shape[0],
-            frame_index=index if multi else None,
-            **common,
-        )
-        for index, rgb in enumerate(frames)
+        DecodedImage(rgb=rgb, width=rgb.shape[1], height=rgb.shape[0], frame_index=i if multi else None, **common)
+        for i, rgb in enumerate(frames)
     ]
 
 
-def _decode_dicom_frames(ds: Dataset, header: _PixelHeader, count: int) -> tuple[list[np.ndarray], list[str]]:
-    """Decode the first ``count`` frames to RGB uint8, trying each allowed plugin in turn."""
-    decoder = get_decoder(header.transfer_syntax)
-    plugins = _plugins_for(header.transfer_syntax)
+def _decode_dicom_frames(
+    data: bytes, ds: Dataset, header: PixelHeader, count: int, limits: DecodeLimits
+) -> tuple[list[np.ndarray], list[str]]:
+    """Decode the first ``count`` frames to RGB uint8, trying each allowed plugin in turn; GDCM only in a
+    child process (see :mod:`service.dicom_pixels`)."""
     failures: list[str] = []
     last_exc: Exception | None = None
-    for plugin in plugins:
-        notes: list[str] = []
+    for plugin in _plugins_for(header.transfer_syntax):
         try:
-            frames = [
-                _to_rgb8(arr, props, ds, header, notes)
-                for arr, props in _iter_frames(decoder, ds, count, plugin)
-            ]
+            if plugin in IN_PROCESS_PLUGINS:
+                return decode_frames(ds, header, count, plugin)
+            return decode_frames_isolated(
+                data, header, count, plugin, timeout_s=limits.isolated_decode_timeout_s
+            )
         except FoveaError:
             raise
         except Exception as exc:
             logger.debug("pydicom plugin %r failed", plugin or "native", exc_info=True)
             failures.append(f"{plugin or 'native'}: {type(exc).__name__}")
             last_exc = exc
-            continue
-        return frames, list(dict.fromkeys(notes))  # de-duplicated, in order
     raise UnreadableImage(
         f"The DICOM pixel data ({_uid_label(header.transfer_syntax)}) could not be decoded "
         f"({'; '.join(failures) or 'no decoder'}); the file is corrupt or truncated."
     ) from last_exc
-
-
-def _iter_frames(decoder: Any, ds: Dataset, count: int, plugin: str) -> Iterator[tuple[np.ndarray, dict]]:
-    # raw=False + as_rgb=True: pydicom converts YBR_FULL / YBR_FULL_422 to RGB and reports the resulting
-    # photometric interpretation in the returned properties, which is what _to_rgb8 trusts.
-    yield from decoder.iter_array(
-        ds, indices=range(count), raw=False, validate=True, decoding_plugin=plugin, as_rgb=True
-    )
-
-
-def _to_rgb8(
-    arr: np.ndarray, props: dict[str, Any], ds: Dataset, header: _PixelHeader, notes: list[str]
-) -> np.ndarray:
-    """One decoded frame (as pydicom returns it) to (H, W, 3) uint8 RGB."""
-    pi = str(props.get("photometric_interpretation", header.photometric_interpretation)).upper()
-    bits_stored = int(props.get("bits_stored", header.bits_stored))
-    if pi == "RGB":
-        if arr.ndim != 3 or arr.shape[2] != 3:
-            raise UnreadableImage(f"The decoded RGB frame has an unexpected shape {arr.shape}.")
-        return _finish(_scale_uint_to_u8(arr, 2**bits_stored - 1))
-    if pi in ("YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"):
-        # pydicom converts YBR_FULL*/ICT/RCT itself; reaching this would mean a double or missing conversion.
-        raise UnsupportedDicom(f"The DICOM pixel data stayed in {pi} after decoding; only RGB output is usable.")
-    if arr.ndim != 2:
-        raise UnreadableImage(f"The decoded {pi} frame has an unexpected shape {arr.shape}.")
-    if pi == "PALETTE COLOR":
-        return _finish(_palette_to_rgb8(arr, ds))
-    if pi in ("MONOCHROME1", "MONOCHROME2"):
-        gray = _monochrome_to_u8(arr, ds, header, notes)
-        if pi == "MONOCHROME1":
-            gray = 255 - gray
-        return _finish(cv2.cvtColor(np.ascontiguousarray(gray), cv2.COLOR_GRAY2RGB))
-    raise UnsupportedDicom(f"The DICOM photometric interpretation {pi!r} is not supported.")
-
-
-def _palette_to_rgb8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
-    try:
-        rgb = apply_color_lut(arr, ds)
-        depth = int(ds.RedPaletteColorLookupTableDescriptor[2])
-    except Exception as exc:
-        raise UnsupportedDicom(
-            "The DICOM PALETTE COLOR lookup table is missing or not supported (a standard 8/16-bit "
-            "palette in the Image Pixel module is required)."
-        ) from exc
-    rgb = rgb[..., :3]  # drop alpha if the palette has one
-    return _scale_uint_to_u8(rgb, 255 if depth <= 8 else 65535)
-
-
-def _monochrome_to_u8(arr: np.ndarray, ds: Dataset, header: _PixelHeader, notes: list[str]) -> np.ndarray:
-    """Modality LUT / rescale, then VOI LUT or window (first), then to uint8.
-
-    Output range used for the final scaling: the VOI LUT's nominal range, or the window's output range (as
-    pydicom defines it: the modality output range); with no VOI transform, unsigned <= 8-bit data without a
-    modality transform is kept as is, anything else is min-max stretched per frame.
-    """
-    has_modality = bool(ds.get("ModalityLUTSequence")) or (
-        "RescaleSlope" in ds and "RescaleIntercept" in ds
-    )
-    values = apply_modality_lut(arr, ds)
-
-    voi_items = ds.get("VOILUTSequence")
-    has_voi_lut = bool(voi_items) and all(
-        voi_items[0].get(k) is not None for k in ("LUTDescriptor", "LUTData")
-    )
-    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
-    try:
-        if has_voi_lut:
-            depth = int(voi_items[0].LUTDescriptor[2])
-            return _linear_to_u8(apply_voi(values, ds, 0), 0, 2**depth - 1)
-        if has_window:
-            lo, hi = _window_output_range(ds, header)
-            return _linear_to_u8(apply_windowing(values, ds, 0), lo, hi)
-    except Exception:
-        logger.debug("VOI transform failed; falling back to min-max", exc_info=True)
-        notes.append("the VOI LUT / window could not be applied; intensities were min-max stretched")
-
-    if not has_modality and header.pixel_representation == 0 and header.bits_stored <= 8:
-        return _linear_to_u8(values, 0, 2**header.bits_stored - 1)
-    lo, hi = float(np.min(values)), float(np.max(values))
-    return _linear_to_u8(values, lo, hi)
-
-
-def _window_output_range(ds: Dataset, header: _PixelHeader) -> tuple[float, float]:
-    """Output range of pydicom's ``apply_windowing`` (PS3.3 C.11.2.1.2: the modality output range)."""
-    if ds.get("ModalityLUTSequence"):
-        depth = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
-        return 0.0, float(2**depth - 1)
-    bits = header.bits_stored
-    if header.pixel_representation == 0:
-        lo, hi = 0.0, float(2**bits - 1)
-    else:
-        lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
-    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    if slope is not None and intercept is not None:
-        lo, hi = lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)
-    return min(lo, hi), max(lo, hi)

@@ -44,9 +44,9 @@ class Analyzer:
     limits: DecodeLimits = field(default_factory=DecodeLimits)
 
     @classmethod
-    def from_store_dirs(cls, grader_dir: Path, providers: list[str] | None = None) -> Analyzer:
-        """Verify each model directory against its card, then create the sessions."""
-        card, path = load_verified(grader_dir)
+    def load(cls, grader: Path, providers: list[str] | None = None) -> Analyzer:
+        """Verify each model (a store directory or a ``*.card.json``) against its card, then create sessions."""
+        card, path = load_verified(grader)
         if card.task != "dr-grading" or tuple(card.outputs) != ("logits", "cam"):
             raise ValueError(f"{card.tag} is not a DR grader with in-graph CAM")
         return cls(grader=OnnxModel.load(card, path, providers))

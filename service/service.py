@@ -36,7 +36,7 @@ class Fovea:
     grader_ref = bentoml.models.BentoModel(GRADER_TAG)
 
     def __init__(self) -> None:
-        self.analyzer = Analyzer.from_store_dirs(Path(self.grader_ref.path))
+        self.analyzer = Analyzer.load(Path(self.grader_ref.path))
         card = self.analyzer.grader_card
         log.info("loaded %s (sha256 %s…) on %s", card.tag, card.sha256[:12], self.analyzer.grader.provider)
 

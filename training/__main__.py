@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         from training.config import load_config
         from training.train import ensure_data
 
-        overrides = {k: getattr(args, k, None) for k in ("train", "format", "out", "epochs")}
+        # Only `train` takes config overrides; export's --out is the model folder, not the run folder.
+        keys = ("train", "format", "out", "epochs") if args.cmd == "train" else ()
+        overrides = {k: getattr(args, k, None) for k in keys}
         cfg = load_config(args.config, overrides)
         if args.cmd == "train":
             from training.train import main as train

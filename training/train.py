@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,20 @@ def ensure_data(root: Path, spec: SyntheticSpec | None) -> None:
     generate(root, count=spec.count, seed=spec.seed, size=spec.size)
 
 
+def warmup_cosine(total_steps: int, warmup: float = 0.1) -> Callable[[int], float]:
+    """LR factor: linear warm-up over ``warmup`` of the steps, then cosine decay to 2 %. A pure function of the
+    step, so a resumed run with more epochs simply continues on the longer schedule."""
+    w = max(1, round(total_steps * warmup))
+
+    def factor(step: int) -> float:
+        if step < w:
+            return (step + 1) / w
+        t = min(1.0, (step - w) / max(1, total_steps - w))
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
+
+    return factor
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
                     sched: torch.optim.lr_scheduler.LRScheduler, loss_fn: nn.Module, epoch: int) -> float:
     """One pass over ``loader``; returns the mean training loss."""
@@ -45,7 +61,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optim
         loss.backward()
         opt.step()
         sched.step()
-        total += float(loss) * len(y)
+        total += float(loss.detach()) * len(y)
         n += len(y)
         bar.set_postfix(loss=f"{total / n:.3f}")
     return total / max(n, 1)
@@ -100,8 +116,7 @@ def main(cfg: TrainConfig, *, resume: bool = False, command: str = "") -> Path:
 
     model = build(cfg.architecture, num_classes=cfg.num_classes, dropout=cfg.dropout)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * len(train_dl),
-                                                pct_start=0.15)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * len(train_dl)))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     start, best_kappa, stale, history = 0, -2.0, 0, []
     last = out / "last.pt"
@@ -134,7 +149,7 @@ def main(cfg: TrainConfig, *, resume: bool = False, command: str = "") -> Path:
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "epoch": epoch, "best_kappa": best_kappa, "stale": stale, "history": json.dumps(history),
             "config": json.dumps(cfg.to_dict()), "command": command, "code_commit": code_commit(),
-            "torch_version": torch.__version__, "seconds": time.perf_counter() - t0,
+            "torch_version": str(torch.__version__), "seconds": time.perf_counter() - t0,
             "val_metrics": json.dumps(metrics),
             "operating_point": json.dumps({"threshold": op.threshold, "sensitivity": op.sensitivity,
                                            "specificity": op.specificity}),

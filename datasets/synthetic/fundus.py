@@ -10,8 +10,8 @@ state gives the same pixels and lesions. ``size`` must be at least 64.
 
 What is drawn (in this order):
 
-* a dark surround (< 10 grey levels) with a circular field of view, diameter 0.92-0.99 of the image side,
-  centre jittered by at most ~1.2 % of the side;
+* a dark surround (1-4 grey levels plus sensor noise) with a circular field of view, diameter 0.92-0.99 of
+  the image side, centre jittered by at most 1.2 % of the side;
 * an orange-red retina with per-image tone/pigmentation, smooth low-frequency texture and radial
   vignetting (darker towards the rim, slightly off-centre illumination);
 * a darker macula with a fovea 2.5 disc diameters temporal to the disc, slightly below it;
@@ -23,9 +23,9 @@ What is drawn (in this order):
 * ICDR-graded lesions (see :func:`_lesion_plan`):
   grade 0 none; grade 1 microaneurysms only (2-8); grade 2 microaneurysms plus haemorrhages and/or hard
   exudate clusters (at least one of the two), sometimes a cotton-wool spot; grade 3 more than 20
-  haemorrhages with at least 5 in each quadrant of the field, plus exudates and cotton-wool spots; grade 4
-  the grade-3 findings plus neovascularisation and/or a pre-retinal haemorrhage;
-* a light Gaussian blur and Gaussian sensor noise.
+  haemorrhages spread over the four quadrants of the field (4-2-1 rule), plus microaneurysms, exudates and
+  cotton-wool spots; grade 4 the grade-3 findings plus neovascularisation and/or a pre-retinal haemorrhage;
+* a light Gaussian blur, exposure variation and Gaussian (luminance) sensor noise.
 
 Lesion records
 --------------
@@ -33,9 +33,10 @@ One :class:`Lesion` per microaneurysm, per dot/blot/flame haemorrhage, per cotto
 *cluster* of hard exudates (one box around the cluster's spots; a cluster may hold a single spot). A
 pre-retinal haemorrhage is recorded as a ``"haemorrhage"``. Neovascularisation (a tangle of fine vessels on or
 near the disc, or along an arcade) is drawn but **not recorded**: it is not one of :data:`LESION_TYPES` and
-NVD lies on the disc. Every recorded box lies inside the image and inside the field of view, and no recorded
-lesion is centred on the optic disc. Boxes are the extent of the lesion's drawn mask above 10 % opacity,
-before the final blur (which widens edges by well under a pixel).
+NVD lies on the disc. Every recorded box lies inside the image, its four corners inside the field of view,
+and no box overlaps the optic disc (a lesion that would break this is placed elsewhere). Boxes are the
+extent of the lesion's drawn mask above 10 % opacity, before the final blur (which widens edges by well
+under a pixel). Lesions may overlap each other and the vessels.
 """
 
 from __future__ import annotations
@@ -198,7 +199,8 @@ def _retina(rng: np.random.Generator, anat: _Anatomy) -> np.ndarray:
     rho *= np.float32(1.0 / anat.radius)
     np.minimum(rho, np.float32(1.3), out=rho)
     shade = np.float32(1.0) - np.float32(rng.uniform(0.40, 0.62)) * cv2.pow(rho, rng.uniform(1.8, 2.8))
-    shade *= np.float32(1.0) + np.float32(0.06) * _smooth_noise(rng, low, 6) + np.float32(0.025) * _smooth_noise(rng, low, 24)
+    texture = np.float32(0.06) * _smooth_noise(rng, low, 6) + np.float32(0.025) * _smooth_noise(rng, low, 24)
+    shade *= np.float32(1.0) + texture
 
     # Macula: a broad dark Gaussian around the fovea and a small darker fovea; macular pigment absorbs more
     # green and blue.
@@ -214,7 +216,9 @@ def _retina(rng: np.random.Generator, anat: _Anatomy) -> np.ndarray:
     return cv2.resize(cv2.merge([r, g, b]), (size, size), interpolation=cv2.INTER_CUBIC)
 
 
-def _ellipse_mask(px: np.ndarray, py: np.ndarray, cx: float, cy: float, a: float, b: float, angle: float, soft: float) -> np.ndarray:
+def _ellipse_mask(
+    px: np.ndarray, py: np.ndarray, cx: float, cy: float, a: float, b: float, angle: float, soft: float
+) -> np.ndarray:
     """Anti-aliased ellipse (semi-axes ``a``, ``b``, rotated by ``angle``) with an edge ramp ``soft`` px wide."""
     c, s = math.cos(angle), math.sin(angle)
     ox, oy = px - np.float32(cx), py - np.float32(cy)
@@ -229,7 +233,7 @@ def _ellipse_mask(px: np.ndarray, py: np.ndarray, cx: float, cy: float, a: float
 def _draw_disc(rng: np.random.Generator, img: np.ndarray, anat: _Anatomy, grid: _Grid) -> None:
     """Optic disc: faint peripapillary glow, yellow-orange ellipse with a pinker rim, pale cup; in place."""
     size = anat.size
-    pad = int(anat.disc_r * 1.9) + 2
+    pad = int(anat.disc_r * 2.4) + 2
     x0, x1 = max(0, int(anat.disc_x) - pad), min(size, int(anat.disc_x) + pad)
     y0, y1 = max(0, int(anat.disc_y) - pad), min(size, int(anat.disc_y) + pad)
     px, py = grid.x[:, x0:x1], grid.y[y0:y1, :]
@@ -239,10 +243,11 @@ def _draw_disc(rng: np.random.Generator, img: np.ndarray, anat: _Anatomy, grid: 
     b = a * rng.uniform(1.05, 1.18)  # discs are slightly taller than wide
     tilt = rng.uniform(-0.15, 0.15)
     d = np.sqrt((px - np.float32(anat.disc_x)) ** 2 + (py - np.float32(anat.disc_y)) ** 2) * np.float32(1.0 / a)
-    glow = np.exp(-(d / np.float32(1.2)) ** 2) * np.float32(rng.uniform(0.03, 0.07))
+    glow = np.exp(-(d / np.float32(1.2)) ** 2) * np.float32(rng.uniform(0.02, 0.05))
     roi *= (np.float32(1.0) + glow)[..., None]
 
-    disc = _ellipse_mask(px, py, anat.disc_x, anat.disc_y, a, b, tilt, soft=0.1 * a) * np.float32(rng.uniform(0.85, 0.95))
+    disc = _ellipse_mask(px, py, anat.disc_x, anat.disc_y, a, b, tilt, soft=0.1 * a)
+    disc *= np.float32(rng.uniform(0.85, 0.95))
     centre = np.array([rng.uniform(232, 250), rng.uniform(170, 200), rng.uniform(100, 135)], dtype=np.float32)
     rim_col = centre * np.array([0.97, 0.78, 0.72], dtype=np.float32)  # neuroretinal rim: pinker, darker
     t = np.clip(d, 0.0, 1.0)[..., None]
@@ -253,7 +258,8 @@ def _draw_disc(rng: np.random.Generator, img: np.ndarray, anat: _Anatomy, grid: 
     cup_ratio = rng.uniform(0.3, 0.55)
     cup_x = anat.disc_x - a * rng.uniform(0.0, 0.15)  # cups sit slightly temporally
     cup = _ellipse_mask(
-        px, py, cup_x, anat.disc_y, a * cup_ratio, b * cup_ratio * rng.uniform(0.95, 1.15), tilt, soft=0.4 * a * cup_ratio
+        px, py, cup_x, anat.disc_y, a * cup_ratio, b * cup_ratio * rng.uniform(0.95, 1.15), tilt,
+        soft=0.4 * a * cup_ratio,
     )
     cup *= np.float32(rng.uniform(0.75, 0.9))
     cup_col = np.array([rng.uniform(245, 255), rng.uniform(222, 242), rng.uniform(165, 200)], dtype=np.float32)
@@ -287,17 +293,19 @@ def _new_canvas(size: int) -> np.ndarray:
 
 def _polyline(canvas: np.ndarray, pts: np.ndarray, widths: np.ndarray, colour: tuple[float, float, float]) -> None:
     """Draw a tapering polyline (``(n, 2)`` 1x coordinates, ``(n,)`` 1x widths) on a 2x canvas, anti-aliased."""
-    if len(pts) < 2:
+    n = len(pts)
+    if n < 2:
         return
-    fixed = np.round(pts * (_SUPERSAMPLE * (1 << _SHIFT))).astype(np.int32)
-    thick = np.maximum(1, np.rint(widths * _SUPERSAMPLE)).astype(np.int32)
-    cuts = np.flatnonzero(np.diff(thick)) + 1
-    starts = np.concatenate(([0], cuts))
-    ends = np.concatenate((cuts, [len(pts)]))
-    for s, e in zip(starts.tolist(), ends.tolist()):
-        run = fixed[max(0, s - 1) : e]  # overlap one point so runs join
+    fixed = np.round(pts * (_SUPERSAMPLE * (1 << _SHIFT))).astype(np.int32).reshape(-1, 1, 2)
+    thick = np.maximum(1, np.rint(widths * _SUPERSAMPLE)).astype(np.int32).tolist()
+    start = 0
+    for i in range(1, n + 1):  # one call per run of equal thickness
+        if i < n and thick[i] == thick[start]:
+            continue
+        run = fixed[max(0, start - 1) : i]  # overlap one point so runs join
         if len(run) >= 2:
-            cv2.polylines(canvas, [run.reshape(-1, 1, 2)], False, colour, thickness=int(thick[s]), lineType=cv2.LINE_AA, shift=_SHIFT)
+            cv2.polylines(canvas, [run], False, colour, thickness=thick[start], lineType=cv2.LINE_AA, shift=_SHIFT)
+        start = i
 
 
 def _step(anat: _Anatomy) -> float:
@@ -312,12 +320,15 @@ def _clip_path(pts: np.ndarray, anat: _Anatomy) -> np.ndarray:
     return pts if bad.size == 0 else pts[: bad[0] + 2]
 
 
-def _walk(rng: np.random.Generator, anat: _Anatomy, x: float, y: float, theta: float, length: float, curvature: float) -> np.ndarray:
+def _walk(
+    rng: np.random.Generator, anat: _Anatomy, x: float, y: float, theta: float, length: float, curvature: float
+) -> np.ndarray:
     """A curved random-walk path from ``(x, y)`` heading ``theta``; ``curvature`` in radians per pixel."""
     step = _step(anat)
     n = max(2, int(length / step))
     frac = np.arange(n) / n
-    th = theta + np.cumsum(curvature * step * (1.0 - 0.6 * frac) + rng.normal(0.0, 0.06, n))
+    jitter = np.convolve(rng.normal(0.0, 0.12, n + 4), np.full(5, 0.2), mode="valid")  # smooth wander
+    th = theta + np.cumsum(curvature * step * (1.0 - 0.6 * frac) + jitter)
     pts = np.empty((n + 1, 2))
     pts[0] = (x, y)
     pts[1:, 0] = x + np.cumsum(step * np.cos(th))
@@ -335,7 +346,8 @@ def _arcade(
     """
     n = max(8, int((a + b) * end * 0.6 / _step(anat)))
     phi = np.linspace(0.0, end, n)
-    wobble = 1.0 + np.cumsum(rng.normal(0.0, 0.006, n))  # slow meander of the radius
+    knots = 6
+    wobble = 1.0 + np.interp(np.linspace(0.0, knots - 1, n), np.arange(knots), rng.normal(0.0, 0.025, knots))  # meander
     pts = np.empty((n, 2))
     pts[:, 0] = x - a + a * np.cos(phi) * wobble
     pts[:, 1] = y + sign * b * np.sin(phi) * wobble
@@ -354,7 +366,8 @@ def _vessel(
     n = len(pts)
     if n < 2:
         return
-    widths = width * (1.0 - 0.55 * np.arange(n) / max(n - 1, 1))
+    taper = 0.55 if depth == 0 else 0.7
+    widths = width * (1.0 - taper * np.arange(n) / max(n - 1, 1))
     branch_p = (0.05, 0.04, 0.025, 0.0)[min(depth, 3)]
     spawn = np.flatnonzero((rng.random(n) < branch_p) & (np.arange(n) > 3) & (widths > 0.8))
     for i in spawn.tolist():
@@ -386,7 +399,8 @@ def _draw_vessels(rng: np.random.Generator, img: np.ndarray, anat: _Anatomy, *, 
     diam = 2 * anat.radius
 
     def origin() -> tuple[float, float]:
-        return (anat.disc_x + rng.uniform(-0.2, 0.2) * anat.disc_r, anat.disc_y + rng.uniform(-0.25, 0.25) * anat.disc_r)
+        dx, dy = rng.uniform(-0.2, 0.2), rng.uniform(-0.25, 0.25)
+        return (anat.disc_x + dx * anat.disc_r, anat.disc_y + dy * anat.disc_r)
 
     for sign in (-1.0, 1.0):  # superior, inferior
         # Temporal arcades: vein and artery follow distinct arcs (one wider than the other) so that they
@@ -453,7 +467,7 @@ def _draw_neovascularisation(rng: np.random.Generator, canvas: np.ndarray, anat:
 #: keep the local tone); ("mix", colour) blends towards ``colour`` (exudates, cotton-wool spots).
 _Mode = tuple[str, np.ndarray]
 _RED: _Mode = ("mul", np.array([0.58, 0.28, 0.34], dtype=np.float32))
-_DEEP_RED: _Mode = ("mul", np.array([0.45, 0.16, 0.2], dtype=np.float32))
+_DEEP_RED: _Mode = ("mul", np.array([0.5, 0.2, 0.24], dtype=np.float32))
 
 
 @dataclass
@@ -469,38 +483,48 @@ class _Patch:
         ys, xs = np.nonzero(self.mask > _BOX_THRESHOLD)
         if ys.size == 0:
             return None
-        return (self.x0 + int(xs.min()), self.y0 + int(ys.min()), self.x0 + int(xs.max()) + 1, self.y0 + int(ys.max()) + 1)
+        x0, y0 = self.x0 + int(xs.min()), self.y0 + int(ys.min())
+        return (x0, y0, self.x0 + int(xs.max()) + 1, self.y0 + int(ys.max()) + 1)
 
 
-def _window(size: int, x: float, y: float, extent: float) -> tuple[int, int, np.ndarray, np.ndarray]:
-    """Pixel window around ``(x, y)`` covering ``extent`` px plus a margin: ``(x0, y0, px, py)``."""
+def _window(size: int, x: float, y: float, extent: float) -> tuple[int, int, int, int]:
+    """Pixel window ``(x0, y0, width, height)`` around ``(x, y)`` covering ``extent`` px plus a margin."""
     x0 = max(0, int(math.floor(x - extent - 2)))
     y0 = max(0, int(math.floor(y - extent - 2)))
     x1 = min(size, int(math.ceil(x + extent + 3)))
     y1 = min(size, int(math.ceil(y + extent + 3)))
-    px = np.arange(x0, x1, dtype=np.float32)[None, :]
-    py = np.arange(y0, y1, dtype=np.float32)[:, None]
-    return x0, y0, px, py
+    return x0, y0, x1 - x0, y1 - y0
 
 
-def _round_mask(px: np.ndarray, py: np.ndarray, x: float, y: float, r: float) -> np.ndarray:
-    """Anti-aliased filled circle (one-pixel edge ramp)."""
-    d = np.sqrt((px - np.float32(x)) ** 2 + (py - np.float32(y)) ** 2)
-    return np.clip(np.float32(r + 0.5) - d, 0.0, 1.0)
+_Ellipse = tuple[float, float, float, float, float]  # centre x, centre y, semi-axes a, b, angle (radians)
 
 
-# Each lesion maker returns its patch; its ``extent`` (a bound on the distance of any drawn pixel from the
-# centre) is what the placer keeps inside the field.
+def _ellipses(x0: int, y0: int, w: int, h: int, shapes: list[_Ellipse]) -> np.ndarray:
+    """Union of filled, anti-aliased ellipses (image coordinates) on a ``(h, w)`` float32 window at ``(x0, y0)``."""
+    m = np.zeros((h, w), dtype=np.uint8)
+    one = 1 << _SHIFT
+    for cx, cy, a, b, angle in shapes:
+        centre = (int(round((cx - x0) * one)), int(round((cy - y0) * one)))
+        axes = (max(1, int(round(a * one))), max(1, int(round(b * one))))
+        cv2.ellipse(m, centre, axes, math.degrees(angle), 0, 360, 255, -1, cv2.LINE_AA, _SHIFT)
+    out = m.astype(np.float32)
+    out *= np.float32(1.0 / 255.0)
+    return out
 
-def _ma_radius(size: int) -> float:
-    return max(1.5, size * 0.007)
+
+# Each lesion maker draws its shape around ``(x, y)``; the matching ``_*_extent(size)`` bounds the distance of
+# any drawn pixel from ``(x, y)`` and is what the placer keeps inside the field.
+
+
+def _ma_extent(size: int) -> float:
+    return max(1.5, size * 0.007) + 2
 
 
 def _microaneurysm(rng: np.random.Generator, anat: _Anatomy, x: float, y: float) -> _Patch:
     """Small round dark-red dot, radius 0.4-0.7 % of the image side (at least 1.5 px)."""
     r = max(1.5, anat.size * rng.uniform(0.004, 0.007))
-    x0, y0, px, py = _window(anat.size, x, y, r)
-    return _Patch(x0, y0, _round_mask(px, py, x, y, r) * np.float32(rng.uniform(0.85, 1.0)))
+    x0, y0, w, h = _window(anat.size, x, y, r)
+    return _Patch(x0, y0, _ellipses(x0, y0, w, h, [(x, y, r, r, 0.0)]) * np.float32(rng.uniform(0.85, 1.0)))
 
 
 def _haem_extent(size: int) -> float:
@@ -514,17 +538,16 @@ def _haemorrhage(rng: np.random.Generator, anat: _Anatomy, x: float, y: float) -
     if rng.random() < 0.25:  # flame
         along = math.atan2(y - anat.disc_y, x - anat.disc_x) + rng.normal(0.0, 0.15)
         a, b = r * rng.uniform(1.6, 2.4), r * rng.uniform(0.35, 0.55)
-        x0, y0, px, py = _window(size, x, y, a + 2)
-        m = _ellipse_mask(px, py, x, y, a, b, along, soft=1.0)
-        m = cv2.GaussianBlur(m, (0, 0), 0.8)
+        x0, y0, w, h = _window(size, x, y, a + 2)
+        m = cv2.GaussianBlur(_ellipses(x0, y0, w, h, [(x, y, a, b, along)]), (0, 0), 0.8)
     else:  # dot / blot
-        x0, y0, px, py = _window(size, x, y, 1.5 * r + 2)
-        m = np.zeros((py.shape[0], px.shape[1]), dtype=np.float32)
+        x0, y0, w, h = _window(size, x, y, 1.5 * r + 2)
+        shapes: list[_Ellipse] = []
         for _ in range(int(rng.integers(1, 5))):
             ox, oy = np.clip(rng.normal(0.0, 0.3 * r, size=2), -0.6 * r, 0.6 * r)
             ea, eb = r * rng.uniform(0.5, 0.85), r * rng.uniform(0.4, 0.75)
-            np.maximum(m, _ellipse_mask(px, py, x + ox, y + oy, ea, eb, rng.uniform(0, math.pi), soft=1.0), out=m)
-        m = cv2.GaussianBlur(m, (0, 0), max(0.6, 0.1 * r))
+            shapes.append((x + ox, y + oy, ea, eb, rng.uniform(0, math.pi)))
+        m = cv2.GaussianBlur(_ellipses(x0, y0, w, h, shapes), (0, 0), max(0.6, 0.1 * r))
     return _Patch(x0, y0, m * np.float32(rng.uniform(0.75, 0.95)))
 
 
@@ -536,9 +559,9 @@ def _exudate_cluster(rng: np.random.Generator, anat: _Anatomy, x: float, y: floa
     """Crisp yellow spots scattered (or in a partial ring) around ``(x, y)``: one patch for the cluster."""
     size = anat.size
     spread = size * rng.uniform(0.006, 0.03)
-    x0, y0, px, py = _window(size, x, y, spread + size * 0.006 + 1)
-    m = np.zeros((py.shape[0], px.shape[1]), dtype=np.float32)
+    x0, y0, w, h = _window(size, x, y, spread + size * 0.006 + 1)
     ring = rng.random() < 0.3
+    spots: list[_Ellipse] = []
     for _ in range(int(rng.integers(1, 13))):
         if ring:  # circinate pattern
             t = rng.uniform(0, 2 * math.pi)
@@ -546,8 +569,8 @@ def _exudate_cluster(rng: np.random.Generator, anat: _Anatomy, x: float, y: floa
         else:
             ox, oy = np.clip(rng.normal(0.0, spread / 2, size=2), -spread, spread)
         r = max(1.0, size * rng.uniform(0.002, 0.006))
-        np.maximum(m, _round_mask(px, py, x + ox, y + oy, r), out=m)
-    return _Patch(x0, y0, m * np.float32(rng.uniform(0.8, 0.95)))
+        spots.append((x + ox, y + oy, r, r, 0.0))
+    return _Patch(x0, y0, _ellipses(x0, y0, w, h, spots) * np.float32(rng.uniform(0.8, 0.95)))
 
 
 def _cws_extent(size: int) -> float:
@@ -558,13 +581,13 @@ def _cotton_wool(rng: np.random.Generator, anat: _Anatomy, x: float, y: float) -
     """Soft, fluffy whitish patch: a few overlapping ellipses, blurred."""
     size = anat.size
     r = max(2.5, size * rng.uniform(0.018, 0.035))
-    x0, y0, px, py = _window(size, x, y, 2.0 * r + 2)
-    m = np.zeros((py.shape[0], px.shape[1]), dtype=np.float32)
+    x0, y0, w, h = _window(size, x, y, 2.0 * r + 2)
+    shapes: list[_Ellipse] = []
     for _ in range(int(rng.integers(2, 5))):
         ox, oy = np.clip(rng.normal(0.0, 0.3 * r, size=2), -0.6 * r, 0.6 * r)
         ea, eb = r * rng.uniform(0.5, 0.9), r * rng.uniform(0.35, 0.6)
-        np.maximum(m, _ellipse_mask(px, py, x + ox, y + oy, ea, eb, rng.uniform(0, math.pi), soft=1.0), out=m)
-    m = cv2.GaussianBlur(m, (0, 0), 0.3 * r)
+        shapes.append((x + ox, y + oy, ea, eb, rng.uniform(0, math.pi)))
+    m = cv2.GaussianBlur(_ellipses(x0, y0, w, h, shapes), (0, 0), 0.3 * r)
     return _Patch(x0, y0, m * np.float32(rng.uniform(0.45, 0.65)))
 
 
@@ -577,10 +600,11 @@ def _preretinal(rng: np.random.Generator, anat: _Anatomy, x: float, y: float) ->
     size = anat.size
     a = size * rng.uniform(0.04, 0.07)
     b = a * rng.uniform(0.55, 0.75)
-    x0, y0, px, py = _window(size, x, y, a + 2)
-    m = _ellipse_mask(px, py, x, y, a, b, rng.normal(0.0, 0.05), soft=1.0)
+    x0, y0, w, h = _window(size, x, y, a + 2)
+    m = _ellipses(x0, y0, w, h, [(x, y, a, b, rng.normal(0.0, 0.05))])
     level = y - b * rng.uniform(0.1, 0.4)
-    m *= np.clip(py - np.float32(level) + np.float32(0.5), 0.0, 1.0)
+    rows = np.arange(y0, y0 + h, dtype=np.float32)[:, None]
+    m *= np.clip(rows - np.float32(level) + np.float32(0.5), 0.0, 1.0)
     m = cv2.GaussianBlur(m, (0, 0), 0.8)
     return _Patch(x0, y0, m * np.float32(0.95))
 
@@ -621,11 +645,12 @@ class _Placer:
     ) -> tuple[float, float] | None:
         """A centre whose ``extent``-disc lies inside the field and off the disc, or ``None`` after 64 tries.
 
-        ``quadrant`` (0-3, clockwise from the temporal-inferior... i.e. angle ranges of pi/2 around the field
-        centre) restricts to one quadrant of the field; ``near=(x, y, r)`` to a disc of radius ``r``.
+        ``quadrant`` q restricts to the angles ``[q pi/2, (q + 1) pi/2)`` around the field centre, counted from
+        +x towards +y in image coordinates (0 lower right, 1 lower left, 2 upper left, 3 upper right);
+        ``near=(x, y, r)`` restricts to a disc of radius ``r``.
         """
         a = self.anat
-        limit = a.radius * 0.97 - extent
+        limit = a.radius * 0.97 - extent * 1.42  # keeps the corners of the lesion's box inside the field too
         for _ in range(64):
             if near is not None:
                 t = self.rng.uniform(0, 2 * math.pi)
@@ -648,7 +673,9 @@ class _Placer:
 _Maker = Callable[[np.random.Generator, _Anatomy, float, float], _Patch]
 
 
-def _draw_lesions(rng: np.random.Generator, img: np.ndarray, anat: _Anatomy, grade: int, plan: dict[str, int]) -> list[Lesion]:
+def _draw_lesions(
+    rng: np.random.Generator, img: np.ndarray, anat: _Anatomy, grade: int, plan: dict[str, int]
+) -> list[Lesion]:
     """Draw the planned lesions into ``img`` in place; return their records (canonical right-eye frame)."""
     place = _Placer(rng, anat)
     size = anat.size
@@ -659,30 +686,53 @@ def _draw_lesions(rng: np.random.Generator, img: np.ndarray, anat: _Anatomy, gra
     def add(
         maker: _Maker, extent: float, mode: _Mode, record: str,
         quadrant: int | None = None, near: tuple[float, float, float] | None = None,
-    ) -> None:
-        pos = place.sample(extent, quadrant=quadrant, near=near)
-        if pos is None:
-            return
-        patch = maker(rng, anat, *pos)
-        box = patch.box()
-        if box is not None:
-            _apply(img, patch, mode)
-            lesions.append(Lesion(record, box))
+    ) -> bool:
+        """Place, draw and record one lesion; a lesion whose box breaks the contract is re-placed (8 tries)."""
+        for _ in range(8):
+            pos = place.sample(extent, quadrant=quadrant, near=near)
+            if pos is None:
+                return False
+            patch = maker(rng, anat, *pos)
+            box = patch.box()
+            if box is not None and _box_allowed(box, anat):
+                _apply(img, patch, mode)
+                lesions.append(Lesion(record, box))
+                return True
+        return False
 
     # Large lesions first so the small ones lie on top.
     for _ in range(plan["preretinal"]):
-        add(_preretinal, _preretinal_extent(size), _DEEP_RED, "haemorrhage", near=(anat.cx, anat.cy, anat.radius * 0.75))
+        central = (anat.cx, anat.cy, anat.radius * 0.75)
+        add(_preretinal, _preretinal_extent(size), _DEEP_RED, "haemorrhage", near=central)
     for _ in range(plan["cotton_wool_spot"]):
         white = np.array([rng.uniform(225, 245), rng.uniform(215, 235), rng.uniform(190, 215)], dtype=np.float32)
         add(_cotton_wool, _cws_extent(size), ("mix", white), "cotton_wool_spot", near=posterior)
+    placed = 0
     for i in range(plan["haemorrhage"]):
-        add(_haemorrhage, _haem_extent(size), _RED, "haemorrhage", quadrant=i % 4 if grade >= 3 else None)
+        placed += add(_haemorrhage, _haem_extent(size), _RED, "haemorrhage", quadrant=i % 4 if grade >= 3 else None)
+    for i in range(64 if grade >= 3 else 0):  # severe NPDR must show > 20 of them: top up if placement failed
+        if placed > 20:
+            break
+        placed += add(_haemorrhage, _haem_extent(size), _RED, "haemorrhage", quadrant=i % 4)
     for _ in range(plan["hard_exudate"]):
         yellow = np.array([rng.uniform(235, 252), rng.uniform(212, 238), rng.uniform(90, 140)], dtype=np.float32)
-        add(_exudate_cluster, _exudate_extent(size), ("mix", yellow), "hard_exudate", near=macula if rng.random() < 0.5 else None)
+        near = macula if rng.random() < 0.5 else None  # half of the clusters gather around the macula
+        add(_exudate_cluster, _exudate_extent(size), ("mix", yellow), "hard_exudate", near=near)
     for _ in range(plan["microaneurysm"]):
-        add(_microaneurysm, _ma_radius(size) + 2, _RED, "microaneurysm", near=posterior if rng.random() < 0.6 else None)
+        add(_microaneurysm, _ma_extent(size), _RED, "microaneurysm", near=posterior if rng.random() < 0.6 else None)
     return lesions
+
+
+def _box_allowed(box: tuple[int, int, int, int], anat: _Anatomy) -> bool:
+    """The recording contract: all four box corners inside the field, and the box clear of the optic disc."""
+    x0, y0, x1, y1 = box
+    for x, y in ((x0, y0), (x1, y0), (x0, y1), (x1, y1)):
+        if math.hypot(x - anat.cx, y - anat.cy) > anat.radius - 1.0:
+            return False
+    # Distance from the disc centre to the nearest point of the box, against the disc's larger semi-axis.
+    nx = min(max(anat.disc_x, x0), x1)
+    ny = min(max(anat.disc_y, y0), y1)
+    return math.hypot(nx - anat.disc_x, ny - anat.disc_y) > anat.disc_r * 1.2
 
 
 def _apply(img: np.ndarray, patch: _Patch, mode: _Mode) -> None:

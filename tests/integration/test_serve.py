@@ -1,0 +1,134 @@
+"""The real service: `bentoml serve` in a subprocess on a free loopback port, real files posted over HTTP.
+
+This is what a new user does after `make serve`: it exercises the model-store import of the embedded
+default, model verification, BentoML's multipart handling and the error shape end to end.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml_home")),
+           "BENTOML_DO_NOT_TRACK": "true", "FOVEA_DEVICE": "cpu"}
+    log = tmp_path_factory.mktemp("log") / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "service.service:Fovea", "--host", "127.0.0.1",
+             "--port", str(port)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"service exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"service not ready in 120 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        text = log.read_text(errors="replace")
+        assert "Traceback" not in text, text[-3000:]
+
+
+def _post(url: str, name: str, data: bytes, ctype: str) -> httpx.Response:
+    return httpx.post(f"{url}/analyze", files={"image": (name, data, ctype)}, timeout=60)
+
+
+def _check_findings(r: httpx.Response, size: tuple[int, int]) -> dict:
+    assert r.status_code == 200, r.text[:500]
+    body = r.json()
+    assert 0 <= body["dr_grade"]["grade"] <= 4
+    assert len(body["dr_grade"]["probabilities"]) == 5
+    assert sum(body["dr_grade"]["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+    overlay = cv2.imdecode(np.frombuffer(base64.b64decode(body["saliency"]["overlay_png"]), np.uint8), cv2.IMREAD_COLOR)
+    assert (overlay.shape[1], overlay.shape[0]) == size
+    assert body["models"][0]["name"] == "dr-grader" and len(body["models"][0]["sha256"]) == 64
+    assert body["models"][0]["provider"] == "CPUExecutionProvider"
+    assert "synthetic" in body["disclaimer"]
+    return body
+
+
+def test_real_fundus_jpeg(server: str, retina_path: Path) -> None:
+    body = _check_findings(_post(server, "retina.jpg", retina_path.read_bytes(), "image/jpeg"), (1411, 1411))
+    assert body["image"]["source"] == "jpeg"
+
+
+def test_png(server: str, retina_png: Path) -> None:
+    _check_findings(_post(server, "retina.png", retina_png.read_bytes(), "image/png"), (700, 700))
+
+
+def test_jpeg_baseline_dicom(server: str, jpeg_dicom: Path) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(jpeg_dicom, stop_before_pixels=True)
+    body = _check_findings(_post(server, "x.dcm", jpeg_dicom.read_bytes(), "application/dicom"),
+                           (int(ds.Columns), int(ds.Rows)))
+    assert body["image"]["source"] == "dicom"
+
+
+def test_type_is_sniffed_from_bytes_not_name(server: str, retina_path: Path) -> None:
+    r = _post(server, "scan.dcm", retina_path.read_bytes(), "application/octet-stream")
+    assert r.status_code == 200 and r.json()["image"]["source"] == "jpeg"
+
+
+@pytest.mark.parametrize(("data", "status", "code"), [
+    (b"%PDF-1.4 not an image", 415, "unsupported_media_type"),
+    (b"", 415, "unsupported_media_type"),
+])
+def test_bad_files_get_json_4xx(server: str, data: bytes, status: int, code: str) -> None:
+    r = _post(server, "x.bin", data, "application/octet-stream")
+    assert r.status_code == status and r.json()["error"]["code"] == code
+    assert r.json()["error"]["message"]
+
+
+def test_truncated_jpeg_and_dicom_without_pixels(server: str, retina_path: Path, pydicom_files: Path) -> None:
+    data = retina_path.read_bytes()
+    r = _post(server, "cut.jpg", data[: len(data) // 2], "image/jpeg")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "unreadable_image"
+    sr = pydicom_files / "rtplan.dcm"
+    r = _post(server, "plan.dcm", sr.read_bytes(), "application/dicom")
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unsupported_dicom"
+
+
+def test_missing_field_is_a_400_with_our_shape(server: str) -> None:
+    r = httpx.post(f"{server}/analyze", files={"photo": ("a.jpg", b"123", "image/jpeg")}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] in {"missing_field", "bad_request"}
+    r = httpx.post(f"{server}/analyze", json={"image": "nope"}, timeout=30)
+    assert 400 <= r.status_code < 500 and "error" in r.json()

@@ -1,0 +1,64 @@
+"""models.card: schema, sha256 verification, preprocessing-version check, path confinement."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from models.card import CardError, ModelCard, verify
+from models.store import DEFAULT_DIR
+
+
+def _copy_default(tmp_path: Path) -> tuple[ModelCard, Path]:
+    for f in DEFAULT_DIR.glob("dr-grader*"):
+        shutil.copy(f, tmp_path / f.name)
+    return ModelCard.load(tmp_path / "dr-grader.card.json"), tmp_path
+
+
+def test_embedded_default_card_verifies_and_is_honest() -> None:
+    card = ModelCard.load(DEFAULT_DIR / "dr-grader.card.json")
+    assert verify(card, DEFAULT_DIR).name == "dr-grader.onnx"
+    assert "synthetic" in card.intended_use and "not clinically validated" in card.intended_use
+    assert card.classes[0] == "No DR" and len(card.classes) == 5
+    op = card.operating_point("referable_dr")
+    assert op is not None and op.sensitivity >= 0.9
+    assert {"quadratic_weighted_kappa", "referable_auc", "max_abs_logit_diff"} <= set(card.metrics)
+    assert card.metrics["max_abs_logit_diff"] <= 1e-4
+    assert card.training.command.startswith("python -m training train")
+
+
+def test_tampered_model_is_refused(tmp_path: Path) -> None:
+    card, d = _copy_default(tmp_path)
+    with (d / "dr-grader.onnx").open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(CardError, match="sha256"):
+        verify(card, d)
+
+
+def test_missing_file_and_foreign_preprocessing_are_refused(tmp_path: Path) -> None:
+    card, d = _copy_default(tmp_path)
+    other = card.model_copy(update={"preprocessing": card.preprocessing.model_copy(update={"version": "999"})})
+    with pytest.raises(CardError, match="preprocessing"):
+        verify(other, d)
+    (d / "dr-grader.onnx").unlink()
+    with pytest.raises(CardError, match="missing"):
+        verify(card, d)
+
+
+def test_card_cannot_point_outside_its_directory(tmp_path: Path) -> None:
+    card, d = _copy_default(tmp_path)
+    with pytest.raises(CardError, match="outside"):
+        verify(card.model_copy(update={"file": "../dr-grader.onnx"}), d)
+
+
+def test_malformed_card_is_a_card_error(tmp_path: Path) -> None:
+    p = tmp_path / "bad.card.json"
+    p.write_text(json.dumps({"name": "x"}))
+    with pytest.raises(CardError, match="invalid"):
+        ModelCard.load(p)
+    p.write_text("{not json")
+    with pytest.raises(CardError):
+        ModelCard.load(p)

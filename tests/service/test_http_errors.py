@@ -1,0 +1,48 @@
+"""service.http_errors: one error shape, oversize bodies refused before reading."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from service.http_errors import ErrorShapeMiddleware
+
+
+async def _foreign(request: Request) -> JSONResponse:
+    return JSONResponse({"error": "1 validation error", "detail": [{"loc": ["body", "image"], "msg": "Field required"}]},
+                        status_code=400)
+
+
+async def _ours(request: Request) -> JSONResponse:
+    return JSONResponse({"error": {"code": "unsupported_dicom", "message": "no pixel data"}}, status_code=422)
+
+
+async def _ok(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(str(len(await request.body())))
+
+
+app = ErrorShapeMiddleware(Starlette(routes=[Route("/foreign", _foreign), Route("/ours", _ours),
+                                             Route("/ok", _ok, methods=["POST"])]), max_body=100)
+client = TestClient(app)
+
+
+def test_foreign_error_body_is_rewritten() -> None:
+    r = client.get("/foreign")
+    assert r.status_code == 400
+    assert r.json() == {"error": {"code": "bad_request", "message": "image: Field required"}}
+
+
+def test_our_error_body_passes_through() -> None:
+    r = client.get("/ours")
+    assert r.status_code == 422 and r.json()["error"]["code"] == "unsupported_dicom"
+
+
+def test_oversize_body_is_refused_and_small_one_passes() -> None:
+    r = client.post("/ok", content=b"x" * 101)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+    r = client.post("/ok", content=b"x" * 50)
+    assert r.status_code == 200 and r.text == "50"
+    assert client.get("/missing").status_code == 404

@@ -1,0 +1,60 @@
+"""service.pipeline: one analysis on real files (JPEG, PNG, DICOM) with a tiny exported grader."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from service.errors import FoveaError, UnsupportedMediaType
+from service.pipeline import Analyzer, saliency_target, softmax
+
+
+@pytest.fixture(scope="module")
+def analyzer(tiny_export: Path) -> Analyzer:
+    return Analyzer.load(tiny_export / "tiny-grader.card.json")
+
+
+def _png_size(b64: str) -> tuple[int, int]:
+    img = cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_UNCHANGED)
+    return img.shape[1], img.shape[0]
+
+
+@pytest.mark.parametrize("fixture", ["retina_path", "retina_png", "jpeg_dicom"])
+def test_analyze_real_files(analyzer: Analyzer, fixture: str, request: pytest.FixtureRequest) -> None:
+    path: Path = request.getfixturevalue(fixture)
+    f = analyzer.analyze(path.read_bytes(), request_id="r1")
+    assert f.request_id == "r1"
+    assert sum(f.dr_grade.probabilities) == pytest.approx(1.0, abs=1e-6)
+    assert f.dr_grade.label == analyzer.grader_card.classes[f.dr_grade.grade]
+    size = (f.image.width, f.image.height)
+    assert _png_size(f.saliency.overlay_png) == size and _png_size(f.saliency.heatmap_png) == size
+    assert f.models[0].sha256 == analyzer.grader_card.sha256 and f.models[0].provider == "CPUExecutionProvider"
+    assert {"decode", "preprocess", "inference", "render", "total"} <= set(f.timing_ms)
+    assert f.referable_dr is not None
+    assert f.referable_dr.value == (f.referable_dr.probability >= f.referable_dr.operating_point)
+    assert "synthetic" in f.disclaimer
+    dumped = f.model_dump(mode="json")
+    assert "quality" not in dumped and "lesions" not in dumped  # capabilities that do not exist yet
+
+
+def test_source_is_sniffed_not_named(analyzer: Analyzer, retina_path: Path, jpeg_dicom: Path) -> None:
+    assert analyzer.analyze(retina_path.read_bytes()).image.source == "jpeg"
+    assert analyzer.analyze(jpeg_dicom.read_bytes()).image.source == "dicom"
+
+
+def test_bad_input_raises_typed_errors(analyzer: Analyzer) -> None:
+    with pytest.raises(UnsupportedMediaType):
+        analyzer.analyze(b"hello, this is not an image")
+    with pytest.raises(FoveaError):
+        analyzer.analyze(b"\xff\xd8\xff\xe0" + b"\0" * 40)
+
+
+def test_softmax_and_saliency_target() -> None:
+    p = softmax(np.array([1000.0, 0.0, -1000.0, 0.0, 0.0]))
+    assert np.isfinite(p).all() and p.sum() == pytest.approx(1.0)
+    assert saliency_target(3, np.array([0.1, 0.1, 0.1, 0.6, 0.1])) == 3
+    assert saliency_target(0, np.array([0.7, 0.05, 0.2, 0.04, 0.01])) == 2

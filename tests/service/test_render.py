@@ -1,0 +1,50 @@
+"""service.render: heatmap placement on the original grid, overlay, caption, PNG encoding."""
+
+from __future__ import annotations
+
+import base64
+
+import cv2
+import numpy as np
+
+from models.preprocess import FundusTransform
+from service.render import CAPTION, cam_to_heatmap, overlay, png_base64
+
+
+def test_heatmap_lands_where_the_cam_peaks() -> None:
+    t = FundusTransform(x0=100.0, y0=50.0, scale=2.0, size=64, original_width=300, original_height=200)
+    cam = np.full((8, 8), -1.0, np.float32)
+    cam[2, 6] = 3.0  # model pixels ~ (52, 20) → original ~ (204, 90)
+    heat = cam_to_heatmap(cam, t)
+    assert heat.shape == (200, 300) and heat.dtype == np.float32
+    assert 0.0 <= heat.min() and heat.max() <= 1.0
+    y, x = np.unravel_index(np.argmax(heat), heat.shape)
+    assert abs(x - (100 + 2 * (6.5 * 8 - 0.5))) < 12 and abs(y - (50 + 2 * (2.5 * 8 - 0.5))) < 12
+    assert heat[:, :90].max() < 0.05  # outside the crop: nothing
+
+
+def test_all_negative_cam_gives_an_empty_heatmap() -> None:
+    t = FundusTransform(x0=0.0, y0=0.0, scale=1.0, size=32, original_width=32, original_height=32)
+    assert cam_to_heatmap(-np.ones((4, 4), np.float32), t).max() == 0.0
+
+
+def test_overlay_blends_and_burns_in_caption() -> None:
+    rgb = np.full((400, 600, 3), 128, np.uint8)
+    heat = np.zeros((400, 600), np.float32)
+    heat[100:200, 100:200] = 1.0
+    out = overlay(rgb, heat)
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    assert not np.array_equal(out[150, 150], rgb[150, 150])  # coloured where the heat is
+    assert np.array_equal(out[50, 500], rgb[50, 500])  # untouched where it is not
+    band = out[-12:, :]
+    assert band.max() == 255 and np.median(band) < 60  # white text on a dark band
+    assert "not for diagnosis" in CAPTION
+
+
+def test_png_base64_round_trip() -> None:
+    img = (np.random.default_rng(0).random((33, 47, 3)) * 255).astype(np.uint8)
+    back = cv2.imdecode(np.frombuffer(base64.b64decode(png_base64(img)), np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(back[:, :, ::-1], img)
+    grey = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    back = cv2.imdecode(np.frombuffer(base64.b64decode(png_base64(grey)), np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(back, grey)

@@ -1,0 +1,31 @@
+"""training.config: YAML loading, overrides, unknown keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_default_grader_config_loads() -> None:
+    cfg = load_config(REPO / "training/configs/grader.yaml")
+    assert cfg.architecture == "mobilenet_v3_large" and cfg.num_classes == 5
+    assert cfg.data.synthetic_train is not None and cfg.data.synthetic_train.count > 0
+    assert cfg.to_dict()["data"]["format"] == "eyepacs"
+
+
+def test_overrides_and_unknown_keys(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("epochs: 3\ndata: {train: a, test: b}\n")
+    cfg = load_config(p, {"epochs": 1, "train": "x", "out": None})
+    assert cfg.epochs == 1 and cfg.data.train == "x" and cfg.data.test == "b"
+    p.write_text("epochz: 3\n")
+    with pytest.raises(ValueError, match="unknown TrainConfig keys: epochz"):
+        load_config(p)
+    p.write_text("- a list\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_config(p)

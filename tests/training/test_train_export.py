@@ -1,0 +1,72 @@
+"""Training and export end to end on a tiny model: checkpoint contents, resume, ONNX parity, card, CLI errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training extras (torch) are not installed")
+
+from models.card import ModelCard, verify  # noqa: E402
+from training.__main__ import main  # noqa: E402
+from training.export import ParityError, check_parity, load_checkpoint, to_onnx  # noqa: E402
+
+
+def test_checkpoint_carries_resolved_config(tiny_export: Path, tiny_config: Path) -> None:
+    run = Path(json.loads(json.dumps(str(tiny_config.parent / "run"))))
+    ck = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    cfg = json.loads(ck["config"])
+    assert cfg["architecture"] == "mobilenet_v3_small" and cfg["input_size"] == 64
+    assert ck["command"].startswith("python -m training train")
+    assert (run / "history.json").is_file() and (run / "config.json").is_file()
+
+
+def test_export_writes_verified_card_with_parity(tiny_export: Path) -> None:
+    card = ModelCard.load(tiny_export / "tiny-grader.card.json")
+    assert verify(card, tiny_export).name == "tiny-grader.onnx"
+    assert card.metrics["max_abs_logit_diff"] <= 1e-4
+    assert card.input.size == 64 and card.outputs == ("logits", "cam")
+    assert "quadratic_weighted_kappa" in card.metrics and card.metrics["n"] == 20
+    assert card.operating_point("referable_dr") is not None
+
+
+def test_onnx_dynamic_batch_matches_torch(tiny_export: Path, tiny_config: Path) -> None:
+    import onnxruntime as ort
+
+    model, cfg, _ = load_checkpoint(tiny_config.parent / "run" / "best.pt")
+    sess = ort.InferenceSession(str(tiny_export / "tiny-grader.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(3).standard_normal((3, 3, 64, 64), dtype=np.float32)
+    logits, cam = sess.run(None, {"image": x})
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert logits.shape == (3, 5) and cam.shape[:2] == (3, 5)
+    assert np.abs(logits - ref).max() <= 1e-4
+
+
+def test_parity_check_refuses_a_wrong_graph(tiny_config: Path, tiny_export: Path) -> None:
+    model, cfg, _ = load_checkpoint(tiny_config.parent / "run" / "best.pt")
+    other = to_onnx(model, cfg.input_size)
+    with torch.no_grad():
+        model.head.bias += 1.0  # the torch model now disagrees with the exported bytes
+    with pytest.raises(ParityError, match="differ"):
+        check_parity(model, other, np.zeros((1, 3, 64, 64), np.float32))
+
+
+def test_resume_continues_from_last_epoch(tiny_config: Path, tiny_export: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--config", str(tiny_config), "--epochs", "2", "--resume"]) == 0
+    assert "resumed" in capsys.readouterr().err
+    ck = torch.load(tiny_config.parent / "run" / "last.pt", map_location="cpu", weights_only=True)
+    assert ck["epoch"] == 1
+
+
+def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"out: {tmp_path / 'nothing'}\ndata: {{train: {tmp_path / 'none'}, test: {tmp_path / 'none'}}}\n")
+    assert main(["export", "--config", str(cfg)]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert main(["train", "--config", str(cfg)]) == 2
+    assert "no dataset" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
