@@ -61,6 +61,7 @@ def main() -> None:
     p.add_argument("--names", default="resnet18,mobilenet_v3_large,efficientnet_b0")
     a = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_flush_denormal(True)  # as training does
     print(f"| backbone | train img/s (batch {a.batch}, {a.size}px) | ORT logits+CAM ms (batch 1) |")
     print("|---|---|---|")
     for name in a.names.split(","):

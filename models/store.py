@@ -55,8 +55,11 @@ def ensure_defaults(default_dir: Path = DEFAULT_DIR) -> list[str]:
     """Import each embedded default whose name has no version in the store yet; return the tags imported."""
     imported = []
     for name in DEFAULT_MODELS:
-        if bentoml.models.list(name):
-            continue
+        try:
+            if bentoml.models.list(name):
+                continue
+        except NotFound:  # BentoML raises rather than returning [] for an unknown name
+            pass
         imported.append(import_model(default_dir / f"{name}{CARD_SUFFIX}"))
     return imported
 

@@ -21,8 +21,9 @@ _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_f
           413: "payload_too_large", 415: "unsupported_media_type", 422: "unprocessable", 429: "too_many_requests"}
 
 
-def _message(status: int, body: bytes) -> str:
-    """A readable message for a foreign error body (BentoML's validation errors name the missing field)."""
+def _code_and_message(status: int, body: bytes) -> tuple[str, str]:
+    """Code and readable message for a foreign error body (BentoML's validation errors name the field)."""
+    code = _CODES.get(status, "internal_error" if status >= 500 else "bad_request")
     try:
         data = json.loads(body)
     except ValueError:
@@ -31,13 +32,16 @@ def _message(status: int, body: bytes) -> str:
         details = data.get("detail")
         if isinstance(details, list) and details and isinstance(details[0], dict):
             loc = ".".join(str(p) for p in details[0].get("loc", []) if p != "body")
-            msg = details[0].get("msg", "invalid input")
-            return f"{loc}: {msg}" if loc else str(msg)
-        if isinstance(data.get("error"), str):
-            return data["error"]
+            msg = str(details[0].get("msg", "invalid input"))
+            if msg == "Field required" and loc:
+                return "missing_field", (f"missing form field '{loc}': send the file as multipart/form-data, "
+                                         f"e.g. curl -F {loc}=@photo.jpg")
+            return code, f"{loc}: {msg}" if loc else msg
+        if isinstance(data.get("error"), str) and status < 500:
+            return code, data["error"]
     if status >= 500:
-        return "internal error; the request id is in the server log"
-    return "invalid request"
+        return code, "internal error; the request id is in the server log"
+    return code, "invalid request"
 
 
 class ErrorShapeMiddleware:
@@ -83,9 +87,8 @@ class ErrorShapeMiddleware:
                     parsed = None
                 ok = isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)
                 if not ok:
-                    body = json.dumps({"error": {"code": _CODES.get(status, "internal_error" if status >= 500
-                                                                     else "bad_request"),
-                                                 "message": _message(status, state["body"])}}).encode()
+                    code, text = _code_and_message(status, state["body"])
+                    body = json.dumps({"error": {"code": code, "message": text}}).encode()
                 hdrs = [(k, v) for k, v in state["start"].get("headers", []) if k != b"content-length"]
                 hdrs.append((b"content-length", str(len(body)).encode()))
                 await send({**state["start"], "headers": hdrs})

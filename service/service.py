@@ -16,7 +16,7 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from models.store import ensure_defaults
-from service.errors import FoveaError, MissingField, PayloadTooLarge
+from service.errors import FoveaError, PayloadTooLarge
 from service.http_errors import ErrorShapeMiddleware
 from service.pipeline import Analyzer
 
@@ -24,6 +24,23 @@ log = logging.getLogger("fovea")
 
 GRADER_TAG = os.environ.get("FOVEA_GRADER_TAG", "dr-grader:latest")
 MAX_UPLOAD_BYTES = int(os.environ.get("FOVEA_MAX_UPLOAD_BYTES", str(64 * 1024 * 1024)))
+
+class _ClientErrorLogFilter(logging.Filter):
+    """BentoML logs a full traceback for every request that fails input validation. Those are client
+    errors, and pydantic's traceback quotes the submitted value (which may be patient data), so such records
+    are reduced to one line without the exception."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from pydantic import ValidationError
+
+        if record.exc_info and isinstance(record.exc_info[1], ValidationError):
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "request rejected: input validation failed (%s)", (record.args or ("?",))[0]
+        return True
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(_ClientErrorLogFilter())
 
 # DESIGN.md: if the store has none, import the embedded defaults before the service resolves its models.
 ensure_defaults()
@@ -41,14 +58,11 @@ class Fovea:
         log.info("loaded %s (sha256 %s…) on %s", card.tag, card.sha256[:12], self.analyzer.grader.provider)
 
     @bentoml.api(route="/analyze")
-    def analyze(self, image: Path | None = None) -> Any:
+    def analyze(self, image: Path) -> Any:
         """Grade one fundus photograph (multipart field ``image``: DICOM Part 10, JPEG or PNG) and return
         ``Findings`` JSON with the saliency map; errors are ``{"error": {"code", "message"}}`` with a 4xx."""
         request_id = uuid.uuid4().hex
         try:
-            if image is None:
-                raise MissingField("send the photograph as multipart form field 'image' "
-                                   "(curl -F image=@photo.jpg …)")
             size = image.stat().st_size
             if size > MAX_UPLOAD_BYTES:
                 raise PayloadTooLarge(f"the file is {size} bytes; the limit is {MAX_UPLOAD_BYTES} bytes")

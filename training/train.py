@@ -99,6 +99,8 @@ def main(cfg: TrainConfig, *, resume: bool = False, command: str = "") -> Path:
     """Train per ``cfg``; write ``last.pt``/``best.pt`` (with the resolved config) and ``history.json`` into
     ``cfg.out``; return the path of ``best.pt``."""
     torch.manual_seed(cfg.seed)
+    # Denormal floats make x86 CPUs crawl; flushing them halved a MobileNetV3 training step here.
+    torch.set_flush_denormal(True)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     train_root = Path(cfg.data.train)
