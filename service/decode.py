@@ -62,8 +62,9 @@ Limits and other defences
   backend that would decode it silently.
 * Corrupt entropy-coded data inside an otherwise well-formed JPEG is NOT always detected: libjpeg (OpenCV,
   Pillow) only warns and returns an image with garbage blocks. Detecting that would need a second decoder.
-* Truncated JPEG/PNG uploads are detected from their markers (no EOI after the last SOS / no IEND after the last
-  IDAT), because OpenCV returns partially decoded images silently.
+* Truncated JPEG/PNG uploads are detected from their structure (no EOI after the last SOS / PNG chunks that do
+  not chain to IEND), because OpenCV returns partially decoded images silently; PNG chunk lengths are checked
+  against the upload size because OpenCV allocates a chunk's declared length before reading it.
 * Thread-safety: no global state is modified; :func:`decode` may be called from several threads.
 * ``decode`` cannot hang on in-process work (all parsing loops advance; sizes are bounded before decoding); the
   GDCM child has a wall-clock timeout (``isolated_decode_timeout_s``).
@@ -110,9 +111,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Public types
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -206,10 +207,11 @@ ACCEPTED_PHOTOMETRIC_INTERPRETATIONS: Final[frozenset[str]] = frozenset(
 
 _SUPPORTED_FORMATS_HINT: Final = "send a DICOM Part 10 file, JPEG or PNG"
 
-# Decoding plugins allowed per encapsulated transfer syntax, in order of preference. Pillow runs in process and
-# is ~2-3x faster than GDCM on JPEG baseline; GDCM runs in a child process (service.dicom_pixels), so it is the
-# fallback (it reads some JPEG 2000 files Pillow/OpenJPEG refuses) or the only choice (JPEG lossless, JPEG-LS).
-# Never "pylibjpeg" (its libjpeg backend is GPL). Native (uncompressed) syntaxes use pydicom itself: plugin "".
+# Decoding plugins allowed per encapsulated transfer syntax, in order of preference. Pillow runs in process
+# and is ~2-3x faster than GDCM on JPEG baseline; GDCM runs in a child process (service.dicom_pixels), so it
+# is the fallback (it reads some JPEG 2000 files Pillow/OpenJPEG refuses) or the only choice (JPEG lossless,
+# JPEG-LS). Never "pylibjpeg" (its libjpeg backend is GPL). Native (uncompressed) syntaxes use pydicom itself:
+# plugin "".
 _PLUGIN_PREFERENCE: Final[dict[str, tuple[str, ...]]] = {
     dcm_uid.JPEGBaseline8Bit: ("pillow", "gdcm"),
     dcm_uid.JPEGExtended12Bit: ("pillow", "gdcm"),
@@ -238,9 +240,9 @@ _PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC: Final = b"\xff\xd8\xff"
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Public functions
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def sniff(data: bytes) -> str:
@@ -272,9 +274,7 @@ def decode(data: bytes, *, limits: DecodeLimits = DecodeLimits()) -> list[Decode
     if not isinstance(data, bytes):
         data = bytes(data)  # bytearray / memoryview
     if len(data) > limits.max_bytes:
-        raise PayloadTooLarge(
-            f"The upload is {len(data)} bytes; the limit is {limits.max_bytes} bytes."
-        )
+        raise PayloadTooLarge(f"The upload is {len(data)} bytes; the limit is {limits.max_bytes} bytes.")
     kind = sniff(data)
     try:
         if kind == "dicom":
@@ -283,15 +283,17 @@ def decode(data: bytes, *, limits: DecodeLimits = DecodeLimits()) -> list[Decode
     except FoveaError:
         raise
     except Exception as exc:  # the contract: nothing but FoveaError escapes
-        logger.warning("unexpected %s while decoding a %s upload", type(exc).__name__, kind, exc_info=True)
+        # Type only at WARNING: third-party messages may quote DICOM element values (patient data).
+        logger.warning("unexpected %s while decoding a %s upload", type(exc).__name__, kind)
+        logger.debug("unexpected decoder exception", exc_info=True)
         raise UnreadableImage(
             f"The {kind.upper()} file could not be decoded ({type(exc).__name__}); it may be corrupt."
         ) from exc
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Shared helpers
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def _check_pixels(width: int, height: int, limits: DecodeLimits, what: str = "The image") -> None:
@@ -312,9 +314,30 @@ def _jpeg_complete(buf: bytes) -> bool:
     return sos >= 0 and buf.rfind(b"\xff\xd9") > sos
 
 
-# --------------------------------------------------------------------------------------------------------------
+def _png_chunks_complete(data: bytes) -> bool:
+    """True if the PNG chunks chain from the signature to IEND, each inside the file, with an IDAT before IEND.
+
+    Besides detecting truncation this matters for memory: OpenCV 5's PNG reader allocates a chunk's DECLARED
+    length up front (a 148-byte file declaring a 3.7 GB IDAT made it allocate 3.7 GB), so no chunk may claim more
+    bytes than the upload has.
+    """
+    i, n, seen_idat = 8, len(data), False
+    while i + 12 <= n:  # advances by >= 12 bytes per chunk: terminates
+        length = int.from_bytes(data[i : i + 4], "big")
+        kind = data[i + 4 : i + 8]
+        if length > 0x7FFFFFFF or i + 12 + length > n:
+            return False
+        if kind == b"IDAT":
+            seen_idat = True
+        elif kind == b"IEND":
+            return seen_idat
+        i += 12 + length
+    return False
+
+
+# ------------------------------------------------------------------------------------------------------------
 # JPEG / PNG
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def _decode_raster(data: bytes, kind: str, limits: DecodeLimits) -> DecodedImage:
@@ -323,6 +346,7 @@ def _decode_raster(data: bytes, kind: str, limits: DecodeLimits) -> DecodedImage
     try:
         with Image.open(io.BytesIO(data), formats=[fmt]) as im:
             width, height = im.size
+            orientation = _exif_orientation(im) if kind == "jpeg" else 1
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(
             f"The {fmt} header declares an image larger than the decoder allows; the limit is "
@@ -337,11 +361,15 @@ def _decode_raster(data: bytes, kind: str, limits: DecodeLimits) -> DecodedImage
     # 2. Truncation: decoders (OpenCV in particular) return partial images silently.
     if kind == "jpeg" and not _jpeg_complete(data):
         raise UnreadableImage("The JPEG file is truncated (no end-of-image marker after the last scan).")
-    if kind == "png" and not (0 <= data.rfind(b"IDAT") < data.rfind(b"IEND")):
-        raise UnreadableImage("The PNG file is truncated (no IEND chunk after the image data).")
+    if kind == "png" and not _png_chunks_complete(data):
+        raise UnreadableImage(
+            "The PNG file is truncated or its chunk structure is corrupt (no IEND chunk after the image data)."
+        )
 
     # 3. Decode: OpenCV first, Pillow for what OpenCV cannot read.
-    notes: list[str] = ["EXIF orientation ignored"] if kind == "jpeg" else []
+    notes: list[str] = []
+    if orientation != 1:
+        notes.append(f"EXIF orientation {orientation} ignored: pixels are in stored order, not rotated")
     rgb = _cv2_decode(data, kind, notes)
     if rgb is None:
         rgb = _pillow_decode(data, fmt, notes)
@@ -351,6 +379,15 @@ def _decode_raster(data: bytes, kind: str, limits: DecodeLimits) -> DecodedImage
             f"The {fmt} decoded to {rgb.shape[1]}x{rgb.shape[0]} but its header says {width}x{height}."
         )
     return DecodedImage(rgb=finish_rgb(rgb), source=kind, width=width, height=height, notes=tuple(notes))
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    """EXIF Orientation (0x0112) of an opened JPEG, 1 when absent or unreadable (never raises)."""
+    try:
+        value = im.getexif().get(0x0112, 1)
+        return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
+    except Exception:
+        return 1
 
 
 def _cv2_decode(data: bytes, kind: str, notes: list[str]) -> np.ndarray | None:
@@ -412,13 +449,20 @@ def _pillow_decode(data: bytes, fmt: str, notes: list[str]) -> np.ndarray:
         raise UnreadableImage(f"The {fmt} file could not be decoded; it is corrupt or truncated.") from exc
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # DICOM
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _echo(value: str, limit: int) -> str:
+    """A file-supplied value made safe to quote in a message: printable ASCII only, at most ``limit`` chars."""
+    text = "".join(ch if " " <= ch <= "~" else "?" for ch in str(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _uid_label(value: str) -> str:
-    """``"Name (uid)"`` for a UID pydicom knows, else the bare UID."""
+    """``"Name (uid)"`` for a UID pydicom knows, else the bare UID (sanitised, <= 64 chars)."""
+    value = _echo(value, 64)
     name = pydicom.uid.UID(value).name
     return f"{name} ({value})" if name and name != value else value
 
@@ -542,7 +586,8 @@ def _check_header(ds: Dataset, limits: DecodeLimits) -> PixelHeader:
         raise UnreadableImage("The DICOM Image Pixel module is incomplete: PhotometricInterpretation is missing.")
     if pi not in ACCEPTED_PHOTOMETRIC_INTERPRETATIONS or (pi in ("YBR_ICT", "YBR_RCT") and ts not in _J2K_FAMILY):
         raise UnsupportedDicom(
-            f"The DICOM photometric interpretation {pi!r} is not supported with {_uid_label(ts)}. Accepted: "
+            f"The DICOM photometric interpretation {_echo(pi, 32)!r} is not supported with {_uid_label(ts)}. "
+            "Accepted: "
             f"{', '.join(sorted(ACCEPTED_PHOTOMETRIC_INTERPRETATIONS))} (YBR_ICT / YBR_RCT with JPEG 2000 only)."
         )
 
@@ -550,7 +595,7 @@ def _check_header(ds: Dataset, limits: DecodeLimits) -> PixelHeader:
     expected_spp = 1 if pi in ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR") else 3
     if spp != expected_spp:
         raise UnsupportedDicom(
-            f"The DICOM file has SamplesPerPixel {spp} with photometric interpretation {pi!r}; "
+            f"The DICOM file has SamplesPerPixel {spp} with photometric interpretation {pi}; "
             f"{expected_spp} is required."
         )
 

@@ -11,9 +11,10 @@ corrupted bytes in JPEG baseline, JPEG lossless, JPEG-LS and JPEG 2000 codestrea
 (uncaught C++ exception -> ``std::terminate``, SIGABRT) or segfaults in roughly 1-5 % of mutated files. One such
 upload would kill a serving worker. So plugins in :data:`IN_PROCESS_PLUGINS` (pydicom's own native and RLE
 decoders, Pillow) run here, and ``"gdcm"`` only ever runs in a short-lived child process
-(``python -c <bootstrap>``, see :func:`_worker_command`) with a timeout: a crash or a hang there becomes ``UnreadableImage``.
-The child costs about 0.5 s of start-up, paid only for JPEG lossless / JPEG-LS (GDCM-only) or when Pillow
-could not decode a JPEG / JPEG 2000 frame.
+(``python -c <bootstrap>``, see :func:`_worker_command`) with a timeout: a crash or a hang there becomes
+``UnreadableImage``. The child costs about 0.5 s of start-up, paid only for JPEG lossless / JPEG-LS (GDCM
+only) or when Pillow could not decode a JPEG / JPEG 2000 frame. It silences warnings and logging, and its
+stderr is only logged at DEBUG, because pydicom warnings quote element values (possibly patient data).
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ class PixelHeader:
     number_of_frames: int
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Array helpers (also used by service.decode for JPEG / PNG)
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def finish_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -88,9 +89,9 @@ def linear_to_u8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # In-process decoding
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def decode_frames(ds: Dataset, header: PixelHeader, count: int, plugin: str) -> tuple[list[np.ndarray], list[str]]:
@@ -200,9 +201,9 @@ def _window_output_range(ds: Dataset, header: PixelHeader) -> tuple[float, float
     return min(lo, hi), max(lo, hi)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Isolated decoding (child process)
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 _PACKAGE: Final = __name__.rpartition(".")[0] or "service"
@@ -237,12 +238,8 @@ def decode_frames_isolated(
     except subprocess.TimeoutExpired as exc:  # subprocess.run kills the child
         raise RuntimeError(f"isolated {plugin} decoder timed out after {timeout_s:g} s") from exc
     if proc.returncode != 0:
-        logger.warning(
-            "isolated %s decoder exited with status %s; stderr tail: %r",
-            plugin,
-            proc.returncode,
-            proc.stderr[-500:],
-        )
+        logger.warning("isolated %s decoder exited with status %s", plugin, proc.returncode)
+        logger.debug("isolated decoder stderr tail: %r", proc.stderr[-500:])  # may quote element values
         raise RuntimeError(f"isolated {plugin} decoder exited with status {proc.returncode}")
     return _parse_reply(proc.stdout, header, count)
 
@@ -270,9 +267,12 @@ def _parse_reply(out: bytes, header: PixelHeader, count: int) -> tuple[list[np.n
 def _worker_main() -> int:
     """Child process: stdin = JSON request line + Part 10 bytes; stdout = JSON reply line + raw RGB frames."""
     import io
+    import warnings
 
     import pydicom
 
+    warnings.simplefilter("ignore")  # pydicom warnings quote element values; nothing here may echo them
+    logging.disable(logging.CRITICAL)
     reply_fd = os.dup(1)
     os.dup2(2, 1)  # native libraries that print to stdout must not corrupt the reply
     with os.fdopen(reply_fd, "wb") as reply:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -20,7 +22,10 @@ from pydicom import uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 
-from service.decode import DecodedImage, DecodeLimits, FUNDUS_SOP_CLASSES, decode, sniff
+import service.decode as decode_module
+from service import dicom_pixels
+from service.decode import FUNDUS_SOP_CLASSES, DecodedImage, DecodeLimits, decode, sniff
+from service.dicom_pixels import PixelHeader, decode_frames_isolated
 from service.errors import (
     FoveaError,
     PayloadTooLarge,
@@ -59,9 +64,9 @@ def _assert_stripes(rgb: np.ndarray, tol: int, expected: list[tuple[int, int, in
         assert max(abs(a - b) for a, b in zip(g, e)) <= tol, (got, expected)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Builders
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def _quadrants(h: int = 48, w: int = 64) -> np.ndarray:
@@ -169,9 +174,9 @@ def _jpeg_dicom(rgb: np.ndarray, *, rows: int | None = None, cols: int | None = 
     return ds
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Sniffing
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def test_sniff_by_magic_bytes() -> None:
@@ -198,9 +203,9 @@ def test_preamble_less_dicom_is_refused_as_media_type() -> None:
         decode(_test_file("ExplVR_LitEndNoMeta.dcm"))
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # JPEG / PNG
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def test_jpeg_decodes_to_rgb_with_right_size_and_colours() -> None:
@@ -290,6 +295,19 @@ def test_corrupt_raster_is_unreadable() -> None:
         decode(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
 
 
+def test_exif_orientation_is_ignored_and_noted() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    out = io.BytesIO()
+    Image.fromarray(_quadrants()).save(out, format="JPEG", quality=95, exif=exif)
+    [im] = decode(out.getvalue())
+    assert (im.width, im.height) == (64, 48)  # stored order, not rotated
+    assert _close(_quadrant_centres(im.rgb), QUADRANT_COLOURS, tol=8)
+    assert any("EXIF orientation 6" in n for n in im.notes)
+    [plain] = decode(_jpeg(_quadrants()))
+    assert not any("EXIF" in n for n in plain.notes)
+
+
 def test_jpeg_with_trailing_bytes_after_eoi_still_decodes() -> None:
     [im] = decode(_jpeg(_quadrants()) + b"\x00\x00trailer")
     assert (im.width, im.height) == (64, 48)
@@ -308,6 +326,20 @@ def test_oversize_headers_are_refused_before_decoding(monkeypatch: pytest.Monkey
         decode(_jpeg(_quadrants()), limits=DecodeLimits(max_pixels=64 * 48 - 1))
 
 
+def test_png_chunk_longer_than_the_upload_is_refused_before_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
+    # OpenCV 5 allocates a PNG chunk's declared length up front: 148 bytes claiming a 3.7 GB IDAT cost 3.7 GB.
+    data = bytearray(_png_pil(Image.fromarray(_quadrants())))
+    idat = data.index(b"IDAT") - 4
+    data[idat : idat + 4] = struct.pack(">I", 0xE2000000)
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pixels must not be decoded")
+
+    monkeypatch.setattr(cv2, "imdecode", no_decoding)
+    with pytest.raises(UnreadableImage, match="chunk"):
+        decode(bytes(data))
+
+
 def test_upload_over_max_bytes() -> None:
     data = _jpeg(_quadrants())
     with pytest.raises(PayloadTooLarge):
@@ -315,9 +347,9 @@ def test_upload_over_max_bytes() -> None:
     assert decode(data, limits=DecodeLimits(max_bytes=len(data)))
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # DICOM: pydicom's bundled files
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -376,6 +408,7 @@ def test_32_bit_and_12_bit_jpeg_are_unsupported() -> None:
         decode(_test_file("JPEG-lossy.dcm"))
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize(
     "name", ["SC_rgb_rle.dcm", "SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_gdcm_KY.dcm", "SC_rgb_dcmtk_+eb+cy+np.dcm"]
 )
@@ -387,6 +420,7 @@ def test_truncated_dicom_raises_only_fovea_errors(name: str) -> None:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_every_pydicom_test_file_decodes_or_raises_a_fovea_error() -> None:
     files = sorted(p for p in TEST_FILES.rglob("*") if p.is_file())
     assert len(files) > 50
@@ -408,9 +442,9 @@ def test_every_pydicom_test_file_decodes_or_raises_a_fovea_error() -> None:
     assert refused["CT_small.dcm"] == "UnsupportedDicom" and refused["README.txt"] == "UnsupportedMediaType"
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # DICOM: files built here
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def test_ophthalmic_photography_rgb_with_laterality() -> None:
@@ -534,6 +568,7 @@ def test_messages_never_contain_patient_data() -> None:
         assert PATIENT_NAME not in err.value.message and PATIENT_ID not in err.value.message
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_fuzzed_inputs_raise_only_fovea_errors() -> None:
     rng = np.random.default_rng(1234)
     seeds = [
@@ -559,3 +594,66 @@ def test_fundus_allow_list_matches_pydicom_names() -> None:
     assert "Ophthalmic Photography 8 Bit Image Storage" in names
     assert "Wide Field Ophthalmic Photography 3D Coordinates Image Storage" in names
     assert len(FUNDUS_SOP_CLASSES) == 8
+
+
+# ------------------------------------------------------------------------------------------------------------
+# GDCM isolation
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _header_of(ds: Dataset) -> PixelHeader:
+    return PixelHeader(
+        transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        samples_per_pixel=int(ds.SamplesPerPixel),
+        bits_allocated=int(ds.BitsAllocated),
+        bits_stored=int(ds.BitsStored),
+        pixel_representation=int(ds.PixelRepresentation),
+        photometric_interpretation=str(ds.PhotometricInterpretation),
+        number_of_frames=int(ds.get("NumberOfFrames") or 1),
+    )
+
+
+def test_backends_used_and_gdcm_never_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    used: list[str] = []
+    real = decode_module.decode_frames
+
+    def spy(ds: Dataset, header: PixelHeader, count: int, plugin: str):  # noqa: ANN202
+        used.append(plugin)
+        return real(ds, header, count, plugin)
+
+    monkeypatch.setattr(decode_module, "decode_frames", spy)
+    decode(_test_file("SC_rgb_jpeg_dcmtk.dcm"))  # JPEG baseline -> Pillow, in process
+    decode(_test_file("SC_rgb_gdcm_KY.dcm"))  # JPEG 2000 -> Pillow, in process
+    decode(_test_file("SC_rgb_rle.dcm"))  # RLE -> pydicom
+    decode(_test_file("SC_rgb_jpeg_gdcm.dcm"))  # JPEG lossless -> GDCM, child process only
+    assert used == ["pillow", "pillow", "pydicom"]
+
+
+def test_a_gdcm_crash_is_contained_in_the_child() -> None:
+    raw = _test_file("SC_rgb_jpeg_gdcm.dcm")  # JPEG lossless: GDCM only
+    ds = pydicom.dcmread(io.BytesIO(raw))
+    frame = pydicom.encaps.get_frame(ds.PixelData, 0, number_of_frames=1)
+    offset = raw.index(frame) + 37
+    assert raw[offset : offset + 2] == b"\xff\xc4"  # the first DHT marker
+    data = bytearray(raw)
+    data[offset] = 0x8E  # python-gdcm 3.2 aborts (std::terminate) on this codestream
+    with pytest.raises(RuntimeError):  # the child died (or refused); this process did not
+        decode_frames_isolated(bytes(data), _header_of(ds), 1, "gdcm", timeout_s=60)
+    with pytest.raises(UnreadableImage):  # and decode() refuses it in process before any decoder runs
+        decode(bytes(data))
+
+
+def test_isolated_decoder_crash_or_hang_becomes_unreadable(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _test_file("SC_rgb_jpeg_gdcm.dcm")
+    monkeypatch.setattr(dicom_pixels, "_worker_command", lambda: [sys.executable, "-c", "import os; os.abort()"])
+    with pytest.raises(UnreadableImage, match="gdcm"):
+        decode(data)
+    monkeypatch.setattr(
+        dicom_pixels, "_worker_command", lambda: [sys.executable, "-c", "import time; time.sleep(60)"]
+    )
+    start = time.monotonic()
+    with pytest.raises(UnreadableImage, match="gdcm"):
+        decode(data, limits=DecodeLimits(isolated_decode_timeout_s=1.0))
+    assert time.monotonic() - start < 20
