@@ -3,8 +3,8 @@
 Contract
 --------
 :func:`decode` turns the raw bytes of one upload into one :class:`DecodedImage` per analysed frame: an
-``(H, W, 3)`` ``uint8`` RGB array, C-contiguous, plus the DICOM identifiers the report needs. It accepts exactly
-three formats, recognised by magic bytes (never by file name or declared content type):
+``(H, W, 3)`` ``uint8`` RGB array, C-contiguous, plus the DICOM identifiers the report needs. It accepts
+exactly three formats, recognised by magic bytes (never by file name or declared content type):
 
 * DICOM Part 10 files (128-byte preamble + ``b"DICM"``); preamble-less datasets are refused;
 * JPEG (``FF D8 FF``);
@@ -12,7 +12,8 @@ three formats, recognised by magic bytes (never by file name or declared content
 
 For ANY input bytes, :func:`decode` either returns a non-empty list or raises a
 :class:`~service.errors.FoveaError` subclass; no other exception escapes (unexpected decoder exceptions are
-wrapped into :class:`~service.errors.UnreadableImage`, chained with ``from`` so the server log keeps the cause):
+wrapped into :class:`~service.errors.UnreadableImage`, chained with ``from`` so the server log keeps the
+cause):
 
 =====================================================================  ===================================
 condition                                                              error
@@ -28,8 +29,8 @@ syntax, photometric interpretation or bit depth
 =====================================================================  ===================================
 
 Error messages describe the file (SOP class, transfer syntax, photometric interpretation, sizes), never the
-patient: no names, IDs or dates are ever read into a message, and messages of third-party exceptions (which may
-quote element values) are not copied into ours.
+patient: no names, IDs or dates are ever read into a message, and messages of third-party exceptions (which
+may quote element values) are not copied into ours.
 
 Colour handling
 ---------------
@@ -54,7 +55,8 @@ Limits and other defences
   default (~89.5 Mpx warns, ~179 Mpx raises) and NOT modified here: our own ``max_pixels`` (60 Mpx default)
   is checked first from the header, and a ``DecompressionBombError`` raised while Pillow parses the header is
   mapped to ``PayloadTooLarge`` as well. A caller raising ``max_pixels`` above ~89 Mpx will see Pillow's
-  ``DecompressionBombWarning`` for such images (and a 413 above ~179 Mpx) unless it also raises Pillow's limit.
+  ``DecompressionBombWarning`` for such images (and a 413 above ~179 Mpx) unless it also raises Pillow's
+  limit.
 * Encapsulated DICOM frames (JPEG, JPEG-LS, JPEG 2000) have their codestream header parsed before decoding:
   dimensions must match ``Rows``/``Columns`` and ``max_pixels``, components and precision must match the
   DICOM header, marker segments up to the first scan must be well formed, and the codestream must end with an
@@ -66,8 +68,8 @@ Limits and other defences
   not chain to IEND), because OpenCV returns partially decoded images silently; PNG chunk lengths are checked
   against the upload size because OpenCV allocates a chunk's declared length before reading it.
 * Thread-safety: no global state is modified; :func:`decode` may be called from several threads.
-* ``decode`` cannot hang on in-process work (all parsing loops advance; sizes are bounded before decoding); the
-  GDCM child has a wall-clock timeout (``isolated_decode_timeout_s``).
+* ``decode`` cannot hang on in-process work (all parsing loops advance; sizes are bounded before decoding);
+  the GDCM child has a wall-clock timeout (``isolated_decode_timeout_s``).
 """
 
 from __future__ import annotations
@@ -96,7 +98,13 @@ from service.dicom_pixels import (
     finish_rgb,
     scale_uint_to_u8,
 )
-from service.errors import FoveaError, PayloadTooLarge, UnreadableImage, UnsupportedDicom, UnsupportedMediaType
+from service.errors import (
+    FoveaError,
+    PayloadTooLarge,
+    UnreadableImage,
+    UnsupportedDicom,
+    UnsupportedMediaType,
+)
 
 __all__ = [
     "ACCEPTED_PHOTOMETRIC_INTERPRETATIONS",
@@ -120,10 +128,11 @@ logger = logging.getLogger(__name__)
 class DecodeLimits:
     """Resource limits applied by :func:`decode`.
 
-    ``max_bytes``: size of the upload. ``max_pixels``: ``width * height`` of one frame, checked from the header
-    before any pixel is decoded. ``max_frames``: a multi-frame DICOM is analysed on its first ``max_frames``
-    frames only (not an error; :attr:`DecodedImage.notes` says so). ``max_inflated_bytes``: a DICOM file in the
-    Deflated Explicit VR Little Endian transfer syntax may not inflate to more than this (zip-bomb guard).
+    ``max_bytes``: size of the upload. ``max_pixels``: ``width * height`` of one frame, checked from the
+    header before any pixel is decoded. ``max_frames``: a multi-frame DICOM is analysed on its first
+    ``max_frames`` frames only (not an error; :attr:`DecodedImage.notes` says so). ``max_inflated_bytes``: a
+    DICOM file in the Deflated Explicit VR Little Endian transfer syntax may not inflate to more than this
+    (zip-bomb guard).
     ``isolated_decode_timeout_s``: wall-clock limit for the child process that runs GDCM (see
     :mod:`service.dicom_pixels`); past it the child is killed and the upload is ``UnreadableImage``.
     Worst-case memory for one call is roughly ``max_frames * max_pixels * 3`` bytes of output.
@@ -141,12 +150,13 @@ class DecodedImage:
     """One decoded frame.
 
     ``rgb`` is ``(height, width, 3)`` ``uint8`` RGB, C-contiguous, owned by this object (not a view on the
-    upload). ``source`` is ``"dicom"``, ``"jpeg"`` or ``"png"``. ``frame_index`` is the 0-based frame number for
-    a multi-frame DICOM, else ``None``. ``laterality`` is ``"L"``/``"R"`` from DICOM ImageLaterality (0020,0062)
-    or, failing that, Laterality (0020,0060); ``None`` otherwise (including ``"B"``/``"U"``). The UIDs,
-    ``photometric_interpretation`` (as stored in the file, before conversion to RGB) and
+    upload). ``source`` is ``"dicom"``, ``"jpeg"`` or ``"png"``. ``frame_index`` is the 0-based frame number
+    for a multi-frame DICOM, else ``None``. ``laterality`` is ``"L"``/``"R"`` from DICOM ImageLaterality
+    (0020,0062) or, failing that, Laterality (0020,0060); ``None`` otherwise (including ``"B"``/``"U"``). The
+    UIDs, ``photometric_interpretation`` (as stored in the file, before conversion to RGB) and
     ``transfer_syntax_uid`` are ``None`` for JPEG/PNG. ``notes`` are short human-readable remarks about
-    lossy or partial handling (frames skipped, alpha dropped, 16 bit scaled, ...); they contain no patient data.
+    lossy or partial handling (frames skipped, alpha dropped, 16 bit scaled, EXIF orientation ignored, ...);
+    they contain no patient data.
     ``eq=False``: instances compare by identity (ndarray equality is not a bool).
     """
 
@@ -315,11 +325,11 @@ def _jpeg_complete(buf: bytes) -> bool:
 
 
 def _png_chunks_complete(data: bytes) -> bool:
-    """True if the PNG chunks chain from the signature to IEND, each inside the file, with an IDAT before IEND.
+    """True if the PNG chunks chain from the signature to IEND, each inside the file, IDAT before IEND.
 
     Besides detecting truncation this matters for memory: OpenCV 5's PNG reader allocates a chunk's DECLARED
-    length up front (a 148-byte file declaring a 3.7 GB IDAT made it allocate 3.7 GB), so no chunk may claim more
-    bytes than the upload has.
+    length up front (a 148-byte file declaring a 3.7 GB IDAT made it allocate 3.7 GB), so no chunk may claim
+    more bytes than the upload has.
     """
     i, n, seen_idat = 8, len(data), False
     while i + 12 <= n:  # advances by >= 12 bytes per chunk: terminates
@@ -353,7 +363,9 @@ def _decode_raster(data: bytes, kind: str, limits: DecodeLimits) -> DecodedImage
             f"{limits.max_pixels} pixels per image."
         ) from exc
     except Exception as exc:
-        raise UnreadableImage(f"The {fmt} header could not be read; the file is corrupt or truncated.") from exc
+        raise UnreadableImage(
+            f"The {fmt} header could not be read; the file is corrupt or truncated."
+        ) from exc
     if width <= 0 or height <= 0:
         raise UnreadableImage(f"The {fmt} header declares an empty image ({width}x{height}).")
     _check_pixels(width, height, limits, f"The {fmt} image")
@@ -363,7 +375,8 @@ def _decode_raster(data: bytes, kind: str, limits: DecodeLimits) -> DecodedImage
         raise UnreadableImage("The JPEG file is truncated (no end-of-image marker after the last scan).")
     if kind == "png" and not _png_chunks_complete(data):
         raise UnreadableImage(
-            "The PNG file is truncated or its chunk structure is corrupt (no IEND chunk after the image data)."
+            "The PNG file is truncated or its chunk structure is corrupt "
+            "(no IEND chunk after the image data)."
         )
 
     # 3. Decode: OpenCV first, Pillow for what OpenCV cannot read.
@@ -426,8 +439,8 @@ def _cv2_decode(data: bytes, kind: str, notes: list[str]) -> np.ndarray | None:
 
 
 def _pillow_decode(data: bytes, fmt: str, notes: list[str]) -> np.ndarray:
-    """Decode with Pillow (fallback). Truncation raises unless a caller enabled LOAD_TRUNCATED_IMAGES globally,
-    which is why truncation is also checked from the markers before we get here."""
+    """Decode with Pillow (fallback). Truncation raises unless someone enabled Pillow's process-global
+    ``LOAD_TRUNCATED_IMAGES``, which is why truncation is also checked from the structure beforehand."""
     try:
         with Image.open(io.BytesIO(data), formats=[fmt]) as im:
             im.load()
@@ -455,7 +468,7 @@ def _pillow_decode(data: bytes, fmt: str, notes: list[str]) -> np.ndarray:
 
 
 def _echo(value: str, limit: int) -> str:
-    """A file-supplied value made safe to quote in a message: printable ASCII only, at most ``limit`` chars."""
+    """A file-supplied value made safe to quote in a message: printable ASCII, at most ``limit`` chars."""
     text = "".join(ch if " " <= ch <= "~" else "?" for ch in str(value))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -559,9 +572,12 @@ def _check_header(ds: Dataset, limits: DecodeLimits) -> PixelHeader:
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise UnsupportedDicom(
-                "The DICOM file has floating-point pixel data; only integer Pixel Data (7FE0,0010) is accepted."
+                "The DICOM file has floating-point pixel data; only integer Pixel Data (7FE0,0010) is "
+                "accepted."
             )
-        raise UnsupportedDicom("The DICOM file contains no Pixel Data (7FE0,0010): there is no image to analyse.")
+        raise UnsupportedDicom(
+            "The DICOM file contains no Pixel Data (7FE0,0010): there is no image to analyse."
+        )
 
     file_meta = getattr(ds, "file_meta", None)
     ts = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
@@ -583,12 +599,16 @@ def _check_header(ds: Dataset, limits: DecodeLimits) -> PixelHeader:
 
     pi = (_text(ds, "PhotometricInterpretation") or "").upper()
     if not pi:
-        raise UnreadableImage("The DICOM Image Pixel module is incomplete: PhotometricInterpretation is missing.")
-    if pi not in ACCEPTED_PHOTOMETRIC_INTERPRETATIONS or (pi in ("YBR_ICT", "YBR_RCT") and ts not in _J2K_FAMILY):
+        raise UnreadableImage(
+            "The DICOM Image Pixel module is incomplete: PhotometricInterpretation is missing."
+        )
+    j2k_only = pi in ("YBR_ICT", "YBR_RCT") and ts not in _J2K_FAMILY
+    if pi not in ACCEPTED_PHOTOMETRIC_INTERPRETATIONS or j2k_only:
         raise UnsupportedDicom(
             f"The DICOM photometric interpretation {_echo(pi, 32)!r} is not supported with {_uid_label(ts)}. "
             "Accepted: "
-            f"{', '.join(sorted(ACCEPTED_PHOTOMETRIC_INTERPRETATIONS))} (YBR_ICT / YBR_RCT with JPEG 2000 only)."
+            f"{', '.join(sorted(ACCEPTED_PHOTOMETRIC_INTERPRETATIONS))} "
+            "(YBR_ICT / YBR_RCT with JPEG 2000 only)."
         )
 
     spp = _int_attr(ds, "SamplesPerPixel")
@@ -604,8 +624,8 @@ def _check_header(ds: Dataset, limits: DecodeLimits) -> PixelHeader:
     pixel_representation = _int_attr(ds, "PixelRepresentation")
     if bits_allocated not in (8, 16) or not 1 <= bits_stored <= bits_allocated:
         raise UnsupportedDicom(
-            f"The DICOM bit depth (BitsAllocated {bits_allocated}, BitsStored {bits_stored}) is not supported; "
-            "accepted: BitsAllocated 8 or 16 with 1 <= BitsStored <= BitsAllocated."
+            f"The DICOM bit depth (BitsAllocated {bits_allocated}, BitsStored {bits_stored}) is not "
+            "supported; accepted: BitsAllocated 8 or 16 with 1 <= BitsStored <= BitsAllocated."
         )
     if pixel_representation not in (0, 1):
         raise UnreadableImage(f"The DICOM PixelRepresentation {pixel_representation} is invalid (0 or 1).")
@@ -660,7 +680,8 @@ class _Codestream:
 
 
 _SOF_MARKERS: Final = frozenset(
-    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}  # 0xF7: JPEG-LS SOF55
+    # SOF0-3, 5-7, 9-11, 13-15 (JPEG) and SOF55 = 0xF7 (JPEG-LS)
+    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
 )
 
 
@@ -757,8 +778,8 @@ def _check_encapsulated_frames(ds: Dataset, header: PixelHeader, count: int, lim
             frame = get_frame(ds.PixelData, index, number_of_frames=header.number_of_frames)
         except Exception as exc:
             raise UnreadableImage(
-                f"Frame {index} of the encapsulated DICOM pixel data could not be located; the file is corrupt "
-                "or truncated."
+                f"Frame {index} of the encapsulated DICOM pixel data could not be located; the file is "
+                "corrupt or truncated."
             ) from exc
         info = _j2k_codestream(frame) if ts in _J2K_FAMILY else _jpeg_codestream(frame)
         if info is None:
@@ -813,7 +834,9 @@ def _decode_dicom(data: bytes, limits: DecodeLimits) -> list[DecodedImage]:
         "notes": tuple(notes + frame_notes),
     }
     return [
-        DecodedImage(rgb=rgb, width=rgb.shape[1], height=rgb.shape[0], frame_index=i if multi else None, **common)
+        DecodedImage(
+            rgb=rgb, width=rgb.shape[1], height=rgb.shape[0], frame_index=i if multi else None, **common
+        )
         for i, rgb in enumerate(frames)
     ]
 

@@ -8,9 +8,9 @@ Why a child process for GDCM
 ----------------------------
 python-gdcm is not safe on untrusted input in process: fuzzing pydicom 3.0 + python-gdcm 3.2 with a few
 corrupted bytes in JPEG baseline, JPEG lossless, JPEG-LS and JPEG 2000 codestreams aborts the interpreter
-(uncaught C++ exception -> ``std::terminate``, SIGABRT) or segfaults in roughly 1-5 % of mutated files. One such
-upload would kill a serving worker. So plugins in :data:`IN_PROCESS_PLUGINS` (pydicom's own native and RLE
-decoders, Pillow) run here, and ``"gdcm"`` only ever runs in a short-lived child process
+(uncaught C++ exception -> ``std::terminate``, SIGABRT) or segfaults in roughly 1-5 % of mutated files. One
+such upload would kill a serving worker. So plugins in :data:`IN_PROCESS_PLUGINS` (pydicom's own native and
+RLE decoders, Pillow) run here, and ``"gdcm"`` only ever runs in a short-lived child process
 (``python -c <bootstrap>``, see :func:`_worker_command`) with a timeout: a crash or a hang there becomes
 ``UnreadableImage``. The child costs about 0.5 s of start-up, paid only for JPEG lossless / JPEG-LS (GDCM
 only) or when Pillow could not decode a JPEG / JPEG 2000 frame. It silences warnings and logging, and its
@@ -94,7 +94,9 @@ def linear_to_u8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def decode_frames(ds: Dataset, header: PixelHeader, count: int, plugin: str) -> tuple[list[np.ndarray], list[str]]:
+def decode_frames(
+    ds: Dataset, header: PixelHeader, count: int, plugin: str
+) -> tuple[list[np.ndarray], list[str]]:
     """Decode frames ``0..count-1`` of ``ds`` with one pydicom plugin and convert them to RGB uint8.
 
     Raises :class:`FoveaError` for unsupported content, any other exception if the plugin fails (the caller
@@ -123,7 +125,8 @@ def to_rgb8(
     bits_stored = int(props.get("bits_stored", header.bits_stored))
     if arr.shape[:2] != (header.rows, header.columns):
         raise UnreadableImage(
-            f"A decoded frame is {arr.shape[1]}x{arr.shape[0]}, the header says {header.columns}x{header.rows}."
+            f"A decoded frame is {arr.shape[1]}x{arr.shape[0]}, "
+            f"the header says {header.columns}x{header.rows}."
         )
     if pi == "RGB":
         if arr.ndim != 3 or arr.shape[2] != 3:
@@ -131,7 +134,9 @@ def to_rgb8(
         return finish_rgb(scale_uint_to_u8(arr, 2**bits_stored - 1))
     if pi in ("YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"):
         # pydicom / the backends convert these; still YBR here would mean a missing conversion.
-        raise UnsupportedDicom(f"The DICOM pixel data stayed in {pi} after decoding; only RGB output is usable.")
+        raise UnsupportedDicom(
+            f"The DICOM pixel data stayed in {pi} after decoding; only RGB output is usable."
+        )
     if arr.ndim != 2:
         raise UnreadableImage(f"The decoded {pi} frame has an unexpected shape {arr.shape}.")
     if pi == "PALETTE COLOR":
@@ -159,15 +164,17 @@ def _palette_to_rgb8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
 def _monochrome_to_u8(arr: np.ndarray, ds: Dataset, header: PixelHeader, notes: list[str]) -> np.ndarray:
     """Modality LUT / rescale, then the first VOI LUT or window, then to uint8.
 
-    Final scaling range: the VOI LUT's nominal range, or the window's output range (pydicom's definition: the
-    modality output range). Without a VOI transform, unsigned data of <= 8 bits without a modality transform is
-    kept as stored; anything else is min-max stretched per frame.
+    Final scaling range: the VOI LUT's nominal range, or the window's output range (pydicom's definition:
+    the modality output range). Without a VOI transform, unsigned data of <= 8 bits without a modality
+    transform is kept as stored; anything else is min-max stretched per frame.
     """
     has_modality = bool(ds.get("ModalityLUTSequence")) or ("RescaleSlope" in ds and "RescaleIntercept" in ds)
     values = apply_modality_lut(arr, ds)
 
     voi_items = ds.get("VOILUTSequence")
-    has_voi_lut = bool(voi_items) and all(voi_items[0].get(k) is not None for k in ("LUTDescriptor", "LUTData"))
+    has_voi_lut = bool(voi_items) and all(
+        voi_items[0].get(k) is not None for k in ("LUTDescriptor", "LUTData")
+    )
     has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
     try:
         if has_voi_lut:
@@ -259,7 +266,8 @@ def _parse_reply(out: bytes, header: PixelHeader, count: int) -> tuple[list[np.n
         raise RuntimeError("isolated decoder reply has the wrong size")
     shape = (header.rows, header.columns, 3)
     frames = [
-        np.frombuffer(body, np.uint8, frame_bytes, i * frame_bytes).reshape(shape).copy() for i in range(count)
+        np.frombuffer(body, np.uint8, frame_bytes, i * frame_bytes).reshape(shape).copy()
+        for i in range(count)
     ]
     return frames, [str(n) for n in reply.get("notes", [])]
 
@@ -286,8 +294,8 @@ def _worker_main() -> int:
             ds = pydicom.dcmread(io.BytesIO(data), force=False)
             frames, notes = decode_frames(ds, header, int(request["count"]), request["plugin"])
         except FoveaError as exc:
-            reply.write(json.dumps({"ok": False, "error": type(exc).__name__, "message": exc.message}).encode())
-            reply.write(b"\n")
+            error = {"ok": False, "error": type(exc).__name__, "message": exc.message}
+            reply.write(json.dumps(error).encode() + b"\n")
             return 0
         except Exception as exc:  # reported as a failed plugin by the parent
             reply.write(json.dumps({"ok": False, "error": type(exc).__name__}).encode() + b"\n")

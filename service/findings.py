@@ -21,7 +21,7 @@ class ImageInfo(_Out):
     width: int
     height: int
     laterality: Literal["L", "R"] | None = None
-    frames: int = Field(1, description="frames in the file; this slice analyses the first")
+    notes: list[str] = Field(default_factory=list, description="what decoding did, e.g. frames not analysed")
     sop_instance_uid: str | None = None
     study_instance_uid: str | None = None
 

@@ -41,7 +41,8 @@ class Analyzer:
     """Holds the verified models; :meth:`analyze` is thread-safe (ONNX Runtime sessions are)."""
 
     grader: OnnxModel
-    limits: DecodeLimits = field(default_factory=DecodeLimits)
+    # One frame is analysed per upload for now, so only one is decoded (a note says if there were more).
+    limits: DecodeLimits = field(default_factory=lambda: DecodeLimits(max_frames=1))
 
     @classmethod
     def load(cls, grader: Path, providers: list[str] | None = None) -> Analyzer:
@@ -92,7 +93,7 @@ class Analyzer:
         return Findings(
             request_id=request_id or uuid.uuid4().hex,
             image=ImageInfo(source=img.source, width=img.width, height=img.height, laterality=img.laterality,
-                            frames=len(frames), sop_instance_uid=img.sop_instance_uid,
+                            notes=list(img.notes), sop_instance_uid=img.sop_instance_uid,
                             study_instance_uid=img.study_instance_uid),
             dr_grade=DrGrade(grade=grade, label=card.classes[grade], probabilities=[float(p) for p in probs]),
             referable_dr=referable,

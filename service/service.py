@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 import uuid
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,10 @@ class _ClientErrorLogFilter(logging.Filter):
 
 
 logging.getLogger("bentoml._internal.server.http_app").addFilter(_ClientErrorLogFilter())
+# pydicom's warnings quote raw element values of malformed files (possibly a patient's name): keep them out of
+# the service log; decoding problems reach the client as typed errors instead.
+logging.getLogger("pydicom").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
 
 # DESIGN.md: if the store has none, import the embedded defaults before the service resolves its models.
 ensure_defaults()

@@ -25,7 +25,8 @@ from models.card import (ICDR_LABELS, InputSpec, ModelCard, OperatingPoint, Prep
                          sha256_file)
 from training.config import TrainConfig
 from training.data import load_rgb, read_items
-from training.metrics import grader_metrics
+from training.metrics import confusion_matrix, grader_metrics
+from training.report import plot_confusion
 
 PARITY_ATOL = 1e-4
 OPSET = 17
@@ -102,6 +103,9 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
         probs, labels = onnx_probabilities(onnx_bytes, items, cfg.input_size)
         metrics = grader_metrics(probs, labels, op["threshold"])
         metrics_data = f"{test_root} ({len(items)} images, held out from training and validation)"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plot_confusion(confusion_matrix(probs, labels), ICDR_LABELS, out_dir / f"{cfg.name}.confusion.png",
+                       f"{cfg.name} {cfg.version}: held-out confusion matrix (n={len(items)})")
     metrics.update(parity)
 
     out_dir.mkdir(parents=True, exist_ok=True)

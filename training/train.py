@@ -20,6 +20,7 @@ from tqdm import tqdm
 from models.architectures import build
 from training.config import SyntheticSpec, TrainConfig
 from training.data import FundusDataset, read_items, split_by_patient
+from training.report import plot_history
 from training.metrics import choose_operating_point, grader_metrics, referable_probability
 
 
@@ -160,6 +161,7 @@ def main(cfg: TrainConfig, *, resume: bool = False, command: str = "") -> Path:
         if improved:
             torch.save(ck, out / "best.pt")
         (out / "history.json").write_text(json.dumps(history, indent=2))
+        plot_history(history, out / "history.png")
         if stale >= cfg.early_stopping_patience:
             print(f"early stop: no kappa improvement for {stale} epochs", file=sys.stderr)
             break

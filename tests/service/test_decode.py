@@ -156,7 +156,9 @@ def _save(ds: Dataset) -> bytes:
     return out.getvalue()
 
 
-def _jpeg_dicom(rgb: np.ndarray, *, rows: int | None = None, cols: int | None = None, frame: bytes | None = None):
+def _jpeg_dicom(
+    rgb: np.ndarray, *, rows: int | None = None, cols: int | None = None, frame: bytes | None = None
+) -> Dataset:
     """An Ophthalmic Photography 8-bit file with a JPEG-baseline (YBR_FULL_422) frame made by OpenCV."""
     ds = _dicom(sop_class=uid.OphthalmicPhotography8BitImageStorage, transfer_syntax=uid.JPEGBaseline8Bit)
     ds.Rows = rows or rgb.shape[0]
@@ -187,7 +189,13 @@ def test_sniff_by_magic_bytes() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"\x00" * 10, np.random.default_rng(0).bytes(4096), b"GIF89a" + b"\x00" * 64, b"DICM" + b"\x00" * 200],
+    [
+        b"",
+        b"\x00" * 10,
+        np.random.default_rng(0).bytes(4096),
+        b"GIF89a" + b"\x00" * 64,
+        b"DICM" + b"\x00" * 200,
+    ],
     ids=["empty", "zeros", "random", "gif", "dicm-at-0"],
 )
 def test_sniff_and_decode_reject_other_bytes(data: bytes) -> None:
@@ -580,7 +588,8 @@ def test_fuzzed_inputs_raise_only_fovea_errors() -> None:
     for base in seeds:
         for _ in range(40):
             data = bytearray(base)
-            for pos in rng.integers(132 if base[128:132] == b"DICM" else 8, len(data), size=rng.integers(1, 8)):
+            start = 132 if base[128:132] == b"DICM" else 8
+            for pos in rng.integers(start, len(data), size=rng.integers(1, 8)):
                 data[pos] = int(rng.integers(0, 256))
             try:
                 images = decode(bytes(data))
@@ -647,7 +656,9 @@ def test_a_gdcm_crash_is_contained_in_the_child() -> None:
 
 def test_isolated_decoder_crash_or_hang_becomes_unreadable(monkeypatch: pytest.MonkeyPatch) -> None:
     data = _test_file("SC_rgb_jpeg_gdcm.dcm")
-    monkeypatch.setattr(dicom_pixels, "_worker_command", lambda: [sys.executable, "-c", "import os; os.abort()"])
+    monkeypatch.setattr(
+        dicom_pixels, "_worker_command", lambda: [sys.executable, "-c", "import os; os.abort()"]
+    )
     with pytest.raises(UnreadableImage, match="gdcm"):
         decode(data)
     monkeypatch.setattr(

@@ -58,3 +58,9 @@ def test_softmax_and_saliency_target() -> None:
     assert np.isfinite(p).all() and p.sum() == pytest.approx(1.0)
     assert saliency_target(3, np.array([0.1, 0.1, 0.1, 0.6, 0.1])) == 3
     assert saliency_target(0, np.array([0.7, 0.05, 0.2, 0.04, 0.01])) == 2
+
+
+def test_multi_frame_dicom_analyses_the_first_frame_and_says_so(analyzer: Analyzer, pydicom_files: Path) -> None:
+    f = analyzer.analyze((pydicom_files / "SC_rgb_rle_2frame.dcm").read_bytes())
+    assert f.image.source == "dicom"
+    assert any("1 of 2 frames" in n for n in f.image.notes)

@@ -22,6 +22,7 @@ def test_checkpoint_carries_resolved_config(tiny_export: Path, tiny_config: Path
     assert cfg["architecture"] == "mobilenet_v3_small" and cfg["input_size"] == 64
     assert ck["command"].startswith("python -m training train")
     assert (run / "history.json").is_file() and (run / "config.json").is_file()
+    assert (run / "history.png").stat().st_size > 1000
 
 
 def test_export_writes_verified_card_with_parity(tiny_export: Path) -> None:
@@ -31,6 +32,7 @@ def test_export_writes_verified_card_with_parity(tiny_export: Path) -> None:
     assert card.input.size == 64 and card.outputs == ("logits", "cam")
     assert "quadratic_weighted_kappa" in card.metrics and card.metrics["n"] == 20
     assert card.operating_point("referable_dr") is not None
+    assert (tiny_export / "tiny-grader.confusion.png").stat().st_size > 1000
 
 
 def test_onnx_dynamic_batch_matches_torch(tiny_export: Path, tiny_config: Path) -> None:
