@@ -58,7 +58,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--size", type=int, default=384)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--names", default="resnet18,mobilenet_v3_large,efficientnet_b0")
+    p.add_argument("--names", default="resnet18,mobilenet_v3_large,mobilenet_v3_large_rt,efficientnet_b0")
     a = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     torch.set_flush_denormal(True)  # as training does

@@ -37,7 +37,7 @@ class TrainConfig:
 
     name: str = "dr-grader"
     version: str = "0.1.0"
-    architecture: str = "mobilenet_v3_large"
+    architecture: str = "mobilenet_v3_large_rt"
     input_size: int = 384
     num_classes: int = 5
     dropout: float = 0.2

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_default_grader_config_loads() -> None:
     cfg = load_config(REPO / "training/configs/grader.yaml")
-    assert cfg.architecture == "mobilenet_v3_large" and cfg.num_classes == 5
+    assert cfg.architecture == "mobilenet_v3_large_rt" and cfg.num_classes == 5
     assert cfg.data.synthetic_train is not None and cfg.data.synthetic_train.count > 0
     assert cfg.to_dict()["data"]["format"] == "eyepacs"
 
