@@ -190,26 +190,6 @@ FUNDUS_SOP_CLASSES: Final[frozenset[str]] = frozenset(
     }
 )
 
-#: Transfer syntaxes we can decode with permissively licensed backends (GDCM, Pillow, pydicom).
-#: JPEG Extended is accepted for 8-bit samples only (no such backend decodes 12-bit JPEG).
-ACCEPTED_TRANSFER_SYNTAXES: Final[frozenset[str]] = frozenset(
-    {
-        dcm_uid.ImplicitVRLittleEndian,
-        dcm_uid.ExplicitVRLittleEndian,
-        dcm_uid.ExplicitVRBigEndian,
-        dcm_uid.DeflatedExplicitVRLittleEndian,
-        dcm_uid.JPEGBaseline8Bit,
-        dcm_uid.JPEGExtended12Bit,
-        dcm_uid.JPEGLossless,
-        dcm_uid.JPEGLosslessSV1,
-        dcm_uid.JPEGLSLossless,
-        dcm_uid.JPEGLSNearLossless,
-        dcm_uid.JPEG2000Lossless,
-        dcm_uid.JPEG2000,
-        dcm_uid.RLELossless,
-    }
-)
-
 #: Photometric interpretations we convert to RGB. YBR_ICT / YBR_RCT only occur with JPEG 2000.
 ACCEPTED_PHOTOMETRIC_INTERPRETATIONS: Final[frozenset[str]] = frozenset(
     {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR", "MONOCHROME1", "MONOCHROME2"}
@@ -233,6 +213,17 @@ _PLUGIN_PREFERENCE: Final[dict[str, tuple[str, ...]]] = {
     dcm_uid.JPEG2000: ("pillow", "gdcm"),
     dcm_uid.RLELossless: ("pydicom",),
 }
+
+#: Transfer syntaxes we can decode with permissively licensed backends (GDCM, Pillow, pydicom).
+#: JPEG Extended is accepted for 8-bit samples only (no such backend decodes 12-bit JPEG).
+ACCEPTED_TRANSFER_SYNTAXES: Final[frozenset[str]] = frozenset(
+    {
+        dcm_uid.ImplicitVRLittleEndian,
+        dcm_uid.ExplicitVRLittleEndian,
+        dcm_uid.ExplicitVRBigEndian,
+        dcm_uid.DeflatedExplicitVRLittleEndian,
+    }
+) | frozenset(_PLUGIN_PREFERENCE)
 
 _JPEG_FAMILY: Final = frozenset(
     {
