@@ -22,6 +22,12 @@ class FundusClassifier(nn.Module):
 
     def __init__(self, features: nn.Module, num_features: int, num_classes: int, dropout: float = 0.2) -> None:
         super().__init__()
+        # torchvision's MobileNet/EfficientNet use BatchNorm momentum 0.01, tuned for long ImageNet runs. From
+        # scratch on a few thousand images the running statistics then lag the weights by ~100 steps and
+        # evaluation-mode outputs collapse to one class for several epochs (seen here); 0.1 tracks them.
+        for m in features.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = 0.1
         self.features = features
         self.num_features = num_features
         self.dropout = nn.Dropout(dropout)
