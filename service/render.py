@@ -18,23 +18,33 @@ _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 def cam_to_heatmap(cam: np.ndarray, transform: FundusTransform) -> np.ndarray:
     """``(h, w)`` class activation map → ``(H, W)`` float32 in [0, 1] on the original image grid.
 
-    Negative evidence is cut (ReLU, as Grad-CAM does) and the map is scaled by its maximum; an all-negative
-    map gives zeros. Upsampling is bicubic at model-input resolution, then the preprocessing transform is
-    inverted so the heatmap lands on the pixels it came from.
+    As Grad-CAM implementations do: negative evidence is cut (ReLU) and the map is min-max scaled, so a map
+    that is flat over the field shows as flat rather than saturated. Upsampling is bicubic at model-input
+    resolution; the map is kept to the fundus field (the circle inscribed in the crop — the corners are dark
+    surround), then the preprocessing transform is inverted so it lands on the pixels it came from.
     """
-    pos = np.maximum(cam.astype(np.float32), 0.0)
-    peak = float(pos.max())
-    if peak > 0:
-        pos /= peak
-    model_grid = cv2.resize(pos, (transform.size, transform.size), interpolation=cv2.INTER_CUBIC)
-    return np.clip(transform.map_to_original(model_grid), 0.0, 1.0)
+    size = transform.size
+    grid = cv2.resize(np.maximum(cam.astype(np.float32), 0.0), (size, size), interpolation=cv2.INTER_CUBIC)
+    field = _field_mask(size)
+    inside = grid[field]
+    lo, hi = float(inside.min()), float(inside.max())
+    grid = np.where(field, (grid - lo) / (hi - lo), 0.0).astype(np.float32) if hi - lo > 1e-12 else np.zeros_like(grid)
+    return np.clip(transform.map_to_original(grid), 0.0, 1.0)
+
+
+def _field_mask(size: int) -> np.ndarray:
+    """Boolean mask of the circle inscribed in a ``size``×``size`` crop (the fundus field after preprocessing)."""
+    yy, xx = np.mgrid[:size, :size]
+    c = (size - 1) / 2.0
+    return (xx - c) ** 2 + (yy - c) ** 2 <= (size / 2.0) ** 2
 
 
 def overlay(rgb: np.ndarray, heat: np.ndarray, *, caption: str = CAPTION, alpha: float = 0.5) -> np.ndarray:
     """Blend a JET-coloured ``heat`` over ``rgb`` (weight grows with heat) and burn in ``caption``."""
-    colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
-    w = (alpha * heat)[:, :, None]
-    out = (rgb.astype(np.float32) * (1 - w) + colour.astype(np.float32) * w).astype(np.uint8)
+    colour = cv2.cvtColor(cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    w = (alpha * heat).astype(np.float32)
+    # One C++ pass with per-pixel weights instead of three float32 temporaries of the full photograph.
+    out = cv2.blendLinear(np.ascontiguousarray(rgb), colour, 1.0 - w, w)
     _caption(out, caption)
     return out
 

@@ -23,9 +23,14 @@ def test_heatmap_lands_where_the_cam_peaks() -> None:
     assert heat[:, :90].max() < 0.05  # outside the crop: nothing
 
 
-def test_all_negative_cam_gives_an_empty_heatmap() -> None:
+def test_flat_or_negative_cam_gives_an_empty_heatmap_and_corners_stay_empty() -> None:
     t = FundusTransform(x0=0.0, y0=0.0, scale=1.0, size=32, original_width=32, original_height=32)
     assert cam_to_heatmap(-np.ones((4, 4), np.float32), t).max() == 0.0
+    assert cam_to_heatmap(np.full((4, 4), 5.0, np.float32), t).max() == 0.0
+    cam = np.zeros((4, 4), np.float32)
+    cam[0, 0] = 1.0  # evidence in the crop's corner, outside the fundus field
+    heat = cam_to_heatmap(cam, t)
+    assert heat[0, 0] == 0.0 and heat[16, 16] < heat.max()
 
 
 def test_overlay_blends_and_burns_in_caption() -> None:
