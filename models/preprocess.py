@@ -11,8 +11,8 @@ Contract
 * ``transform``: the :class:`FundusTransform` that maps model-input pixels back to original-image pixels.
 
 Steps: (1) locate the circular field of view by thresholding the dark surround on a reduced copy;
-(2) take the square circumscribing that field (padding with black where the field is cut by the image
-border); (3) resize to ``size`` with area interpolation. The model card records :data:`NAME` and
+(2) take the integer square circumscribing that field (padding with black where the field is cut by the
+image border); (3) resize it to ``size`` in one step (area averaging when reducing). The model card records :data:`NAME` and
 :data:`VERSION`; serving refuses a model whose preprocessing version differs. Change the numbers here and
 you must bump :data:`VERSION` and retrain.
 """
@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 NAME = "fovea.fundus-disc-crop"
-VERSION = "1"
+VERSION = "2"  # 2: exact integer-square crop + one resize (v1 shifted up to 1 model px)
 
 #: ImageNet statistics: the backbones' conventional normalisation, kept for weight reuse.
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -43,7 +43,10 @@ _MIN_FIELD_FRACTION = 0.05
 class FundusTransform:
     """Affine map between model-input pixels and original-image pixels.
 
-    ``x_orig = x0 + x_model * scale`` and likewise for ``y``; ``scale`` is original pixels per model pixel.
+    The crop is the square ``[x0, x0 + scale * size) × [y0, y0 + scale * size)`` of the original image (in
+    continuous coordinates where pixel ``i`` covers ``[i, i + 1)``); model pixel ``u`` covers
+    ``[x0 + u * scale, x0 + (u + 1) * scale)``. Hence for pixel *indices* (centres)
+    ``x = x0 + (u + 0.5) * scale - 0.5``, and for box *edges* ``X = x0 + U * scale``.
     """
 
     x0: float
@@ -54,19 +57,20 @@ class FundusTransform:
     original_height: int
 
     def to_original(self, points: np.ndarray) -> np.ndarray:
-        """Map ``(..., 2)`` model-input ``(x, y)`` points to original-image coordinates."""
+        """Map ``(..., 2)`` model pixel indices ``(u, v)`` to original pixel indices ``(x, y)``."""
         pts = np.asarray(points, dtype=np.float64)
-        return pts * self.scale + np.array([self.x0, self.y0])
+        return (pts + 0.5) * self.scale - 0.5 + np.array([self.x0, self.y0])
 
     def box_to_original(self, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
-        """Map an ``(x0, y0, x1, y1)`` box from model input to original pixels, clipped to the image."""
-        (a, b), (c, d) = self.to_original(np.array([[box[0], box[1]], [box[2], box[3]]]))
-        w, h = self.original_width, self.original_height
-        return (float(np.clip(a, 0, w)), float(np.clip(b, 0, h)), float(np.clip(c, 0, w)), float(np.clip(d, 0, h)))
+        """Map an ``(x0, y0, x1, y1)`` box (edges) from model input to original pixels, clipped to the image."""
+        s, w, h = self.scale, self.original_width, self.original_height
+        return (float(np.clip(self.x0 + box[0] * s, 0, w)), float(np.clip(self.y0 + box[1] * s, 0, h)),
+                float(np.clip(self.x0 + box[2] * s, 0, w)), float(np.clip(self.y0 + box[3] * s, 0, h)))
 
     def matrix_to_original(self) -> np.ndarray:
-        """The 2×3 affine matrix model→original (for ``cv2.warpAffine``)."""
-        return np.array([[self.scale, 0.0, self.x0], [0.0, self.scale, self.y0]], dtype=np.float64)
+        """The 2×3 affine matrix from model pixel indices to original pixel indices (for ``cv2.warpAffine``)."""
+        s = self.scale
+        return np.array([[s, 0.0, self.x0 + 0.5 * s - 0.5], [0.0, s, self.y0 + 0.5 * s - 0.5]], dtype=np.float64)
 
     def map_to_original(self, image: np.ndarray, *, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
         """Warp a ``(size, size[, C])`` map (heatmap, overlay) onto the original image grid (zeros outside)."""
@@ -90,14 +94,15 @@ class Preprocessed:
 
 
 def locate_field(rgb: np.ndarray) -> tuple[float, float, float]:
-    """Return ``(cx, cy, radius)`` of the fundus field of view in original pixels.
+    """Return ``(cx, cy, radius)`` of the fundus field of view in original pixels (continuous coordinates).
 
-    Thresholds the brightest channel against the dark surround on a reduced copy and fits the enclosing
-    circle of the largest bright component. With no dark surround the whole image is the field.
+    Thresholds the brightest channel against the dark surround on a reduced copy and takes the bounding box
+    of the largest bright component. With no dark surround the whole image is the field.
     """
     h, w = rgb.shape[:2]
     f = min(1.0, _DETECT_SIDE / max(h, w))
     small = cv2.resize(rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA) if f < 1 else rgb
+    fx, fy = small.shape[1] / w, small.shape[0] / h  # the factors cv2.resize actually applied
     bright = small.max(axis=2)
     ref = float(np.percentile(bright, 99))
     whole = (w / 2.0, h / 2.0, max(w, h) / 2.0)
@@ -107,17 +112,16 @@ def locate_field(rgb: np.ndarray) -> tuple[float, float, float]:
     # Opening removes text/labels burned into the surround, closing fills dark lesions and vessels.
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     mask = cv2.morphologyEx(cv2.morphologyEx(mask, cv2.MORPH_OPEN, k), cv2.MORPH_CLOSE, k)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if n <= 1:
         return whole
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     if stats[largest, cv2.CC_STAT_AREA] < _MIN_FIELD_FRACTION * mask.size:
         return whole
     x, y, bw, bh = (int(v) for v in stats[largest, :4])
-    # The field may be cut by the image border (top/bottom on many cameras): the circle's radius is
-    # half the larger extent of the visible part, its centre the middle of the bounding box.
-    cx, cy, r = x + bw / 2.0, y + bh / 2.0, max(bw, bh) / 2.0
-    return cx / f, cy / f, r / f
+    # The field may be cut by the image border (top/bottom on many cameras): the circle's diameter is the
+    # larger extent of the visible part, its centre the middle of the bounding box.
+    return (x + bw / 2.0) / fx, (y + bh / 2.0) / fy, max(bw / fx, bh / fy) / 2.0
 
 
 def preprocess(rgb: np.ndarray, size: int) -> Preprocessed:
@@ -126,20 +130,28 @@ def preprocess(rgb: np.ndarray, size: int) -> Preprocessed:
         raise ValueError(f"expected (H, W, 3) uint8 RGB, got shape {rgb.shape} dtype {rgb.dtype}")
     h, w = rgb.shape[:2]
     cx, cy, r = locate_field(rgb)
-    scale = 2.0 * r / size
-    x0, y0 = cx - r, cy - r
-    transform = FundusTransform(x0=x0, y0=y0, scale=scale, size=size, original_width=w, original_height=h)
-    # Inverse map original→model; INTER_AREA only applies to cv2.resize, so downscale in two steps when the
-    # reduction is large, to avoid aliasing (vessels and microaneurysms are thin).
-    src = rgb
-    pre = 1.0
-    if scale > 2.0:
-        pre = 1.0 / np.floor(scale)  # integer-factor area reduction first
-        src = cv2.resize(rgb, (max(1, round(w * pre)), max(1, round(h * pre))), interpolation=cv2.INTER_AREA)
-    s = scale * pre  # source pixels per model pixel after the pre-reduction
-    m = np.array([[1.0 / s, 0.0, -x0 * pre / s], [0.0, 1.0 / s, -y0 * pre / s]], dtype=np.float64)
-    crop = cv2.warpAffine(src, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    # An integer square keeps the map exact: cv2.resize maps the whole square onto the whole output.
+    side = max(1, int(np.ceil(2.0 * r)))
+    x0, y0 = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
+    square = _padded_square(rgb, x0, y0, side)
+    # Area averaging when reducing (vessels and microaneurysms are thin: no aliasing), bilinear when enlarging.
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    crop = cv2.resize(square, (size, size), interpolation=interp)
+    transform = FundusTransform(x0=float(x0), y0=float(y0), scale=side / size, size=size,
+                                original_width=w, original_height=h)
     return Preprocessed(tensor=normalize(crop), crop=crop, transform=transform)
+
+
+def _padded_square(rgb: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
+    """``rgb[y0:y0+side, x0:x0+side]`` with black where the square leaves the image (a view when it fits)."""
+    h, w = rgb.shape[:2]
+    if x0 >= 0 and y0 >= 0 and x0 + side <= w and y0 + side <= h:
+        return rgb[y0:y0 + side, x0:x0 + side]
+    out = np.zeros((side, side, 3), np.uint8)
+    sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x0 + side), min(h, y0 + side)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = rgb[sy0:sy1, sx0:sx1]
+    return out
 
 
 def normalize(crop: np.ndarray) -> np.ndarray:

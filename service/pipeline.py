@@ -13,22 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from models.card import ModelCard
+from models.grading import is_referable, referable_probability, softmax
 from models.preprocess import preprocess
 from models.store import load_verified
 from service.decode import DecodedImage, DecodeLimits, decode
 from service.findings import DrGrade, Findings, ImageInfo, ModelRef, ReferableDr, Saliency
 from service.render import cam_to_heatmap, overlay, png_base64
 from service.runtime import OnnxModel
-
-REFERABLE_MIN_GRADE = 2
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Numerically stable softmax over the last axis (float64 so the probabilities sum to 1 exactly enough)."""
-    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
 
 def saliency_target(grade: int, probs: np.ndarray) -> int:
     """The grade whose evidence the heatmap shows: the predicted grade if it is a DR grade; for a "No DR"
@@ -87,8 +78,9 @@ class Analyzer:
         referable = None
         op = card.operating_point("referable_dr")
         if op is not None:
-            p_ref = float(probs[REFERABLE_MIN_GRADE:].sum())
-            referable = ReferableDr(value=p_ref >= op.threshold, probability=p_ref, operating_point=op.threshold)
+            p_ref = float(referable_probability(probs))
+            referable = ReferableDr(value=bool(is_referable(p_ref, op.threshold)), probability=p_ref,
+                                    operating_point=op.threshold)
         timing["total"] = round(1000 * (time.perf_counter() - t0), 2)
         return Findings(
             request_id=request_id or uuid.uuid4().hex,

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from models import preprocess
+from models.grading import softmax
 from models.architectures import build
 from models.architectures.classifier import WithCam
 from models.card import (ICDR_LABELS, InputSpec, ModelCard, OperatingPoint, PreprocessingSpec, TrainingProvenance,
@@ -81,8 +82,7 @@ def onnx_probabilities(onnx_bytes: bytes, items: list[tuple[Path, int]], size: i
     for path, _ in tqdm(items, desc="evaluate onnx", unit="img", leave=False):
         x = preprocess.preprocess(load_rgb(path), size).tensor[None]
         (logits,) = sess.run(["logits"], {"image": x})
-        e = np.exp(logits[0] - logits[0].max())
-        probs.append(e / e.sum())
+        probs.append(softmax(logits[0]))
     return np.stack(probs), np.array([g for _, g in items])
 
 

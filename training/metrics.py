@@ -21,12 +21,10 @@ from torchmetrics.functional.classification import (
     multiclass_confusion_matrix,
 )
 
-REFERABLE_MIN_GRADE = 2
+from models.grading import REFERABLE_MIN_GRADE, is_referable, referable_probability
 
-
-def referable_probability(probs: np.ndarray) -> np.ndarray:
-    """P(grade ≥ 2) from ``(N, 5)`` class probabilities."""
-    return probs[:, REFERABLE_MIN_GRADE:].sum(axis=1)
+__all__ = ["REFERABLE_MIN_GRADE", "choose_operating_point", "confusion_matrix", "grader_metrics",
+           "referable_probability"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +39,8 @@ class OperatingPointChoice:
 def choose_operating_point(p_ref: np.ndarray, referable: np.ndarray, min_sensitivity: float) -> OperatingPointChoice:
     """The threshold with the best specificity among those reaching ``min_sensitivity`` (screening favours
     sensitivity, as the cleared products report). Falls back to the most sensitive threshold."""
-    fpr, tpr, thr = binary_roc(torch.from_numpy(p_ref).float(), torch.from_numpy(referable).long())
+    # float64 in [0, 1]: torchmetrics would apply a sigmoid to everything if one value left that range.
+    fpr, tpr, thr = binary_roc(torch.from_numpy(np.asarray(p_ref, dtype=np.float64)), torch.from_numpy(referable).long())
     fpr, tpr, thr = fpr.numpy(), tpr.numpy(), thr.numpy()
     ok = np.flatnonzero(tpr >= min_sensitivity)
     i = int(ok[np.argmin(fpr[ok])]) if ok.size else int(np.argmax(tpr))
@@ -64,12 +63,14 @@ def grader_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float | Non
         "n": float(len(y)),
     }
     ref = (y >= REFERABLE_MIN_GRADE).long()
-    p_ref = torch.from_numpy(referable_probability(np.asarray(probs, dtype=np.float32)))
+    p_ref_np = referable_probability(probs)
     if 0 < int(ref.sum()) < len(ref):  # AUC needs both classes
-        out["referable_auc"] = float(binary_auroc(p_ref, ref))
+        out["referable_auc"] = float(binary_auroc(torch.from_numpy(p_ref_np), ref))
     if threshold is not None:
-        out["referable_sensitivity"] = float(binary_recall(p_ref, ref, threshold=threshold))
-        out["referable_specificity"] = float(binary_specificity(p_ref, ref, threshold=threshold))
+        # Hard decisions with the serving rule (p >= t); torchmetrics' own thresholding uses p > t.
+        decided = torch.from_numpy(np.asarray(is_referable(p_ref_np, threshold), dtype=np.int64))
+        out["referable_sensitivity"] = float(binary_recall(decided, ref))
+        out["referable_specificity"] = float(binary_specificity(decided, ref))
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -85,6 +86,13 @@ def evaluate(model: nn.Module, loader: DataLoader, threshold: float | None = Non
     return grader_metrics(probs, labels, threshold)
 
 
+def _save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """Write a checkpoint so that a crash mid-write never leaves a truncated file under ``path``."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def code_commit() -> str:
     """The git commit of the code (with ``-dirty`` if the tree has changes), or ``unknown``."""
     try:
@@ -133,6 +141,9 @@ def main(cfg: TrainConfig, *, resume: bool = False, command: str = "") -> Path:
 
     t0 = time.perf_counter()
     for epoch in range(start, cfg.epochs):
+        # Shuffle order and augmentation are functions of (seed, epoch): a resumed run replays the same epochs.
+        g.manual_seed(cfg.seed + epoch)
+        torch.manual_seed(cfg.seed + epoch)
         train_ds.set_epoch(epoch)
         loss = train_one_epoch(model, train_dl, opt, sched, loss_fn, epoch)
         probs, labels = predict(model, val_dl)
@@ -141,6 +152,8 @@ def main(cfg: TrainConfig, *, resume: bool = False, command: str = "") -> Path:
         metrics = grader_metrics(probs, labels, op.threshold)
         history.append({"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in metrics.items()}})
         kappa = metrics["quadratic_weighted_kappa"]
+        if not math.isfinite(kappa):  # e.g. a validation split with one grade only
+            kappa = -1.0
         improved = kappa > best_kappa
         print(f"epoch {epoch}: loss {loss:.4f} val kappa {kappa:.3f} acc {metrics['accuracy']:.3f} "
               f"ref-AUC {metrics.get('referable_auc', float('nan')):.3f}{' *' if improved else ''}", file=sys.stderr)
@@ -157,9 +170,9 @@ def main(cfg: TrainConfig, *, resume: bool = False, command: str = "") -> Path:
             "operating_point": json.dumps({"threshold": op.threshold, "sensitivity": op.sensitivity,
                                            "specificity": op.specificity}),
         }
-        torch.save(ck, last)
+        _save_atomic(ck, last)
         if improved:
-            torch.save(ck, out / "best.pt")
+            _save_atomic(ck, out / "best.pt")
         (out / "history.json").write_text(json.dumps(history, indent=2))
         plot_history(history, out / "history.png")
         if stale >= cfg.early_stopping_patience:

@@ -46,23 +46,32 @@ def test_preprocess_shapes_and_normalisation() -> None:
     np.testing.assert_allclose(out.tensor[:, 64, 64], (np.array([200, 90, 40]) / 255 - pp.MEAN) / pp.STD, atol=0.02)
 
 
-def test_transform_round_trip_maps_model_pixels_to_original() -> None:
-    img = _fundus(1000, 1400, 700, 480, 450)
-    img[480 - 5:480 + 5, 900 - 5:900 + 5] = (255, 255, 255)  # a white marker inside the field
-    out = pp.preprocess(img, 256)
-    ys, xs = np.nonzero(out.crop.min(axis=2) > 200)
-    mx, my = xs.mean(), ys.mean()
-    (ox, oy), = out.transform.to_original(np.array([[mx, my]]))
-    assert abs(ox - 900) < 6 and abs(oy - 480) < 6
+@pytest.mark.parametrize(("h", "w", "size", "marker"), [(1000, 1400, 256, (900, 480)), (1411, 1411, 224, (1000, 300)),
+                                                      (3000, 4000, 320, (2600, 1700)), (300, 300, 512, (200, 120))])
+def test_transform_round_trip_is_exact(h: int, w: int, size: int, marker: tuple[int, int]) -> None:
+    img = _fundus(h, w, w / 2, h / 2, 0.45 * min(h, w) if h != w else 0.48 * w)
+    mx0, my0 = marker
+    k = max(4, w // 60)  # a white square marker inside the field, centre (mx0 + k/2 - 0.5, ...)
+    img[my0:my0 + k, mx0:mx0 + k] = 255
+    truth = np.array([mx0 + k / 2 - 0.5, my0 + k / 2 - 0.5])
+    out = pp.preprocess(img, size)
+    t = out.transform
+    tol = max(0.5, 0.1 * t.scale)  # a tenth of a model pixel
+    # Model → original: the marker's centroid in the crop maps back onto the marker. The blue channel is
+    # 40 on the field and 255 on the marker, so (blue - 40) is linear in the marker's coverage of a pixel.
+    wgt = np.clip(out.crop[:, :, 2].astype(np.float64) - 40, 0, None)
+    ys, xs = np.mgrid[:size, :size]
+    centroid = np.array([(xs * wgt).sum(), (ys * wgt).sum()]) / wgt.sum()
+    np.testing.assert_allclose(t.to_original(centroid), truth, atol=tol)
     # A map at model resolution warps back onto the original grid at the same place.
-    heat = np.zeros((256, 256), np.float32)
-    heat[int(my) - 2:int(my) + 3, int(mx) - 2:int(mx) + 3] = 1
-    back = out.transform.map_to_original(heat)
-    assert back.shape == (1000, 1400)
-    bys, bxs = np.nonzero(back > 0.5)
-    assert abs(bxs.mean() - 900) < 6 and abs(bys.mean() - 480) < 6
-    box = out.transform.box_to_original((0, 0, 256, 256))
-    assert box[0] == pytest.approx(250, abs=6) and box[2] == pytest.approx(1150, abs=6)
+    heat = (wgt / wgt.max()).astype(np.float32)
+    back = t.map_to_original(heat)
+    assert back.shape == (h, w)
+    yy, xx = np.mgrid[:h, :w]
+    np.testing.assert_allclose([(xx * back).sum() / back.sum(), (yy * back).sum() / back.sum()], truth, atol=tol)
+    # Box edges: the whole crop is the square around the field.
+    x0, y0, x1, y1 = t.box_to_original((0, 0, size, size))
+    assert x0 == max(0.0, t.x0) and x1 == min(float(w), t.x0 + t.scale * size)
 
 
 def test_preprocess_rejects_wrong_input() -> None:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from service.errors import FoveaError, UnsupportedMediaType
-from service.pipeline import Analyzer, saliency_target, softmax
+from models.grading import softmax
+from service.pipeline import Analyzer, saliency_target
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ from service.render import CAPTION, cam_to_heatmap, overlay, png_base64
 def test_heatmap_lands_where_the_cam_peaks() -> None:
     t = FundusTransform(x0=100.0, y0=50.0, scale=2.0, size=64, original_width=300, original_height=200)
     cam = np.full((8, 8), -1.0, np.float32)
-    cam[2, 6] = 3.0  # model pixels ~ (52, 20) → original ~ (204, 90)
+    cam[2, 5] = 3.0  # cell centre at model index (8*5 + 3.5, 8*2 + 3.5) → original (100 + 44*2 - .5, 50 + 20*2 - .5)
     heat = cam_to_heatmap(cam, t)
     assert heat.shape == (200, 300) and heat.dtype == np.float32
     assert 0.0 <= heat.min() and heat.max() <= 1.0
     y, x = np.unravel_index(np.argmax(heat), heat.shape)
-    assert abs(x - (100 + 2 * (6.5 * 8 - 0.5))) < 12 and abs(y - (50 + 2 * (2.5 * 8 - 0.5))) < 12
+    assert abs(x - 187.5) <= 2 and abs(y - 89.5) <= 2
     assert heat[:, :90].max() < 0.05  # outside the crop: nothing
 
 

@@ -41,3 +41,16 @@ def test_operating_point_reaches_the_sensitivity() -> None:
     assert op.sensitivity >= 0.9 and sens == pytest.approx(op.sensitivity, abs=1e-6)
     assert 0 <= op.threshold <= 1 and 0 < op.specificity < 1
     assert referable_probability(_onehot([0, 3]))[1] == pytest.approx(0.9 + 2 * 0.025, abs=1e-5)
+
+
+def test_reported_sensitivity_uses_the_serving_rule_and_survives_rounding() -> None:
+    # Three referable images; the threshold equals one of their probabilities: p >= t must count it.
+    probs = np.array([[0.0, 0.0, 0.6, 0.2, 0.2], [0.3, 0.1, 0.3, 0.2, 0.1], [0.5, 0.1, 0.2, 0.1, 0.1],
+                      [0.9, 0.1, 0.0, 0.0, 0.0], [0.2, 0.5, 0.1, 0.1, 0.1]], np.float32)
+    labels = np.array([2, 3, 2, 0, 1])
+    p_ref = referable_probability(probs)
+    assert p_ref.max() <= 1.0 and p_ref.dtype == np.float64
+    op = choose_operating_point(p_ref, (labels >= 2).astype(np.int64), 0.9)
+    m = grader_metrics(probs, labels, op.threshold)
+    assert m["referable_sensitivity"] == pytest.approx(op.sensitivity) == 1.0
+    assert m["referable_specificity"] == pytest.approx(op.specificity)
