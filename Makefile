@@ -45,4 +45,4 @@ bench: $(DEV_STAMP)
 	$(TRAIN_ENV) $(PY) -m bench.backbones
 
 clean:
-	rm -rf runs build dist *.egg-info .pytest_cache
+	rm -rf build dist *.egg-info .pytest_cache   # runs/ (checkpoints) and data/ are kept

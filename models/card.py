@@ -126,24 +126,47 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def read_verified(card: ModelCard, model_dir: Path) -> bytes:
+    """The model file's bytes, read once and checked against the card (see :func:`verify`)."""
+    path = _checked_path(card, model_dir)
+    data = path.read_bytes()
+    _check_digest(card, hashlib.sha256(data).hexdigest())
+    _check_preprocessing(card)
+    return data
+
+
 def verify(card: ModelCard, model_dir: Path) -> Path:
     """Check the model file against its card before anything loads it; return the file's path.
 
     Raises :class:`CardError` when the file is missing, its sha256 differs from the card's, or the card needs
     a preprocessing this code does not implement.
     """
+    path = _checked_path(card, model_dir)
+    _check_digest(card, sha256_file(path))
+    _check_preprocessing(card)
+    return path
+
+
+def _checked_path(card: ModelCard, model_dir: Path) -> Path:
     path = model_dir / card.file
     # The card's file name is data: keep it inside the model directory (no path traversal).
     if path.resolve().parent != model_dir.resolve():
         raise CardError(f"model card {card.tag} names a file outside its directory: {card.file!r}")
     if not path.is_file():
         raise CardError(f"model {card.tag}: file {card.file} is missing")
-    digest = sha256_file(path)
+    return path
+
+
+def _check_digest(card: ModelCard, digest: str) -> None:
     if digest != card.sha256:
         raise CardError(f"model {card.tag}: sha256 of {card.file} is {digest}, the card says {card.sha256}")
+
+
+def _check_preprocessing(card: ModelCard) -> None:
     if (card.preprocessing.name, card.preprocessing.version) != (preprocess.NAME, preprocess.VERSION):
         raise CardError(
             f"model {card.tag} needs preprocessing {card.preprocessing.name} v{card.preprocessing.version}; "
             f"this code provides {preprocess.NAME} v{preprocess.VERSION}"
         )
-    return path
+    if (tuple(card.input.mean), tuple(card.input.std)) != (tuple(preprocess.MEAN.tolist()), tuple(preprocess.STD.tolist())):
+        raise CardError(f"model {card.tag} was trained with a normalisation this code does not apply")

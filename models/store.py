@@ -14,7 +14,7 @@ from pathlib import Path
 import bentoml
 from bentoml.exceptions import NotFound
 
-from models.card import CardError, ModelCard, verify
+from models.card import CardError, ModelCard, read_verified, verify
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "default"
 CARD_SUFFIX = ".card.json"
@@ -52,28 +52,38 @@ def import_model(card_path: Path) -> str:
 
 
 def ensure_defaults(default_dir: Path = DEFAULT_DIR) -> list[str]:
-    """Import each embedded default whose name has no version in the store yet; return the tags imported."""
+    """Make sure each embedded default (name *and* version) is in the store; return the tags newly imported.
+
+    Runs at every start: a pulled repository with a retrained default brings a new version, which becomes
+    ``latest``; an unchanged default is a no-op (its sha256 is checked against the stored copy).
+    """
     imported = []
     for name in DEFAULT_MODELS:
+        card_path = default_dir / f"{name}{CARD_SUFFIX}"
+        tag = ModelCard.load(card_path).tag
         try:
-            if bentoml.models.list(name):
-                continue
-        except NotFound:  # BentoML raises rather than returning [] for an unknown name
-            pass
-        imported.append(import_model(default_dir / f"{name}{CARD_SUFFIX}"))
+            bentoml.models.get(tag)
+            present = True
+        except NotFound:
+            present = False
+        import_model(card_path)
+        if not present:
+            imported.append(tag)
     return imported
 
 
-def load_verified(card_path: Path) -> tuple[ModelCard, Path]:
-    """Read a card (``card.json`` in a store directory, or ``<name>.card.json`` beside an export), verify the
-    ONNX file against it and return ``(card, onnx path)``. A directory may be passed for ``card.json``."""
+def load_verified(card_path: Path) -> tuple[ModelCard, bytes]:
+    """Read a card (``card.json`` in a store directory, or ``<name>.card.json`` beside an export) and the ONNX
+    bytes it describes, verified against its sha256; return ``(card, onnx bytes)``. The caller builds its
+    session from these very bytes, so the file cannot change between check and use. A directory may be passed
+    for ``card.json``."""
     if card_path.is_dir():
         card_path = card_path / "card.json"
     if any(card_path.parent.glob("*.pkl")):
         # A pickle in a model directory would be unpickled by BentoML on access: never serve such a model.
         raise CardError(f"model directory {card_path.parent.name} contains a pickle; refusing to load it")
     card = ModelCard.load(card_path)
-    return card, verify(card, card_path.parent)
+    return card, read_verified(card, card_path.parent)
 
 
 def main(argv: list[str] | None = None) -> int:

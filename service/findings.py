@@ -7,7 +7,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.card import SYNTHETIC_WARNING
 
 
 class _Out(BaseModel):
@@ -65,7 +64,7 @@ class Findings(_Out):
     """The response of ``POST /analyze``."""
 
     request_id: str
-    disclaimer: str = SYNTHETIC_WARNING
+    disclaimer: str = Field(description="the model card's intended-use statement")
     image: ImageInfo
     dr_grade: DrGrade
     referable_dr: ReferableDr | None = None

@@ -40,7 +40,7 @@ def _code_and_message(status: int, body: bytes) -> tuple[str, str]:
         if isinstance(data.get("error"), str) and status < 500:
             return code, data["error"]
     if status >= 500:
-        return code, "internal error; the request id is in the server log"
+        return code, "internal error; the server log has the details (tracked by the response time and path)"
     return code, "invalid request"
 
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from models.card import ModelCard
+from models.card import CardError, ModelCard
 from models.grading import is_referable, referable_probability, softmax
 from models.preprocess import preprocess
 from models.store import load_verified
 from service.decode import DecodedImage, DecodeLimits, decode
 from service.findings import DrGrade, Findings, ImageInfo, ModelRef, ReferableDr, Saliency
-from service.render import cam_to_heatmap, overlay, png_base64
+from service.render import caption_for, cam_to_heatmap, overlay, png_base64
 from service.runtime import OnnxModel
 
 def saliency_target(grade: int, probs: np.ndarray) -> int:
@@ -38,10 +38,10 @@ class Analyzer:
     @classmethod
     def load(cls, grader: Path, providers: list[str] | None = None) -> Analyzer:
         """Verify each model (a store directory or a ``*.card.json``) against its card, then create sessions."""
-        card, path = load_verified(grader)
-        if card.task != "dr-grading" or tuple(card.outputs) != ("logits", "cam"):
-            raise ValueError(f"{card.tag} is not a DR grader with in-graph CAM")
-        return cls(grader=OnnxModel.load(card, path, providers))
+        card, onnx = load_verified(grader)
+        if card.task != "dr-grading" or tuple(card.outputs) != ("logits", "cam") or len(card.classes) != 5:
+            raise CardError(f"{card.tag} is not a five-grade ICDR grader with in-graph CAM")
+        return cls(grader=OnnxModel.load(card, onnx, providers))
 
     @property
     def grader_card(self) -> ModelCard:
@@ -72,7 +72,7 @@ class Analyzer:
         heat = cam_to_heatmap(out["cam"][0, target], pre.transform)
         heat_u8 = (heat * 255).astype(np.uint8)
         saliency = Saliency(target_grade=target, heatmap_png=png_base64(heat_u8),
-                            overlay_png=png_base64(overlay(img.rgb, heat)))
+                            overlay_png=png_base64(overlay(img.rgb, heat, caption=caption_for(card))))
         t = lap("render", t)
 
         referable = None
@@ -84,6 +84,7 @@ class Analyzer:
         timing["total"] = round(1000 * (time.perf_counter() - t0), 2)
         return Findings(
             request_id=request_id or uuid.uuid4().hex,
+            disclaimer=card.intended_use,
             image=ImageInfo(source=img.source, width=img.width, height=img.height, laterality=img.laterality,
                             notes=list(img.notes), sop_instance_uid=img.sop_instance_uid,
                             study_instance_uid=img.study_instance_uid),

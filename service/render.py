@@ -7,10 +7,13 @@ import base64
 import cv2
 import numpy as np
 
+from models.card import ModelCard
 from models.preprocess import FundusTransform
 
-#: Burned into every overlay: a picture travels without its JSON.
+#: Burned into every overlay (a picture travels without its JSON); the second when the model card does not say
+#: it was trained on synthetic data.
 CAPTION = "AI output - model trained on synthetic images - not for diagnosis"
+CAPTION_REAL = "AI output - to be confirmed by a qualified reader"
 #: PNG compression 1: ~3x faster than the default 3 on photographs, files ~10 % larger.
 _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 
@@ -37,6 +40,11 @@ def _field_mask(size: int) -> np.ndarray:
     yy, xx = np.mgrid[:size, :size]
     c = (size - 1) / 2.0
     return (xx - c) ** 2 + (yy - c) ** 2 <= (size / 2.0) ** 2
+
+
+def caption_for(card: ModelCard) -> str:
+    """The overlay caption that fits the model's intended-use statement."""
+    return CAPTION if "synthetic" in card.intended_use.lower() else CAPTION_REAL
 
 
 def overlay(rgb: np.ndarray, heat: np.ndarray, *, caption: str = CAPTION, alpha: float = 0.5) -> np.ndarray:

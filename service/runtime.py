@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from models.card import ModelCard
+from models.card import CardError, ModelCard
 
 #: ``FOVEA_DEVICE=cpu`` forces the CPU even where CUDA is available; ``cuda`` requires it.
 DEVICE_ENV = "FOVEA_DEVICE"
@@ -38,13 +37,21 @@ class OnnxModel:
     provider: str
 
     @classmethod
-    def load(cls, card: ModelCard, onnx_path: Path, providers: list[str] | None = None) -> OnnxModel:
-        """Create the session (the caller verified ``onnx_path`` against ``card`` first)."""
+    def load(cls, card: ModelCard, onnx: bytes, providers: list[str] | None = None) -> OnnxModel:
+        """Create the session from ``onnx`` bytes already verified against ``card`` (see
+        :func:`models.store.load_verified`); :class:`models.card.CardError` if the graph's input or outputs are
+        not the ones the card declares."""
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         threads = int(os.environ.get(THREADS_ENV, "0"))  # 0 = ORT's default (one per physical core)
         so.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(onnx_path), so, providers=providers or choose_providers())
+        session = ort.InferenceSession(onnx, so, providers=providers or choose_providers())
+        inputs, outputs = session.get_inputs(), [o.name for o in session.get_outputs()]
+        if [i.name for i in inputs] != [card.input.name] or inputs[0].shape[1:] != [3, card.input.size, card.input.size]:
+            raise CardError(f"model {card.tag}: graph input {[(i.name, i.shape) for i in inputs]} does not match "
+                            f"its card ({card.input.name}, [N, 3, {card.input.size}, {card.input.size}])")
+        if outputs != list(card.outputs):
+            raise CardError(f"model {card.tag}: graph outputs {outputs} differ from its card's {list(card.outputs)}")
         return cls(card=card, session=session, provider=session.get_providers()[0])
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:

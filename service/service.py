@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 from models.store import ensure_defaults
@@ -72,6 +73,9 @@ class Fovea:
             if size > MAX_UPLOAD_BYTES:
                 raise PayloadTooLarge(f"the file is {size} bytes; the limit is {MAX_UPLOAD_BYTES} bytes")
             findings = self.analyzer.analyze(image.read_bytes(), request_id=request_id)
+        except ValidationError as exc:
+            # Our own schema rejecting our own output is a server fault: BentoML would answer it with a 400.
+            raise RuntimeError(f"request {request_id}: findings failed schema validation") from exc
         except FoveaError as exc:
             # The message describes the file, never the patient: safe to log and return.
             log.info("request %s refused: %s %s", request_id, exc.status, exc.code)

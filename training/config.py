@@ -88,9 +88,3 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainCon
         else:
             raw[key] = value
     return _build(TrainConfig, raw)
-
-
-def resolve_path(p: str, base: Path | None = None) -> Path:
-    """Paths in configs are relative to the current directory (the repository root in the Makefile)."""
-    path = Path(p)
-    return path if path.is_absolute() or base is None else base / path

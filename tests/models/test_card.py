@@ -28,6 +28,11 @@ def test_embedded_default_card_verifies_and_is_honest() -> None:
     assert {"quadratic_weighted_kappa", "referable_auc", "max_abs_logit_diff"} <= set(card.metrics)
     assert card.metrics["max_abs_logit_diff"] <= 1e-4
     assert card.training.command.startswith("python -m training train")
+    # A real training run, not a smoke test: a release version, provenance without scratch paths, and
+    # held-out metrics well above chance.
+    assert "dev" not in card.version and "/tmp" not in card.model_dump_json()
+    assert card.metrics["n"] >= 200 and card.metrics["quadratic_weighted_kappa"] >= 0.7
+    assert card.metrics["referable_auc"] >= 0.9 and card.metrics["referable_sensitivity"] >= 0.85
 
 
 def test_tampered_model_is_refused(tmp_path: Path) -> None:

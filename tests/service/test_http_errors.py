@@ -20,12 +20,16 @@ async def _ours(request: Request) -> JSONResponse:
     return JSONResponse({"error": {"code": "unsupported_dicom", "message": "no pixel data"}}, status_code=422)
 
 
+async def _crash(request: Request) -> JSONResponse:
+    return JSONResponse({"error": "An unexpected error has occurred, please check the server log."}, status_code=500)
+
+
 async def _ok(request: Request) -> PlainTextResponse:
     return PlainTextResponse(str(len(await request.body())))
 
 
 app = ErrorShapeMiddleware(Starlette(routes=[Route("/foreign", _foreign), Route("/ours", _ours),
-                                             Route("/ok", _ok, methods=["POST"])]), max_body=100)
+                                             Route("/ok", _ok, methods=["POST"]), Route("/crash", _crash)]), max_body=100)
 client = TestClient(app)
 
 
@@ -47,3 +51,9 @@ def test_oversize_body_is_refused_and_small_one_passes() -> None:
     r = client.post("/ok", content=b"x" * 50)
     assert r.status_code == 200 and r.text == "50"
     assert client.get("/missing").status_code == 404
+
+
+def test_server_errors_get_the_shape_without_details() -> None:
+    r = client.get("/crash")
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    assert "server log" in r.json()["error"]["message"]

@@ -65,3 +65,15 @@ def test_multi_frame_dicom_analyses_the_first_frame_and_says_so(analyzer: Analyz
     f = analyzer.analyze((pydicom_files / "SC_rgb_rle_2frame.dcm").read_bytes())
     assert f.image.source == "dicom"
     assert any("1 of 2 frames" in n for n in f.image.notes)
+
+
+def test_tampered_model_is_refused_before_a_session_exists(tiny_export: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from models.card import CardError
+
+    d = tmp_path / "m"
+    shutil.copytree(tiny_export, d)
+    (d / "tiny-grader.onnx").write_bytes(b"not an onnx model")
+    with pytest.raises(CardError, match="sha256"):
+        Analyzer.load(d / "tiny-grader.card.json")

@@ -16,7 +16,7 @@ from training.export import ParityError, check_parity, load_checkpoint, to_onnx 
 
 
 def test_checkpoint_carries_resolved_config(tiny_export: Path, tiny_config: Path) -> None:
-    run = Path(json.loads(json.dumps(str(tiny_config.parent / "run"))))
+    run = tiny_config.parent / "run"
     ck = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
     cfg = json.loads(ck["config"])
     assert cfg["architecture"] == "mobilenet_v3_small" and cfg["input_size"] == 64
@@ -57,11 +57,27 @@ def test_parity_check_refuses_a_wrong_graph(tiny_config: Path, tiny_export: Path
         check_parity(model, other, np.zeros((1, 3, 64, 64), np.float32))
 
 
-def test_resume_continues_from_last_epoch(tiny_config: Path, tiny_export: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["train", "--config", str(tiny_config), "--epochs", "2", "--resume"]) == 0
-    assert "resumed" in capsys.readouterr().err
-    ck = torch.load(tiny_config.parent / "run" / "last.pt", map_location="cpu", weights_only=True)
-    assert ck["epoch"] == 1
+def test_resume_continues_from_last_epoch(tiny_config: Path, tiny_export: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    run = tmp_path / "run"  # a copy: other tests read the shared run's best.pt
+    shutil.copytree(tiny_config.parent / "run", run)
+    before = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    assert main(["train", "--config", str(tiny_config), "--out", str(run), "--epochs", "2", "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().err
+    after = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    assert after["epoch"] == 1 and len(json.loads(after["history"])) == 2
+    # The optimizer continued: its step count grew by one epoch's worth, not restarted from zero.
+    steps = lambda ck: max(int(s["step"]) for s in ck["optimizer"]["state"].values())  # noqa: E731
+    assert steps(after) == 2 * steps(before)
+    assert after["scheduler"]["last_epoch"] == 2 * before["scheduler"]["last_epoch"]
+
+
+def test_evaluate_cli_prints_metrics(tiny_config: Path, tiny_export: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", "--config", str(tiny_config)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n"] == 20 and "quadratic_weighted_kappa" in metrics and "referable_sensitivity" in metrics
 
 
 def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
