@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -129,4 +130,7 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
         created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     )
     card.save(out_dir / f"{cfg.name}.card.json")
+    history = checkpoint.parent / "history.png"
+    if history.is_file():  # the training curves travel with the model
+        shutil.copyfile(history, out_dir / f"{cfg.name}.history.png")
     return card

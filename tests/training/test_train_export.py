@@ -33,6 +33,7 @@ def test_export_writes_verified_card_with_parity(tiny_export: Path) -> None:
     assert "quadratic_weighted_kappa" in card.metrics and card.metrics["n"] == 20
     assert card.operating_point("referable_dr") is not None
     assert (tiny_export / "tiny-grader.confusion.png").stat().st_size > 1000
+    assert (tiny_export / "tiny-grader.history.png").stat().st_size > 1000
 
 
 def test_onnx_dynamic_batch_matches_torch(tiny_export: Path, tiny_config: Path) -> None:
