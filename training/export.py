@@ -26,8 +26,9 @@ from models.architectures.classifier import WithCam
 from models.card import (ICDR_LABELS, InputSpec, ModelCard, OperatingPoint, PreprocessingSpec, TrainingProvenance,
                          sha256_file)
 from training.config import TrainConfig
-from training.data import load_rgb, read_items
-from training.metrics import confusion_matrix, grader_metrics
+from training.data import load_rgb, read_items, split_by_patient
+from models.grading import REFERABLE_MIN_GRADE, referable_probability
+from training.metrics import choose_operating_point, confusion_matrix, grader_metrics
 from training.report import plot_confusion
 
 PARITY_ATOL = 1e-4
@@ -96,7 +97,14 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
     parity = check_parity(model, onnx_bytes, probe)
     print(f"parity: {parity}", file=sys.stderr)
 
-    op = json.loads(ck["operating_point"])
+    # The operating point belongs to the exported artifact: choose it on the validation split (the patients
+    # training held out) with the ONNX model itself, then measure it on the test split.
+    train_items = read_items(Path(cfg.data.train), cfg.data.format)
+    _, val_items = split_by_patient(train_items, cfg.data.val_fraction, cfg.seed)
+    val_probs, val_labels = onnx_probabilities(onnx_bytes, val_items, cfg.input_size)
+    choice = choose_operating_point(referable_probability(val_probs), (val_labels >= REFERABLE_MIN_GRADE).astype(np.int64),
+                                    cfg.referable_min_sensitivity)
+    op = {"threshold": choice.threshold, "sensitivity": choice.sensitivity, "specificity": choice.specificity}
     metrics: dict[str, float] = {}
     metrics_data = "none (no held-out data given)"
     if test_root is not None:
@@ -121,8 +129,9 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
         classes=ICDR_LABELS,
         operating_points=(OperatingPoint(name="referable_dr", threshold=op["threshold"],
                                          sensitivity=op["sensitivity"], specificity=op["specificity"],
-                                         chosen_on="validation split (patients held out from training), "
-                                                   f"sensitivity >= {cfg.referable_min_sensitivity}"),),
+                                         chosen_on=f"validation split ({len(val_items)} images of patients held out "
+                                                   f"from training): best Youden index with sensitivity >= "
+                                                   f"{cfg.referable_min_sensitivity}"),),
         metrics=metrics, metrics_data=metrics_data,
         training=TrainingProvenance(data=f"{cfg.data.train} ({cfg.data.format})", command=ck["command"],
                                     code_commit=ck["code_commit"], config=json.loads(ck["config"]),

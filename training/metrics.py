@@ -37,13 +37,20 @@ class OperatingPointChoice:
 
 
 def choose_operating_point(p_ref: np.ndarray, referable: np.ndarray, min_sensitivity: float) -> OperatingPointChoice:
-    """The threshold with the best specificity among those reaching ``min_sensitivity`` (screening favours
-    sensitivity, as the cleared products report). Falls back to the most sensitive threshold."""
+    """Among thresholds reaching ``min_sensitivity``, the one with the best Youden index (sensitivity +
+    specificity), ties going to sensitivity. Taking the *best specificity* instead would sit exactly on the
+    sensitivity floor, which new data then undercuts; a screening programme would rather keep the margin.
+    Falls back to the most sensitive threshold."""
     # float64 in [0, 1]: torchmetrics would apply a sigmoid to everything if one value left that range.
     fpr, tpr, thr = binary_roc(torch.from_numpy(np.asarray(p_ref, dtype=np.float64)), torch.from_numpy(referable).long())
     fpr, tpr, thr = fpr.numpy(), tpr.numpy(), thr.numpy()
     ok = np.flatnonzero(tpr >= min_sensitivity)
-    i = int(ok[np.argmin(fpr[ok])]) if ok.size else int(np.argmax(tpr))
+    if ok.size:
+        youden = tpr[ok] - fpr[ok]
+        best = ok[youden >= youden.max() - 1e-12]
+        i = int(best[np.argmax(tpr[best])])
+    else:
+        i = int(np.argmax(tpr))
     # torchmetrics' first threshold is 1.0 (+inf-like); keep the threshold a probability.
     t = float(np.clip(thr[i], 0.0, 1.0))
     return OperatingPointChoice(threshold=t, sensitivity=float(tpr[i]), specificity=float(1.0 - fpr[i]))
