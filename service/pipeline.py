@@ -18,7 +18,7 @@ from models.preprocess import preprocess
 from models.store import load_verified
 from service.decode import DecodedImage, DecodeLimits, decode
 from service.findings import DrGrade, Findings, ImageInfo, ModelRef, ReferableDr, Saliency
-from service.render import caption_for, cam_to_heatmap, overlay, png_base64
+from service.render import caption_for, cam_to_heatmap, heat_to_u8, overlay, png_base64
 from service.runtime import OnnxModel
 
 def saliency_target(grade: int, probs: np.ndarray) -> int:
@@ -36,12 +36,13 @@ class Analyzer:
     limits: DecodeLimits = field(default_factory=lambda: DecodeLimits(max_frames=1))
 
     @classmethod
-    def load(cls, grader: Path, providers: list[str] | None = None) -> Analyzer:
+    def load(cls, grader: Path, providers: list[str] | None = None, limits: DecodeLimits | None = None) -> Analyzer:
         """Verify each model (a store directory or a ``*.card.json``) against its card, then create sessions."""
         card, onnx = load_verified(grader)
         if card.task != "dr-grading" or tuple(card.outputs) != ("logits", "cam") or len(card.classes) != 5:
             raise CardError(f"{card.tag} is not a five-grade ICDR grader with in-graph CAM")
-        return cls(grader=OnnxModel.load(card, onnx, providers))
+        model = OnnxModel.load(card, onnx, providers)
+        return cls(grader=model) if limits is None else cls(grader=model, limits=limits)
 
     @property
     def grader_card(self) -> ModelCard:
@@ -70,9 +71,9 @@ class Analyzer:
         grade = int(np.argmax(probs))
         target = saliency_target(grade, probs)
         heat = cam_to_heatmap(out["cam"][0, target], pre.transform)
-        heat_u8 = (heat * 255).astype(np.uint8)
+        heat_u8 = heat_to_u8(heat)
         saliency = Saliency(target_grade=target, heatmap_png=png_base64(heat_u8),
-                            overlay_png=png_base64(overlay(img.rgb, heat, caption=caption_for(card))))
+                            overlay_png=png_base64(overlay(img.rgb, heat_u8, caption=caption_for(card))))
         t = lap("render", t)
 
         referable = None

@@ -47,10 +47,15 @@ def caption_for(card: ModelCard) -> str:
     return CAPTION if "synthetic" in card.intended_use.lower() else CAPTION_REAL
 
 
-def overlay(rgb: np.ndarray, heat: np.ndarray, *, caption: str = CAPTION, alpha: float = 0.5) -> np.ndarray:
-    """Blend a JET-coloured ``heat`` over ``rgb`` (weight grows with heat) and burn in ``caption``."""
-    colour = cv2.cvtColor(cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    w = (alpha * heat).astype(np.float32)
+def heat_to_u8(heat: np.ndarray) -> np.ndarray:
+    """[0, 1] float heatmap → uint8 (the heatmap PNG, and the overlay's input)."""
+    return (heat * 255).astype(np.uint8)
+
+
+def overlay(rgb: np.ndarray, heat_u8: np.ndarray, *, caption: str = CAPTION, alpha: float = 0.5) -> np.ndarray:
+    """Blend a JET-coloured ``heat_u8`` over ``rgb`` (weight grows with heat) and burn in ``caption``."""
+    colour = cv2.cvtColor(cv2.applyColorMap(heat_u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    w = heat_u8.astype(np.float32) * np.float32(alpha / 255.0)
     # One C++ pass with per-pixel weights instead of three float32 temporaries of the full photograph.
     out = cv2.blendLinear(np.ascontiguousarray(rgb), colour, 1.0 - w, w)
     _caption(out, caption)

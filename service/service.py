@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 from models.store import ensure_defaults
+from service.decode import DecodeLimits
 from service.errors import FoveaError, PayloadTooLarge
 from service.http_errors import ErrorShapeMiddleware
 from service.pipeline import Analyzer
@@ -59,7 +60,9 @@ class Fovea:
     grader_ref = bentoml.models.BentoModel(GRADER_TAG)
 
     def __init__(self) -> None:
-        self.analyzer = Analyzer.load(Path(self.grader_ref.path))
+        # One upload limit: the decoder enforces the same one the HTTP layer does.
+        limits = DecodeLimits(max_frames=1, max_bytes=MAX_UPLOAD_BYTES)
+        self.analyzer = Analyzer.load(Path(self.grader_ref.path), limits=limits)
         card = self.analyzer.grader_card
         log.info("loaded %s (sha256 %s…) on %s", card.tag, card.sha256[:12], self.analyzer.grader.provider)
 

@@ -35,8 +35,8 @@ def test_flat_or_negative_cam_gives_an_empty_heatmap_and_corners_stay_empty() ->
 
 def test_overlay_blends_and_burns_in_caption() -> None:
     rgb = np.full((400, 600, 3), 128, np.uint8)
-    heat = np.zeros((400, 600), np.float32)
-    heat[100:200, 100:200] = 1.0
+    heat = np.zeros((400, 600), np.uint8)
+    heat[100:200, 100:200] = 255
     out = overlay(rgb, heat)
     assert out.shape == rgb.shape and out.dtype == np.uint8
     assert not np.array_equal(out[150, 150], rgb[150, 150])  # coloured where the heat is
