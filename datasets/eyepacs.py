@@ -4,7 +4,8 @@ Contract
 --------
 ``read_eyepacs(root)`` reads ``root/trainLabels.csv`` (header with at least the columns ``image`` and
 ``level``; extra columns such as ``Usage`` are ignored) and returns, in file order, one ``(image path,
-grade)`` per row. The image is ``root/<image><ext>`` for the first of :data:`IMAGE_EXTENSIONS` that exists.
+grade)`` per row. The image is ``root/<image><ext>`` for the first of :data:`datasets.images.IMAGE_EXTENSIONS`
+that exists.
 
 Errors: a missing CSV raises ``FileNotFoundError``; a missing column, an empty image name, a duplicate image,
 a level that is not an integer 0-4 or an image found under none of the extensions raises ``ValueError`` with a
@@ -16,18 +17,11 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from datasets.images import GRADES, IMAGE_EXTENSIONS, find_image
+
 LABELS_CSV = "trainLabels.csv"
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpeg", ".jpg", ".png", ".tif")
-GRADES = range(0, 5)
 
-
-def find_image(root: Path, name: str) -> Path | None:
-    """``root/<name><ext>`` for the first extension of :data:`IMAGE_EXTENSIONS` that is a file, else ``None``."""
-    for ext in IMAGE_EXTENSIONS:
-        candidate = root / f"{name}{ext}"
-        if candidate.is_file():
-            return candidate
-    return None
+__all__ = ["GRADES", "IMAGE_EXTENSIONS", "LABELS_CSV", "find_image", "read_eyepacs"]
 
 
 def read_eyepacs(root: Path, *, labels: str = LABELS_CSV) -> list[tuple[Path, int]]:

@@ -13,10 +13,14 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from datasets.eyepacs import read_eyepacs
+from datasets.layouts import read_aptos, read_folders, read_idrid, read_messidor2
 from models.preprocess import normalize, preprocess
 
 #: Layout readers: format name → function returning ``[(image path, grade)]``.
-READERS: dict[str, Callable[[Path], list[tuple[Path, int]]]] = {"eyepacs": read_eyepacs}
+READERS: dict[str, Callable[[Path], list[tuple[Path, int]]]] = {
+    "eyepacs": read_eyepacs, "aptos": read_aptos, "messidor2": read_messidor2, "idrid": read_idrid,
+    "folders": read_folders,
+}
 
 
 def read_items(root: Path, fmt: str) -> list[tuple[Path, int]]:

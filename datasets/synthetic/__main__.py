@@ -1,8 +1,9 @@
 """Command line: ``python -m datasets.synthetic --out DIR --count N --seed S [--size 512]
-[--grade-weights 1,1,1,1,1] [--workers K]``.
+[--grade-weights 1,1,1,1,1] [--workers K] [--dicom]``.
 
-Writes the EyePACS layout described in :mod:`datasets.synthetic.writer`. Bad arguments (count < 1, size < 64,
-negative seed, workers < 1, ``--out`` an existing file, malformed grade weights) print a usage message on
+Writes the EyePACS layout described in :mod:`datasets.synthetic.writer`; ``--dicom`` also writes
+``<image>.dcm`` (DICOM Ophthalmic Photography, JPEG Baseline) beside each JPEG. Bad arguments (count < 1,
+size < 64, negative seed, workers < 1, ``--out`` an existing file, malformed grade weights) print a usage message on
 stderr and exit with status 2, without a traceback; an I/O failure while writing exits with status 1.
 """
 
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="relative frequencies of ICDR grades 0-4 (default 1,1,1,1,1)",
     )
     parser.add_argument("--workers", type=int, default=1, help="worker processes (>= 1, default 1)")
+    parser.add_argument("--dicom", action="store_true",
+                        help="also write <image>.dcm, a DICOM Ophthalmic Photography file, beside each JPEG")
     return parser
 
 
@@ -76,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             size=args.size,
             grade_weights=args.grade_weights,
             workers=args.workers,
+            dicom=args.dicom,
         )
     except OSError as exc:
         print(f"{parser.prog}: error: cannot write to {args.out}: {exc}", file=sys.stderr)

@@ -11,7 +11,11 @@ left alone):
 * ``<image>.jpeg``: the photograph, RGB, JPEG quality :data:`JPEG_QUALITY`;
 * ``lesions.csv``: header ``image,type,x0,y0,x1,y1``, one row per recorded lesion (see
   :mod:`datasets.synthetic.fundus` for what is recorded), boxes in pixels of that image, ``x1``/``y1``
-  exclusive; images without lesions have no rows.
+  exclusive; images without lesions have no rows;
+* with ``dicom=True`` also ``<image>.dcm``: the same rendered pixels as a DICOM Ophthalmic Photography 8 Bit
+  Image (JPEG Baseline, YBR_FULL_422) written by :func:`datasets.synthetic.dicom.write_op_dicom`, with
+  PatientID the zero-padded patient number, ImageLaterality "L"/"R", and a StudyInstanceUID derived from
+  ``(seed, patient)`` so both eyes of a patient share it.
 
 Image ``i`` (0-based) is named EyePACS-style ``<patient>_<left|right>`` with patient id ``i // 2`` zero-padded
 to 5 digits (``00000_left``, ``00000_right``, ``00001_left``, ...): even indices are left eyes, odd right eyes.
@@ -74,6 +78,7 @@ class _Task:
     index: int
     size: int
     probabilities: tuple[float, ...]
+    dicom: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,11 @@ def _render_and_save(task: _Task) -> _Record:
     if not ok:  # pragma: no cover - OpenCV always encodes a uint8 BGR array
         raise RuntimeError(f"JPEG encoding failed for {name}")
     (task.out / f"{name}{IMAGE_EXTENSION}").write_bytes(buf.tobytes())
+    if task.dicom:
+        from datasets.synthetic.dicom import write_op_dicom  # pydicom only when asked for
+
+        write_op_dicom(fundus.image, task.out / f"{name}.dcm", laterality=laterality,
+                       patient_id=f"{task.index // 2:05d}", seed=task.seed)
     return _Record(name=name, grade=grade, lesions=fundus.lesions)
 
 
@@ -122,11 +132,12 @@ def generate(
     grade_weights: Sequence[float] = (1, 1, 1, 1, 1),
     workers: int = 1,
     progress: bool = True,
+    dicom: bool = False,
 ) -> Path:
     """Write ``count`` synthetic photographs in the EyePACS layout under ``out``; return the labels CSV path.
 
     See the module docstring for the layout and the determinism contract. ``progress`` shows a tqdm bar on
-    stderr. Raises ``ValueError`` for ``count`` < 1, ``size`` < 64, a negative ``seed``, ``workers`` < 1 or
+    stderr. ``dicom`` also writes ``<image>.dcm`` beside each JPEG. Raises ``ValueError`` for ``count`` < 1, ``size`` < 64, a negative ``seed``, ``workers`` < 1 or
     bad ``grade_weights``, and ``NotADirectoryError`` when ``out`` exists and is not a directory.
     """
     if count < 1:
@@ -143,7 +154,7 @@ def generate(
         raise NotADirectoryError(f"{out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
 
-    tasks = [_Task(out, int(seed), i, int(size), probabilities) for i in range(count)]
+    tasks = [_Task(out, int(seed), i, int(size), probabilities, bool(dicom)) for i in range(count)]
     bar = tqdm(_records(tasks, workers), total=count, desc="synthetic fundus", unit="img", disable=not progress)
     records = list(bar)
 
