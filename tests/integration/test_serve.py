@@ -133,3 +133,14 @@ def test_missing_field_is_a_400_with_our_shape(server: str) -> None:
     assert r.status_code == 400 and r.json()["error"]["code"] in {"missing_field", "bad_request"}
     r = httpx.post(f"{server}/analyze", json={"image": "nope"}, timeout=30)
     assert 400 <= r.status_code < 500 and "error" in r.json()
+
+
+def test_ophthalmic_photography_dicom_with_laterality(server: str, tmp_path: Path) -> None:
+    from datasets.synthetic.writer import generate
+
+    generate(tmp_path, count=2, seed=11, size=256, dicom=True, progress=False)
+    for name, side in (("00000_left", "L"), ("00000_right", "R")):
+        r = _post(server, f"{name}.dcm", (tmp_path / f"{name}.dcm").read_bytes(), "application/dicom")
+        body = _check_findings(r, (256, 256))
+        assert body["image"]["source"] == "dicom" and body["image"]["laterality"] == side
+        assert body["image"]["study_instance_uid"]
