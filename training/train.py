@@ -15,11 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from models.architectures import build
 from training.config import SyntheticSpec, TrainConfig
+from training.distributed import World, barrier, broadcast, setup, teardown
 from training.data import FundusDataset, read_items, split_by_patient
 from training.report import plot_history
 from training.metrics import choose_operating_point, grader_metrics, referable_probability
@@ -52,11 +54,12 @@ def warmup_cosine(total_steps: int, warmup: float = 0.1) -> Callable[[int], floa
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
-                    sched: torch.optim.lr_scheduler.LRScheduler, loss_fn: nn.Module, epoch: int) -> float:
-    """One pass over ``loader``; returns the mean training loss."""
+                    sched: torch.optim.lr_scheduler.LRScheduler, loss_fn: nn.Module, epoch: int,
+                    progress: bool = True) -> float:
+    """One pass over ``loader``; returns the mean training loss (of this process's shard)."""
     model.train()
     total, n = 0.0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False)
+    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
     for x, y in bar:
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(model(x), y)
@@ -106,77 +109,119 @@ def code_commit() -> str:
 
 def main(cfg: TrainConfig, *, resume: bool = False, command: str = "") -> Path:
     """Train per ``cfg``; write ``last.pt``/``best.pt`` (with the resolved config) and ``history.json`` into
-    ``cfg.out``; return the path of ``best.pt``."""
+    ``cfg.out``; return the path of ``best.pt``.
+
+    Under ``torchrun`` each process trains on its shard of every epoch (``DistributedSampler``) with
+    ``batch_size / world size`` images, so the global batch and the schedule match a single-process run;
+    gradients are averaged by ``DistributedDataParallel``. Rank 0 validates, decides early stopping for all,
+    and alone writes files.
+    """
+    world = setup()
+    try:
+        return _train(cfg, world, resume=resume, command=command)
+    finally:
+        teardown(world)
+
+
+def _train(cfg: TrainConfig, world: World, *, resume: bool, command: str) -> Path:
     torch.manual_seed(cfg.seed)
     # Denormal floats make x86 CPUs crawl; flushing them halved a MobileNetV3 training step here.
     torch.set_flush_denormal(True)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     train_root = Path(cfg.data.train)
-    ensure_data(train_root, cfg.data.synthetic_train)
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        ensure_data(train_root, cfg.data.synthetic_train)
+    barrier(world)
     items = read_items(train_root, cfg.data.format)
     train_items, val_items = split_by_patient(items, cfg.data.val_fraction, cfg.seed)
     if not train_items or not val_items:
         raise ValueError(f"need images for both training and validation; got {len(train_items)} and {len(val_items)}")
     train_ds = FundusDataset(train_items, cfg.input_size, train=True, seed=cfg.seed, desc="preprocess train")
-    val_ds = FundusDataset(val_items, cfg.input_size, train=False, desc="preprocess val")
+    batch = max(1, cfg.batch_size // world.size)
     g = torch.Generator().manual_seed(cfg.seed)
-    train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=g, num_workers=cfg.workers,
-                          drop_last=len(train_ds) > cfg.batch_size)
-    val_dl = DataLoader(val_ds, batch_size=cfg.batch_size * 2, num_workers=cfg.workers)
+    sampler = (DistributedSampler(train_ds, num_replicas=world.size, rank=world.rank, shuffle=True, seed=cfg.seed,
+                                  drop_last=True) if world.distributed else None)
+    train_dl = DataLoader(train_ds, batch_size=batch, shuffle=sampler is None, sampler=sampler, generator=g,
+                          num_workers=cfg.workers, drop_last=len(train_ds) // world.size > batch)
+    val_dl = None
+    if world.is_main:
+        val_ds = FundusDataset(val_items, cfg.input_size, train=False, desc="preprocess val")
+        val_dl = DataLoader(val_ds, batch_size=cfg.batch_size * 2, num_workers=cfg.workers)
 
-    model = build(cfg.architecture, num_classes=cfg.num_classes, dropout=cfg.dropout)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    core = build(cfg.architecture, num_classes=cfg.num_classes, dropout=cfg.dropout)
+    opt = torch.optim.AdamW(core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * len(train_dl)))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     start, best_kappa, stale, history = 0, -2.0, 0, []
     last = out / "last.pt"
     if resume and last.is_file():
         ck = torch.load(last, map_location="cpu", weights_only=True)
-        model.load_state_dict(ck["model"])
+        core.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         start, best_kappa, stale, history = ck["epoch"] + 1, ck["best_kappa"], ck["stale"], json.loads(ck["history"])
-        print(f"resumed from {last} at epoch {start}", file=sys.stderr)
+        if world.is_main:
+            print(f"resumed from {last} at epoch {start}", file=sys.stderr)
+    model: nn.Module = DistributedDataParallel(core) if world.distributed else core
 
     t0 = time.perf_counter()
     for epoch in range(start, cfg.epochs):
         # Shuffle order and augmentation are functions of (seed, epoch): a resumed run replays the same epochs.
         g.manual_seed(cfg.seed + epoch)
         torch.manual_seed(cfg.seed + epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         train_ds.set_epoch(epoch)
-        loss = train_one_epoch(model, train_dl, opt, sched, loss_fn, epoch)
-        probs, labels = predict(model, val_dl)
-        op = choose_operating_point(referable_probability(probs), (labels >= 2).astype(np.int64),
-                                    cfg.referable_min_sensitivity)
-        metrics = grader_metrics(probs, labels, op.threshold)
-        history.append({"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in metrics.items()}})
-        kappa = metrics["quadratic_weighted_kappa"]
-        if not math.isfinite(kappa):  # e.g. a validation split with one grade only
-            kappa = -1.0
-        improved = kappa > best_kappa
-        print(f"epoch {epoch}: loss {loss:.4f} val kappa {kappa:.3f} acc {metrics['accuracy']:.3f} "
-              f"ref-AUC {metrics.get('referable_auc', float('nan')):.3f}{' *' if improved else ''}", file=sys.stderr)
-        if improved:
-            best_kappa, stale = kappa, 0
-        else:
-            stale += 1
-        ck: dict[str, Any] = {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "epoch": epoch, "best_kappa": best_kappa, "stale": stale, "history": json.dumps(history),
-            "config": json.dumps(cfg.to_dict()), "command": command, "code_commit": code_commit(),
-            "torch_version": str(torch.__version__), "seconds": time.perf_counter() - t0,
-            "val_metrics": json.dumps(metrics),
-            "operating_point": json.dumps({"threshold": op.threshold, "sensitivity": op.sensitivity,
-                                           "specificity": op.specificity}),
-        }
-        _save_atomic(ck, last)
-        if improved:
-            _save_atomic(ck, out / "best.pt")
-        (out / "history.json").write_text(json.dumps(history, indent=2))
-        plot_history(history, out / "history.png")
-        if stale >= cfg.early_stopping_patience:
-            print(f"early stop: no kappa improvement for {stale} epochs", file=sys.stderr)
+        loss = train_one_epoch(model, train_dl, opt, sched, loss_fn, epoch, progress=world.is_main)
+        stop = False
+        if world.is_main:
+            assert val_dl is not None
+            stop, best_kappa, stale = _validate_and_save(cfg, core, opt, sched, val_dl, epoch, loss, history,
+                                                         best_kappa, stale, command, t0)
+        if broadcast(stop, world):
             break
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    if world.is_main:
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     return out / "best.pt"
+
+
+def _validate_and_save(cfg: TrainConfig, core: nn.Module, opt: torch.optim.Optimizer,
+                       sched: torch.optim.lr_scheduler.LRScheduler, val_dl: DataLoader, epoch: int, loss: float,
+                       history: list[dict[str, float]], best_kappa: float, stale: int, command: str, t0: float
+                       ) -> tuple[bool, float, int]:
+    """Rank 0's end of epoch: metrics, checkpoints, history; returns ``(stop, best_kappa, stale)``."""
+    out = Path(cfg.out)
+    probs, labels = predict(core, val_dl)
+    op = choose_operating_point(referable_probability(probs), (labels >= 2).astype(np.int64),
+                                cfg.referable_min_sensitivity)
+    metrics = grader_metrics(probs, labels, op.threshold)
+    history.append({"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in metrics.items()}})
+    kappa = metrics["quadratic_weighted_kappa"]
+    if not math.isfinite(kappa):  # e.g. a validation split with one grade only
+        kappa = -1.0
+    improved = kappa > best_kappa
+    print(f"epoch {epoch}: loss {loss:.4f} val kappa {kappa:.3f} acc {metrics['accuracy']:.3f} "
+          f"ref-AUC {metrics.get('referable_auc', float('nan')):.3f}{' *' if improved else ''}", file=sys.stderr)
+    if improved:
+        best_kappa, stale = kappa, 0
+    else:
+        stale += 1
+    ck: dict[str, Any] = {
+        "model": core.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        "epoch": epoch, "best_kappa": best_kappa, "stale": stale, "history": json.dumps(history),
+        "config": json.dumps(cfg.to_dict()), "command": command, "code_commit": code_commit(),
+        "torch_version": str(torch.__version__), "seconds": time.perf_counter() - t0,
+        "val_metrics": json.dumps(metrics),
+        "operating_point": json.dumps({"threshold": op.threshold, "sensitivity": op.sensitivity,
+                                       "specificity": op.specificity}),
+    }
+    _save_atomic(ck, out / "last.pt")
+    if improved:
+        _save_atomic(ck, out / "best.pt")
+    (out / "history.json").write_text(json.dumps(history, indent=2))
+    plot_history(history, out / "history.png")
+    stop = stale >= cfg.early_stopping_patience
+    if stop:
+        print(f"early stop: no kappa improvement for {stale} epochs", file=sys.stderr)
+    return stop, best_kappa, stale
