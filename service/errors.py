@@ -30,13 +30,6 @@ class UnreadableImage(FoveaError):
     code = "unreadable_image"
 
 
-class MissingField(FoveaError):
-    """A required form field (e.g. ``image``) was not sent."""
-
-    status = 400
-    code = "missing_field"
-
-
 class PayloadTooLarge(FoveaError):
     """The upload, or the image it would decode to, exceeds the configured limits."""
 

@@ -88,3 +88,8 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainCon
         else:
             raw[key] = value
     return _build(TrainConfig, raw)
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Rebuild a :class:`TrainConfig` from its :meth:`TrainConfig.to_dict` form (e.g. from a checkpoint)."""
+    return _build(TrainConfig, values)

@@ -25,7 +25,7 @@ from models.architectures import build
 from models.architectures.classifier import WithCam
 from models.card import (ICDR_LABELS, InputSpec, ModelCard, OperatingPoint, PreprocessingSpec, TrainingProvenance,
                          sha256_file)
-from training.config import TrainConfig
+from training.config import TrainConfig, config_from_dict
 from training.data import load_rgb, read_items, split_by_patient
 from models.grading import REFERABLE_MIN_GRADE, referable_probability
 from training.metrics import choose_operating_point, confusion_matrix, grader_metrics
@@ -41,10 +41,8 @@ class ParityError(RuntimeError):
 
 def load_checkpoint(path: Path) -> tuple[torch.nn.Module, TrainConfig, dict]:
     """Rebuild the model from a checkpoint written by :func:`training.train.main` (weights only, no pickle)."""
-    from training.config import _build
-
     ck = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = _build(TrainConfig, json.loads(ck["config"]))
+    cfg = config_from_dict(json.loads(ck["config"]))
     model = build(cfg.architecture, num_classes=cfg.num_classes, dropout=cfg.dropout)
     model.load_state_dict(ck["model"])
     return model.eval(), cfg, ck
