@@ -124,12 +124,24 @@ def locate_field(rgb: np.ndarray) -> tuple[float, float, float]:
     return (x + bw / 2.0) / fx, (y + bh / 2.0) / fy, max(bw / fx, bh / fy) / 2.0
 
 
-def preprocess(rgb: np.ndarray, size: int) -> Preprocessed:
-    """Crop the fundus field, resize to ``size``×``size`` and normalise (see module docstring)."""
+def preprocess(rgb: np.ndarray, size: int, *, field: tuple[float, float, float] | None = None) -> Preprocessed:
+    """Crop the fundus field, resize to ``size``×``size`` and normalise (see module docstring).
+
+    ``field`` is a ``(cx, cy, radius)`` already found by :func:`locate_field` on this image (several crops of
+    one image then share one detection); by default it is located here.
+    """
+    crop, transform = crop_field(rgb, size, field=field)
+    return Preprocessed(tensor=normalize(crop), crop=crop, transform=transform)
+
+
+def crop_field(rgb: np.ndarray, size: int, *, field: tuple[float, float, float] | None = None
+               ) -> tuple[np.ndarray, FundusTransform]:
+    """Steps 1-3 of :func:`preprocess` without normalisation: the ``(size, size, 3)`` uint8 crop and its
+    transform (for measures taken on the photograph itself, such as the quality gate's)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected (H, W, 3) uint8 RGB, got shape {rgb.shape} dtype {rgb.dtype}")
     h, w = rgb.shape[:2]
-    cx, cy, r = locate_field(rgb)
+    cx, cy, r = locate_field(rgb) if field is None else field
     # An integer square keeps the map exact: cv2.resize maps the whole square onto the whole output.
     side = max(1, int(np.ceil(2.0 * r)))
     x0, y0 = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
@@ -139,7 +151,7 @@ def preprocess(rgb: np.ndarray, size: int) -> Preprocessed:
     crop = cv2.resize(square, (size, size), interpolation=interp)
     transform = FundusTransform(x0=float(x0), y0=float(y0), scale=side / size, size=size,
                                 original_width=w, original_height=h)
-    return Preprocessed(tensor=normalize(crop), crop=crop, transform=transform)
+    return crop, transform
 
 
 def _padded_square(rgb: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:

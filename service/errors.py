@@ -50,3 +50,17 @@ class UnsupportedDicom(FoveaError):
 
     status = 422
     code = "unsupported_dicom"
+
+
+class BadRequest(FoveaError):
+    """The request itself is malformed (a form field with an invalid value, no image sent)."""
+
+    status = 400
+    code = "bad_request"
+
+
+class ImageTooSmall(FoveaError):
+    """A readable image whose shorter side is below the decoder's minimum: nothing a grader can analyse."""
+
+    status = 422
+    code = "image_too_small"

@@ -14,15 +14,29 @@ class _Out(BaseModel):
 
 
 class ImageInfo(_Out):
-    """The analysed image as received (frame 0 of a multi-frame DICOM)."""
+    """The analysed image as received (one frame of a multi-frame DICOM: ``frame`` of ``frames``)."""
 
     source: Literal["dicom", "jpeg", "png"]
     width: int
     height: int
     laterality: Literal["L", "R"] | None = None
+    laterality_source: Literal["dicom", "form"] | None = None
+    frame: int = Field(0, ge=0, description="0-based frame index within the upload")
+    frames: int = Field(1, ge=1, description="frames analysed from the upload")
     notes: list[str] = Field(default_factory=list, description="what decoding did, e.g. frames not analysed")
     sop_instance_uid: str | None = None
     study_instance_uid: str | None = None
+
+
+class Quality(_Out):
+    """Is the photograph gradable? ``score`` ranks quality in [0, 1] (0.5 = the gate's boundary); ``reasons``
+    name what makes it ungradable (``field``, ``underexposed``, ``overexposed``, ``blur``, ``haze``, ``uneven``)."""
+
+    gradable: bool
+    score: float = Field(ge=0.0, le=1.0)
+    reasons: list[str] = Field(default_factory=list)
+    method: str = Field(description="what decided: the classic measures, or a model's name:version")
+    measures: dict[str, float] = Field(default_factory=dict)
 
 
 class DrGrade(_Out):
@@ -34,11 +48,14 @@ class DrGrade(_Out):
 
 
 class ReferableDr(_Out):
-    """Referable DR (grade ≥ 2): P(grade ≥ 2) against the model card's operating point."""
+    """Referable DR (grade ≥ 2): P(grade ≥ 2) against an operating point. ``value`` is ``null`` when the
+    photograph is ungradable ("insufficient quality"): ``reason`` then says why and what to do."""
 
     value: bool | None
     probability: float
     operating_point: float
+    operating_point_source: Literal["model card", "site configuration"] = "model card"
+    reason: str | None = None
 
 
 class Saliency(_Out):
@@ -61,13 +78,51 @@ class ModelRef(_Out):
 
 
 class Findings(_Out):
-    """The response of ``POST /analyze``."""
+    """The response of ``POST /analyze``: one image (frame 0 of a multi-frame upload, whose other frames are
+    in ``additional_frames``, each a complete ``Findings``)."""
 
     request_id: str
     disclaimer: str = Field(description="the model card's intended-use statement")
     image: ImageInfo
+    quality: Quality
     dr_grade: DrGrade
     referable_dr: ReferableDr | None = None
     saliency: Saliency
     models: list[ModelRef]
+    timing_ms: dict[str, float]
+    additional_frames: list[Findings] = Field(default_factory=list)
+
+
+class EyeResult(_Out):
+    """One eye over a study: the worst gradable image decides (grade and referral); ``referable`` is ``null``
+    when no image of the eye is gradable."""
+
+    laterality: Literal["L", "R"]
+    images: list[int] = Field(description="indices into StudyFindings.images")
+    gradable: bool
+    dr_grade: int | None = Field(None, ge=0, le=4)
+    label: str | None = None
+    referable: bool | None = None
+    referable_probability: float | None = None
+
+
+class PatientResult(_Out):
+    """The patient-level screening outcome: refer if either eye is referable (the worse eye decides);
+    ``null`` when no eye is referable but an eye could not be graded (re-photograph or refer, per the
+    programme's protocol for ungradable photographs)."""
+
+    referable: bool | None
+    decided_by: Literal["L", "R", "unknown"] | None = None
+    reason: str
+
+
+class StudyFindings(_Out):
+    """The response of ``POST /analyze_study``: per image, per eye and per patient."""
+
+    request_id: str
+    disclaimer: str
+    images: list[Findings]
+    eyes: list[EyeResult]
+    patient: PatientResult
+    notes: list[str] = Field(default_factory=list)
     timing_ms: dict[str, float]

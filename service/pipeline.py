@@ -1,4 +1,4 @@
-"""One analysis: bytes → decode → preprocess → grader (logits + CAM) → findings + saliency.
+"""One analysis: bytes → decode → quality gate → preprocess → grader (logits + CAM) → findings + saliency.
 
 This module holds the logic; ``service/service.py`` only adapts it to HTTP.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,12 +15,20 @@ import numpy as np
 
 from models.card import CardError, ModelCard
 from models.grading import is_referable, referable_probability, softmax
-from models.preprocess import preprocess
+from models.preprocess import locate_field, preprocess
 from models.store import load_verified
 from service.decode import DecodedImage, DecodeLimits, decode
-from service.findings import DrGrade, Findings, ImageInfo, ModelRef, ReferableDr, Saliency
+from service.errors import FoveaError
+from service.findings import DrGrade, Findings, ImageInfo, ModelRef, Quality, ReferableDr, Saliency, StudyFindings
+from service.quality import QualityRules, assess, measure
 from service.render import caption_for, cam_to_heatmap, heat_to_u8, overlay, png_base64
 from service.runtime import OnnxModel
+from service.study import eye_results, patient_result
+
+#: Frames of one multi-frame upload analysed, each as an image (the rest are listed in a note).
+DEFAULT_MAX_FRAMES = 8
+QUALITY_METHOD = "classic measures (service.quality)"
+
 
 def saliency_target(grade: int, probs: np.ndarray) -> int:
     """The grade whose evidence the heatmap shows: the predicted grade if it is a DR grade; for a "No DR"
@@ -29,40 +38,97 @@ def saliency_target(grade: int, probs: np.ndarray) -> int:
 
 @dataclass
 class Analyzer:
-    """Holds the verified models; :meth:`analyze` is thread-safe (ONNX Runtime sessions are)."""
+    """Holds the verified models and the gate's rules; :meth:`analyze` is thread-safe (ONNX Runtime sessions
+    are, the rest is pure).
+
+    ``referable_threshold`` replaces the model card's operating point when a site configures its own (the
+    response then says ``operating_point_source: "site configuration"``).
+    """
 
     grader: OnnxModel
-    # One frame is analysed per upload for now, so only one is decoded (a note says if there were more).
-    limits: DecodeLimits = field(default_factory=lambda: DecodeLimits(max_frames=1))
+    limits: DecodeLimits = field(default_factory=lambda: DecodeLimits(max_frames=DEFAULT_MAX_FRAMES))
+    rules: QualityRules = field(default_factory=QualityRules)
+    referable_threshold: float | None = None
 
     @classmethod
-    def load(cls, grader: Path, providers: list[str] | None = None, limits: DecodeLimits | None = None) -> Analyzer:
+    def load(cls, grader: Path, providers: list[str] | None = None, limits: DecodeLimits | None = None,
+             *, rules: QualityRules | None = None, referable_threshold: float | None = None) -> Analyzer:
         """Verify each model (a store directory or a ``*.card.json``) against its card, then create sessions."""
         card, onnx = load_verified(grader)
         if card.task != "dr-grading" or tuple(card.outputs) != ("logits", "cam") or len(card.classes) != 5:
             raise CardError(f"{card.tag} is not a five-grade ICDR grader with in-graph CAM")
+        if referable_threshold is not None and not 0.0 <= referable_threshold <= 1.0:
+            raise ValueError(f"the referable-DR threshold must lie in [0, 1], not {referable_threshold}")
         model = OnnxModel.load(card, onnx, providers)
-        return cls(grader=model) if limits is None else cls(grader=model, limits=limits)
+        return cls(grader=model, limits=limits or DecodeLimits(max_frames=DEFAULT_MAX_FRAMES),
+                   rules=rules or QualityRules(), referable_threshold=referable_threshold)
 
     @property
     def grader_card(self) -> ModelCard:
         return self.grader.card
 
-    def analyze(self, data: bytes, *, request_id: str | None = None) -> Findings:
-        """Analyse one upload; raises :class:`service.errors.FoveaError` subclasses for bad input."""
+    def analyze(self, data: bytes, *, request_id: str | None = None, laterality: str | None = None) -> Findings:
+        """Analyse one upload (every frame, up to the decode limit); raises :class:`service.errors.FoveaError`
+        subclasses for bad input. ``laterality`` ("L"/"R", e.g. from a form field) is used when the file
+        itself does not say; the file's own value wins."""
+        request_id = request_id or uuid.uuid4().hex
         t0 = time.perf_counter()
-        timing: dict[str, float] = {}
+        frames = decode(data, limits=self.limits)
+        decode_ms = round(1000 * (time.perf_counter() - t0), 2)
+        results = [self._analyze_image(img, request_id=request_id, frame=i, frames=len(frames),
+                                       laterality=laterality, decode_ms=decode_ms if i == 0 else 0.0)
+                   for i, img in enumerate(frames)]
+        first = results[0]
+        if len(results) > 1:
+            first = first.model_copy(update={"additional_frames": results[1:]})
+        first.timing_ms["total"] = round(1000 * (time.perf_counter() - t0), 2)
+        return first
+
+    def analyze_study(self, uploads: Sequence[tuple[bytes, str | None]], *, request_id: str | None = None
+                      ) -> StudyFindings:
+        """Analyse the photographs of one patient's visit: ``uploads`` are ``(bytes, laterality or None)``
+        pairs (the laterality from a form field, used when the file does not carry one). Every frame of every
+        upload is one image. A bad upload fails the whole study with its position in the message (a partial
+        screening result would be misleading)."""
+        request_id = request_id or uuid.uuid4().hex
+        t0 = time.perf_counter()
+        images: list[Findings] = []
+        notes: list[str] = []
+        for n, (data, laterality) in enumerate(uploads, start=1):
+            try:
+                f = self.analyze(data, request_id=request_id, laterality=laterality)
+            except FoveaError as exc:
+                raise type(exc)(f"image {n} of {len(uploads)}: {exc.message}") from exc
+            for g in (f, *f.additional_frames):
+                if laterality and g.image.laterality_source == "dicom" and g.image.laterality != laterality:
+                    notes.append(f"image {n}: the form said {laterality} but the DICOM header says "
+                                 f"{g.image.laterality}; the header was used")
+                images.append(g.model_copy(update={"additional_frames": []}))
+        eyes = eye_results(images)
+        card = self.grader.card
+        return StudyFindings(
+            request_id=request_id, disclaimer=card.intended_use, images=images, eyes=eyes,
+            patient=patient_result(images, eyes), notes=notes,
+            timing_ms={"total": round(1000 * (time.perf_counter() - t0), 2)},
+        )
+
+    def _analyze_image(self, img: DecodedImage, *, request_id: str, frame: int, frames: int,
+                       laterality: str | None, decode_ms: float) -> Findings:
+        t0 = time.perf_counter()
+        timing: dict[str, float] = {"decode": decode_ms}
 
         def lap(name: str, since: float) -> float:
             now = time.perf_counter()
             timing[name] = round(1000 * (now - since), 2)
             return now
 
-        frames = decode(data, limits=self.limits)
-        t = lap("decode", t0)
-        img: DecodedImage = frames[0]
         card = self.grader.card
-        pre = preprocess(img.rgb, card.input.size)
+        field_ = locate_field(img.rgb)
+        verdict = assess(measure(img.rgb, field_), self.rules)
+        quality = Quality(gradable=verdict.gradable, score=verdict.score, reasons=list(verdict.reasons),
+                          method=QUALITY_METHOD, measures=verdict.measures.as_dict())
+        t = lap("quality", t0)
+        pre = preprocess(img.rgb, card.input.size, field=field_)
         t = lap("preprocess", t)
         out = self.grader.run(pre.tensor[None])
         t = lap("inference", t)
@@ -76,22 +142,36 @@ class Analyzer:
                             overlay_png=png_base64(overlay(img.rgb, heat_u8, caption=caption_for(card))))
         t = lap("render", t)
 
-        referable = None
-        op = card.operating_point("referable_dr")
-        if op is not None:
-            p_ref = float(referable_probability(probs))
-            referable = ReferableDr(value=bool(is_referable(p_ref, op.threshold)), probability=p_ref,
-                                    operating_point=op.threshold)
-        timing["total"] = round(1000 * (time.perf_counter() - t0), 2)
+        lat, lat_source = (img.laterality, "dicom") if img.laterality else (laterality, "form" if laterality else None)
+        timing["total"] = round(decode_ms + 1000 * (time.perf_counter() - t0), 2)
         return Findings(
-            request_id=request_id or uuid.uuid4().hex,
+            request_id=request_id,
             disclaimer=card.intended_use,
-            image=ImageInfo(source=img.source, width=img.width, height=img.height, laterality=img.laterality,
-                            notes=list(img.notes), sop_instance_uid=img.sop_instance_uid,
-                            study_instance_uid=img.study_instance_uid),
+            image=ImageInfo(source=img.source, width=img.width, height=img.height, laterality=lat,
+                            laterality_source=lat_source, frame=frame, frames=frames, notes=list(img.notes),
+                            sop_instance_uid=img.sop_instance_uid, study_instance_uid=img.study_instance_uid),
+            quality=quality,
             dr_grade=DrGrade(grade=grade, label=card.classes[grade], probabilities=[float(p) for p in probs]),
-            referable_dr=referable,
+            referable_dr=self._referable(card, probs, quality),
             saliency=saliency,
             models=[ModelRef(name=card.name, version=card.version, sha256=card.sha256, provider=self.grader.provider)],
             timing_ms=timing,
         )
+
+    def _referable(self, card: ModelCard, probs: np.ndarray, quality: Quality) -> ReferableDr | None:
+        """Referable DR at the site's or the card's operating point; ``value`` null when ungradable."""
+        op = card.operating_point("referable_dr")
+        if self.referable_threshold is not None:
+            threshold, source = self.referable_threshold, "site configuration"
+        elif op is not None:
+            threshold, source = op.threshold, "model card"
+        else:
+            return None
+        p_ref = float(referable_probability(probs))
+        if not quality.gradable:
+            return ReferableDr(value=None, probability=p_ref, operating_point=threshold,
+                               operating_point_source=source,
+                               reason="insufficient image quality (" + ", ".join(quality.reasons)
+                                      + "): re-photograph this eye, or refer per the programme's protocol")
+        return ReferableDr(value=bool(is_referable(p_ref, threshold)), probability=p_ref, operating_point=threshold,
+                           operating_point_source=source)

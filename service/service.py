@@ -7,26 +7,25 @@ model store; the embedded defaults are imported into the store first if it has n
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 import uuid
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import bentoml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse
 
 from models.store import ensure_defaults
 from service.decode import DecodeLimits
-from service.errors import FoveaError, PayloadTooLarge
+from service.errors import BadRequest, FoveaError, PayloadTooLarge
 from service.http_errors import ErrorShapeMiddleware
 from service.pipeline import Analyzer
+from service.settings import load_settings
 
 log = logging.getLogger("fovea")
-
-GRADER_TAG = os.environ.get("FOVEA_GRADER_TAG", "dr-grader:latest")
-MAX_UPLOAD_BYTES = int(os.environ.get("FOVEA_MAX_UPLOAD_BYTES", str(64 * 1024 * 1024)))
+SETTINGS = load_settings()
 
 class _ClientErrorLogFilter(logging.Filter):
     """BentoML logs a full traceback for every request that fails input validation. Those are client
@@ -34,7 +33,7 @@ class _ClientErrorLogFilter(logging.Filter):
     are reduced to one line without the exception."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from pydantic import ValidationError
+        from pydantic import BaseModel, ValidationError
 
         if record.exc_info and isinstance(record.exc_info[1], ValidationError):
             record.exc_info, record.exc_text = None, None
@@ -53,37 +52,110 @@ warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
 ensure_defaults()
 
 
-@bentoml.service(name="fovea", traffic={"timeout": 120}, http={"port": 3000})
+@bentoml.service(name="fovea", traffic={"timeout": 300}, http={"port": 3000})
 class Fovea:
     """Diabetic-retinopathy screening on fundus photographs (JPEG, PNG, DICOM)."""
 
-    grader_ref = bentoml.models.BentoModel(GRADER_TAG)
+    grader_ref = bentoml.models.BentoModel(SETTINGS.grader_tag)
 
     def __init__(self) -> None:
         # One upload limit: the decoder enforces the same one the HTTP layer does.
-        limits = DecodeLimits(max_frames=1, max_bytes=MAX_UPLOAD_BYTES)
-        self.analyzer = Analyzer.load(Path(self.grader_ref.path), limits=limits)
+        limits = DecodeLimits(max_frames=SETTINGS.max_frames, max_bytes=SETTINGS.max_upload_bytes)
+        self.analyzer = Analyzer.load(Path(self.grader_ref.path), limits=limits, rules=SETTINGS.quality.rules(),
+                                      referable_threshold=SETTINGS.referable_threshold)
         card = self.analyzer.grader_card
         log.info("loaded %s (sha256 %s…) on %s", card.tag, card.sha256[:12], self.analyzer.grader.provider)
 
     @bentoml.api(route="/analyze")
-    def analyze(self, image: Path) -> Any:
-        """Grade one fundus photograph (multipart field ``image``: DICOM Part 10, JPEG or PNG) and return
-        ``Findings`` JSON with the saliency map; errors are ``{"error": {"code", "message"}}`` with a 4xx."""
+    def analyze(self, image: Path, laterality: str = "") -> Any:
+        """Screen one fundus photograph (multipart field ``image``: DICOM Part 10, JPEG or PNG; optional
+        ``laterality`` L or R when the file does not carry it) and return ``Findings`` JSON: quality, grade,
+        referral, saliency. Errors are ``{"error": {"code", "message"}}`` with a 4xx."""
         request_id = uuid.uuid4().hex
-        try:
-            size = image.stat().st_size
-            if size > MAX_UPLOAD_BYTES:
-                raise PayloadTooLarge(f"the file is {size} bytes; the limit is {MAX_UPLOAD_BYTES} bytes")
-            findings = self.analyzer.analyze(image.read_bytes(), request_id=request_id)
-        except ValidationError as exc:
-            # Our own schema rejecting our own output is a server fault: BentoML would answer it with a 400.
-            raise RuntimeError(f"request {request_id}: findings failed schema validation") from exc
-        except FoveaError as exc:
-            # The message describes the file, never the patient: safe to log and return.
-            log.info("request %s refused: %s %s", request_id, exc.status, exc.code)
-            return JSONResponse(exc.to_json(), status_code=exc.status)
-        return findings.model_dump(mode="json")
+        return _respond(request_id, lambda: self.analyzer.analyze(
+            _read(image), request_id=request_id, laterality=_laterality(laterality)))
+
+    @bentoml.api(route="/analyze_study")
+    def analyze_study(self, images: list[Path], laterality: str = "") -> Any:
+        """Screen one patient's visit: several ``images`` (repeat the field) and optionally ``laterality``, one
+        L/R per image in the same order, comma-separated (``R,L``; omit it when the files carry it). Returns
+        per-image findings, a per-eye result and the patient-level referral (the worse eye decides)."""
+        request_id = uuid.uuid4().hex
+        return _respond(request_id, lambda: self.analyzer.analyze_study(
+            _uploads(images, laterality), request_id=request_id))
+
+    @bentoml.task(route="/jobs/analyze_study")
+    def analyze_study_job(self, images: list[Path], laterality: str = "") -> Any:
+        """``/analyze_study`` as a background job: ``POST /jobs/analyze_study/submit`` returns a ``task_id``;
+        ``GET .../status?task_id=`` and ``GET .../get?task_id=`` give its state and result. The job runs to the
+        end even if the client disconnects."""
+        request_id = uuid.uuid4().hex
+        return _respond(request_id, lambda: self.analyzer.analyze_study(
+            _uploads(images, laterality), request_id=request_id))
+
+    @bentoml.api(route="/info")
+    def info(self) -> dict[str, Any]:
+        """The models in use (name, version, sha256, provider), their intended use and the limits."""
+        card = self.analyzer.grader_card
+        op = card.operating_point("referable_dr")
+        return {
+            "models": [{"name": card.name, "version": card.version, "sha256": card.sha256, "task": card.task,
+                        "provider": self.analyzer.grader.provider, "intended_use": card.intended_use}],
+            "referable_operating_point": {
+                "threshold": SETTINGS.referable_threshold if SETTINGS.referable_threshold is not None
+                else (op.threshold if op else None),
+                "source": "site configuration" if SETTINGS.referable_threshold is not None else "model card"},
+            "limits": {"max_upload_bytes": SETTINGS.max_upload_bytes, "max_frames": SETTINGS.max_frames,
+                       "max_study_images": SETTINGS.max_study_images},
+        }
 
 
-Fovea.add_asgi_middleware(ErrorShapeMiddleware, max_body=MAX_UPLOAD_BYTES + 1024 * 1024)
+def _read(image: Path) -> bytes:
+    """The upload's bytes, refusing oversize ones before reading them."""
+    size = image.stat().st_size
+    if size > SETTINGS.max_upload_bytes:
+        raise PayloadTooLarge(f"the file is {size} bytes; the limit is {SETTINGS.max_upload_bytes} bytes")
+    return image.read_bytes()
+
+
+def _laterality(value: str | None) -> str | None:
+    """A form field's laterality: "L"/"R" (also "left"/"right", any case), empty for none."""
+    v = (value or "").strip().upper()
+    if not v:
+        return None
+    if v in {"L", "LEFT", "OS"}:
+        return "L"
+    if v in {"R", "RIGHT", "OD"}:
+        return "R"
+    raise BadRequest(f"laterality must be L or R (or left/right, OS/OD), not {value[:16]!r}")
+
+
+def _uploads(images: list[Path], laterality: str) -> list[tuple[bytes, str | None]]:
+    lateralities = [v for v in laterality.split(",")] if laterality.strip() else []
+    if not images:
+        raise BadRequest("send at least one photograph in the 'images' field")
+    if len(images) > SETTINGS.max_study_images:
+        raise PayloadTooLarge(f"{len(images)} images in one study; the limit is {SETTINGS.max_study_images}")
+    if lateralities and len(lateralities) != len(images):
+        raise BadRequest(f"{len(lateralities)} laterality values for {len(images)} images: send one per image, "
+                         "in the same order, or none")
+    lats = [_laterality(v) for v in lateralities] or [None] * len(images)
+    return [(_read(p), lat) for p, lat in zip(images, lats, strict=True)]
+
+
+def _respond(request_id: str, work: Callable[[], BaseModel]) -> Any:
+    """Run ``work``; typed client errors become their JSON 4xx, the result its JSON."""
+    try:
+        result = work()
+    except ValidationError as exc:
+        # Our own schema rejecting our own output is a server fault: BentoML would answer it with a 400.
+        raise RuntimeError(f"request {request_id}: findings failed schema validation") from exc
+    except FoveaError as exc:
+        # The message describes the file, never the patient: safe to log and return.
+        log.info("request %s refused: %s %s", request_id, exc.status, exc.code)
+        return JSONResponse(exc.to_json(), status_code=exc.status)
+    return result.model_dump(mode="json")
+
+
+Fovea.add_asgi_middleware(ErrorShapeMiddleware, max_body=SETTINGS.max_upload_bytes * SETTINGS.max_study_images
+                          + 1024 * 1024)

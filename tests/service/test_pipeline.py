@@ -11,6 +11,7 @@ import pytest
 
 from service.errors import FoveaError, UnsupportedMediaType
 from models.grading import softmax
+from service.decode import DecodeLimits
 from service.pipeline import Analyzer, saliency_target
 
 
@@ -34,12 +35,13 @@ def test_analyze_real_files(analyzer: Analyzer, fixture: str, request: pytest.Fi
     size = (f.image.width, f.image.height)
     assert _png_size(f.saliency.overlay_png) == size and _png_size(f.saliency.heatmap_png) == size
     assert f.models[0].sha256 == analyzer.grader_card.sha256 and f.models[0].provider == "CPUExecutionProvider"
-    assert {"decode", "preprocess", "inference", "render", "total"} <= set(f.timing_ms)
+    assert {"decode", "quality", "preprocess", "inference", "render", "total"} <= set(f.timing_ms)
     assert f.referable_dr is not None
     assert f.referable_dr.value == (f.referable_dr.probability >= f.referable_dr.operating_point)
     assert "synthetic" in f.disclaimer
     dumped = f.model_dump(mode="json")
-    assert "quality" not in dumped and "lesions" not in dumped  # capabilities that do not exist yet
+    assert "lesions" not in dumped  # no detector loaded: no placeholder list
+    assert dumped["quality"]["method"].startswith("classic measures")
 
 
 def test_source_is_sniffed_not_named(analyzer: Analyzer, retina_path: Path, jpeg_dicom: Path) -> None:
@@ -61,10 +63,42 @@ def test_softmax_and_saliency_target() -> None:
     assert saliency_target(0, np.array([0.7, 0.05, 0.2, 0.04, 0.01])) == 2
 
 
-def test_multi_frame_dicom_analyses_the_first_frame_and_says_so(analyzer: Analyzer, pydicom_files: Path) -> None:
+def test_multi_frame_dicom_analyses_every_frame(analyzer: Analyzer, pydicom_files: Path) -> None:
     f = analyzer.analyze((pydicom_files / "SC_rgb_rle_2frame.dcm").read_bytes())
-    assert f.image.source == "dicom"
-    assert any("1 of 2 frames" in n for n in f.image.notes)
+    assert f.image.source == "dicom" and (f.image.frame, f.image.frames) == (0, 2)
+    assert [g.image.frame for g in f.additional_frames] == [1]
+    assert f.additional_frames[0].image.sop_instance_uid == f.image.sop_instance_uid
+    assert f.additional_frames[0].additional_frames == []
+
+
+def test_frame_limit_is_a_setting(tiny_export: Path, pydicom_files: Path) -> None:
+    one = Analyzer.load(tiny_export / "tiny-grader.card.json", limits=DecodeLimits(max_frames=1))
+    f = one.analyze((pydicom_files / "SC_rgb_rle_2frame.dcm").read_bytes())
+    assert f.additional_frames == [] and any("1 of 2 frames" in n for n in f.image.notes)
+
+
+def test_laterality_from_the_form_unless_the_file_says(analyzer: Analyzer, retina_path: Path) -> None:
+    f = analyzer.analyze(retina_path.read_bytes(), laterality="L")
+    assert (f.image.laterality, f.image.laterality_source) == ("L", "form")
+    assert analyzer.analyze(retina_path.read_bytes()).image.laterality is None
+
+
+def test_ungradable_photo_has_no_referral_value(analyzer: Analyzer, retina_path: Path) -> None:
+    rgb = cv2.imread(str(retina_path))
+    dark = cv2.imencode(".png", (rgb * 0.15).astype(np.uint8))[1].tobytes()
+    f = analyzer.analyze(dark)
+    assert not f.quality.gradable and "underexposed" in f.quality.reasons
+    assert f.referable_dr is not None and f.referable_dr.value is None
+    assert "insufficient image quality" in (f.referable_dr.reason or "")
+
+
+def test_site_operating_point_replaces_the_cards(tiny_export: Path, retina_path: Path) -> None:
+    site = Analyzer.load(tiny_export / "tiny-grader.card.json", referable_threshold=0.0)
+    r = site.analyze(retina_path.read_bytes()).referable_dr
+    assert r is not None and r.value is True and r.operating_point == 0.0
+    assert r.operating_point_source == "site configuration"
+    with pytest.raises(ValueError, match="threshold"):
+        Analyzer.load(tiny_export / "tiny-grader.card.json", referable_threshold=1.5)
 
 
 def test_tampered_model_is_refused_before_a_session_exists(tiny_export: Path, tmp_path: Path) -> None:

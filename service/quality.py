@@ -1,0 +1,149 @@
+"""Image-quality gate: is a fundus photograph gradable, and if not, why (numpy/OpenCV, no model).
+
+Contract
+--------
+:func:`measure` computes a few classic, documented measures on the fundus field of one photograph (found by
+:func:`models.preprocess.locate_field`, analysed on a fixed :data:`ANALYSIS_SIZE` crop so the numbers do not
+depend on the camera's resolution). :func:`assess` compares them with :class:`QualityRules` and returns a
+:class:`QualityVerdict`: ``gradable``, a ``score`` in [0, 1] (the smallest per-measure margin squashed by a
+logistic; 0.5 is the decision boundary, it is a ranking, not a calibrated probability) and the ``reasons``
+for an ungradable photograph, named as screening graders name them:
+
+============  ==========================================================================================
+reason        measure (inside the field of view of the 512 px crop)
+============  ==========================================================================================
+field         ``coverage``: fraction of the field-of-view disc that is imaged (off-centre, cut or
+              vignetted field; an eyelid or lashes over a large part)
+underexposed  ``brightness``: median luminance of the field (0-1)
+overexposed   ``clipped``: fraction of field pixels with a saturated channel (≥ 250)
+blur          ``sharpness``: fine over coarse detail of the green channel (the channel where vessels and
+              microaneurysms have their contrast): std(green - G1.5) / std(G1.5 - G6), Gσ a Gaussian
+              blur of σ px; defocus lowers it, exposure and haze scale both terms alike
+haze          ``contrast``: vessel contrast — mean black top-hat of green (7 px disc) over the mean green
+uneven        ``illumination``: spread of the low-pass luminance across the field, (p95 - p5) / median
+============  ==========================================================================================
+
+The default thresholds were chosen on synthetic photographs with known artefacts (``datasets.synthetic``
+quality plans) and checked to keep real photographs gradable (scikit-image's ``retina.jpg``); see
+``tests/service/test_quality.py``, which re-measures the separation on a fresh synthetic sample. A trained
+image-quality model, when one is loaded, refines this gate; these measures still give the reasons.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+from models.preprocess import crop_field, locate_field
+
+#: Side of the square crop the measures are taken on.
+ANALYSIS_SIZE = 512
+#: Reason names, in the order they are reported.
+REASONS: tuple[str, ...] = ("field", "underexposed", "overexposed", "blur", "haze", "uneven")
+
+
+@dataclass(frozen=True)
+class QualityMeasures:
+    """The measures of one photograph (see the module docstring for their definitions)."""
+
+    coverage: float
+    brightness: float
+    clipped: float
+    sharpness: float
+    contrast: float
+    illumination: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: round(float(getattr(self, f.name)), 5) for f in fields(self)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class QualityRules:
+    """Thresholds of the gate. A photograph is ungradable when any measure is on the wrong side of its
+    threshold. ``*_min`` values must be reached, ``*_max`` values must not be exceeded."""
+
+    coverage_min: float = 0.80
+    brightness_min: float = 0.12
+    clipped_max: float = 0.10
+    sharpness_min: float = 0.012
+    contrast_min: float = 0.010
+    illumination_max: float = 1.10
+
+
+@dataclass(frozen=True)
+class QualityVerdict:
+    """The gate's answer for one photograph."""
+
+    gradable: bool
+    score: float
+    reasons: tuple[str, ...]
+    measures: QualityMeasures
+
+
+def measure(rgb: np.ndarray, field: tuple[float, float, float] | None = None) -> QualityMeasures:
+    """Measure ``rgb`` ((H, W, 3) uint8) inside its field of view; ``field`` as from ``locate_field``."""
+    field = locate_field(rgb) if field is None else field
+    crop, _ = crop_field(rgb, ANALYSIS_SIZE, field=field)
+    disc = _disc_mask(ANALYSIS_SIZE, 0.92)
+    lum = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    green = crop[:, :, 1].astype(np.float32) / 255.0
+
+    # Imaged part of the disc: not black padding / surround. 4 % is far below any exposed retina.
+    peak = cv2.max(cv2.max(crop[:, :, 0], crop[:, :, 1]), crop[:, :, 2])
+    imaged = (peak > 10) & disc
+    coverage = float(imaged.sum()) / float(disc.sum())
+    if imaged.sum() < 0.05 * disc.sum():  # nothing to measure: a black image or no fundus at all
+        return QualityMeasures(coverage, 0.0, 0.0, 0.0, 0.0, 0.0)
+    # Measures of texture are taken on the imaged part shrunk by a margin (the field's rim is a strong edge).
+    inner = cv2.erode(imaged.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (15, 15))) > 0
+    if inner.sum() < 100:
+        inner = imaged
+
+    brightness = float(np.median(lum[imaged]))
+    clipped = float((peak[imaged] >= 250).mean())
+
+    # Fine detail over coarser detail of the same photo: defocus lowers the ratio, a veil or a gain does not.
+    low = cv2.GaussianBlur(green, (0, 0), 1.5)
+    lower = cv2.GaussianBlur(green, (0, 0), 6.0)
+    sharpness = float(np.std((green - low)[inner]) / max(float(np.std((low - lower)[inner])), 1e-4))
+
+    tophat = cv2.morphologyEx(green, cv2.MORPH_BLACKHAT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
+    contrast = float(tophat[inner].mean() / max(float(green[inner].mean()), 1e-3))
+
+    small = cv2.resize(lum, (32, 32), interpolation=cv2.INTER_AREA)
+    small_mask = cv2.resize(inner.astype(np.uint8), (32, 32), interpolation=cv2.INTER_NEAREST) > 0
+    vals = small[small_mask] if small_mask.sum() >= 8 else lum[inner]
+    p5, p50, p95 = np.percentile(vals, [5, 50, 95])
+    illumination = float((p95 - p5) / max(float(p50), 1e-3))
+    return QualityMeasures(coverage, brightness, clipped, sharpness, contrast, illumination)
+
+
+def assess(m: QualityMeasures, rules: QualityRules = QualityRules()) -> QualityVerdict:
+    """Apply ``rules`` to measures ``m``; reasons follow :data:`REASONS` order."""
+    # Margins are relative to each threshold so one scale fits all measures; > 0 means on the good side.
+    margins = {
+        "field": m.coverage / rules.coverage_min - 1.0,
+        "underexposed": m.brightness / rules.brightness_min - 1.0,
+        "overexposed": 1.0 - m.clipped / rules.clipped_max,
+        "blur": m.sharpness / rules.sharpness_min - 1.0,
+        "haze": m.contrast / rules.contrast_min - 1.0,
+        "uneven": 1.0 - m.illumination / rules.illumination_max,
+    }
+    reasons = tuple(r for r in REASONS if margins[r] < 0)
+    worst = min(margins.values())
+    score = 1.0 / (1.0 + math.exp(-8.0 * max(-5.0, min(5.0, worst))))
+    return QualityVerdict(gradable=not reasons, score=round(score, 4), reasons=reasons, measures=m)
+
+
+@lru_cache(maxsize=4)
+def _disc_mask(size: int, fraction: float) -> np.ndarray:
+    """Boolean disc of radius ``fraction * size / 2`` centred in a ``size``×``size`` square (read-only)."""
+    yy, xx = np.mgrid[:size, :size]
+    c = (size - 1) / 2.0
+    mask = (xx - c) ** 2 + (yy - c) ** 2 <= (fraction * size / 2.0) ** 2
+    mask.flags.writeable = False
+    return mask

@@ -1,0 +1,92 @@
+"""Service settings: environment variables, optionally a YAML file (``FOVEA_CONFIG``) for the rest.
+
+Every setting has a safe default, so ``make serve`` needs none. Environment variables win over the file.
+
+=============================  ======================================================  =================
+variable / YAML key            meaning                                                 default
+=============================  ======================================================  =================
+FOVEA_GRADER_TAG grader_tag    model-store tag of the DR grader                        dr-grader:latest
+FOVEA_MAX_UPLOAD_BYTES         largest accepted upload (HTTP and decoder)              64 MiB
+FOVEA_MAX_FRAMES max_frames    frames of a multi-frame upload analysed                 8
+FOVEA_MAX_STUDY_IMAGES         uploads accepted by one study request                   8
+FOVEA_REFERABLE_THRESHOLD      site operating point for referable DR (replaces the     the model card's
+  referable_threshold          card's; e.g. a programme that wants higher specificity)
+``quality:`` (YAML only)       overrides of :class:`service.quality.QualityRules`      calibrated rules
+=============================  ======================================================  =================
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.quality import QualityRules
+
+CONFIG_ENV = "FOVEA_CONFIG"
+_ENV = {
+    "grader_tag": "FOVEA_GRADER_TAG",
+    "max_upload_bytes": "FOVEA_MAX_UPLOAD_BYTES",
+    "max_frames": "FOVEA_MAX_FRAMES",
+    "max_study_images": "FOVEA_MAX_STUDY_IMAGES",
+    "referable_threshold": "FOVEA_REFERABLE_THRESHOLD",
+}
+
+
+class QualitySettings(BaseModel):
+    """Optional overrides of the quality gate's thresholds (names as in :class:`QualityRules`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    coverage_min: float | None = None
+    brightness_min: float | None = None
+    clipped_max: float | None = None
+    sharpness_min: float | None = None
+    contrast_min: float | None = None
+    illumination_max: float | None = None
+
+    def rules(self) -> QualityRules:
+        return QualityRules(**{k: v for k, v in self.model_dump().items() if v is not None})
+
+
+class Settings(BaseModel):
+    """The resolved settings of one service process."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    grader_tag: str = "dr-grader:latest"
+    max_upload_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    max_frames: int = Field(8, ge=1, le=256)
+    max_study_images: int = Field(8, ge=1, le=64)
+    referable_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    quality: QualitySettings = QualitySettings()
+
+
+class SettingsError(ValueError):
+    """The configuration cannot be used; the message names the variable or file and the problem."""
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Read ``FOVEA_CONFIG`` (if set) and the ``FOVEA_*`` variables; :class:`SettingsError` when invalid."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = env.get(CONFIG_ENV)
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SettingsError(f"{CONFIG_ENV}={path}: cannot read the file ({exc.__class__.__name__})") from exc
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"{CONFIG_ENV}={path}: expected a mapping of settings at the top level")
+        values.update(loaded)
+    for key, var in _ENV.items():
+        if env.get(var, "").strip():
+            values[key] = env[var].strip()
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise SettingsError(f"invalid Fovea settings: {problems}") from exc

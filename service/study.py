@@ -1,0 +1,79 @@
+"""Per-eye and per-patient screening outcome of a study (several photographs of one patient).
+
+Screening programmes report per eye and per patient; the rules implemented here:
+
+* an image counts only if it is gradable (quality gate) — an ungradable image never makes an eye "not
+  referable";
+* **per eye**: the worst gradable image decides: the highest ICDR grade, and referable if any gradable image
+  of that eye is referable (its probability is the largest among them); ``referable`` is ``null`` when no
+  image of the eye is gradable;
+* **per patient**: referable if any eye (or any image of unknown laterality) is referable — the worse eye
+  decides; not referable only when every eye photographed has a gradable, non-referable result; otherwise
+  ``null`` with the reason (insufficient quality).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from service.findings import EyeResult, Findings, PatientResult
+
+_EYES: tuple[Literal["L", "R"], ...] = ("R", "L")
+_EYE_NAMES = {"R": "right eye", "L": "left eye", "unknown": "image(s) without laterality"}
+
+
+def eye_results(images: Sequence[Findings]) -> list[EyeResult]:
+    """One :class:`EyeResult` per laterality present among ``images`` (right eye first, as charts read)."""
+    results = []
+    for eye in _EYES:
+        idx = [i for i, f in enumerate(images) if f.image.laterality == eye]
+        if idx:
+            results.append(_eye(eye, idx, images))
+    return results
+
+
+def _eye(eye: Literal["L", "R"], idx: list[int], images: Sequence[Findings]) -> EyeResult:
+    gradable = [i for i in idx if images[i].quality.gradable]
+    if not gradable:
+        return EyeResult(laterality=eye, images=idx, gradable=False)
+    worst = max(gradable, key=lambda i: (images[i].dr_grade.grade, _p_ref(images[i])))
+    refs = [images[i].referable_dr for i in gradable if images[i].referable_dr is not None]
+    referable = any(r.value for r in refs) if refs else None
+    return EyeResult(
+        laterality=eye, images=idx, gradable=True, dr_grade=images[worst].dr_grade.grade,
+        label=images[worst].dr_grade.label, referable=referable,
+        referable_probability=max(r.probability for r in refs) if refs else None,
+    )
+
+
+def _p_ref(f: Findings) -> float:
+    return f.referable_dr.probability if f.referable_dr is not None else 0.0
+
+
+def patient_result(images: Sequence[Findings], eyes: Sequence[EyeResult]) -> PatientResult:
+    """The patient-level referral from the per-eye results (and images of unknown laterality)."""
+    groups: dict[str, bool | None] = {e.laterality: e.referable for e in eyes}
+    unknown = [f for f in images if f.image.laterality is None]
+    if unknown:
+        graded = [f.referable_dr.value for f in unknown if f.quality.gradable and f.referable_dr is not None]
+        groups["unknown"] = any(graded) if graded else None
+    referable = [g for g, v in groups.items() if v is True]
+    if referable:
+        worst = max(referable, key=lambda g: _group_probability(g, eyes, unknown))
+        return PatientResult(referable=True, decided_by=worst,  # type: ignore[arg-type]
+                             reason=f"referable diabetic retinopathy in the {_EYE_NAMES[worst]}")
+    ungraded = [g for g, v in groups.items() if v is None]
+    if ungraded:
+        names = " and ".join(_EYE_NAMES[g] for g in ungraded)
+        return PatientResult(referable=None, decided_by=None,
+                             reason=f"insufficient image quality for the {names}: re-photograph, or refer per the "
+                                    "programme's protocol for ungradable photographs")
+    return PatientResult(referable=False, decided_by=None,
+                         reason="no referable diabetic retinopathy in any gradable photograph")
+
+
+def _group_probability(group: str, eyes: Sequence[EyeResult], unknown: Sequence[Findings]) -> float:
+    if group == "unknown":
+        return max((f.referable_dr.probability for f in unknown if f.referable_dr is not None), default=0.0)
+    return next((e.referable_probability or 0.0 for e in eyes if e.laterality == group), 0.0)
