@@ -3,7 +3,7 @@
 Contract
 --------
 :func:`decode` turns the raw bytes of one upload into one :class:`DecodedImage` per analysed frame: an
-``(H, W, 3)`` ``uint8`` RGB array, C-contiguous, plus the DICOM identifiers the report needs. It accepts
+``(h, w, 3)`` ``uint8`` RGB array, C-contiguous, plus the DICOM identifiers the report needs. It accepts
 exactly three formats, recognised by magic bytes (never by file name or declared content type):
 
 * DICOM Part 10 files (128-byte preamble + ``b"DICM"``); preamble-less datasets are refused;
@@ -18,36 +18,66 @@ cause):
 =====================================================================  ===================================
 condition                                                              error
 =====================================================================  ===================================
-empty bytes, or not DICOM Part 10 / JPEG / PNG                         ``UnsupportedMediaType`` (415)
+empty bytes, or not DICOM Part 10 / JPEG / PNG (GIF, TIFF, BMP, WebP   ``UnsupportedMediaType`` (415)
+are named in the message)
 more than ``max_bytes`` bytes; header dimensions over ``max_pixels``   ``PayloadTooLarge`` (413)
 (checked BEFORE any pixel is decoded); deflated DICOM inflating to
 more than ``max_inflated_bytes``
 truncated or corrupt JPEG / PNG / DICOM                                ``UnreadableImage`` (400)
 valid DICOM that is not analysed: no Pixel Data, a SOP class that is   ``UnsupportedDicom`` (422)
-not a fundus / visible-light photograph, an unsupported transfer
-syntax, photometric interpretation or bit depth
+not a fundus / visible-light photograph (the message names it), an
+unsupported transfer syntax, photometric interpretation or bit depth
+shorter side below ``min_side`` pixels (from the header)                ``ImageTooSmall`` (422)
 =====================================================================  ===================================
 
 Error messages describe the file (SOP class, transfer syntax, photometric interpretation, sizes), never the
 patient: no names, IDs or dates are ever read into a message, and messages of third-party exceptions (which
 may quote element values) are not copied into ours.
 
+Multi-frame
+-----------
+Every frame of a multi-frame DICOM is returned, in order, up to ``max_frames`` frames and
+``max_total_pixels`` pixels in all (whichever allows fewer; at least one frame). When frames are left out,
+every returned image carries a note saying how many of how many were skipped and which limit applied. Each
+frame is an independent image for the analysis (``frame_index`` says which).
+
+Reduced-resolution decoding (``target``)
+----------------------------------------
+The model never sees more than ``target`` pixels on the short side, so decoding a 10 Mpx JPEG at full size
+is wasted work. With ``target`` given, a JPEG (or a colour 8-bit JPEG baseline / extended DICOM) whose
+shorter side is at least ``2 * target`` is decoded by libjpeg's DCT scaling at the largest reduction
+``scale`` in (2, 4, 8) that keeps ``shorter_side // scale >= target`` (OpenCV ``IMREAD_REDUCED_COLOR_<s>``,
+or Pillow ``draft``). The result then has:
+
+* ``width`` / ``height`` = the ORIGINAL image size (after EXIF orientation): what a report quotes;
+* ``rgb.shape == (ceil(height / scale), ceil(width / scale), 3)``;
+* ``scale`` = original pixels per decoded pixel (exact: libjpeg reduces each 8x8 block to ``8/scale`` pixels),
+  so a decoded-pixel EDGE coordinate ``X`` is ``X * scale`` in original pixels (clip to ``width``/``height``;
+  the last decoded column/row may cover fewer than ``scale`` original pixels). ``scale == 1`` otherwise.
+
+PNG, other DICOM transfer syntaxes and monochrome JPEG DICOM are always decoded at full size.
+
 Colour handling
 ---------------
 * JPEG / PNG: decoded with OpenCV (``cv2.imdecode``, BGR -> RGB), Pillow as a fallback for what OpenCV cannot
-  read. Grayscale is replicated to 3 channels, alpha is dropped (RGBA / LA / palette-with-transparency PNG ->
-  RGB; the colour values under transparent pixels are kept as stored), 16-bit PNG is scaled to 8 bit
-  (``round(v / 257)``). EXIF orientation is deliberately IGNORED for now (both decoders are told to), so the
-  array is in stored order; a rotated phone photo of a fundus stays rotated.
+  read. Grayscale is replicated to 3 channels, CMYK / YCCK JPEG is converted to RGB, alpha is dropped (RGBA /
+  LA / palette-with-transparency PNG -> RGB; the colour values under transparent pixels are kept as stored),
+  16-bit PNG is scaled to 8 bit (``round(v / 257)``). JPEG EXIF orientation (tag 0x0112) IS applied, so the
+  array is in display order and ``width``/``height`` are the displayed size (a note says so); a PNG ``eXIf``
+  orientation is ignored (Pillow would decode the whole image to read it, before our size check). An
+  animated PNG (APNG) or multi-picture JPEG (MPO) gives its first / default image, with a note; animated GIF
+  is not accepted (415) - GIF is no fundus camera's format.
 * DICOM: pixels are decoded by pydicom 3 (``Decoder.iter_array``) with only permissively licensed backends:
   pydicom's own native / RLE decoders and Pillow (libjpeg-turbo / OpenJPEG) in process; GDCM (JPEG lossless,
   JPEG-LS, and fallback for JPEG / JPEG 2000 that Pillow refuses) ONLY in a child process, because GDCM aborts
   or segfaults the interpreter on some corrupt codestreams (see :mod:`service.dicom_pixels`). pylibjpeg (GPL
-  libjpeg) is never used even if installed. YBR_FULL / YBR_FULL_422 are converted to RGB exactly once, by
-  pydicom (we check the photometric interpretation pydicom reports after decoding); YBR_ICT / YBR_RCT
-  (JPEG 2000) come back as RGB from the backends; PALETTE COLOR goes through the palette LUT; MONOCHROME1/2
-  go through the modality LUT / rescale and the VOI LUT / window (first one), then to 8 bit, MONOCHROME1
-  inverted. 16-bit colour is scaled by ``BitsStored``.
+  libjpeg) is never used even if installed. Colour 8-bit JPEG baseline / extended frames (the common fundus
+  camera output) are decoded by Pillow directly (:func:`service.dicom_pixels.decode_jpeg_colour_frames`,
+  with pydicom's colour rules, YBR -> RGB by OpenCV: ~3x faster than pydicom's numpy conversion), which is
+  also what allows reduced-resolution decoding; the pydicom path is the fallback. YBR_FULL / YBR_FULL_422 are
+  converted to RGB exactly once; YBR_ICT / YBR_RCT (JPEG 2000) come back as RGB from the backends; PALETTE
+  COLOR goes through the palette LUT; MONOCHROME1/2 go through the modality LUT / rescale and the VOI LUT /
+  window (first one), then to 8 bit, MONOCHROME1 inverted. 16-bit colour is scaled by ``BitsStored``.
 
 Limits and other defences
 -------------------------
@@ -67,6 +97,8 @@ Limits and other defences
 * Truncated JPEG/PNG uploads are detected from their structure (no EOI after the last SOS / PNG chunks that do
   not chain to IEND), because OpenCV returns partially decoded images silently; PNG chunk lengths are checked
   against the upload size because OpenCV allocates a chunk's declared length before reading it.
+* The DICOM file meta is read with pydicom's public ``read_dataset`` (stopping at the first element outside
+  group 0002) so a deflated dataset's inflated size can be bounded before pydicom inflates it.
 * Thread-safety: no global state is modified; :func:`decode` may be called from several threads.
 * ``decode`` cannot hang on in-process work (all parsing loops advance; sizes are bounded before decoding);
   the GDCM child has a wall-clock timeout (``isolated_decode_timeout_s``).
@@ -87,19 +119,22 @@ from PIL import Image
 from pydicom import uid as dcm_uid
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
-from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.filereader import read_dataset, read_preamble
 from pydicom.pixels import get_decoder
+from pydicom.tag import BaseTag
 
 from service.dicom_pixels import (
     IN_PROCESS_PLUGINS,
     PixelHeader,
     decode_frames,
     decode_frames_isolated,
+    decode_jpeg_colour_frames,
     finish_rgb,
     scale_uint_to_u8,
 )
 from service.errors import (
     FoveaError,
+    ImageTooSmall,
     PayloadTooLarge,
     UnreadableImage,
     UnsupportedDicom,
@@ -113,6 +148,7 @@ __all__ = [
     "DecodeLimits",
     "DecodedImage",
     "decode",
+    "jpeg_reduction",
     "sniff",
 ]
 
@@ -129,18 +165,22 @@ class DecodeLimits:
     """Resource limits applied by :func:`decode`.
 
     ``max_bytes``: size of the upload. ``max_pixels``: ``width * height`` of one frame, checked from the
-    header before any pixel is decoded. ``max_frames``: a multi-frame DICOM is analysed on its first
-    ``max_frames`` frames only (not an error; :attr:`DecodedImage.notes` says so). ``max_inflated_bytes``: a
-    DICOM file in the Deflated Explicit VR Little Endian transfer syntax may not inflate to more than this
-    (zip-bomb guard).
+    header before any pixel is decoded. ``min_side``: the shorter side of an image (from the header) must be
+    at least this many pixels (smaller is :class:`~service.errors.ImageTooSmall`: far below any grader's
+    input, and no fundus camera's output). ``max_frames`` and ``max_total_pixels``: a multi-frame DICOM is
+    analysed on its first frames only, as many as both limits allow (at least one; not an error,
+    :attr:`DecodedImage.notes` says so); ``max_total_pixels`` bounds the memory of one call to about
+    ``3 * max_total_pixels`` bytes of output whatever the frame size. ``max_inflated_bytes``: a DICOM file in
+    the Deflated Explicit VR Little Endian transfer syntax may not inflate to more than this (zip-bomb guard).
     ``isolated_decode_timeout_s``: wall-clock limit for the child process that runs GDCM (see
     :mod:`service.dicom_pixels`); past it the child is killed and the upload is ``UnreadableImage``.
-    Worst-case memory for one call is roughly ``max_frames * max_pixels * 3`` bytes of output.
     """
 
     max_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 60_000_000
+    min_side: int = 32
     max_frames: int = 16
+    max_total_pixels: int = 200_000_000
     max_inflated_bytes: int = 256 * 1024 * 1024
     isolated_decode_timeout_s: float = 60.0
 
@@ -149,14 +189,18 @@ class DecodeLimits:
 class DecodedImage:
     """One decoded frame.
 
-    ``rgb`` is ``(height, width, 3)`` ``uint8`` RGB, C-contiguous, owned by this object (not a view on the
-    upload). ``source`` is ``"dicom"``, ``"jpeg"`` or ``"png"``. ``frame_index`` is the 0-based frame number
-    for a multi-frame DICOM, else ``None``. ``laterality`` is ``"L"``/``"R"`` from DICOM ImageLaterality
-    (0020,0062) or, failing that, Laterality (0020,0060); ``None`` otherwise (including ``"B"``/``"U"``). The
-    UIDs, ``photometric_interpretation`` (as stored in the file, before conversion to RGB) and
-    ``transfer_syntax_uid`` are ``None`` for JPEG/PNG. ``notes`` are short human-readable remarks about
-    lossy or partial handling (frames skipped, alpha dropped, 16 bit scaled, EXIF orientation ignored, ...);
-    they contain no patient data.
+    ``rgb`` is ``(h, w, 3)`` ``uint8`` RGB, C-contiguous, owned by this object (not a view on the upload).
+    ``width`` / ``height`` are the ORIGINAL image's size in display orientation (after EXIF orientation);
+    ``scale`` is original pixels per decoded pixel: ``1.0`` unless :func:`decode` was given a ``target`` and
+    decoded at reduced resolution, in which case ``h == ceil(height / scale)``, ``w == ceil(width / scale)``
+    and a decoded-pixel edge coordinate ``X`` maps to ``X * scale`` original pixels (see the module
+    docstring). ``source`` is ``"dicom"``, ``"jpeg"`` or ``"png"``. ``frame_index`` is the 0-based frame
+    number for a multi-frame DICOM, else ``None``. ``laterality`` is ``"L"``/``"R"`` from DICOM
+    ImageLaterality (0020,0062) or, failing that, Laterality (0020,0060); ``None`` otherwise (including
+    ``"B"``/``"U"``). The UIDs, ``photometric_interpretation`` (as stored in the file, before conversion to
+    RGB) and ``transfer_syntax_uid`` are ``None`` for JPEG/PNG. ``notes`` are short human-readable remarks
+    about lossy, partial or transformed handling (frames skipped, alpha dropped, 16 bit scaled, EXIF
+    orientation applied, reduced resolution, ...); they contain no patient data.
     ``eq=False``: instances compare by identity (ndarray equality is not a bool).
     """
 
@@ -164,6 +208,7 @@ class DecodedImage:
     source: str
     width: int
     height: int
+    scale: float = 1.0
     frame_index: int | None = None
     laterality: str | None = None
     sop_class_uid: str | None = None
@@ -239,6 +284,13 @@ _J2K_FAMILY: Final = frozenset({dcm_uid.JPEG2000Lossless, dcm_uid.JPEG2000})
 
 _PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC: Final = b"\xff\xd8\xff"
+# Formats people send that we refuse by name (a clearer 415 than "not recognised").
+_REFUSED_MAGIC: Final = (
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -250,7 +302,8 @@ def sniff(data: bytes) -> str:
     """Return ``"dicom"``, ``"jpeg"`` or ``"png"`` from the magic bytes of ``data``.
 
     DICOM means Part 10 only: a 128-byte preamble followed by ``b"DICM"``. Raises
-    :class:`~service.errors.UnsupportedMediaType` for anything else, including empty bytes.
+    :class:`~service.errors.UnsupportedMediaType` for anything else, including empty bytes; a few common
+    image formats we do not accept (GIF, TIFF, BMP, WebP) are named in the message.
     """
     if not data:
         raise UnsupportedMediaType(f"The upload is empty: {_SUPPORTED_FORMATS_HINT}.")
@@ -260,18 +313,36 @@ def sniff(data: bytes) -> str:
         return "jpeg"
     if data[:8] == _PNG_MAGIC:
         return "png"
+    named = next((name for magic, name in _REFUSED_MAGIC if data.startswith(magic)), None)
+    if named is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        named = "WebP"
+    if named is None and data[:2] == b"BM" and data[6:10] == b"\x00\x00\x00\x00":  # reserved fields 0
+        named = "BMP"
+    if named is not None:
+        raise UnsupportedMediaType(
+            f"The upload is a {named} image, which is not accepted: {_SUPPORTED_FORMATS_HINT} "
+            "(convert it to PNG without loss)."
+        )
     raise UnsupportedMediaType(
         "The upload is not a recognised image format (checked by content, not by name): "
         f"{_SUPPORTED_FORMATS_HINT}. A DICOM file must be in Part 10 format (128-byte preamble + 'DICM')."
     )
 
 
-def decode(data: bytes, *, limits: DecodeLimits = DecodeLimits()) -> list[DecodedImage]:
+def decode(
+    data: bytes, *, limits: DecodeLimits = DecodeLimits(), target: int | None = None
+) -> list[DecodedImage]:
     """Decode one upload into RGB frames (one :class:`DecodedImage` per analysed frame, never empty).
 
-    Raises only :class:`~service.errors.FoveaError` subclasses (see the module docstring for which one when).
-    Size limits are enforced before any pixel is decoded.
+    Raises only :class:`~service.errors.FoveaError` subclasses for bad bytes (see the module docstring for
+    which one when); size limits are enforced before any pixel is decoded. ``target``: the smallest short
+    side the caller needs (e.g. the model input size); a JPEG at least twice as large on its short side is
+    decoded at reduced resolution (see the module docstring and :attr:`DecodedImage.scale`). ``None`` (the
+    default) always decodes at full resolution. A ``target`` below 1 is a programming error
+    (``ValueError``).
     """
+    if target is not None and (not isinstance(target, int) or target < 1):
+        raise ValueError(f"target must be a positive int or None, not {target!r}")
     if not isinstance(data, bytes):
         data = bytes(data)  # bytearray / memoryview
     if len(data) > limits.max_bytes:
@@ -279,8 +350,8 @@ def decode(data: bytes, *, limits: DecodeLimits = DecodeLimits()) -> list[Decode
     kind = sniff(data)
     try:
         if kind == "dicom":
-            return _decode_dicom(data, limits)
-        return [_decode_raster(data, kind, limits)]
+            return _decode_dicom(data, limits, target)
+        return [_decode_raster(data, kind, limits, target)]
     except FoveaError:
         raise
     except Exception as exc:  # the contract: nothing but FoveaError escapes
@@ -303,6 +374,33 @@ def _check_pixels(width: int, height: int, limits: DecodeLimits, what: str = "Th
             f"{what} is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels} pixels "
             "per image."
         )
+
+
+def _check_min_side(width: int, height: int, limits: DecodeLimits, what: str = "The image") -> None:
+    if min(width, height) < limits.min_side:
+        raise ImageTooSmall(
+            f"{what} is {width}x{height} pixels; the shorter side must be at least {limits.min_side} pixels "
+            "to be analysed. Send the original photograph, not a thumbnail."
+        )
+
+
+#: libjpeg's DCT scaling factors usable for reduced decoding, largest first.
+_REDUCTIONS: Final = (8, 4, 2)
+
+
+def jpeg_reduction(width: int, height: int, target: int | None) -> int:
+    """The largest libjpeg reduction ``s`` in (8, 4, 2) with ``min(width, height) // s >= target``, else 1.
+
+    Public for :mod:`service.dicom_pixels` and tests; ``target=None`` means full resolution.
+    """
+    if target is None:
+        return 1
+    short = min(width, height)
+    return next((s for s in _REDUCTIONS if short // s >= target), 1)
+
+
+def _reduced_note(scale: int) -> str:
+    return f"decoded at 1/{scale} resolution (the analysis needs no more; results are in original pixels)"
 
 
 def _jpeg_complete(buf: bytes) -> bool:
@@ -341,13 +439,16 @@ def _png_chunks_complete(data: bytes) -> bool:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _decode_raster(data: bytes, kind: str, limits: DecodeLimits) -> DecodedImage:
+def _decode_raster(data: bytes, kind: str, limits: DecodeLimits, target: int | None) -> DecodedImage:
     fmt = "JPEG" if kind == "jpeg" else "PNG"
-    # 1. Header only (Pillow's open is lazy): dimensions against our limit before decoding anything.
+    # 1. Header only (Pillow's open is lazy): dimensions against our limits before decoding anything.
     try:
         with Image.open(io.BytesIO(data), formats=[fmt]) as im:
-            width, height = im.size
+            width, height = im.size  # stored order
+            # PNG: getexif() would decode the whole image to look for a trailing eXIf chunk - not before the
+            # size check, and PNG orientation is rare: only JPEG orientation is honoured.
             orientation = _exif_orientation(im) if kind == "jpeg" else 1
+            frames = _frame_count(im)
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(
             f"The {fmt} header declares an image larger than the decoder allows; the limit is "
@@ -360,6 +461,7 @@ def _decode_raster(data: bytes, kind: str, limits: DecodeLimits) -> DecodedImage
     if width <= 0 or height <= 0:
         raise UnreadableImage(f"The {fmt} header declares an empty image ({width}x{height}).")
     _check_pixels(width, height, limits, f"The {fmt} image")
+    _check_min_side(width, height, limits, f"The {fmt} image")
 
     # 2. Truncation: decoders (OpenCV in particular) return partial images silently.
     if kind == "jpeg" and not _jpeg_complete(data):
@@ -370,19 +472,34 @@ def _decode_raster(data: bytes, kind: str, limits: DecodeLimits) -> DecodedImage
             "(no IEND chunk after the image data)."
         )
 
-    # 3. Decode: OpenCV first, Pillow for what OpenCV cannot read.
+    # 3. Decode (stored order, possibly reduced): OpenCV first, Pillow for what OpenCV cannot read.
+    scale = jpeg_reduction(width, height, target) if kind == "jpeg" else 1
     notes: list[str] = []
-    if orientation != 1:
-        notes.append(f"EXIF orientation {orientation} ignored: pixels are in stored order, not rotated")
-    rgb = _cv2_decode(data, kind, notes)
+    if frames > 1:
+        what = "animated PNG" if kind == "png" else "multi-picture JPEG"
+        notes.append(f"{what} with {frames} frames: only the first (default) image was analysed")
+    rgb = _cv2_decode(data, kind, notes, scale)
     if rgb is None:
-        rgb = _pillow_decode(data, fmt, notes)
+        rgb = _pillow_decode(data, fmt, notes, scale)
         notes.append("decoded with Pillow (OpenCV could not read it)")
-    if rgb.shape[:2] != (height, width):
+    expected = (-(-height // scale), -(-width // scale))
+    if rgb.shape[:2] != expected:
         raise UnreadableImage(
-            f"The {fmt} decoded to {rgb.shape[1]}x{rgb.shape[0]} but its header says {width}x{height}."
+            f"The {fmt} decoded to {rgb.shape[1]}x{rgb.shape[0]} but its header says {width}x{height}"
+            + (f" (at 1/{scale}: {expected[1]}x{expected[0]})." if scale > 1 else ".")
         )
-    return DecodedImage(rgb=finish_rgb(rgb), source=kind, width=width, height=height, notes=tuple(notes))
+    if scale > 1:
+        notes.append(_reduced_note(scale))
+
+    # 4. Display orientation: the grader and the reader see the photo the way the camera meant it.
+    if orientation != 1:
+        rgb = _apply_orientation(rgb, orientation)
+        if orientation >= 5:  # the transposing orientations swap the axes
+            width, height = height, width
+        notes.append(f"EXIF orientation {orientation} applied (pixels rotated/flipped to display order)")
+    return DecodedImage(
+        rgb=finish_rgb(rgb), source=kind, width=width, height=height, scale=float(scale), notes=tuple(notes)
+    )
 
 
 def _exif_orientation(im: Image.Image) -> int:
@@ -394,13 +511,52 @@ def _exif_orientation(im: Image.Image) -> int:
         return 1
 
 
-def _cv2_decode(data: bytes, kind: str, notes: list[str]) -> np.ndarray | None:
-    """Decode with OpenCV; ``None`` if OpenCV cannot (the caller falls back to Pillow)."""
+def _frame_count(im: Image.Image) -> int:
+    """Frames of an APNG (acTL) / MPO as Pillow reads them from the header; 1 when unknown."""
+    try:
+        return max(1, int(getattr(im, "n_frames", 1)))
+    except Exception:
+        return 1
+
+
+def _apply_orientation(rgb: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn stored pixels into display order for EXIF orientation 2-8 (TIFF/EXIF 2.32, tag 0x0112).
+
+    Same result as Pillow's ``ImageOps.exif_transpose`` (checked by a test for all eight values).
+    """
+    if orientation == 2:
+        return cv2.flip(rgb, 1)  # mirror left-right
+    if orientation == 3:
+        return cv2.rotate(rgb, cv2.ROTATE_180)
+    if orientation == 4:
+        return cv2.flip(rgb, 0)  # mirror top-bottom
+    if orientation == 5:
+        return cv2.transpose(rgb)  # mirror along the main diagonal
+    if orientation == 6:
+        return cv2.rotate(rgb, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:
+        return cv2.flip(cv2.transpose(rgb), -1)  # mirror along the anti-diagonal
+    if orientation == 8:
+        return cv2.rotate(rgb, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return rgb
+
+
+_CV2_REDUCED: Final = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+
+
+def _cv2_decode(data: bytes, kind: str, notes: list[str], scale: int = 1) -> np.ndarray | None:
+    """Decode with OpenCV in stored order; ``None`` if OpenCV cannot (the caller falls back to Pillow)."""
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
         if kind == "jpeg":
-            # Always 8-bit, 3 channels (grayscale / CMYK converted by OpenCV); EXIF orientation NOT applied.
-            img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+            # Always 8-bit, 3 channels (grayscale / CMYK converted by OpenCV), at 1/scale; EXIF orientation
+            # is NOT applied here (we apply it ourselves, identically for both decoders).
+            img = cv2.imdecode(buf, _CV2_REDUCED[scale] | cv2.IMREAD_IGNORE_ORIENTATION)
             return None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)  # keeps 16 bit and alpha; never rotates
         if img is None:
@@ -429,11 +585,16 @@ def _cv2_decode(data: bytes, kind: str, notes: list[str]) -> np.ndarray | None:
         return None
 
 
-def _pillow_decode(data: bytes, fmt: str, notes: list[str]) -> np.ndarray:
-    """Decode with Pillow (fallback). Truncation raises unless someone enabled Pillow's process-global
-    ``LOAD_TRUNCATED_IMAGES``, which is why truncation is also checked from the structure beforehand."""
+def _pillow_decode(data: bytes, fmt: str, notes: list[str], scale: int = 1) -> np.ndarray:
+    """Decode with Pillow (fallback) in stored order, a JPEG at 1/scale via ``draft``. Truncation raises
+    unless someone enabled Pillow's process-global ``LOAD_TRUNCATED_IMAGES``, which is why truncation is also
+    checked from the structure beforehand."""
     try:
         with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+            if scale > 1:
+                # draft() picks the largest libjpeg scale <= min(w // req_w, h // req_h): exactly `scale`
+                # for req = size // scale (the caller checks the resulting size).
+                im.draft("RGB", (im.size[0] // scale, im.size[1] // scale))
             im.load()
             if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
                 arr = np.asarray(im)
@@ -488,8 +649,7 @@ def _read_dataset(data: bytes, limits: DecodeLimits) -> Dataset:
     try:
         fp = io.BytesIO(data)
         read_preamble(fp, False)
-        meta = _read_file_meta_info(fp)  # private in pydicom 3, but the only way to read meta from a buffer
-        dataset_offset = fp.tell()
+        meta, dataset_offset = _read_file_meta(fp)
     except Exception as exc:
         raise UnreadableImage(
             "The DICOM file meta information could not be read; the file is corrupt or truncated."
@@ -510,6 +670,31 @@ def _read_dataset(data: bytes, limits: DecodeLimits) -> Dataset:
         return pydicom.dcmread(io.BytesIO(data), force=False)
     except Exception as exc:
         raise UnreadableImage("The DICOM file could not be parsed; it is corrupt or truncated.") from exc
+
+
+def _not_file_meta(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag.group != 0x0002
+
+
+def _read_file_meta(fp: io.BytesIO) -> tuple[Dataset, int]:
+    """The File Meta Information group (PS3.10 7.1) at ``fp`` and the offset of the dataset after it.
+
+    Uses the public ``read_dataset`` with a stop condition (pydicom's public ``read_file_meta_info`` only
+    takes a path). The group is Explicit VR Little Endian by the standard; some writers use Implicit VR
+    (pydicom issue 503): if the explicit reading cannot be interpreted, read it again as implicit, as
+    pydicom's own reader does.
+    """
+    start = fp.tell()
+    for implicit in (False, True):
+        fp.seek(start)
+        meta = read_dataset(fp, is_implicit_VR=implicit, is_little_endian=True, stop_when=_not_file_meta)
+        try:
+            for element in meta:  # raises on a value that cannot be interpreted with this VR mode
+                _ = element.value
+        except NotImplementedError:
+            continue
+        return meta, fp.tell()
+    raise ValueError("unreadable file meta")
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
@@ -587,6 +772,7 @@ def _check_header(ds: Dataset, limits: DecodeLimits) -> PixelHeader:
     if rows <= 0 or columns <= 0:
         raise UnreadableImage(f"The DICOM image has invalid dimensions {columns}x{rows}.")
     _check_pixels(columns, rows, limits, "The DICOM image (Columns x Rows)")
+    _check_min_side(columns, rows, limits, "The DICOM image (Columns x Rows)")
 
     pi = (_text(ds, "PhotometricInterpretation") or "").upper()
     if not pi:
@@ -792,11 +978,28 @@ def _check_encapsulated_frames(ds: Dataset, header: PixelHeader, count: int, lim
             raise UnreadableImage(f"Frame {index} of the DICOM pixel data is truncated (no end marker).")
 
 
-def _decode_dicom(data: bytes, limits: DecodeLimits) -> list[DecodedImage]:
+def _frames_to_decode(header: PixelHeader, limits: DecodeLimits) -> tuple[int, str | None]:
+    """How many leading frames to decode under ``max_frames`` and ``max_total_pixels`` (at least one), and
+    the note for the frames skipped (``None`` when none are)."""
+    total = header.number_of_frames
+    by_pixels = max(1, limits.max_total_pixels // (header.rows * header.columns))
+    count = min(total, max(1, limits.max_frames), by_pixels)
+    if count == total:
+        return count, None
+    limit = (
+        f"the limit of {limits.max_frames} frame{'s' if limits.max_frames != 1 else ''} per upload"
+        if count == max(1, limits.max_frames)
+        else f"the limit of {limits.max_total_pixels} decoded pixels per upload"
+    )
+    decoded = "frame 0 was" if count == 1 else f"frames 0-{count - 1} were"
+    return count, f"{total - count} of {total} frames skipped past {limit} ({decoded} analysed)"
+
+
+def _decode_dicom(data: bytes, limits: DecodeLimits, target: int | None) -> list[DecodedImage]:
     ds = _read_dataset(data, limits)
     try:
         header = _check_header(ds, limits)
-        count = min(header.number_of_frames, max(1, limits.max_frames))
+        count, skipped = _frames_to_decode(header, limits)
         _check_encapsulated_frames(ds, header, count, limits)
     except FoveaError:
         raise
@@ -805,16 +1008,19 @@ def _decode_dicom(data: bytes, limits: DecodeLimits) -> list[DecodedImage]:
             f"The DICOM header could not be interpreted ({type(exc).__name__}); the file is corrupt."
         ) from exc
 
-    notes: list[str] = []
-    if count < header.number_of_frames:
-        notes.append(f"only the first {count} of {header.number_of_frames} frames were analysed")
+    notes: list[str] = [skipped] if skipped else []
     if header.bits_stored > 8 or header.bits_allocated > 8:
         notes.append(f"{header.bits_stored}-bit pixel data scaled to 8 bit")
 
-    frames, frame_notes = _decode_dicom_frames(data, ds, header, count, limits)
+    frames, frame_notes, scale = _decode_dicom_frames(data, ds, header, count, limits, target)
+    if scale > 1:
+        frame_notes.append(_reduced_note(scale))
     multi = header.number_of_frames > 1
     common: dict[str, Any] = {
         "source": "dicom",
+        "width": header.columns,
+        "height": header.rows,
+        "scale": float(scale),
         "laterality": _laterality(ds),
         "sop_class_uid": _sop_class(ds),
         "study_instance_uid": _text(ds, "StudyInstanceUID"),
@@ -824,28 +1030,49 @@ def _decode_dicom(data: bytes, limits: DecodeLimits) -> list[DecodedImage]:
         "transfer_syntax_uid": header.transfer_syntax,
         "notes": tuple(notes + frame_notes),
     }
-    return [
-        DecodedImage(
-            rgb=rgb, width=rgb.shape[1], height=rgb.shape[0], frame_index=i if multi else None, **common
-        )
-        for i, rgb in enumerate(frames)
-    ]
+    return [DecodedImage(rgb=rgb, frame_index=i if multi else None, **common) for i, rgb in enumerate(frames)]
+
+
+def _pillow_jpeg_colour(header: PixelHeader) -> bool:
+    """True for frames :func:`~service.dicom_pixels.decode_jpeg_colour_frames` handles: colour 8-bit JPEG
+    baseline / extended with a colour model pydicom's Pillow plugin handles, when Pillow is allowed."""
+    return (
+        header.transfer_syntax in (dcm_uid.JPEGBaseline8Bit, dcm_uid.JPEGExtended12Bit)
+        and header.samples_per_pixel == 3
+        and header.bits_allocated == 8
+        and header.bits_stored == 8
+        and header.photometric_interpretation in ("RGB", "YBR_FULL", "YBR_FULL_422")
+        and "pillow" in _plugins_for(header.transfer_syntax)
+    )
 
 
 def _decode_dicom_frames(
-    data: bytes, ds: Dataset, header: PixelHeader, count: int, limits: DecodeLimits
-) -> tuple[list[np.ndarray], list[str]]:
-    """Decode the first ``count`` frames to RGB uint8, trying each allowed plugin in turn; GDCM only in a
-    child process (see :mod:`service.dicom_pixels`)."""
+    data: bytes, ds: Dataset, header: PixelHeader, count: int, limits: DecodeLimits, target: int | None
+) -> tuple[list[np.ndarray], list[str], int]:
+    """Decode the first ``count`` frames to RGB uint8 -> ``(frames, notes, scale)``.
+
+    Colour 8-bit JPEG goes to Pillow directly (fast, and at reduced resolution for a ``target``); everything
+    else, and any frame Pillow fails on, through pydicom trying each allowed plugin in turn at full size;
+    GDCM only in a child process (see :mod:`service.dicom_pixels`)."""
     failures: list[str] = []
     last_exc: Exception | None = None
+    if _pillow_jpeg_colour(header):
+        scale = jpeg_reduction(header.columns, header.rows, target)
+        try:
+            return decode_jpeg_colour_frames(ds, header, count, scale), [], scale
+        except FoveaError:
+            raise
+        except Exception as exc:
+            logger.debug("direct Pillow JPEG decoding failed", exc_info=True)
+            failures.append(f"pillow (direct): {type(exc).__name__}")
+            last_exc = exc
     for plugin in _plugins_for(header.transfer_syntax):
         try:
             if plugin in IN_PROCESS_PLUGINS:
-                return decode_frames(ds, header, count, plugin)
-            return decode_frames_isolated(
+                return *decode_frames(ds, header, count, plugin), 1
+            return *decode_frames_isolated(
                 data, header, count, plugin, timeout_s=limits.isolated_decode_timeout_s
-            )
+            ), 1
         except FoveaError:
             raise
         except Exception as exc:
