@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
 from pathlib import Path
+
+
+def _add_format(p: argparse.ArgumentParser, what: str) -> None:
+    """``--format``, choices from the reader registry (unknown names exit 2 with argparse's message)."""
+    from datasets.readers import READERS
+
+    p.add_argument("--format", choices=list(READERS), metavar="{" + ",".join(READERS) + "}",
+                   help=f"published layout of {what} (default: the config's data.format; README 'Bring your own data')")
+
+
+def _add_split(p: argparse.ArgumentParser) -> None:
+    from datasets.readers import SPLITS
+
+    listed = "; ".join(f"{k}: {', '.join(v)}" for k, v in SPLITS.items())
+    p.add_argument("--split", help=f"published split of the held-out data ({listed}; default test)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -15,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("--config", type=Path, required=True)
     t.add_argument("--data", dest="train", help="training data folder (overrides the config)")
-    t.add_argument("--format", help="data layout (eyepacs)")
+    _add_format(t, "the training data")
     t.add_argument("--out", help="run folder (overrides the config)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
@@ -23,10 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--config", type=Path, required=True)
     e.add_argument("--checkpoint", type=Path)
     e.add_argument("--data", help="held-out data folder (default: the config's test split)")
+    _add_format(e, "the held-out data")
+    _add_split(e)
     x = sub.add_parser("export", help="export a checkpoint to ONNX + model card (after a parity check)")
     x.add_argument("--config", type=Path, required=True)
     x.add_argument("--checkpoint", type=Path)
     x.add_argument("--data", help="held-out data folder for the card's metrics (default: the config's test split)")
+    _add_format(x, "the held-out data")
+    _add_split(x)
     x.add_argument("--out", type=Path, default=Path("models/default"))
     r = sub.add_parser("register", help="import an exported model (ONNX + card) into the BentoML model store")
     r.add_argument("--card", type=Path, required=True)
@@ -46,9 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         from training.train import ensure_data
 
         # Only `train` takes config overrides; export's --out is the model folder, not the run folder.
-        keys = ("train", "format", "out", "epochs") if args.cmd == "train" else ()
+        keys = ("train", "out", "epochs") if args.cmd == "train" else ()
         overrides = {k: getattr(args, k, None) for k in keys}
         cfg = load_config(args.config, overrides)
+        if args.cmd == "train" and args.format is not None:  # data.format: recorded with the checkpoint
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, format=args.format))
         if args.cmd == "train":
             from training.train import main as train
 
@@ -60,20 +82,26 @@ def main(argv: list[str] | None = None) -> int:
         test_root = Path(args.data or cfg.data.test)
         if args.data is None:
             ensure_data(test_root, cfg.data.synthetic_test)
+        from training.data import held_out_split
+
+        test_format = args.format or cfg.data.format
+        test_split = args.split or held_out_split(test_format)
         if args.cmd == "evaluate":
             from training.export import load_checkpoint
-            from training.data import FundusDataset, read_items
+            from training.data import FundusDataset, load_graded
             from training.train import evaluate
             from torch.utils.data import DataLoader
 
+            records = load_graded(test_root, test_format, split=test_split)  # data problems before loading weights
             model, cfg_ck, ck = load_checkpoint(checkpoint)
-            ds = FundusDataset(read_items(test_root, cfg.data.format), cfg_ck.input_size, train=False)
+            ds = FundusDataset(records, cfg_ck.input_size, train=False)
             metrics = evaluate(model, DataLoader(ds, batch_size=32), json.loads(ck["operating_point"])["threshold"])
             print(json.dumps(metrics, indent=2))
             return 0
         from training.export import export
 
-        card = export(checkpoint, args.out, test_root=test_root, command=command)
+        card = export(checkpoint, args.out, test_root=test_root, command=command, test_format=test_format,
+                      test_split=test_split)
         print(json.dumps(card.metrics, indent=2))
         return 0
     except (ValueError, FileNotFoundError, KeyError) as exc:

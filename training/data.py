@@ -1,9 +1,12 @@
-"""Datasets for training: read a layout, preprocess once with :mod:`models.preprocess`, augment on the fly."""
+"""Datasets for training: read any layout as :class:`~datasets.readers.FundusRecord`, keep the graded records,
+split by patient, preprocess once with :mod:`models.preprocess`, augment on the fly."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -12,38 +15,95 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from datasets.eyepacs import read_eyepacs
-from datasets.layouts import read_aptos, read_folders, read_idrid, read_messidor2
+from datasets.readers import READERS, SPLITS, DatasetError, FundusRecord, read_dataset
 from models.preprocess import normalize, preprocess
 
-#: Layout readers: format name → function returning ``[(image path, grade)]``.
-READERS: dict[str, Callable[[Path], list[tuple[Path, int]]]] = {
-    "eyepacs": read_eyepacs, "aptos": read_aptos, "messidor2": read_messidor2, "idrid": read_idrid,
-    "folders": read_folders,
-}
+__all__ = ["READERS", "FundusDataset", "GradedSelection", "augment", "held_out_split", "load_graded", "load_rgb",
+           "read_records", "select_graded", "split_by_patient"]
 
 
-def read_items(root: Path, fmt: str) -> list[tuple[Path, int]]:
-    """Read ``(image, grade)`` pairs from ``root`` in layout ``fmt``."""
-    if fmt not in READERS:
-        raise ValueError(f"unknown data format {fmt!r}; known: {', '.join(sorted(READERS))}")
-    return READERS[fmt](root)
+def read_records(root: Path, fmt: str, *, split: str | None = None) -> list[FundusRecord]:
+    """Every record of the dataset at ``root`` in layout ``fmt`` (see :func:`datasets.readers.read_dataset`)."""
+    return read_dataset(root, fmt, split=split)
 
 
-def split_by_patient(items: Sequence[tuple[Path, int]], val_fraction: float, seed: int
-                     ) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
-    """Split so both eyes of a patient (EyePACS ``<patient>_left|right``) land on the same side."""
-    patients = sorted({p.stem.rsplit("_", 1)[0] for p, _ in items})
+def held_out_split(fmt: str) -> str | None:
+    """The split evaluation reads by default: ``"test"`` for formats with published splits, else ``None``."""
+    return "test" if "test" in SPLITS.get(fmt, ()) else None
+
+
+@dataclass(frozen=True)
+class GradedSelection:
+    """What the grader can use: ``graded`` (a grade, not marked ungradable) and what was left out."""
+
+    graded: list[FundusRecord]
+    ungradable: int  # gradable is False (with or without a grade): the quality model's business
+    unlabelled: int  # no grade and not marked ungradable (e.g. lesion-only records)
+
+
+def select_graded(records: Sequence[FundusRecord]) -> GradedSelection:
+    """Split ``records`` into those the grader trains and is evaluated on, and counts of the others."""
+    graded = [r for r in records if r.grade is not None and r.gradable is not False]
+    ungradable = sum(r.gradable is False for r in records)
+    return GradedSelection(graded, ungradable, len(records) - len(graded) - ungradable)
+
+
+def load_graded(root: Path, fmt: str, *, split: str | None = None, verbose: bool = True) -> list[FundusRecord]:
+    """Read ``root`` and keep the graded records; say on stderr how many were skipped and why.
+
+    :class:`DatasetError` when no record has a usable grade (e.g. a lesion-only COCO folder).
+    """
+    records = read_records(root, fmt, split=split)
+    sel = select_graded(records)
+    where = f"{root} ({fmt}{', ' + split if split else ''})"
+    if verbose and (sel.ungradable or sel.unlabelled):
+        print(f"{where}: {len(sel.graded)} graded images; skipped {sel.ungradable} ungradable and "
+              f"{sel.unlabelled} without a grade", file=sys.stderr)
+    if not sel.graded:
+        raise DatasetError(f"{where}: none of its {len(records)} images has a grade the grader can use "
+                           f"({sel.ungradable} ungradable, {sel.unlabelled} without a grade)")
+    return sel.graded
+
+
+def split_by_patient(records: Sequence[FundusRecord], val_fraction: float, seed: int
+                     ) -> tuple[list[FundusRecord], list[FundusRecord]]:
+    """Split so all images of a patient land on the same side (``record.patient``, else the file stem)."""
+    patients = sorted({r.group for r in records})
     rng = np.random.default_rng(seed)
     n_val = max(1, round(len(patients) * val_fraction)) if len(patients) > 1 else 0
     val_patients = set(rng.permutation(patients)[:n_val].tolist())
-    train = [it for it in items if it[0].stem.rsplit("_", 1)[0] not in val_patients]
-    val = [it for it in items if it[0].stem.rsplit("_", 1)[0] in val_patients]
+    train = [r for r in records if r.group not in val_patients]
+    val = [r for r in records if r.group in val_patients]
     return train, val
 
 
+def _is_dicom(path: Path) -> bool:
+    """DICOM Part 10 by its magic (``DICM`` after the 128-byte preamble), whatever the file is called."""
+    with path.open("rb") as f:
+        return f.read(132)[128:] == b"DICM"
+
+
+def _load_dicom(path: Path) -> np.ndarray:
+    """The first frame of a DICOM photograph as RGB, through the service's own decoder: training sees exactly
+    the pixels serving will see (YBR→RGB, palette, MONOCHROME handling, the same codecs)."""
+    from service.decode import DecodeLimits, decode
+    from service.errors import FoveaError
+
+    try:  # local files the user chose: the upload size limit does not apply, one frame is enough
+        return decode(path.read_bytes(), limits=DecodeLimits(max_bytes=1 << 31, max_frames=1))[0].rgb
+    except FoveaError as exc:
+        raise ValueError(f"cannot read DICOM image {path}: {exc.message}") from None
+
+
 def load_rgb(path: Path) -> np.ndarray:
-    """Read an image file as ``(H, W, 3)`` uint8 RGB; ``ValueError`` naming the file if unreadable."""
+    """Read an image file (JPEG, PNG, TIFF, ... or DICOM) as ``(H, W, 3)`` uint8 RGB; ``ValueError`` naming
+    the file if unreadable."""
+    path = Path(path)
+    try:
+        if _is_dicom(path):
+            return _load_dicom(path)
+    except OSError as exc:
+        raise ValueError(f"cannot read image {path}: {exc.strerror}") from None
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError(f"cannot read image {path}")
@@ -57,14 +117,18 @@ class FundusDataset(Dataset[tuple[torch.Tensor, int]]):
     serving calls, so the model sees exactly what it will see in production.
     """
 
-    def __init__(self, items: Sequence[tuple[Path, int]], size: int, *, train: bool, seed: int = 0,
+    def __init__(self, records: Sequence[FundusRecord], size: int, *, train: bool, seed: int = 0,
                  desc: str = "preprocess") -> None:
+        ungraded = [r.image for r in records if r.grade is None]
+        if ungraded:
+            raise ValueError(f"{len(ungraded)} records have no grade (first: {ungraded[0]}); select graded "
+                             f"records with select_graded() first")
         self.size = size
         self.train = train
-        self.labels = np.array([g for _, g in items], dtype=np.int64)
-        self.crops = np.empty((len(items), size, size, 3), dtype=np.uint8)
-        for i, (path, _) in enumerate(tqdm(items, desc=desc, unit="img", leave=False)):
-            self.crops[i] = preprocess(load_rgb(path), size).crop
+        self.labels = np.array([r.grade for r in records], dtype=np.int64)
+        self.crops = np.empty((len(records), size, size, 3), dtype=np.uint8)
+        for i, record in enumerate(tqdm(records, desc=desc, unit="img", leave=False)):
+            self.crops[i] = preprocess(load_rgb(record.image), size).crop
         self._seed = seed
         self._epoch = 0
 

@@ -26,7 +26,8 @@ from models.architectures.classifier import WithCam
 from models.card import (ICDR_LABELS, InputSpec, ModelCard, OperatingPoint, PreprocessingSpec, TrainingProvenance,
                          sha256_file)
 from training.config import TrainConfig, config_from_dict
-from training.data import load_rgb, read_items, split_by_patient
+from datasets.readers import FundusRecord
+from training.data import load_graded, load_rgb, split_by_patient
 from models.grading import REFERABLE_MIN_GRADE, referable_probability
 from training.metrics import choose_operating_point, confusion_matrix, grader_metrics
 from training.report import plot_confusion
@@ -75,19 +76,24 @@ def check_parity(model: torch.nn.Module, onnx_bytes: bytes, inputs: np.ndarray) 
     return {"max_abs_logit_diff": d_logits, "max_rel_cam_diff": d_cam}
 
 
-def onnx_probabilities(onnx_bytes: bytes, items: list[tuple[Path, int]], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Run the exported model through ONNX Runtime on ``items`` with the serving preprocessing."""
+def onnx_probabilities(onnx_bytes: bytes, items: list[FundusRecord], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Run the exported model through ONNX Runtime on the graded records ``items`` with the serving
+    preprocessing."""
     sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     probs = []
-    for path, _ in tqdm(items, desc="evaluate onnx", unit="img", leave=False):
-        x = preprocess.preprocess(load_rgb(path), size).tensor[None]
+    for record in tqdm(items, desc="evaluate onnx", unit="img", leave=False):
+        x = preprocess.preprocess(load_rgb(record.image), size).tensor[None]
         (logits,) = sess.run(["logits"], {"image": x})
         probs.append(softmax(logits[0]))
-    return np.stack(probs), np.array([g for _, g in items])
+    return np.stack(probs), np.array([r.grade for r in items])
 
 
-def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: str) -> ModelCard:
-    """Export ``checkpoint`` into ``out_dir`` as ``<name>.onnx`` + ``<name>.card.json``; return the card."""
+def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: str, test_format: str | None = None,
+           test_split: str | None = None) -> ModelCard:
+    """Export ``checkpoint`` into ``out_dir`` as ``<name>.onnx`` + ``<name>.card.json``; return the card.
+
+    The held-out data at ``test_root`` is read in layout ``test_format`` (default: the training config's) and
+    split ``test_split`` (see :func:`training.data.held_out_split`)."""
     model, cfg, ck = load_checkpoint(checkpoint)
     onnx_bytes = to_onnx(model, cfg.input_size)
     rng = np.random.default_rng(0)
@@ -97,7 +103,7 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
 
     # The operating point belongs to the exported artifact: choose it on the validation split (the patients
     # training held out) with the ONNX model itself, then measure it on the test split.
-    train_items = read_items(Path(cfg.data.train), cfg.data.format)
+    train_items = load_graded(Path(cfg.data.train), cfg.data.format, verbose=False)
     _, val_items = split_by_patient(train_items, cfg.data.val_fraction, cfg.seed)
     val_probs, val_labels = onnx_probabilities(onnx_bytes, val_items, cfg.input_size)
     choice = choose_operating_point(referable_probability(val_probs), (val_labels >= REFERABLE_MIN_GRADE).astype(np.int64),
@@ -106,7 +112,7 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
     metrics: dict[str, float] = {}
     metrics_data = "none (no held-out data given)"
     if test_root is not None:
-        items = read_items(test_root, cfg.data.format)
+        items = load_graded(test_root, test_format or cfg.data.format, split=test_split)
         probs, labels = onnx_probabilities(onnx_bytes, items, cfg.input_size)
         metrics = grader_metrics(probs, labels, op["threshold"])
         metrics_data = f"{test_root} ({len(items)} images, held out from training and validation)"

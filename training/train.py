@@ -22,17 +22,16 @@ from tqdm import tqdm
 from models.architectures import build
 from training.config import SyntheticSpec, TrainConfig
 from training.distributed import World, barrier, broadcast, setup, teardown
-from training.data import FundusDataset, read_items, split_by_patient
+from training.data import FundusDataset, load_graded, split_by_patient
 from training.report import plot_history
 from training.metrics import choose_operating_point, grader_metrics, referable_probability
 
 
 def ensure_data(root: Path, spec: SyntheticSpec | None) -> None:
-    """Generate a synthetic split at ``root`` if it does not exist and the config says how."""
-    if (root / "trainLabels.csv").is_file():
+    """Generate a synthetic split at ``root`` if the config says how (``spec``) and ``root`` has no
+    ``trainLabels.csv`` yet. Without ``spec`` nothing happens: the dataset reader reports a missing dataset."""
+    if spec is None or (root / "trainLabels.csv").is_file():
         return
-    if spec is None:
-        raise FileNotFoundError(f"no dataset at {root} (expected {root / 'trainLabels.csv'})")
     from datasets.synthetic.writer import generate
 
     print(f"generating {spec.count} synthetic images into {root} (seed {spec.seed})", file=sys.stderr)
@@ -133,7 +132,7 @@ def _train(cfg: TrainConfig, world: World, *, resume: bool, command: str) -> Pat
         out.mkdir(parents=True, exist_ok=True)
         ensure_data(train_root, cfg.data.synthetic_train)
     barrier(world)
-    items = read_items(train_root, cfg.data.format)
+    items = load_graded(train_root, cfg.data.format, verbose=world.is_main)
     train_items, val_items = split_by_patient(items, cfg.data.val_fraction, cfg.seed)
     if not train_items or not val_items:
         raise ValueError(f"need images for both training and validation; got {len(train_items)} and {len(val_items)}")

@@ -1,0 +1,68 @@
+"""Training data: graded records only (skips counted), patient-grouped split, DICOM decoded like serving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="training extras (torch) are not installed")
+
+from datasets.readers import DatasetError, FundusRecord  # noqa: E402
+from tests.datasets.readers.helpers import write_dicom, write_text  # noqa: E402
+from training.data import (FundusDataset, held_out_split, load_graded, load_rgb, select_graded,  # noqa: E402
+                           split_by_patient)
+
+
+def _r(name: str, grade: int | None, *, gradable: bool | None = None, patient: str | None = None) -> FundusRecord:
+    return FundusRecord(image=Path(f"/d/{name}.png"), grade=grade, gradable=gradable, patient=patient, source="t")
+
+
+def test_select_graded_counts_what_it_skips() -> None:
+    records = [_r("a", 0), _r("b", 3, gradable=False), _r("c", None, gradable=False), _r("d", None), _r("e", 4, gradable=True)]
+    sel = select_graded(records)
+    assert [r.image.stem for r in sel.graded] == ["a", "e"]
+    assert (sel.ungradable, sel.unlabelled) == (2, 1)
+
+
+def test_load_graded_reports_skips_and_refuses_nothing_graded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_text(tmp_path / "DR_grading" / "train.txt", "a.jpg 5\nb.jpg 1\n")
+    for n in ("a.jpg", "b.jpg"):
+        write_text(tmp_path / "DR_grading" / "train" / n, "")
+    [r] = load_graded(tmp_path, "ddr")
+    assert r.image.name == "b.jpg"
+    assert "1 graded images; skipped 1 ungradable and 0 without a grade" in capsys.readouterr().err
+    write_text(tmp_path / "DR_grading" / "train.txt", "a.jpg 5\n")
+    with pytest.raises(DatasetError, match=r"none of its 1 images has a grade the grader can use \(1 ungradable"):
+        load_graded(tmp_path, "ddr")
+
+
+def test_split_by_patient_keeps_patients_together_and_falls_back_to_stem() -> None:
+    records = [_r(f"{p}_{eye}", 1, patient=str(p)) for p in range(20) for eye in ("left", "right")]
+    records += [_r(f"solo{i}", 2) for i in range(10)]  # no patient: each image is its own group
+    train, val = split_by_patient(records, 0.3, seed=1)
+    assert len(train) + len(val) == len(records) and val and train
+    assert not {r.group for r in train} & {r.group for r in val}
+    assert {r.group for r in val} >= {r.patient for r in val if r.patient is not None}
+    assert split_by_patient(records, 0.3, seed=1) == (train, val)  # deterministic
+
+
+def test_dataset_refuses_ungraded_records() -> None:
+    with pytest.raises(ValueError, match="1 records have no grade"):
+        FundusDataset([_r("a", None)], 32, train=False)
+
+
+def test_held_out_split() -> None:
+    assert (held_out_split("idrid"), held_out_split("ddr"), held_out_split("eyepacs")) == ("test", "test", None)
+
+
+def test_load_rgb_decodes_dicom_exactly(tmp_path: Path) -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    path = write_dicom(tmp_path / "IM0001", sop_instance_uid="1.2.3", rgb=rgb)  # DICOM recognised by content
+    assert np.array_equal(load_rgb(path), rgb)
+    write_text(tmp_path / "bad.dcm", "")
+    with pytest.raises(ValueError, match="cannot read image .*bad.dcm"):
+        load_rgb(tmp_path / "bad.dcm")
+    with pytest.raises(ValueError, match="cannot read image .*absent.png"):
+        load_rgb(tmp_path / "absent.png")
