@@ -139,7 +139,8 @@ def parse_coco(path: Path, *, ignore: Set[str] = NON_LESIONS) -> list[CocoImage]
             problems.add(where, f"image id {im['id']!r} already used by {names[im['id']]!r}")
             continue
         if im["file_name"] in seen_names:
-            problems.add(where, f"file_name {im['file_name']!r} already listed at images[{seen_names[im['file_name']]}]")
+            first = seen_names[im["file_name"]]
+            problems.add(where, f"file_name {im['file_name']!r} already listed at images[{first}]")
             continue
         w, h = im.get("width"), im.get("height")
         if any(v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0) for v in (w, h)):

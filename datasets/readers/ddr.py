@@ -40,8 +40,8 @@ def _base(root: Path) -> Path:
         return root
     if any((root / "DDR-dataset" / p).is_dir() for p in _PARTS):
         return root / "DDR-dataset"
-    raise DatasetError(f"no dataset at {root}: none of {', '.join(_PARTS)} found in it or in {root / 'DDR-dataset'} "
-                       f"(expected the DDR layout)")
+    raise DatasetError(f"no dataset at {root}: none of {', '.join(_PARTS)} found in it or in "
+                       f"{root / 'DDR-dataset'} (expected the DDR layout)")
 
 
 def read_ddr(root: Path, *, split: str = "train") -> list[FundusRecord]:

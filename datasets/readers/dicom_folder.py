@@ -83,7 +83,8 @@ def read_dicom_folder(root: Path) -> list[FundusRecord]:
             continue
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
-        except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt files; report, never crash
+        # pydicom raises many exception types on corrupt files: report them, never crash.
+        except Exception as exc:  # noqa: BLE001
             if path.suffix.lower() == ".dcm" or not isinstance(exc, InvalidDicomError):
                 problems.add(str(path), f"not a readable DICOM Part 10 file ({type(exc).__name__})")
             continue

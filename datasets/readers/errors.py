@@ -37,7 +37,8 @@ class Problems:
         self._what = what
         self._entries: list[str] = []
         self._missing = 0
-        self._notes: dict[str, None] = {}  # an ordered set of closing remarks (where images were looked for, hints)
+        # An ordered set of closing remarks (where images were looked for, hints), each shown once.
+        self._notes: dict[str, None] = {}
 
     def add(self, where: str, message: str) -> None:
         """Record ``message`` about ``where`` (``"<path>:<line>"`` or ``"<path>: <element>"``)."""

@@ -82,7 +82,8 @@ def read_idrid(root: Path, *, split: str = "train") -> list[FundusRecord]:
     has_grading, has_segmentation = labels.is_file(), (segmentation / SEGMENTATION_IMAGES[split]).is_dir()
     if not has_grading and not has_segmentation:
         raise DatasetError(f"no dataset at {root}: neither {labels} nor {segmentation / SEGMENTATION_IMAGES[split]} "
-                           f"exists (expected the IDRiD layout: '{GRADING_DIR}' and/or '{SEGMENTATION_DIR}')")
+                           f"exists (expected the IDRiD layout: '{GRADING_DIR}' and/or "
+                           f"'{SEGMENTATION_DIR}')")
     records = _read_grading(labels, grading / GRADING_IMAGES[split], split) if has_grading else []
     if has_segmentation:
         records += _read_segmentation(segmentation, split)

@@ -41,6 +41,6 @@ def read_messidor2(root: Path, *, images: str | None = None) -> list[FundusRecor
         return {"grade": grade, "dme": parse_flag(row[DME], DME, name),
                 "gradable": parse_flag(row[GRADABLE], GRADABLE, name)}
 
-    return read_csv_layout(root / LABELS_CSV, layout="Messidor-2 (messidor_data.csv + IMAGES/)", source="messidor2",
-                           name_col="image_id", required=(GRADE, DME, GRADABLE),
+    return read_csv_layout(root / LABELS_CSV, layout="Messidor-2 (messidor_data.csv + IMAGES/)",
+                           source="messidor2", name_col="image_id", required=(GRADE, DME, GRADABLE),
                            dirs=[root / d for d in subdirs] + [root], fields=fields)

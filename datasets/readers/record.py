@@ -39,7 +39,8 @@ Laterality = Literal["L", "R"]
 
 @dataclass(frozen=True)
 class LesionBox:
-    """One lesion: ``type`` in :data:`LESION_TYPES`, ``box`` ``(x0, y0, x1, y1)`` original pixels, x1/y1 exclusive."""
+    """One lesion: ``type`` in :data:`LESION_TYPES`; ``box`` ``(x0, y0, x1, y1)`` in original pixels, x1/y1
+    exclusive."""
 
     type: str
     box: tuple[float, float, float, float]

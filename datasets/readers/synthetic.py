@@ -89,8 +89,8 @@ def _lesions(root: Path, images: set[str]) -> dict[str, list[LesionBox]] | None:
             try:
                 if row["image"] not in images:
                     raise RowProblem(f"image {row['image']!r} is not in the label file")
-                out.setdefault(row["image"], []).append(
-                    LesionBox(row["type"], tuple(float(row[k]) for k in ("x0", "y0", "x1", "y1"))))  # type: ignore[arg-type]
+                x0, y0, x1, y1 = (float(row[k]) for k in ("x0", "y0", "x1", "y1"))
+                out.setdefault(row["image"], []).append(LesionBox(row["type"], (x0, y0, x1, y1)))
             except (RowProblem, ValueError) as exc:  # LesionBox's ValueError names the bad type or box
                 problems.add(where, str(exc))
     else:

@@ -85,8 +85,9 @@ def _parse_tree(path: Path) -> _Node:
     try:
         parser.Parse(path.read_bytes(), True)
     except _RefusedDtd:
-        raise _XmlProblem(f"{path}:{parser.CurrentLineNumber}", "document type declarations (DTD) are refused in "
-                                                                "annotation files; remove the <!DOCTYPE ...> block") from None
+        raise _XmlProblem(f"{path}:{parser.CurrentLineNumber}",
+                          "document type declarations (DTD) are refused in annotation files; "
+                          "remove the <!DOCTYPE ...> block") from None
     except xml.parsers.expat.ExpatError as exc:
         raise _XmlProblem(f"{path}:{exc.lineno}",
                           f"not well-formed XML ({xml.parsers.expat.errors.messages[exc.code]})") from None
