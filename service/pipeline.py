@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,36 +36,54 @@ def saliency_target(grade: int, probs: np.ndarray) -> int:
     return grade if grade > 0 else 1 + int(np.argmax(probs[1:]))
 
 
-@dataclass
-class Analyzer:
-    """Holds the verified models and the gate's rules; :meth:`analyze` is thread-safe (ONNX Runtime sessions
-    are, the rest is pure).
+#: Runs the grader on a ``(N, 3, S, S)`` float32 batch and returns its outputs by name (``logits``, ``cam``).
+GraderRun = Callable[[np.ndarray], dict[str, np.ndarray]]
 
-    ``referable_threshold`` replaces the model card's operating point when a site configures its own (the
-    response then says ``operating_point_source: "site configuration"``).
+
+@dataclass(kw_only=True)
+class Analyzer:
+    """Holds the grader (its verified card and a way to run it) and the gate's rules. :meth:`analyze` is
+    thread-safe (ONNX Runtime sessions and the BentoML client are; the rest is pure).
+
+    ``run_grader`` is a local ONNX Runtime session (:meth:`load`) or the batchable inference service
+    (:mod:`service.inference`, :meth:`with_runner`). ``referable_threshold`` replaces the model card's
+    operating point when a site configures its own (the response then says ``operating_point_source:
+    "site configuration"``).
     """
 
-    grader: OnnxModel
+    grader_card: ModelCard
+    run_grader: GraderRun
+    #: The execution provider, or a function that asks for it (a remote inference service can only be asked
+    #: once it is up); asked once, on first use.
+    provider: str | Callable[[], str]
     limits: DecodeLimits = field(default_factory=lambda: DecodeLimits(max_frames=DEFAULT_MAX_FRAMES))
     rules: QualityRules = field(default_factory=QualityRules)
     referable_threshold: float | None = None
 
+    @property
+    def provider_name(self) -> str:
+        """The ONNX Runtime execution provider that runs the grader."""
+        if callable(self.provider):
+            self.provider = str(self.provider())
+        return self.provider
+
+    def __post_init__(self) -> None:
+        card = self.grader_card
+        if card.task != "dr-grading" or tuple(card.outputs) != ("logits", "cam") or len(card.classes) != 5:
+            raise CardError(f"{card.tag} is not a five-grade ICDR grader with in-graph CAM")
+        if self.referable_threshold is not None and not 0.0 <= self.referable_threshold <= 1.0:
+            raise ValueError(f"the referable-DR threshold must lie in [0, 1], not {self.referable_threshold}")
+
     @classmethod
     def load(cls, grader: Path, providers: list[str] | None = None, limits: DecodeLimits | None = None,
              *, rules: QualityRules | None = None, referable_threshold: float | None = None) -> Analyzer:
-        """Verify each model (a store directory or a ``*.card.json``) against its card, then create sessions."""
+        """Verify the grader (a store directory or a ``*.card.json``) against its card, then run it in a local
+        ONNX Runtime session."""
         card, onnx = load_verified(grader)
-        if card.task != "dr-grading" or tuple(card.outputs) != ("logits", "cam") or len(card.classes) != 5:
-            raise CardError(f"{card.tag} is not a five-grade ICDR grader with in-graph CAM")
-        if referable_threshold is not None and not 0.0 <= referable_threshold <= 1.0:
-            raise ValueError(f"the referable-DR threshold must lie in [0, 1], not {referable_threshold}")
         model = OnnxModel.load(card, onnx, providers)
-        return cls(grader=model, limits=limits or DecodeLimits(max_frames=DEFAULT_MAX_FRAMES),
-                   rules=rules or QualityRules(), referable_threshold=referable_threshold)
-
-    @property
-    def grader_card(self) -> ModelCard:
-        return self.grader.card
+        return cls(grader_card=card, run_grader=model.run, provider=model.provider,
+                   limits=limits or DecodeLimits(max_frames=DEFAULT_MAX_FRAMES), rules=rules or QualityRules(),
+                   referable_threshold=referable_threshold)
 
     def analyze(self, data: bytes, *, request_id: str | None = None, laterality: str | None = None) -> Findings:
         """Analyse one upload (every frame, up to the decode limit); raises :class:`service.errors.FoveaError`
@@ -105,7 +123,7 @@ class Analyzer:
                                  f"{g.image.laterality}; the header was used")
                 images.append(g.model_copy(update={"additional_frames": []}))
         eyes = eye_results(images)
-        card = self.grader.card
+        card = self.grader_card
         return StudyFindings(
             request_id=request_id, disclaimer=card.intended_use, images=images, eyes=eyes,
             patient=patient_result(images, eyes), notes=notes,
@@ -122,7 +140,7 @@ class Analyzer:
             timing[name] = round(1000 * (now - since), 2)
             return now
 
-        card = self.grader.card
+        card = self.grader_card
         field_ = locate_field(img.rgb)
         verdict = assess(measure(img.rgb, field_), self.rules)
         quality = Quality(gradable=verdict.gradable, score=verdict.score, reasons=list(verdict.reasons),
@@ -130,7 +148,7 @@ class Analyzer:
         t = lap("quality", t0)
         pre = preprocess(img.rgb, card.input.size, field=field_)
         t = lap("preprocess", t)
-        out = self.grader.run(pre.tensor[None])
+        out = self.run_grader(pre.tensor[None])
         t = lap("inference", t)
 
         probs = softmax(out["logits"][0])
@@ -154,7 +172,7 @@ class Analyzer:
             dr_grade=DrGrade(grade=grade, label=card.classes[grade], probabilities=[float(p) for p in probs]),
             referable_dr=self._referable(card, probs, quality),
             saliency=saliency,
-            models=[ModelRef(name=card.name, version=card.version, sha256=card.sha256, provider=self.grader.provider)],
+            models=[ModelRef(name=card.name, version=card.version, sha256=card.sha256, provider=self.provider_name)],
             timing_ms=timing,
         )
 

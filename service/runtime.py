@@ -13,6 +13,27 @@ from models.card import CardError, ModelCard
 #: ``FOVEA_DEVICE=cpu`` forces the CPU even where CUDA is available; ``cuda`` requires it.
 DEVICE_ENV = "FOVEA_DEVICE"
 THREADS_ENV = "FOVEA_ORT_THREADS"
+WORKERS_ENV = "FOVEA_INFERENCE_WORKERS"
+
+
+def inference_workers() -> int:
+    """Inference worker processes (``FOVEA_INFERENCE_WORKERS``, default 1): on a CPU, more workers add
+    throughput; on one GPU, one worker with adaptive batching is best."""
+    value = os.environ.get(WORKERS_ENV, "1").strip()
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{WORKERS_ENV} must be a positive integer, not {value!r}")
+    return int(value)
+
+
+def session_threads(workers: int | None = None, cores: int | None = None) -> tuple[int, bool]:
+    """``(intra-op threads, spinning)`` for one session: the cores are shared among the inference workers;
+    ``FOVEA_ORT_THREADS`` overrides. Spinning threads burn a core while idle, which only pays when a session
+    has its cores to itself, so it is turned off when several workers share the machine."""
+    workers = inference_workers() if workers is None else workers
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    override = os.environ.get(THREADS_ENV, "").strip()
+    threads = int(override) if override.isdigit() and int(override) > 0 else max(1, cores // workers)
+    return threads, workers == 1
 
 
 def choose_providers(available: list[str] | None = None, device: str | None = None) -> list[str]:
@@ -43,8 +64,9 @@ class OnnxModel:
         not the ones the card declares."""
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        threads = int(os.environ.get(THREADS_ENV, "0"))  # 0 = ORT's default (one per physical core)
+        threads, spinning = session_threads()
         so.intra_op_num_threads = threads
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         session = ort.InferenceSession(onnx, so, providers=providers or choose_providers())
         inputs, outputs = session.get_inputs(), [o.name for o in session.get_outputs()]
         if [i.name for i in inputs] != [card.input.name] or inputs[0].shape[1:] != [3, card.input.size, card.input.size]:

@@ -7,25 +7,34 @@ model store; the embedded defaults are imported into the store first if it has n
 from __future__ import annotations
 
 import logging
-import warnings
 import uuid
-from pathlib import Path
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import bentoml
+import numpy as np
 from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse
 
-from models.store import ensure_defaults
+from models.store import load_verified
 from service.decode import DecodeLimits
 from service.errors import BadRequest, FoveaError, PayloadTooLarge
 from service.http_errors import ErrorShapeMiddleware
+from service.inference import Inference, unpack
+from service.runtime import choose_providers
 from service.pipeline import Analyzer
 from service.settings import load_settings
 
 log = logging.getLogger("fovea")
 SETTINGS = load_settings()
+# "service": the grader runs in the batchable inference service (bentoml.depends, its own process, adaptive
+# batching: what a GPU wants). "local": in this process (on a CPU batching does not lower the cost per image,
+# and one hop fewer is faster). "auto" picks "service" when CUDA is available.
+INFERENCE_MODE = SETTINGS.inference if SETTINGS.inference != "auto" else (
+    "service" if choose_providers()[0] == "CUDAExecutionProvider" else "local")
+
 
 class _ClientErrorLogFilter(logging.Filter):
     """BentoML logs a full traceback for every request that fails input validation. Those are client
@@ -48,23 +57,33 @@ logging.getLogger("bentoml._internal.server.http_app").addFilter(_ClientErrorLog
 logging.getLogger("pydicom").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
 
-# DESIGN.md: if the store has none, import the embedded defaults before the service resolves its models.
-ensure_defaults()
-
 
 @bentoml.service(name="fovea", traffic={"timeout": 300}, http={"port": 3000})
 class Fovea:
     """Diabetic-retinopathy screening on fundus photographs (JPEG, PNG, DICOM)."""
 
     grader_ref = bentoml.models.BentoModel(SETTINGS.grader_tag)
+    if INFERENCE_MODE == "service":
+        inference = bentoml.depends(Inference)
 
     def __init__(self) -> None:
         # One upload limit: the decoder enforces the same one the HTTP layer does.
         limits = DecodeLimits(max_frames=SETTINGS.max_frames, max_bytes=SETTINGS.max_upload_bytes)
-        self.analyzer = Analyzer.load(Path(self.grader_ref.path), limits=limits, rules=SETTINGS.quality.rules(),
-                                      referable_threshold=SETTINGS.referable_threshold)
+        common: dict[str, Any] = {"limits": limits, "rules": SETTINGS.quality.rules(),
+                                  "referable_threshold": SETTINGS.referable_threshold}
+        if INFERENCE_MODE == "service":
+            # The card is verified here too (the front trusts nothing it did not check); the session lives in
+            # the inference service, which can only be asked for its provider once it is up.
+            card, _ = load_verified(Path(self.grader_ref.path))
+            self.analyzer = Analyzer(grader_card=card, run_grader=self._grade_remote,
+                                     provider=lambda: str(self.inference.provider()), **common)
+        else:
+            self.analyzer = Analyzer.load(Path(self.grader_ref.path), **common)
         card = self.analyzer.grader_card
-        log.info("loaded %s (sha256 %s…) on %s", card.tag, card.sha256[:12], self.analyzer.grader.provider)
+        log.info("loaded %s (sha256 %s…); inference %s", card.tag, card.sha256[:12], INFERENCE_MODE)
+
+    def _grade_remote(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return unpack(np.asarray(self.inference.grade(batch)))
 
     @bentoml.api(route="/analyze")
     def analyze(self, image: Path, laterality: str = "") -> Any:
@@ -100,7 +119,7 @@ class Fovea:
         op = card.operating_point("referable_dr")
         return {
             "models": [{"name": card.name, "version": card.version, "sha256": card.sha256, "task": card.task,
-                        "provider": self.analyzer.grader.provider, "intended_use": card.intended_use}],
+                        "provider": self.analyzer.provider_name, "inference": INFERENCE_MODE, "intended_use": card.intended_use}],
             "referable_operating_point": {
                 "threshold": SETTINGS.referable_threshold if SETTINGS.referable_threshold is not None
                 else (op.threshold if op else None),

@@ -11,6 +11,9 @@ FOVEA_MAX_FRAMES max_frames    frames of a multi-frame upload analysed          
 FOVEA_MAX_STUDY_IMAGES         uploads accepted by one study request                   8
 FOVEA_REFERABLE_THRESHOLD      site operating point for referable DR (replaces the     the model card's
   referable_threshold          card's; e.g. a programme that wants higher specificity)
+FOVEA_INFERENCE inference      ``service``: grader in the batchable inference service  auto (service with
+                               (own process, adaptive batching); ``local``: in the     CUDA, else local)
+                               front process
 ``quality:`` (YAML only)       overrides of :class:`service.quality.QualityRules`      calibrated rules
 =============================  ======================================================  =================
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -33,6 +36,7 @@ _ENV = {
     "max_frames": "FOVEA_MAX_FRAMES",
     "max_study_images": "FOVEA_MAX_STUDY_IMAGES",
     "referable_threshold": "FOVEA_REFERABLE_THRESHOLD",
+    "inference": "FOVEA_INFERENCE",
 }
 
 
@@ -62,6 +66,7 @@ class Settings(BaseModel):
     max_frames: int = Field(8, ge=1, le=256)
     max_study_images: int = Field(8, ge=1, le=64)
     referable_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    inference: Literal["auto", "local", "service"] = "auto"
     quality: QualitySettings = QualitySettings()
 
 
