@@ -100,3 +100,9 @@ def test_malformed_files_reported_together(tmp_path: Path) -> None:
 def test_missing_everything(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"trainLabels\.csv not found \(expected the Fovea synthetic"):
         read_synthetic(tmp_path)
+
+
+def test_bad_ground_truth_header(tmp_path: Path) -> None:
+    write_text(tmp_path / "ground_truth.csv", "image,patient,grade\n00000_left,00000,0\n")
+    with pytest.raises(DatasetError, match=r"ground_truth\.csv:1: header lacks column\(s\) laterality, dme, gradable"):
+        read_synthetic(tmp_path)
