@@ -59,11 +59,13 @@ class ReferableDr(_Out):
 
 
 class Saliency(_Out):
-    """Class activation map of ``target_grade`` mapped onto the original pixels (``scale`` 1.0)."""
+    """Class activation map of ``target_grade`` on the photograph's pixel grid, at ``scale`` original pixels per
+    PNG pixel (1.0 = original size; a large photo is analysed, and its maps drawn, at reduced resolution:
+    PNG pixel ``(u, v)`` covers original pixels ``[u*scale, (u+1)*scale)``)."""
 
     method: str = "CAM from the exported graph (equal to Grad-CAM for a global-average-pool + linear head)"
     target_grade: int
-    scale: float = 1.0
+    scale: float = Field(1.0, ge=1.0)
     heatmap_png: str = Field(description="base64 PNG, 8-bit grey, 255 = strongest evidence")
     overlay_png: str = Field(description="base64 PNG, heatmap over the photograph with a caption")
 

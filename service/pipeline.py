@@ -20,7 +20,7 @@ from models.store import load_verified
 from service.decode import DecodedImage, DecodeLimits, decode
 from service.errors import FoveaError
 from service.findings import DrGrade, Findings, ImageInfo, ModelRef, Quality, ReferableDr, Saliency, StudyFindings
-from service.quality import QualityRules, assess, measure
+from service.quality import ANALYSIS_SIZE, QualityRules, assess, measure
 from service.render import caption_for, cam_to_heatmap, heat_to_u8, overlay, png_base64
 from service.runtime import OnnxModel
 from service.study import eye_results, patient_result
@@ -91,7 +91,10 @@ class Analyzer:
         itself does not say; the file's own value wins."""
         request_id = request_id or uuid.uuid4().hex
         t0 = time.perf_counter()
-        frames = decode(data, limits=self.limits)
+        # Decode no finer than the finest analysis needs (the quality gate's crop, the model input): a photo
+        # twice that size or more is decoded at reduced resolution, faster, and nothing downstream differs.
+        target = max(self.grader_card.input.size, ANALYSIS_SIZE)
+        frames = decode(data, limits=self.limits, target=target)
         decode_ms = round(1000 * (time.perf_counter() - t0), 2)
         results = [self._analyze_image(img, request_id=request_id, frame=i, frames=len(frames),
                                        laterality=laterality, decode_ms=decode_ms if i == 0 else 0.0)
@@ -156,7 +159,7 @@ class Analyzer:
         target = saliency_target(grade, probs)
         heat = cam_to_heatmap(out["cam"][0, target], pre.transform)
         heat_u8 = heat_to_u8(heat)
-        saliency = Saliency(target_grade=target, heatmap_png=png_base64(heat_u8),
+        saliency = Saliency(target_grade=target, scale=img.scale, heatmap_png=png_base64(heat_u8),
                             overlay_png=png_base64(overlay(img.rgb, heat_u8, caption=caption_for(card))))
         t = lap("render", t)
 

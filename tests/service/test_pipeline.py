@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 from pathlib import Path
 
 import cv2
@@ -32,7 +33,8 @@ def test_analyze_real_files(analyzer: Analyzer, fixture: str, request: pytest.Fi
     assert f.request_id == "r1"
     assert sum(f.dr_grade.probabilities) == pytest.approx(1.0, abs=1e-6)
     assert f.dr_grade.label == analyzer.grader_card.classes[f.dr_grade.grade]
-    size = (f.image.width, f.image.height)
+    scale = f.saliency.scale
+    size = (math.ceil(f.image.width / scale), math.ceil(f.image.height / scale))
     assert _png_size(f.saliency.overlay_png) == size and _png_size(f.saliency.heatmap_png) == size
     assert f.models[0].sha256 == analyzer.grader_card.sha256 and f.models[0].provider == "CPUExecutionProvider"
     assert {"decode", "quality", "preprocess", "inference", "render", "total"} <= set(f.timing_ms)
@@ -45,6 +47,18 @@ def test_analyze_real_files(analyzer: Analyzer, fixture: str, request: pytest.Fi
     dumped = f.model_dump(mode="json")
     assert "lesions" not in dumped  # no detector loaded: no placeholder list
     assert dumped["quality"]["method"].startswith("classic measures")
+
+
+def test_large_photo_is_analysed_at_reduced_resolution(analyzer: Analyzer, retina_path: Path) -> None:
+    rgb = cv2.imread(str(retina_path))
+    big = cv2.imencode(".jpg", cv2.resize(rgb, (2822, 2822)), [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+    f = analyzer.analyze(big)
+    assert (f.image.width, f.image.height) == (2822, 2822)
+    assert f.saliency.scale == 4.0 and _png_size(f.saliency.heatmap_png) == (706, 706)
+    full = analyzer.analyze(retina_path.read_bytes())
+    # The model sees (almost) the same pixels either way: same grade, close probabilities.
+    assert f.dr_grade.grade == full.dr_grade.grade
+    assert np.abs(np.subtract(f.dr_grade.probabilities, full.dr_grade.probabilities)).max() < 0.05
 
 
 def test_source_is_sniffed_not_named(analyzer: Analyzer, retina_path: Path, jpeg_dicom: Path) -> None:
