@@ -283,6 +283,8 @@ _JPEG_FAMILY: Final = frozenset(
 _J2K_FAMILY: Final = frozenset({dcm_uid.JPEG2000Lossless, dcm_uid.JPEG2000})
 
 _PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
+# (7FE0,0010) Pixel Data as encoded in little- and big-endian datasets.
+_PIXEL_DATA_TAGS: Final = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")
 _JPEG_MAGIC: Final = b"\xff\xd8\xff"
 # Formats people send that we refuse by name (a clearer 415 than "not recognised").
 _REFUSED_MAGIC: Final = (
@@ -731,9 +733,14 @@ def _int_attr(ds: Dataset, keyword: str) -> int:
         raise UnreadableImage(f"The DICOM {keyword} value is not an integer.") from exc
 
 
-def _check_header(ds: Dataset, limits: DecodeLimits) -> PixelHeader:
-    """Validate SOP class, pixel data presence, transfer syntax and the Image Pixel module, cheapest first."""
+def _check_header(ds: Dataset, limits: DecodeLimits, data: bytes = b"") -> PixelHeader:
+    """Validate SOP class, pixel data presence, transfer syntax and the Image Pixel module, cheapest first.
+
+    ``data``: the file's bytes, to tell a file without Pixel Data from one truncated inside it.
+    """
     sop = _sop_class(ds)
+    if sop is None and len(ds) == 0:
+        raise UnreadableImage("The DICOM file has no data elements after its header; it is truncated.")
     if sop is None:
         raise UnsupportedDicom(
             "The DICOM file is not a fundus photograph: it has no SOP Class UID. "
@@ -751,8 +758,14 @@ def _check_header(ds: Dataset, limits: DecodeLimits) -> PixelHeader:
                 "The DICOM file has floating-point pixel data; only integer Pixel Data (7FE0,0010) is "
                 "accepted."
             )
+        if _PIXEL_DATA_TAGS[0] in data or _PIXEL_DATA_TAGS[1] in data:
+            # pydicom stops quietly at the end of a truncated file: the tag is there but its value is not.
+            raise UnreadableImage(
+                "The DICOM file is truncated or corrupt: its Pixel Data (7FE0,0010) could not be read."
+            )
         raise UnsupportedDicom(
-            "The DICOM file contains no Pixel Data (7FE0,0010): there is no image to analyse."
+            "The DICOM file contains no Pixel Data (7FE0,0010): there is no image to analyse "
+            "(or the file was cut short before its pixels)."
         )
 
     file_meta = getattr(ds, "file_meta", None)
@@ -998,7 +1011,7 @@ def _frames_to_decode(header: PixelHeader, limits: DecodeLimits) -> tuple[int, s
 def _decode_dicom(data: bytes, limits: DecodeLimits, target: int | None) -> list[DecodedImage]:
     ds = _read_dataset(data, limits)
     try:
-        header = _check_header(ds, limits)
+        header = _check_header(ds, limits, data)
         count, skipped = _frames_to_decode(header, limits)
         _check_encapsulated_frames(ds, header, count, limits)
     except FoveaError:

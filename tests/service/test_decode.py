@@ -674,6 +674,16 @@ def test_no_pixel_data_is_unsupported() -> None:
         decode(_save(_dicom(None)))
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_truncation_is_told_apart_from_missing_pixel_data() -> None:
+    data = _save(_jpeg_dicom(_quadrants()))
+    pixel_tag = data.index(b"\xe0\x7f\x10\x00")
+    with pytest.raises(UnreadableImage, match="truncated or corrupt: its Pixel Data"):
+        decode(data[: pixel_tag + 20])  # the tag is there, its value cut off
+    with pytest.raises(UnreadableImage, match="no data elements after its header"):
+        decode(data[:140])  # cut inside the file meta
+
+
 def test_header_dimensions_over_limit_refused_before_decoding() -> None:
     ds = _dicom(_quadrants())
     with pytest.raises(PayloadTooLarge):

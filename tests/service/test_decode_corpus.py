@@ -197,6 +197,24 @@ def test_every_corpus_file_decodes_or_gives_a_clean_4xx(path: Path) -> None:
         assert (len(images), images[0].height, images[0].width) == (frames, rows, columns)
 
 
+TRUNCATION_CASES = [param for param in CASES if str(param.id) in DECODES]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("path", TRUNCATION_CASES)
+def test_truncated_corpus_files_give_typed_errors(path: Path) -> None:
+    """Cut anywhere (header, pixel data, the last bytes), a decodable file still gives frames or a 4xx."""
+    data = path.read_bytes()
+    for cut in (140, 400, len(data) // 3, len(data) // 2, len(data) - 64, len(data) - 2):
+        try:
+            images = decode(data[:cut])
+        except FoveaError as exc:
+            assert 400 <= exc.status < 500 and exc.message.strip()
+            continue
+        _check_decoded(images, None)
+
+
 def _pydicom_rgb8(path: Path) -> np.ndarray:
     """pydicom's own decoding (YBR -> RGB, 16 bit scaled by BitsStored) as (frames, rows, cols, 3) uint8."""
     with warnings.catch_warnings():
