@@ -21,7 +21,7 @@ import bentoml
 import numpy as np
 
 from models.store import ensure_defaults, load_verified
-from service.runtime import OnnxModel, inference_workers
+from service.runtime import INFERENCE_WORKERS_ENV, OnnxModel, worker_count
 from service.settings import load_settings
 
 #: Images per batch: 16 × 3 × 320² float32 is 20 MB of input and fits any GPU; CPU batches stay small anyway.
@@ -51,7 +51,10 @@ def unpack(packed: np.ndarray) -> dict[str, np.ndarray]:
 ensure_defaults()
 
 
-@bentoml.service(name="fovea-inference", workers=inference_workers(), traffic={"timeout": 60})
+WORKERS = worker_count(INFERENCE_WORKERS_ENV)
+
+
+@bentoml.service(name="fovea-inference", workers=WORKERS, traffic={"timeout": 60})
 class Inference:
     """Runs the verified grader. Not exposed to clients: the front calls it."""
 
@@ -59,7 +62,7 @@ class Inference:
 
     def __init__(self) -> None:
         card, onnx = load_verified(Path(self.grader_ref.path))
-        self.grader = OnnxModel.load(card, onnx)
+        self.grader = OnnxModel.load(card, onnx, workers=WORKERS)
 
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
     def grade(self, tensors: np.ndarray) -> np.ndarray:

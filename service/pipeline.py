@@ -76,11 +76,12 @@ class Analyzer:
 
     @classmethod
     def load(cls, grader: Path, providers: list[str] | None = None, limits: DecodeLimits | None = None,
-             *, rules: QualityRules | None = None, referable_threshold: float | None = None) -> Analyzer:
+             *, rules: QualityRules | None = None, referable_threshold: float | None = None, workers: int = 1
+             ) -> Analyzer:
         """Verify the grader (a store directory or a ``*.card.json``) against its card, then run it in a local
-        ONNX Runtime session."""
+        ONNX Runtime session (``workers``: processes that share the cores)."""
         card, onnx = load_verified(grader)
-        model = OnnxModel.load(card, onnx, providers)
+        model = OnnxModel.load(card, onnx, providers, workers=workers)
         return cls(grader_card=card, run_grader=model.run, provider=model.provider,
                    limits=limits or DecodeLimits(max_frames=DEFAULT_MAX_FRAMES), rules=rules or QualityRules(),
                    referable_threshold=referable_threshold)

@@ -13,23 +13,26 @@ from models.card import CardError, ModelCard
 #: ``FOVEA_DEVICE=cpu`` forces the CPU even where CUDA is available; ``cuda`` requires it.
 DEVICE_ENV = "FOVEA_DEVICE"
 THREADS_ENV = "FOVEA_ORT_THREADS"
-WORKERS_ENV = "FOVEA_INFERENCE_WORKERS"
+WORKERS_ENV = "FOVEA_WORKERS"
+INFERENCE_WORKERS_ENV = "FOVEA_INFERENCE_WORKERS"
 
 
-def inference_workers() -> int:
-    """Inference worker processes (``FOVEA_INFERENCE_WORKERS``, default 1): on a CPU, more workers add
-    throughput; on one GPU, one worker with adaptive batching is best."""
-    value = os.environ.get(WORKERS_ENV, "1").strip()
+def worker_count(variable: str) -> int:
+    """A worker count from the environment (default 1); ``ValueError`` naming the variable if invalid.
+
+    ``FOVEA_WORKERS``: processes of the HTTP front (decode, quality, render, and the grader in ``local``
+    inference mode); ``FOVEA_INFERENCE_WORKERS``: processes of the inference service (``service`` mode; on one
+    GPU, one worker with adaptive batching is best)."""
+    value = os.environ.get(variable, "1").strip()
     if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"{WORKERS_ENV} must be a positive integer, not {value!r}")
+        raise ValueError(f"{variable} must be a positive integer, not {value!r}")
     return int(value)
 
 
-def session_threads(workers: int | None = None, cores: int | None = None) -> tuple[int, bool]:
-    """``(intra-op threads, spinning)`` for one session: the cores are shared among the inference workers;
+def session_threads(workers: int = 1, cores: int | None = None) -> tuple[int, bool]:
+    """``(intra-op threads, spinning)`` for one session in one of ``workers`` processes that share the cores;
     ``FOVEA_ORT_THREADS`` overrides. Spinning threads burn a core while idle, which only pays when a session
     has its cores to itself, so it is turned off when several workers share the machine."""
-    workers = inference_workers() if workers is None else workers
     cores = (os.cpu_count() or 1) if cores is None else cores
     override = os.environ.get(THREADS_ENV, "").strip()
     threads = int(override) if override.isdigit() and int(override) > 0 else max(1, cores // workers)
@@ -58,13 +61,14 @@ class OnnxModel:
     provider: str
 
     @classmethod
-    def load(cls, card: ModelCard, onnx: bytes, providers: list[str] | None = None) -> OnnxModel:
+    def load(cls, card: ModelCard, onnx: bytes, providers: list[str] | None = None, *, workers: int = 1
+             ) -> OnnxModel:
         """Create the session from ``onnx`` bytes already verified against ``card`` (see
         :func:`models.store.load_verified`); :class:`models.card.CardError` if the graph's input or outputs are
-        not the ones the card declares."""
+        not the ones the card declares. ``workers``: processes sharing the cores (see :func:`session_threads`)."""
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        threads, spinning = session_threads()
+        threads, spinning = session_threads(workers)
         so.intra_op_num_threads = threads
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         session = ort.InferenceSession(onnx, so, providers=providers or choose_providers())

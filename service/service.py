@@ -23,7 +23,7 @@ from service.decode import DecodeLimits
 from service.errors import BadRequest, FoveaError, PayloadTooLarge
 from service.http_errors import ErrorShapeMiddleware
 from service.inference import Inference, unpack
-from service.runtime import choose_providers
+from service.runtime import WORKERS_ENV, choose_providers, worker_count
 from service.pipeline import Analyzer
 from service.settings import load_settings
 
@@ -34,6 +34,7 @@ SETTINGS = load_settings()
 # and one hop fewer is faster). "auto" picks "service" when CUDA is available.
 INFERENCE_MODE = SETTINGS.inference if SETTINGS.inference != "auto" else (
     "service" if choose_providers()[0] == "CUDAExecutionProvider" else "local")
+WORKERS = worker_count(WORKERS_ENV)
 
 
 class _ClientErrorLogFilter(logging.Filter):
@@ -58,7 +59,7 @@ logging.getLogger("pydicom").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
 
 
-@bentoml.service(name="fovea", traffic={"timeout": 300}, http={"port": 3000})
+@bentoml.service(name="fovea", workers=WORKERS, traffic={"timeout": 300}, http={"port": 3000})
 class Fovea:
     """Diabetic-retinopathy screening on fundus photographs (JPEG, PNG, DICOM)."""
 
@@ -78,7 +79,7 @@ class Fovea:
             self.analyzer = Analyzer(grader_card=card, run_grader=self._grade_remote,
                                      provider=lambda: str(self.inference.provider()), **common)
         else:
-            self.analyzer = Analyzer.load(Path(self.grader_ref.path), **common)
+            self.analyzer = Analyzer.load(Path(self.grader_ref.path), workers=WORKERS, **common)
         card = self.analyzer.grader_card
         log.info("loaded %s (sha256 %s…); inference %s", card.tag, card.sha256[:12], INFERENCE_MODE)
 

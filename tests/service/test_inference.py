@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.inference import pack, unpack
-from service.runtime import inference_workers, session_threads
+from service.runtime import session_threads, worker_count
 
 
 def test_pack_unpack_round_trip() -> None:
@@ -38,7 +38,9 @@ def test_threads_are_shared_among_workers(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_workers_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FOVEA_INFERENCE_WORKERS", "2")
-    assert inference_workers() == 2
-    monkeypatch.setenv("FOVEA_INFERENCE_WORKERS", "zero")
-    with pytest.raises(ValueError, match="FOVEA_INFERENCE_WORKERS"):
-        inference_workers()
+    assert worker_count("FOVEA_INFERENCE_WORKERS") == 2
+    monkeypatch.delenv("FOVEA_WORKERS", raising=False)
+    assert worker_count("FOVEA_WORKERS") == 1
+    monkeypatch.setenv("FOVEA_WORKERS", "zero")
+    with pytest.raises(ValueError, match="FOVEA_WORKERS"):
+        worker_count("FOVEA_WORKERS")
