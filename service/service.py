@@ -26,6 +26,7 @@ from service.inference import Inference, unpack
 from service.runtime import WORKERS_ENV, choose_providers, worker_count
 from service.pipeline import Analyzer
 from service.settings import load_settings
+from service.webapp import WebPageMiddleware
 
 log = logging.getLogger("fovea")
 SETTINGS = load_settings()
@@ -179,3 +180,5 @@ def _respond(request_id: str, work: Callable[[], BaseModel]) -> Any:
 
 Fovea.add_asgi_middleware(ErrorShapeMiddleware, max_body=SETTINGS.max_upload_bytes * SETTINGS.max_study_images
                           + 1024 * 1024)
+# The reader's web page at / (assets under /ui/); BentoML's own API page moves to /docs (service/webapp.py).
+Fovea.add_asgi_middleware(WebPageMiddleware)
