@@ -509,7 +509,7 @@ def _exif_orientation(im: Image.Image) -> int:
     try:
         value = im.getexif().get(0x0112, 1)
         return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
-    except Exception:
+    except Exception:  # noqa: BLE001 - a malformed EXIF block is ignored, not a reason to refuse the photo
         return 1
 
 
@@ -517,7 +517,7 @@ def _frame_count(im: Image.Image) -> int:
     """Frames of an APNG (acTL) / MPO as Pillow reads them from the header; 1 when unknown."""
     try:
         return max(1, int(getattr(im, "n_frames", 1)))
-    except Exception:
+    except Exception:  # noqa: BLE001 - only feeds a note; the first frame is decoded either way
         return 1
 
 

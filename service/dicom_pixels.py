@@ -358,12 +358,12 @@ def _worker_main() -> int:
             error = {"ok": False, "error": type(exc).__name__, "message": exc.message}
             reply.write(json.dumps(error).encode() + b"\n")
             return 0
-        except Exception as exc:  # reported as a failed plugin by the parent
+        except Exception as exc:  # noqa: BLE001 - reported as a failed plugin by the parent
             reply.write(json.dumps({"ok": False, "error": type(exc).__name__}).encode() + b"\n")
             return 0
         reply.write(json.dumps({"ok": True, "frames": len(frames), "notes": notes}).encode() + b"\n")
         for frame in frames:
-            reply.write(memoryview(frame).cast("B"))
+            reply.write(frame.data.cast("B"))  # C-contiguous uint8 (finish_rgb): no copy
     return 0
 
 

@@ -280,7 +280,7 @@ def test_pillow_fallback_gives_the_same_pixels(monkeypatch: pytest.MonkeyPatch) 
     png = _png_pil(Image.fromarray(rgba, mode="RGBA"))
     jpeg = _jpeg(_quadrants())
     gray16 = np.full((40, 42), 257 * 200, np.uint16)
-    ok, png16 = cv2.imencode(".png", gray16)
+    _, png16 = cv2.imencode(".png", gray16)
     expected_jpeg = decode(jpeg)[0].rgb
     monkeypatch.setattr(cv2, "imdecode", lambda *a, **k: None)
     [im] = decode(png)
@@ -788,11 +788,11 @@ def test_backends_used_and_gdcm_never_in_process(monkeypatch: pytest.MonkeyPatch
     real = decode_module.decode_frames
     real_jpeg = decode_module.decode_jpeg_colour_frames
 
-    def spy(ds: Dataset, header: PixelHeader, count: int, plugin: str):  # noqa: ANN202
+    def spy(ds: Dataset, header: PixelHeader, count: int, plugin: str) -> tuple[list[np.ndarray], list[str]]:
         used.append(plugin)
         return real(ds, header, count, plugin)
 
-    def spy_jpeg(ds: Dataset, header: PixelHeader, count: int, scale: int):  # noqa: ANN202
+    def spy_jpeg(ds: Dataset, header: PixelHeader, count: int, scale: int) -> list[np.ndarray]:
         used.append("pillow-direct")
         return real_jpeg(ds, header, count, scale)
 
@@ -950,7 +950,7 @@ def test_reduced_jpeg_dicom_decode() -> None:
 
 def test_monochrome_jpeg_dicom_is_not_reduced() -> None:
     gray = _photo(480, 640)[..., 0]
-    ok, buf = cv2.imencode(".jpg", gray)
+    _, buf = cv2.imencode(".jpg", gray)
     ds = _jpeg_dicom(_photo(480, 640), frame=buf.tobytes())
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -1000,7 +1000,9 @@ def test_file_meta_written_in_implicit_vr_is_still_read() -> None:
         + element(0x00020003, meta.MediaStorageSOPInstanceUID.encode())
         + element(0x00020010, meta.TransferSyntaxUID.encode())
     )
-    dataset_start = 132 + 12 + int(pydicom.dcmread(io.BytesIO(explicit)).file_meta.FileMetaInformationGroupLength)
+    dataset_start = (
+        132 + 12 + int(pydicom.dcmread(io.BytesIO(explicit)).file_meta.FileMetaInformationGroupLength)
+    )
     data = explicit[:132] + implicit_meta + explicit[dataset_start:]
     [im] = decode(data)
     np.testing.assert_array_equal(im.rgb, _quadrants())
