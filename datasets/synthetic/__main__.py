@@ -1,10 +1,13 @@
-"""Command line: ``python -m datasets.synthetic --out DIR --count N --seed S [--size 512]
-[--grade-weights 1,1,1,1,1] [--workers K] [--dicom]``.
+"""Command line: ``python -m datasets.synthetic --out DIR --count N --seed S [--size 512 | --camera WxH ...]
+[--grade-weights 1,1,1,1,1] [--p-degraded 0.1] [--workers K] [--dicom]``.
 
-Writes the EyePACS layout described in :mod:`datasets.synthetic.writer`; ``--dicom`` also writes
-``<image>.dcm`` (DICOM Ophthalmic Photography, JPEG Baseline) beside each JPEG. Bad arguments (count < 1,
-size < 64, negative seed, workers < 1, ``--out`` an existing file, malformed grade weights) print a usage message on
-stderr and exit with status 2, without a traceback; an I/O failure while writing exits with status 1.
+Writes the folder described in :mod:`datasets.synthetic.writer` (EyePACS ``trainLabels.csv`` and JPEGs,
+``ground_truth.csv``, ``quality.csv``, COCO ``lesions.json``, ``lesions.csv``); ``--camera`` gives one or more
+sensor sizes (e.g. ``2592x1944 3888x2592 4928x3264``), one drawn per image, instead of square ``--size``
+images; ``--dicom`` also writes ``<image>.dcm`` (DICOM Ophthalmic Photography, JPEG Baseline) beside each JPEG.
+Bad arguments (count < 1, a side < 64, a malformed camera, negative seed, workers < 1, ``--p-degraded``
+outside [0, 1], ``--out`` an existing file, malformed grade weights, ``--size`` with ``--camera``) print a
+usage message on stderr and exit with status 2, without a traceback; an I/O failure exits with status 1.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 MIN_SIZE = 64  # mirrors datasets.synthetic.fundus.MIN_SIZE; kept here so argument errors need no numpy/OpenCV
+DEFAULT_P_DEGRADED = 0.1  # mirrors datasets.synthetic.writer.DEFAULT_P_DEGRADED
 
 
 def _grade_weights(text: str) -> tuple[float, ...]:
@@ -32,16 +36,44 @@ def _grade_weights(text: str) -> tuple[float, ...]:
     return weights
 
 
+def _camera(text: str) -> tuple[int, int]:
+    """Parse ``"WIDTHxHEIGHT"`` (e.g. ``2592x1944``): two integers >= 64."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 2592x1944, got {text!r}")
+    w, h = (int(p) for p in parts)
+    if min(w, h) < MIN_SIZE:
+        raise argparse.ArgumentTypeError(f"camera {text!r}: both sides must be >= {MIN_SIZE}")
+    return w, h
+
+
+def _probability(text: str) -> float:
+    try:
+        p = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= p <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m datasets.synthetic",
         description="Generate synthetic diabetic-retinopathy fundus photographs in the EyePACS layout "
-        "(trainLabels.csv, <patient>_<left|right>.jpeg) plus lesions.csv with lesion boxes.",
+        "(trainLabels.csv, <patient>_<left|right>.jpeg) with full ground truth (ground_truth.csv, quality.csv) "
+        "and lesion masks (COCO lesions.json, lesions.csv).",
     )
     parser.add_argument("--out", type=Path, required=True, help="output directory (created if missing)")
     parser.add_argument("--count", type=int, required=True, help="number of images (>= 1)")
     parser.add_argument("--seed", type=int, required=True, help="random seed (>= 0); same seed, same dataset")
-    parser.add_argument("--size", type=int, default=512, help=f"image side in pixels (>= {MIN_SIZE}, default 512)")
+    parser.add_argument("--size", type=int, default=None,
+                        help=f"square image side in pixels (>= {MIN_SIZE}, default 512)")
+    parser.add_argument("--camera", type=_camera, nargs="+", metavar="WxH",
+                        help="camera sensor size(s), e.g. 2592x1944 3888x2592 4928x3264; one is drawn per image")
+    parser.add_argument("--p-degraded", type=_probability, default=DEFAULT_P_DEGRADED, metavar="P",
+                        help=f"probability of quality artefacts per image (0-1, default {DEFAULT_P_DEGRADED}; "
+                        "about half of the degraded images are ungradable)")
     parser.add_argument(
         "--grade-weights",
         type=_grade_weights,
@@ -60,7 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error(f"--count must be >= 1, got {args.count}")
-    if args.size < MIN_SIZE:
+    if args.size is not None and args.camera:
+        parser.error("give either --size or --camera, not both")
+    if args.size is not None and args.size < MIN_SIZE:
         parser.error(f"--size must be >= {MIN_SIZE}, got {args.size}")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
@@ -76,15 +110,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out,
             count=args.count,
             seed=args.seed,
-            size=args.size,
+            size=512 if args.size is None else args.size,
+            cameras=args.camera,
             grade_weights=args.grade_weights,
             workers=args.workers,
             dicom=args.dicom,
+            p_degraded=args.p_degraded,
         )
     except OSError as exc:
         print(f"{parser.prog}: error: cannot write to {args.out}: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {args.count} images and {labels.name} to {args.out}")
+    print(f"wrote {args.count} images, {labels.name}, ground_truth.csv, quality.csv, lesions.json and lesions.csv "
+          f"to {args.out}")
     return 0
 
 

@@ -208,10 +208,17 @@ def _ellipses(x0: int, y0: int, w: int, h: int, shapes: list[_Ellipse], blur: fl
         axes = (max(1, int(round(a * _ONE))), max(1, int(round(b * _ONE))))
         cv2.ellipse(m, centre, axes, math.degrees(angle), 0, 360, 255, -1, cv2.LINE_AA, _SHIFT)
     if blur > 0:
-        m = cv2.GaussianBlur(m, (0, 0), blur)
+        m = gaussian(m, blur)
     out = m.astype(np.float32)
     out *= np.float32(1.0 / 255.0)
     return out
+
+
+def gaussian(m: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur truncated at 2.5 sigma. OpenCV's automatic kernel for uint8 spans 8 sigma, which costs
+    four times as much on the small windows lesions live in, for no visible difference."""
+    k = 2 * int(math.ceil(2.5 * sigma)) + 1
+    return cv2.GaussianBlur(m, (k, k), sigma)
 
 
 def compose(img: np.ndarray, patch: Patch, colour: np.ndarray, *, mix: bool) -> None:
@@ -228,9 +235,7 @@ def compose(img: np.ndarray, patch: Patch, colour: np.ndarray, *, mix: bool) -> 
         f += a * (colour.astype(np.float32) - f)
     else:
         f *= np.float32(1.0) - a * (np.float32(1.0) - colour.astype(np.float32))
-    f += np.float32(0.5)
-    np.clip(f, 0.0, 255.0, out=f)
-    roi[...] = f.astype(np.uint8)
+    roi[...] = cv2.convertScaleAbs(f)  # rounds and saturates to uint8 (values are never negative)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -350,7 +355,7 @@ def _preretinal(rng: np.random.Generator, side: int, u: float, x: float, y: floa
     level = y - b * rng.uniform(0.1, 0.45)
     rows = np.arange(y0, y0 + h, dtype=np.float32)[:, None]
     m *= np.clip(rows - np.float32(level) + np.float32(0.5), 0.0, 1.0)
-    m = cv2.GaussianBlur(m, (0, 0), max(0.6, 0.8 * u))
+    m = gaussian(m, max(0.6, 0.8 * u))
     return Patch(x0, y0, m * np.float32(rng.uniform(0.88, 0.97)))
 
 

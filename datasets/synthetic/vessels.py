@@ -68,10 +68,16 @@ class VesselCanvas:
 
     def _band(self, pts: np.ndarray, widths: np.ndarray, colour: tuple[float, float, float]) -> None:
         """Fill the outline of a path of varying width (one anti-aliased polygon)."""
-        tangent = np.gradient(pts, axis=0)
+        tangent = np.empty_like(pts)  # central differences (np.gradient is slow on short arrays)
+        tangent[1:-1] = pts[2:] - pts[:-2]
+        tangent[0] = pts[1] - pts[0]
+        tangent[-1] = pts[-1] - pts[-2]
         length = np.hypot(tangent[:, 0], tangent[:, 1])
         length[length == 0] = 1.0
-        normal = np.stack([-tangent[:, 1] / length, tangent[:, 0] / length], axis=1) * (widths / 2.0)[:, None]
+        scale = widths / (2.0 * length)
+        normal = np.empty_like(pts)
+        normal[:, 0] = -tangent[:, 1] * scale
+        normal[:, 1] = tangent[:, 0] * scale
         outline = np.concatenate([pts + normal, (pts - normal)[::-1]])
         poly = np.round(outline * _ONE).astype(np.int32)
         cv2.fillPoly(self.t, [poly], colour, cv2.LINE_AA, _SHIFT)
@@ -236,7 +242,8 @@ def _bead(rng: np.random.Generator, canvas: VesselCanvas, anat: Anatomy, veins: 
     big = max((float(v.widths[0]) for v in veins), default=0.0)
     for v in veins:
         pts = v.pts
-        inside = np.array([anat.quadrant(x, y) == q for x, y in pts])
+        temporal, superior = pts[:, 0] < anat.cx, pts[:, 1] < anat.cy
+        inside = (temporal == (q in (0, 3))) & (superior == (q in (0, 1)))
         inside &= np.hypot(pts[:, 0] - anat.disc_x, pts[:, 1] - anat.disc_y) > anat.dd * 1.2
         inside &= v.widths > 0.35 * big
         inside &= np.hypot(pts[:, 0] - anat.cx, pts[:, 1] - anat.cy) < anat.radius * 0.93
