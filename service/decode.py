@@ -27,7 +27,7 @@ truncated or corrupt JPEG / PNG / DICOM                                ``Unreada
 valid DICOM that is not analysed: no Pixel Data, a SOP class that is   ``UnsupportedDicom`` (422)
 not a fundus / visible-light photograph (the message names it), an
 unsupported transfer syntax, photometric interpretation or bit depth
-shorter side below ``min_side`` pixels (from the header)                ``ImageTooSmall`` (422)
+shorter side below ``min_side`` pixels (from the header)               ``ImageTooSmall`` (422)
 =====================================================================  ===================================
 
 Error messages describe the file (SOP class, transfer syntax, photometric interpretation, sizes), never the
@@ -393,7 +393,7 @@ _REDUCTIONS: Final = (8, 4, 2)
 def jpeg_reduction(width: int, height: int, target: int | None) -> int:
     """The largest libjpeg reduction ``s`` in (8, 4, 2) with ``min(width, height) // s >= target``, else 1.
 
-    Public for :mod:`service.dicom_pixels` and tests; ``target=None`` means full resolution.
+    Public so a caller can predict the decoded size (``ceil(side / s)``); ``target=None`` means full resolution.
     """
     if target is None:
         return 1
