@@ -352,16 +352,10 @@ def _camera(rng: np.random.Generator, img: np.ndarray, anat: Anatomy, width: int
             oy: int) -> np.ndarray:
     """Optics blur, circular field with a soft edge on a dark surround, sensor noise: the photograph."""
     img = cv2.GaussianBlur(img, (3, 3), rng.uniform(0.5, 0.9))
-    # The field's soft edge: a linear ramp about 0.4 % of the diameter wide, computed at 1/4 resolution and
-    # upsampled bilinearly (a ramp survives linear interpolation), instead of blurring a full-size mask.
-    side = anat.side
-    low = max(16, side // 4)
-    k = side / low
-    coords = (np.arange(low, dtype=np.float32) + np.float32(0.5)) * np.float32(k) - np.float32(0.5)
-    rho = np.sqrt((coords[None, :] - np.float32(anat.cx)) ** 2 + (coords[:, None] - np.float32(anat.cy)) ** 2)
-    ramp = max(1.0, 0.004 * anat.diameter)
-    low_mask = np.clip((np.float32(anat.radius) - rho) * np.float32(255.0 / ramp) + np.float32(127.5), 0, 255)
-    mask = cv2.resize(low_mask.astype(np.uint8), (side, side), interpolation=cv2.INTER_LINEAR)
+    # The field: an anti-aliased disc (a fundus camera's field stop is in focus: a sharp edge).
+    mask = np.zeros(img.shape[:2], dtype=np.uint8)
+    cv2.circle(mask, (int(round(anat.cx * 16)), int(round(anat.cy * 16))), int(round(anat.radius * 16)), 255, -1,
+               cv2.LINE_AA, 4)
     cv2.multiply(img, cv2.merge([mask, mask, mask]), dst=img, scale=1.0 / 255.0)
     surround = int(rng.integers(0, 6))
     out = np.full((height, width, 3), surround, dtype=np.uint8)

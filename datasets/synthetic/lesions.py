@@ -355,6 +355,7 @@ def _preretinal(rng: np.random.Generator, side: int, u: float, x: float, y: floa
     level = y - b * rng.uniform(0.1, 0.45)
     rows = np.arange(y0, y0 + h, dtype=np.float32)[:, None]
     m *= np.clip(rows - np.float32(level) + np.float32(0.5), 0.0, 1.0)
+    m *= np.float32(0.8) + np.float32(0.2) * np.clip((rows - np.float32(level)) / np.float32(b), 0.0, 1.0)  # settled
     m = gaussian(m, max(0.6, 0.8 * u))
     return Patch(x0, y0, m * np.float32(rng.uniform(0.88, 0.97)))
 
@@ -445,7 +446,7 @@ class Look:
 _MA = np.array([0.56, 0.26, 0.3], dtype=np.float32)
 _DOTBLOT = np.array([0.62, 0.3, 0.33], dtype=np.float32)
 _FLAME = np.array([0.7, 0.34, 0.36], dtype=np.float32)
-_PRERETINAL = np.array([0.42, 0.12, 0.16], dtype=np.float32)
+_PRERETINAL = np.array([0.5, 0.17, 0.2], dtype=np.float32)
 _VITREOUS = np.array([0.5, 0.3, 0.34], dtype=np.float32)
 _LASER_PIGMENT = np.array([0.3, 0.26, 0.27], dtype=np.float32)
 
@@ -574,21 +575,21 @@ class LesionPainter:
         for i in range(-n, n + 1):
             for j in range(-n, n + 1):
                 gx, gy = (i + 0.5 * (j % 2)) * spacing, j * spacing * 0.866  # hexagonal grid
-                x = a.cx + c * gx - s * gy + rng.normal(0.0, 0.12 * spacing)
-                y = a.cy + s * gx + c * gy + rng.normal(0.0, 0.12 * spacing)
+                x = a.cx + c * gx - s * gy + rng.normal(0.0, 0.2 * spacing)
+                y = a.cy + s * gx + c * gy + rng.normal(0.0, 0.2 * spacing)
                 if math.hypot(x - a.cx, y - a.cy) > a.radius * 0.96 - 2 * r_scar:
                     continue
                 if math.hypot(x - a.fovea_x, y - a.fovea_y) < 2.4 * a.dd or math.hypot(x - a.disc_x, y - a.disc_y) < 1.3 * a.dd:
                     continue
-                if rng.random() < 0.2:
+                if rng.random() < 0.35:
                     continue
-                r = r_scar * rng.uniform(0.7, 1.3)
+                r = r_scar * rng.uniform(0.6, 1.4)
                 x0, y0, w, h = _window(a.side, x, y, 1.3 * r)
                 halo = _ellipses(x0, y0, w, h, [(x, y, r, r * rng.uniform(0.75, 1.0), rng.uniform(0, math.pi))],
                                  max(0.5, 0.25 * r))
-                compose(self.img, Patch(x0, y0, halo * np.float32(rng.uniform(0.25, 0.6))), pale, mix=True)
-                clumps = [(x + rng.normal(0, 0.35 * r), y + rng.normal(0, 0.35 * r), r * rng.uniform(0.15, 0.55),
-                           r * rng.uniform(0.15, 0.45), rng.uniform(0, math.pi)) for _ in range(int(rng.integers(0, 4)))]
+                compose(self.img, Patch(x0, y0, halo * np.float32(rng.uniform(0.15, 0.5))), pale, mix=True)
+                clumps = [(x + rng.normal(0, 0.35 * r), y + rng.normal(0, 0.35 * r), r * rng.uniform(0.2, 0.7),
+                           r * rng.uniform(0.2, 0.55), rng.uniform(0, math.pi)) for _ in range(int(rng.integers(0, 5)))]
                 if clumps:
                     pig = _ellipses(x0, y0, w, h, clumps, max(0.5, 0.15 * r))
                     compose(self.img, Patch(x0, y0, pig * np.float32(rng.uniform(0.3, 0.85))), _LASER_PIGMENT, mix=False)

@@ -37,6 +37,7 @@ _ONE = 1 << _SHIFT
 ARTERY = np.array([0.86, 0.66, 0.74], dtype=np.float32)
 VEIN = np.array([0.70, 0.42, 0.54], dtype=np.float32)
 NEW_VESSEL = np.array([0.8, 0.55, 0.62], dtype=np.float32)
+IRMA = np.array([0.76, 0.5, 0.58], dtype=np.float32)
 
 
 class VesselCanvas:
@@ -174,7 +175,7 @@ class _Tree:
         taper = 0.55 if depth == 0 else 0.7
         widths = width * (1.0 - taper * np.arange(n) / max(n - 1, 1))
         branch_p = (0.05, 0.04, 0.025, 0.0)[min(depth, 3)]
-        spawn = np.flatnonzero((rng.random(n) < branch_p) & (np.arange(n) > 3) & (widths > 0.6))
+        spawn = np.flatnonzero((rng.random(n) < branch_p) & (np.arange(n) > 3) & (widths > 0.0011 * anat.diameter))
         for i in spawn.tolist():
             i = min(i, n - 2)
             heading = math.atan2(pts[i + 1, 1] - pts[i, 1], pts[i + 1, 0] - pts[i, 0])
@@ -291,7 +292,7 @@ def _irma(rng: np.random.Generator, canvas: VesselCanvas, anat: Anatomy, q: int,
         break
     else:
         return False
-    width = max(0.9, art_w * rng.uniform(0.3, 0.42))
+    width = max(0.7, art_w * rng.uniform(0.18, 0.28))
     step = max(1.0, anat.diameter * 0.003)
     for _ in range(int(rng.integers(4, 9))):
         px, py = x + rng.normal(0, spread * 0.4), y + rng.normal(0, spread * 0.4)
@@ -304,7 +305,7 @@ def _irma(rng: np.random.Generator, canvas: VesselCanvas, anat: Anatomy, q: int,
             px += step * math.cos(theta)
             py += step * math.sin(theta)
             pts.append((px, py))
-        canvas.polyline(np.asarray(pts), np.full(len(pts), width), VEIN * np.float32(1.05))
+        canvas.polyline(np.asarray(pts), np.full(len(pts), width), IRMA)
     return True
 
 
