@@ -52,7 +52,9 @@
     return node;
   }
 
-  const pct = (p, digits = 1) => `${(100 * p).toFixed(digits)} %`;
+  const pct = (p, digits = 1) => `${(100 * p).toFixed(digits)}%`;
+  /** "no referable DR" → "No referable DR." */
+  const sentence = (text) => (text ? `${text[0].toUpperCase()}${text.slice(1)}${/[.!?]$/.test(text) ? "" : "."}` : "");
   const nextId = (stem) => `${stem}-${++uid}`;
   const lesionStyle = (type, index) => LESION_STYLES[type] ||
     { name: type.replace(/_/g, " "), ...SPARE_STYLES[index % SPARE_STYLES.length] };
@@ -188,6 +190,7 @@
       if (!response.ok) throw new Error(await errorMessage(response));
       const body = await response.json();
       const seconds = ((performance.now() - started) / 1000).toFixed(1);
+      releaseUrls();
       if (files.length === 1) renderSingle(body, files[0]);
       else renderStudy(body, files);
       setStatus(`Analysis finished in ${seconds} s.`);
@@ -219,8 +222,8 @@
 
   // ---------------------------------------------------------------- results
 
+  /** Replace the results; the cards were built after :func:`releaseUrls` freed the previous ones' files. */
   function showResults(...nodes) {
-    releaseUrls();
     $("results-body").replaceChildren(...nodes);
     $("results").hidden = false;
   }
@@ -273,7 +276,7 @@
     return el("article", { className: "card patient", "aria-labelledby": "patient-heading" },
       el("h3", { id: "patient-heading" }, "Patient outcome"),
       disclaimer(study.disclaimer),
-      verdict(p.referable, `${p.reason}.${decided}`),
+      verdict(p.referable, `${sentence(p.reason)}${decided}`),
       rows.length ? el("table", { className: "eyes" },
         el("caption", {}, "Per eye (the worst gradable photograph decides)"),
         el("thead", {}, el("tr", {}, ["Eye", "Photographs", "Quality", "Worst grade", "Referral", "P(referable)"]
@@ -298,7 +301,7 @@
     const g = f.dr_grade;
     let referral;
     if (!r) referral = verdict(null, "No referral decision was made for this photograph.");
-    else if (r.value === null) referral = verdict(null, r.reason || "The photograph cannot be graded.");
+    else if (r.value === null) referral = verdict(null, sentence(r.reason || "the photograph cannot be graded"));
     else {
       referral = verdict(r.value,
         `${r.value ? "Referable" : "No referable"} diabetic retinopathy: P(grade ≥ 2) = ${pct(r.probability)}, ` +
@@ -375,7 +378,7 @@
       type: "range", id: sliderId, min: 0, max: 100, step: 5, value: 50, className: "opacity",
       "aria-valuetext": "50 percent",
     });
-    const output = el("output", { for: sliderId, className: "opacity-value" }, "50 %");
+    const output = el("output", { for: sliderId, className: "opacity-value" }, "50%");
     const controls = el("div", { className: "controls" },
       el("div", { className: "control" }, toggle, el("label", { for: toggleId }, "Show saliency overlay")),
       el("div", { className: "control" }, el("label", { for: sliderId }, "Overlay opacity"), slider, output));
@@ -383,7 +386,7 @@
       heat.hidden = !toggle.checked;
       slider.disabled = !toggle.checked;
       heat.style.opacity = String(slider.value / 100);
-      output.textContent = `${slider.value} %`;
+      output.textContent = `${slider.value}%`;
       slider.setAttribute("aria-valuetext", `${slider.value} percent`);
     };
     toggle.addEventListener("change", apply);
@@ -475,18 +478,28 @@
     canvas.width = width;
     canvas.height = height;
     const ctx = canvas.getContext("2d");
-    const line = Math.max(2, Math.round(Math.max(width, height) / 400));
-    ctx.lineWidth = line;
-    ctx.font = `${Math.max(12, line * 6)}px system-ui, sans-serif`;
+    const line = Math.max(2, Math.round(Math.max(width, height) / 250));
+    const fontPx = Math.max(12, line * 5);
+    ctx.font = `600 ${fontPx}px system-ui, sans-serif`;
     ctx.textBaseline = "bottom";
     const types = [...new Set(lesions.map((l) => l.type))];
     const styleOf = (t) => lesionStyle(t, types.indexOf(t));
     for (const les of lesions) {
       const s = styleOf(les.type);
       const [x0, y0, x1, y1] = les.box;
+      ctx.lineWidth = line;
       ctx.strokeStyle = s.colour;
       ctx.setLineDash(s.dash.map((d) => d * line));
       ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+      // A label on a dark plate above the box (below it at the top edge): type and score, readable anywhere.
+      const label = `${s.name} ${les.score.toFixed(2)}`;
+      const w = ctx.measureText(label).width + 2 * line;
+      const h = fontPx + line;
+      const top = y0 - h - line >= 0 ? y0 - h - line : y1 + line;
+      ctx.fillStyle = "rgba(0, 0, 0, 0.7)";
+      ctx.fillRect(x0, top, w, h);
+      ctx.fillStyle = s.colour;
+      ctx.fillText(label, x0 + line, top + h - line / 2);
     }
     const legend = el("ul", { className: "legend", "aria-label": "Lesion boxes" });
     for (const t of types) {

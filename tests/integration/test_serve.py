@@ -1,19 +1,13 @@
 """The real service: `bentoml serve` in a subprocess on a free loopback port, real files posted over HTTP.
 
-This is what a new user does after `make serve`: it exercises the model-store import of the embedded
-default, model verification, BentoML's multipart handling and the error shape end to end.
+This is what a new user does after `make serve` (the `server` fixture, tests/integration/conftest.py): it
+exercises the model-store import of the embedded default, model verification, BentoML's multipart handling
+and the error shape end to end.
 """
 
 from __future__ import annotations
 
 import base64
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -21,51 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml_home")),
-           "BENTOML_DO_NOT_TRACK": "true", "FOVEA_DEVICE": "cpu"}
-    log = tmp_path_factory.mktemp("log") / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "service.service:Fovea", "--host", "127.0.0.1",
-             "--port", str(port)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"service exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"service not ready in 120 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        text = log.read_text(errors="replace")
-        assert "Traceback" not in text, text[-3000:]
 
 
 def _post(url: str, name: str, data: bytes, ctype: str) -> httpx.Response:

@@ -1,0 +1,85 @@
+"""service/webapp.py: the reader's page and its assets in front of an ASGI app (here a stand-in that echoes the
+path it received, in place of BentoML's router)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from starlette.responses import JSONResponse
+from starlette.testclient import TestClient
+
+from service.webapp import ASSETS, CSP, WEB_DIR, WebAssetsMissing, WebPageMiddleware, load_assets
+
+
+async def _inner(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    """Stands for BentoML's app: answers every request with the path and method it was given."""
+    await JSONResponse({"inner_path": scope["path"], "method": scope["method"]})(scope, receive, send)
+
+
+@pytest.fixture()
+def client() -> TestClient:
+    return TestClient(WebPageMiddleware(_inner))
+
+
+def test_root_is_the_page_with_strict_headers(client: TestClient) -> None:
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"] == "text/html; charset=utf-8"
+    assert r.content == (WEB_DIR / "index.html").read_bytes()
+    assert r.headers["content-security-policy"] == CSP
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert "default-src 'self'" in CSP and "img-src 'self' data: blob:" in CSP and "'unsafe-inline'" not in CSP
+    assert "frame-ancestors 'none'" in CSP
+
+
+@pytest.mark.parametrize(("name", "ctype"), [("app.js", "text/javascript; charset=utf-8"),
+                                             ("style.css", "text/css; charset=utf-8"),
+                                             ("index.html", "text/html; charset=utf-8")])
+def test_assets_have_their_content_types(client: TestClient, name: str, ctype: str) -> None:
+    r = client.get(f"/ui/{name}")
+    assert r.status_code == 200 and r.headers["content-type"] == ctype
+    assert r.headers["content-security-policy"] == CSP and r.headers["x-content-type-options"] == "nosniff"
+    head = client.head(f"/ui/{name}")
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["content-length"]) == len((WEB_DIR / name).read_bytes())
+
+
+@pytest.mark.parametrize("path", ["/ui/webapp.py", "/ui/../webapp.py", "/ui/%2e%2e/service.py", "/ui/", "/ui/app.js/x"])
+def test_only_listed_assets_are_served(client: TestClient, path: str) -> None:
+    # Security: a request path never reaches the file system; anything not in ASSETS is a 404.
+    r = client.get(path)
+    if r.status_code == 200:  # the client normalised "/ui/../x" to "/x": not ours, passed through
+        assert r.json()["inner_path"] != path and not r.json()["inner_path"].startswith("/ui/")
+    else:
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_page_urls_accept_get_only(client: TestClient) -> None:
+    r = client.post("/", content=b"x")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+    assert r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_docs_is_bentomls_own_index_and_the_rest_passes_through(client: TestClient) -> None:
+    assert client.get("/docs").json() == {"inner_path": "/", "method": "GET"}
+    assert client.post("/analyze", content=b"x").json() == {"inner_path": "/analyze", "method": "POST"}
+    assert client.get("/docs.json").json()["inner_path"] == "/docs.json"
+
+
+def test_a_missing_asset_fails_at_start_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("<!doctype html>")
+    with pytest.raises(WebAssetsMissing, match=r"app\.js is missing"):
+        load_assets(tmp_path)
+
+
+def test_page_loads_nothing_from_another_origin() -> None:
+    """The CSP would block it anyway; this keeps the source honest (no CDN, no web fonts, no inline script)."""
+    html = (WEB_DIR / "index.html").read_text()
+    refs = re.findall(r'(?:src|href)="([^"]*)"', html)
+    assert refs and all(r.startswith(("/", "#", "data:")) for r in refs), refs
+    assert "<script>" not in html and " style=" not in html
+    for name in ASSETS:
+        text = (WEB_DIR / name).read_text()
+        assert not re.search(r"https?://", text), name
+        assert "@import" not in text and "innerHTML" not in text, name
