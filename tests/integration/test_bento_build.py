@@ -23,7 +23,8 @@ def test_bentoml_build(tmp_path: Path) -> None:
     info = yaml.safe_load((bento_dir / "bento.yaml").read_text())
     assert [m["tag"].split(":")[0] for m in info["services"][0]["models"]] == ["dr-grader"]
     src = {p.relative_to(bento_dir / "src").as_posix() for p in (bento_dir / "src").rglob("*") if p.is_file()}
-    assert {"service/service.py", "models/preprocess.py", "models/default/dr-grader.onnx"} <= src
+    assert {"service/service.py", "models/preprocess.py", "models/default/dr-grader.onnx", "service/web/index.html",
+            "service/web/app.js", "service/web/style.css"} <= src
     assert not any(p.startswith(("training/", "models/architectures/", "tests/")) for p in src)
     reqs = (bento_dir / "env" / "python" / "requirements.txt").read_text()
     assert "onnxruntime" in reqs and "torch" not in reqs
