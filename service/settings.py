@@ -45,12 +45,12 @@ class QualitySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    coverage_min: float | None = None
-    brightness_min: float | None = None
-    clipped_max: float | None = None
-    sharpness_min: float | None = None
-    contrast_min: float | None = None
-    illumination_max: float | None = None
+    coverage_min: float | None = Field(None, gt=0)
+    brightness_min: float | None = Field(None, gt=0)
+    clipped_max: float | None = Field(None, gt=0)
+    sharpness_min: float | None = Field(None, gt=0)
+    contrast_min: float | None = Field(None, gt=0)
+    illumination_max: float | None = Field(None, gt=0)
 
     def rules(self) -> QualityRules:
         return QualityRules(**{k: v for k, v in self.model_dump().items() if v is not None})

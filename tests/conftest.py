@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -13,8 +15,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # Keep every test's BentoML model store out of the user's ~/bentoml.
-    os.environ.setdefault("BENTOML_HOME", str(Path(config.rootpath) / ".pytest_cache" / "bentoml_home"))
+    # Keep every test's BentoML model store out of the user's ~/bentoml, and fresh per run: models a test
+    # creates (the tiny grader) would otherwise clash with a changed one of the same tag on the next run.
+    if "BENTOML_HOME" not in os.environ:
+        home = tempfile.mkdtemp(prefix="fovea-test-bentoml-")
+        os.environ["BENTOML_HOME"] = home
+        config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
 

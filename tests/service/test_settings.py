@@ -28,10 +28,20 @@ def test_file_then_environment(tmp_path: Path) -> None:
     ({"FOVEA_REFERABLE_THRESHOLD": "1.7"}, "referable_threshold"),
     ({"FOVEA_MAX_FRAMES": "many"}, "max_frames"),
     ({"FOVEA_CONFIG": "/nonexistent/fovea.yaml"}, "cannot read"),
+    ({"FOVEA_INFERENCE": "gpu"}, "inference"),
 ])
 def test_bad_settings_name_the_problem(env: dict[str, str], needle: str) -> None:
     with pytest.raises(SettingsError, match=needle):
         load_settings(env)
+
+
+def test_quality_overrides_must_be_positive(tmp_path: Path) -> None:
+    cfg = tmp_path / "fovea.yaml"
+    cfg.write_text("quality: {sharpness_min: 0}\n")
+    with pytest.raises(SettingsError, match="quality.sharpness_min"):
+        load_settings({"FOVEA_CONFIG": str(cfg)})
+    with pytest.raises(ValueError, match="positive"):
+        QualityRules(contrast_min=-1.0)
 
 
 def test_unknown_keys_are_refused(tmp_path: Path) -> None:
