@@ -6,8 +6,8 @@ Contract
 into COCO's compressed RLE ``{"size": [h, w], "counts": str}`` of the whole ``h`` x ``w`` image, without
 building the full-image mask: the run lengths of the column-major (Fortran order) image are computed from the
 crop, and pycocotools compresses them (``frPyObjects`` of an uncompressed RLE). :func:`annotation` adds the
-bbox ``[x, y, w, h]`` and area pycocotools derives from that RLE, so a decoded mask's extent always equals the
-annotation's bbox. :func:`categories` lists the four lesion categories with ids 1-4 in
+bbox ``[x, y, w, h]`` (the crop, which is tight: every border row and column of the mask holds a pixel) and the
+area (its pixel count), which are what pycocotools' ``toBbox``/``area`` give for the RLE (tested). :func:`categories` lists the four lesion categories with ids 1-4 in
 :data:`~datasets.synthetic.lesions.LESION_TYPES` order.
 """
 
@@ -58,15 +58,15 @@ def encode_mask(mask: LesionMask, height: int, width: int) -> dict[str, Any]:
 def annotation(ann_id: int, image_id: int, lesion_type: str, mask: LesionMask, height: int, width: int,
                **attributes: Any) -> dict[str, Any]:
     """One COCO annotation (``iscrowd`` 0) with bbox/area from the RLE; extra ``attributes`` kept under that key."""
+    kind = category_id(lesion_type)
     rle = encode_mask(mask, height, width)
-    coded = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-    x, y, bw, bh = (int(round(v)) for v in mask_utils.toBbox(coded).tolist())
+    bh, bw = mask.bits.shape
     ann: dict[str, Any] = {
         "id": ann_id,
         "image_id": image_id,
-        "category_id": category_id(lesion_type),
-        "bbox": [x, y, bw, bh],
-        "area": int(mask_utils.area(coded)),
+        "category_id": kind,
+        "bbox": [mask.x0, mask.y0, bw, bh],
+        "area": int(np.count_nonzero(mask.bits)),
         "iscrowd": 0,
         "segmentation": rle,
     }

@@ -121,7 +121,9 @@ def write_sheet(sheet: np.ndarray, path: Path) -> None:
     """Write ``sheet`` (RGB) as an adaptive-palette PNG (Floyd-Steinberg dithered)."""
     from PIL import Image
 
-    Image.fromarray(sheet, "RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    rgb = Image.fromarray(sheet, "RGB")
+    palette = rgb.quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    rgb.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).save(path, optimize=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -241,12 +241,13 @@ def _retina(rng: np.random.Generator, anat: Anatomy, look: Look) -> np.ndarray:
     shade = f32(1.0) - f32(rng.uniform(0.3, 0.55)) * cv2.pow(rho, rng.uniform(2.0, 3.2))
     shade *= f32(1.0) + f32(0.05) * _smooth_noise(rng, low, 6) + f32(0.02) * _smooth_noise(rng, low, 20)
 
-    # Choroidal tessellation: zero-crossings of band-limited noise form a meshwork of (lighter) choroidal vessels;
-    # the spaces between them are darker, more so towards the periphery.
-    tess = f32(rng.uniform(0.0, 1.0) ** 2 * 0.28)
-    ridge = _smooth_noise(rng, low, int(rng.integers(14, 24)))
-    spaces = f32(1.0) - np.exp(-(ridge * ridge) * f32(1.0 / 0.2))
-    spaces *= tess * (f32(0.25) + f32(0.75) * np.minimum(rho, f32(1.0)))
+    # Choroidal tessellation: broad orange choroidal vessels (where band-limited noise is near zero) with
+    # darker, browner islands between them, more visible towards the periphery.
+    tess = f32(rng.uniform(0.0, 1.0) ** 2 * 0.3)
+    ridge = _smooth_noise(rng, low, int(rng.integers(12, 20)))
+    spaces = f32(1.0) - np.exp(-(ridge * ridge) * f32(1.0 / 0.7))
+    spaces *= spaces
+    spaces *= tess * (f32(0.3) + f32(0.7) * np.minimum(rho, f32(1.0)))
 
     # Macula: broad darkening around the fovea plus a darker foveal pit; a faint sheen around the disc.
     d2f = (gx - f32(anat.fovea_x)) ** 2 + (gy - f32(anat.fovea_y)) ** 2

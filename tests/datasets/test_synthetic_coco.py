@@ -29,8 +29,9 @@ def test_rle_equals_pycocotools_encoder_and_bbox_is_tight() -> None:
         full[m.y0 : m.y0 + h, m.x0 : m.x0 + w] = m.bits
         assert encode_mask(m, height, width)["counts"] == mask_utils.encode(full)["counts"].decode("ascii")
         ann = annotation(7, 3, "hard_exudate", m, height, width, subtype="plaque")
-        assert ann["bbox"] == [m.x0, m.y0, w, h]
-        assert ann["area"] == int(m.bits.sum())
+        coded = {"size": [height, width], "counts": ann["segmentation"]["counts"].encode("ascii")}
+        assert ann["bbox"] == [m.x0, m.y0, w, h] == mask_utils.toBbox(coded).tolist()
+        assert ann["area"] == int(m.bits.sum()) == int(mask_utils.area(coded))
         assert ann["category_id"] == 3 and ann["attributes"] == {"subtype": "plaque"}
 
 
