@@ -8,6 +8,7 @@ and the error shape end to end.
 from __future__ import annotations
 
 import base64
+import math
 from pathlib import Path
 
 import cv2
@@ -28,8 +29,10 @@ def _check_findings(r: httpx.Response, size: tuple[int, int]) -> dict:
     assert 0 <= body["dr_grade"]["grade"] <= 4
     assert len(body["dr_grade"]["probabilities"]) == 5
     assert sum(body["dr_grade"]["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+    assert (body["image"]["width"], body["image"]["height"]) == size
     overlay = cv2.imdecode(np.frombuffer(base64.b64decode(body["saliency"]["overlay_png"]), np.uint8), cv2.IMREAD_COLOR)
-    assert (overlay.shape[1], overlay.shape[0]) == size
+    scale = body["saliency"]["scale"]  # a large photograph is drawn at reduced resolution, stated by scale
+    assert (overlay.shape[1], overlay.shape[0]) == (math.ceil(size[0] / scale), math.ceil(size[1] / scale))
     assert body["models"][0]["name"] == "dr-grader" and len(body["models"][0]["sha256"]) == 64
     assert body["models"][0]["provider"] == "CPUExecutionProvider"
     assert "synthetic" in body["disclaimer"]
