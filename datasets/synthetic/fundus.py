@@ -233,7 +233,7 @@ def _retina(rng: np.random.Generator, anat: Anatomy, look: Look) -> np.ndarray:
 
     pigment = rng.uniform(0.0, 1.0) ** 1.5
     red = rng.uniform(215.0, 262.0) * (1.0 - 0.25 * pigment) * look.gain
-    tone = (red, red * rng.uniform(0.36, 0.52) * (1.0 - 0.25 * pigment), red * rng.uniform(0.10, 0.22) * (1.0 - 0.35 * pigment))
+    tone = (red, red * rng.uniform(0.38, 0.54) * (1.0 - 0.25 * pigment), red * rng.uniform(0.10, 0.22) * (1.0 - 0.35 * pigment))
 
     off = rng.uniform(-0.08, 0.08, size=2) * anat.radius
     rho = np.sqrt((gx - f32(anat.cx + off[0])) ** 2 + (gy - f32(anat.cy + off[1])) ** 2) * f32(1.0 / anat.radius)
