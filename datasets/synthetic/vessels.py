@@ -56,8 +56,8 @@ class VesselCanvas:
         Drawn as filled outline polygons (the path offset by half the width on either side), so the calibre
         tapers continuously without the doubled anti-aliased edges a thick polyline leaves at every joint.
         OpenCV's anti-aliasing adds about :data:`_AA_EXTRA` px to a polygon's width, so the outline is that much
-        narrower; below :data:`_MIN_COVER` px the thinnest outline is drawn proportionally fainter (in quarter
-        steps, one polygon per run of equal faintness). ``reflex`` > 0 adds a central light streak (a quarter of
+        narrower; below :data:`_MIN_COVER` px the thinnest outline is drawn fainter (half strength below half of it;
+        one polygon per run of equal faintness). ``reflex`` > 0 adds a central light streak (a quarter of
         the width, ``reflex`` of the way back to clear) where the vessel is at least 4 px wide.
         """
         n = len(pts)
@@ -65,14 +65,14 @@ class VesselCanvas:
             return
         w = np.asarray(widths, dtype=np.float64)
         outline = np.maximum(w - _AA_EXTRA, 0.25)
-        level = np.clip(np.ceil(w / _MIN_COVER * 4.0), 1, 4).astype(np.int64)
+        level = np.clip(np.ceil(w / _MIN_COVER * 2.0), 1, 2).astype(np.int64)  # faintness in halves
         breaks = np.flatnonzero(np.diff(level)) + 1
         starts = [0, *breaks.tolist()]
         ends = [*breaks.tolist(), n]
         for s0, s1 in zip(starts, ends):
             run = slice(max(0, s0 - 1), s1)  # overlap one point so runs join
             if s1 - max(0, s0 - 1) >= 2:
-                self._band(pts[run], outline[run], self._colour(transmission, level[s0] / 4.0))
+                self._band(pts[run], outline[run], self._colour(transmission, level[s0] / 2.0))
         if reflex > 0:
             wide = np.flatnonzero(w >= 4.0)
             if wide.size >= 2:
