@@ -22,7 +22,6 @@ from datasets.synthetic import quality
 from datasets.synthetic.fundus import SyntheticFundus, render_fundus
 
 GRADE_LABELS = ("0 no DR", "1 mild", "2 moderate", "3 severe", "4 proliferative")
-_CAMERAS = ((768, 768), (1024, 768), (960, 640))
 _LABEL_W = 150
 _GAP = 4
 _TEXT_H = 16
@@ -80,24 +79,28 @@ def _row(label: str, tiles: list[np.ndarray]) -> np.ndarray:
     return np.hstack(parts)
 
 
-def build_sheet(*, seed: int = 0, thumb: int = 168, per_row: int = 5) -> np.ndarray:
-    """The contact sheet as an RGB uint8 array (module docstring)."""
+def build_sheet(*, seed: int = 0, thumb: int = 168, per_row: int = 5, size: int = 768) -> np.ndarray:
+    """The contact sheet as an RGB uint8 array (module docstring). ``size``: height of the photographs (square,
+    4:3 and 3:2 cameras); the zoomed crop comes from a ``4/3 size`` square photograph."""
+    cameras = ((size, size), (size * 4 // 3, size), (size * 3 // 2, size))
+    big = size * 4 // 3
+    thumb = min(thumb, size)
     rows: list[np.ndarray] = []
     for grade in range(5):
         tiles = []
         for k in range(per_row):
             lat = "L" if k % 2 == 0 else "R"
-            f = _render_grade(grade, seed + k, lat, _CAMERAS[k % len(_CAMERAS)])
+            f = _render_grade(grade, seed + k, lat, cameras[k % len(cameras)])
             tag = f"{lat} {f.image.shape[1]}x{f.image.shape[0]}" + (" DME" if f.dme else "")
             tiles.append(_caption(_fit(f.image, thumb), tag))
-        big = _render_grade(grade, seed + 100, "R", (1024, 1024))
-        tiles.append(_caption(_zoom(big, thumb), "1:1 crop of 1024 px"))
+        zoomed = _render_grade(grade, seed + 100, "R", (big, big))
+        tiles.append(_caption(_zoom(zoomed, thumb), f"1:1 crop of {big} px"))
         rows.append(_row(f"grade {GRADE_LABELS[grade]}", tiles))
     for i, reason in enumerate(quality.ARTEFACTS):
         tiles = []
         for k in range(per_row + 1):
             grade = (i + k) % 5
-            f = _render_grade(grade, seed + 200 + 10 * i + k, "L" if k % 2 else "R", (768, 768))
+            f = _render_grade(grade, seed + 200 + 10 * i + k, "L" if k % 2 else "R", (size, size))
             qrng = np.random.default_rng([seed, 300 + i, k])
             plan = quality.sample_plan(qrng, force=reason, strength=round(0.5 + 0.5 * k / per_row, 3))
             pixels, _ = quality.apply(f.image, plan, qrng, field=f.field)
@@ -105,8 +108,9 @@ def build_sheet(*, seed: int = 0, thumb: int = 168, per_row: int = 5) -> np.ndar
             if q != quality.CLEAN_JPEG_QUALITY:
                 pixels = quality.recompress(pixels, q)
             tile = _fit(pixels, thumb)
-            if reason == "jpeg_artefacts":  # show the blocks at 1:1
-                tile = np.ascontiguousarray(pixels[200 : 200 + thumb, 200 : 200 + thumb])
+            if reason == "jpeg_artefacts":  # show the blocks at 1:1, from the middle of the field
+                c0 = (size - thumb) // 2
+                tile = np.ascontiguousarray(pixels[c0 : c0 + thumb, c0 : c0 + thumb])
             tiles.append(_caption(tile, f"s={plan.strengths[reason]:.2f} grade {f.grade}"))
         rows.append(_row(f"ungradable:\n{reason}", tiles))
     width = max(r.shape[1] for r in rows)
