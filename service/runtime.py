@@ -40,16 +40,20 @@ def session_threads(workers: int = 1, cores: int | None = None) -> tuple[int, bo
 
 
 def choose_providers(available: list[str] | None = None, device: str | None = None) -> list[str]:
-    """Execution providers in preference order: CUDA (if present and not disabled), then CPU."""
+    """Execution providers in preference order: TensorRT then CUDA (if present and not disabled), then CPU.
+
+    ``FOVEA_DEVICE=cpu`` forces the CPU; ``cuda`` requires the CUDA provider (TensorRT is used ahead of it when
+    ONNX Runtime has it: it falls back to CUDA per node for what it cannot build)."""
     available = ort.get_available_providers() if available is None else available
     device = (device or os.environ.get(DEVICE_ENV, "auto")).lower()
     if device not in {"auto", "cpu", "cuda"}:
         raise ValueError(f"{DEVICE_ENV} must be auto, cpu or cuda, not {device!r}")
     if device == "cuda" and "CUDAExecutionProvider" not in available:
         raise RuntimeError(f"{DEVICE_ENV}=cuda but ONNX Runtime has no CUDA provider (install onnxruntime-gpu)")
-    if device != "cpu" and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+    if device == "cpu" or "CUDAExecutionProvider" not in available:
+        return ["CPUExecutionProvider"]
+    gpu = ["TensorrtExecutionProvider"] if "TensorrtExecutionProvider" in available else []
+    return [*gpu, "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 @dataclass

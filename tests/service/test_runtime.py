@@ -19,3 +19,12 @@ def test_forcing_cuda_without_it_is_a_clear_error() -> None:
         choose_providers(["CPUExecutionProvider"], "cuda")
     with pytest.raises(ValueError, match="auto, cpu or cuda"):
         choose_providers(["CPUExecutionProvider"], "tpu")
+
+
+def test_tensorrt_ahead_of_cuda_when_present() -> None:
+    all3 = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers(all3, "auto") == all3
+    assert choose_providers(all3, "cuda") == all3
+    assert choose_providers(all3, "cpu") == ["CPUExecutionProvider"]
+    # TensorRT without CUDA is not a usable GPU set-up: CPU.
+    assert choose_providers(["TensorrtExecutionProvider", "CPUExecutionProvider"], "auto") == ["CPUExecutionProvider"]
