@@ -34,7 +34,7 @@ SETTINGS = load_settings()
 # batching: what a GPU wants). "local": in this process (on a CPU batching does not lower the cost per image,
 # and one hop fewer is faster). "auto" picks "service" when CUDA is available.
 INFERENCE_MODE = SETTINGS.inference if SETTINGS.inference != "auto" else (
-    "service" if choose_providers()[0] == "CUDAExecutionProvider" else "local")
+    "service" if "CUDAExecutionProvider" in choose_providers() else "local")
 WORKERS = worker_count(WORKERS_ENV)
 
 
