@@ -62,6 +62,47 @@ def overlay(rgb: np.ndarray, heat_u8: np.ndarray, *, caption: str = CAPTION, alp
     return out
 
 
+#: Lesion colours (RGB) and short labels, as the web page's legend; the label is drawn beside larger boxes so
+#: the type never depends on colour alone.
+LESION_STYLE: dict[str, tuple[tuple[int, int, int], str]] = {
+    "microaneurysm": ((255, 64, 64), "MA"),
+    "haemorrhage": ((255, 160, 0), "HE"),
+    "hard_exudate": ((255, 255, 0), "EX"),
+    "cotton_wool_spot": ((0, 255, 255), "CWS"),
+}
+
+
+def draw_lesions(img: np.ndarray, lesions: list[tuple[str, float, tuple[float, float, float, float]]],
+                 *, scale: float = 1.0) -> None:
+    """Draw ``(type, score, box)`` lesions (boxes in original pixels; the image is at ``scale`` original pixels
+    per pixel) and a legend of the types present, in place."""
+    h, w = img.shape[:2]
+    thick = max(1, round(w / 700))
+    font = max(0.35, w / 2200)
+    present = []
+    for kind, _score, (x0, y0, x1, y1) in lesions:
+        colour, label = LESION_STYLE.get(kind, ((255, 255, 255), kind[:3].upper()))
+        p0 = (int(np.floor(x0 / scale)) - 1, int(np.floor(y0 / scale)) - 1)
+        p1 = (int(np.ceil(x1 / scale)), int(np.ceil(y1 / scale)))
+        cv2.rectangle(img, p0, p1, colour, thick, cv2.LINE_8)  # crisp: a box edge is exact evidence
+        if p1[0] - p0[0] >= 24:  # room for a label
+            cv2.putText(img, label, (p0[0], max(10, p0[1] - 3)), cv2.FONT_HERSHEY_SIMPLEX, font, colour, 1,
+                        cv2.LINE_AA)
+        if kind not in present:
+            present.append(kind)
+    y = 8
+    for kind in present:
+        colour, label = LESION_STYLE.get(kind, ((255, 255, 255), kind[:3].upper()))
+        text = f"{label}  {kind.replace('_', ' ')}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, 1)
+        img[y:y + th + base + 6, 4:4 + tw + th + 16] = (img[y:y + th + base + 6, 4:4 + tw + th + 16] * 0.3
+                                                        ).astype(np.uint8)
+        cv2.rectangle(img, (8, y + 3), (8 + th, y + 3 + th), colour, -1)
+        cv2.putText(img, text, (14 + th, y + th + 2), cv2.FONT_HERSHEY_SIMPLEX, font, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+        y += th + base + 8
+
+
 def _caption(img: np.ndarray, text: str) -> None:
     """Write ``text`` on a dark band at the bottom, sized to the image width (in place)."""
     h, w = img.shape[:2]

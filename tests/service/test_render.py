@@ -53,3 +53,18 @@ def test_png_base64_round_trip() -> None:
     grey = np.arange(256, dtype=np.uint8).reshape(16, 16)
     back = cv2.imdecode(np.frombuffer(base64.b64decode(png_base64(grey)), np.uint8), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(back, grey)
+
+
+def test_lesion_boxes_and_legend_are_drawn() -> None:
+    from service.render import LESION_STYLE, draw_lesions
+
+    img = np.zeros((400, 600, 3), np.uint8)
+    draw_lesions(img, [("haemorrhage", 0.9, (200.0, 200.0, 300.0, 260.0)),
+                       ("microaneurysm", 0.5, (400.0, 100.0, 408.0, 108.0))], scale=2.0)
+    he, ma = LESION_STYLE["haemorrhage"][0], LESION_STYLE["microaneurysm"][0]
+    # Boxes land at original / scale (the edge pixel just outside the lesion).
+    assert tuple(img[115, 99]) == he and tuple(img[99, 125]) == he and tuple(img[130, 140]) == he
+    assert (img[49:56, 199] == ma).all(axis=1).any()
+    # The legend (top-left) holds one swatch per type present, in order.
+    assert (img[8:40, 8:20] == he).all(axis=2).any() and (img[8:40, 8:20] == ma).all(axis=2).any()
+    assert not (img[150:180, 150:180] != 0).any()  # nothing drawn where there is no lesion
