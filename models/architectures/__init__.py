@@ -7,5 +7,6 @@ Every architecture follows one interface (timm style) so export, CAM and tests t
 
 from models.architectures.registry import build, names, register
 from models.architectures import classifier as _classifier  # noqa: F401  (registers the classifiers)
+from models.architectures import detector as _detector  # noqa: F401  (registers the lesion detectors)
 
 __all__ = ["build", "names", "register"]
