@@ -62,6 +62,18 @@ class OperatingPoint(_Frozen):
     chosen_on: str
 
 
+class ScoreThreshold(_Frozen):
+    """The lesion detector's score threshold for one lesion class (``name``), chosen on held-out data, with the
+    lesion-level sensitivity and false positives per image it gave there (``None`` when that data had no
+    lesion of the class)."""
+
+    name: str
+    threshold: float = Field(ge=0.0, le=1.0)
+    sensitivity: float | None
+    fp_per_image: float | None
+    chosen_on: str
+
+
 class TrainingProvenance(_Frozen):
     """Where the weights came from: reproducible by ``command`` at ``code_commit`` on ``data``."""
 
@@ -79,7 +91,7 @@ class ModelCard(_Frozen):
     schema_version: Literal[1] = 1
     name: str
     version: str
-    task: Literal["dr-grading"]
+    task: Literal["dr-grading", "lesion-detection"]
     architecture: str
     file: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -89,6 +101,7 @@ class ModelCard(_Frozen):
     preprocessing: PreprocessingSpec
     classes: tuple[str, ...]
     operating_points: tuple[OperatingPoint, ...] = ()
+    score_thresholds: tuple[ScoreThreshold, ...] = ()  # lesion detectors: one per class
     metrics: dict[str, float]
     metrics_data: str
     training: TrainingProvenance

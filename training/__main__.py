@@ -71,8 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, overrides)
         if args.cmd == "train" and args.format is not None:  # data.format: recorded with the checkpoint
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, format=args.format))
+        detector = cfg.task == "lesion-detection"
         if args.cmd == "train":
-            from training.train import main as train
+            if detector:
+                from training.detection import main as train
+            else:
+                from training.train import main as train
 
             print(train(cfg, resume=args.resume, command=command))
             return 0
@@ -86,6 +90,17 @@ def main(argv: list[str] | None = None) -> int:
 
         test_format = args.format or cfg.data.format
         test_split = args.split or held_out_split(test_format)
+        if args.cmd == "evaluate" and detector:
+            from training.detection import LesionDataset, collate, evaluate as evaluate_detector, load_annotated
+            from training.export import load_checkpoint
+            from torch.utils.data import DataLoader
+
+            records = load_annotated(test_root, test_format, split=test_split)
+            model, cfg_ck, _ = load_checkpoint(checkpoint)
+            ds = LesionDataset(records, cfg_ck.input_size, train=False)
+            print(json.dumps(evaluate_detector(model, DataLoader(ds, batch_size=8, collate_fn=collate),
+                                               cfg_ck.input_size), indent=2))
+            return 0
         if args.cmd == "evaluate":
             from training.export import load_checkpoint
             from training.data import FundusDataset, load_graded
@@ -98,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
             metrics = evaluate(model, DataLoader(ds, batch_size=32), json.loads(ck["operating_point"])["threshold"])
             print(json.dumps(metrics, indent=2))
             return 0
-        from training.export import export
+        if detector:
+            from training.detection_export import export
+        else:
+            from training.export import export
 
         card = export(checkpoint, args.out, test_root=test_root, command=command, test_format=test_format,
                       test_split=test_split)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
@@ -31,10 +31,15 @@ class DataConfig:
     synthetic_test: SyntheticSpec | None = None
 
 
+#: What a config trains: the DR grader (:mod:`training.train`) or the lesion detector (:mod:`training.detection`).
+Task = Literal["dr-grading", "lesion-detection"]
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Everything that determines a trained grader."""
+    """Everything that determines a trained model (a grader unless ``task`` says otherwise)."""
 
+    task: Task = "dr-grading"
     name: str = "dr-grader"
     version: str = "0.1.0"
     architecture: str = "mobilenet_v3_large_rt"
@@ -52,6 +57,10 @@ class TrainConfig:
     out: str = "runs/grader"
     referable_min_sensitivity: float = 0.90
     data: DataConfig = field(default_factory=lambda: DataConfig(train="data/train", test="data/test"))
+
+    def __post_init__(self) -> None:
+        if self.task not in get_args(Task):
+            raise ValueError(f"unknown task {self.task!r}; known: {', '.join(get_args(Task))}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (for YAML, the checkpoint and the model card)."""

@@ -95,7 +95,9 @@ def f1_threshold(curve: FrocCurve, default: float = 0.5) -> tuple[float, float, 
         return default, float("nan"), float("nan")
     f1 = 2 * curve.hits / (curve.hits + curve.false_positives + curve.lesions)
     best = np.flatnonzero(f1 >= f1.max() - 1e-12)
-    i = int(best[-1])  # among equal F1, the lowest threshold (more sensitive)
+    # Among equal F1 the lowest threshold (more sensitive); when nothing is ever hit (F1 = 0 everywhere) the
+    # highest, which admits the fewest false positives.
+    i = int(best[-1]) if f1.max() > 0 else 0
     return (float(curve.scores[i]), float(curve.hits[i] / curve.lesions),
             float(curve.false_positives[i] / max(curve.images, 1)))
 
@@ -108,6 +110,8 @@ def mean_average_precision(detections: Sequence[Sequence[Lesion]], truths: Seque
     # COCO's default caps (1, 10, 100 detections per image and class); the summary reads the last, which
     # matches models.detection.TOP_K. Other caps make torchmetrics report -1 for "map".
     metric = MeanAveragePrecision(iou_thresholds=[0.5], class_metrics=True, box_format="xyxy", backend="pycocotools")
+    # Its warning counts detections per image over all classes; pycocotools caps them per image *and class*.
+    metric.warn_on_many_detections = False
 
     def pack(boxes: Sequence[Box], types: Sequence[str], scores: Sequence[float] | None) -> dict[str, torch.Tensor]:
         d = {"boxes": torch.tensor(list(boxes), dtype=torch.float32).reshape(-1, 4),

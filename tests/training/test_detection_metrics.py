@@ -57,3 +57,8 @@ def test_map_is_one_for_perfect_and_lower_for_shifted_boxes() -> None:
     assert mean_average_precision(shifted, TRUTHS, LESION_CLASSES)["map_50"] == 0.0  # IoU 4/16 < 0.5
     with pytest.raises(ValueError, match="detection lists"):
         froc_curve(DETECTIONS[:1], TRUTHS, H)
+
+
+def test_f1_threshold_without_any_hit_takes_the_highest_score() -> None:
+    misses = [[Lesion(H, 0.9, _box(50, 50)), Lesion(H, 0.2, _box(60, 60))], []]
+    assert f1_threshold(froc_curve(misses, TRUTHS, H)) == (0.9, 0.0, 0.5)
