@@ -1,0 +1,158 @@
+"""training.detection (targets, augmentation, losses, data selection) and the detector end to end: train one
+epoch on 12 tiny synthetic photographs, export to ONNX, parity, card, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training extras (torch) are not installed")
+
+from datasets.readers import FundusRecord, LesionBox  # noqa: E402
+from models.card import ModelCard, verify  # noqa: E402
+from models.detection import LESION_CLASSES, decode_image  # noqa: E402
+from models.preprocess import FundusTransform  # noqa: E402
+from training.__main__ import main  # noqa: E402
+from training.config import load_config  # noqa: E402
+from training.detection import (augment_with_boxes, boxes_to_model, detection_loss, encode_targets,  # noqa: E402
+                                gaussian_radius, select_annotated)
+
+BOXES = np.array([[10, 12, 30, 20], [64, 64, 67, 66], [100, 40, 126, 90]], np.float32)
+LABELS = np.array([1, 0, 2])
+
+
+def test_encode_targets_places_peaks_sizes_and_offsets() -> None:
+    t = encode_targets(BOXES, LABELS, input_size=128)
+    assert t["heatmap"].shape == (4, 32, 32) and t["size"].shape == t["offset"].shape == (2, 32, 32)
+    # First box: centre (20, 16) px = cell (5, 4) exactly, 5 x 2 cells.
+    assert t["heatmap"][1, 4, 5] == 1.0 and t["mask"][4, 5] == 1.0
+    assert t["size"][:, 4, 5].tolist() == [5.0, 2.0] and t["offset"][:, 4, 5].tolist() == [0.0, 0.0]
+    # Second: centre (65.5, 65) px = cell (16.375, 16.25).
+    assert t["offset"][:, 16, 16].tolist() == pytest.approx([0.375, 0.25])
+    assert t["mask"].sum() == 3 and (t["heatmap"] == 1.0).sum() == 3
+    # The Gaussian spreads over the big exudate box but not into other classes.
+    assert 0 < t["heatmap"][2, 16, 29] < 1 and t["heatmap"][3].max() == 0
+    assert gaussian_radius(2, 2) < gaussian_radius(20, 20)
+
+
+def test_targets_decode_back_to_the_boxes() -> None:
+    t = encode_targets(BOXES, LABELS, input_size=128)
+    lesions = decode_image(t["heatmap"], t["size"], t["offset"], input_size=128, thresholds=0.99)
+    got = sorted((LESION_CLASSES.index(l.type), l.box) for l in lesions)
+    want = sorted((int(c), tuple(map(float, b))) for b, c in zip(BOXES, LABELS))
+    assert [g[0] for g in got] == [w[0] for w in want]
+    np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want], atol=1e-4)
+
+
+def test_boxes_to_model_inverts_box_to_original() -> None:
+    t = FundusTransform(x0=-20.0, y0=30.0, scale=3.0, size=128, original_width=400, original_height=500)
+    lesions = (LesionBox("hard_exudate", (40, 60, 100, 90)),  # inside the crop
+               LesionBox("haemorrhage", (350, 60, 399, 90)),  # overhangs the crop's right edge (u = 139.7)
+               LesionBox("microaneurysm", (0, 0, 10, 20)))  # above the crop (v < 0): dropped
+    boxes, labels = boxes_to_model(FundusRecord(image=Path("x.jpeg"), grade=None, source="coco", lesions=lesions), t)
+    assert labels.tolist() == [2, 1]
+    assert t.box_to_original(tuple(boxes[0])) == pytest.approx((40, 60, 100, 90))
+    assert boxes[1].tolist() == pytest.approx([370 / 3, 10, 128, 20])
+
+
+def test_augmentation_moves_boxes_with_the_pixels() -> None:
+    crop = np.zeros((128, 128, 3), np.uint8)
+    crop[40:56, 20:44] = 255  # a bright lesion whose box is (20, 40, 44, 56)
+    for seed in range(6):
+        out, boxes, labels = augment_with_boxes(crop, np.array([[20, 40, 44, 56]], np.float32), np.array([3]),
+                                                np.random.default_rng(seed))
+        ys, xs = np.nonzero(out.max(axis=2) > 128)
+        seen = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        assert labels.tolist() == [3]
+        # The box of the rotated corners contains the rotated square and is at most ~10 % larger per side.
+        assert (boxes[0][:2] <= seen[:2] + 1).all() and (boxes[0][2:] >= seen[2:] - 1).all()
+        assert np.abs(boxes[0] - seen).max() <= 5
+
+
+def test_augmentation_drops_boxes_pushed_out() -> None:
+    crop = np.zeros((64, 64, 3), np.uint8)
+    _, boxes, labels = augment_with_boxes(crop, np.array([[0, 0, 1, 1]], np.float32), np.array([0]),
+                                          np.random.default_rng(1))
+    assert len(boxes) == len(labels) <= 1
+
+
+def test_loss_prefers_the_true_maps() -> None:
+    t = {k: torch.from_numpy(v)[None] for k, v in encode_targets(BOXES, LABELS, input_size=128).items()}
+    good = (torch.logit(t["heatmap"].clamp(1e-4, 1 - 1e-4)), t["size"], t["offset"])
+    bad = (torch.zeros_like(t["heatmap"]), torch.zeros_like(t["size"]), torch.zeros_like(t["offset"]))
+    good_loss, parts = detection_loss(good, t)
+    bad_loss, _ = detection_loss(bad, t)
+    assert float(good_loss) < 0.05 < float(bad_loss) and parts["size"] == 0.0
+
+
+def test_select_annotated_counts_records_without_annotation() -> None:
+    a = FundusRecord(image=Path("a.jpeg"), grade=0, source="eyepacs")
+    b = FundusRecord(image=Path("b.jpeg"), grade=None, source="coco", lesions=())
+    assert select_annotated([a, b]) == ([b], 1)
+
+
+def test_config_task_defaults_and_is_checked(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: x\n")
+    assert load_config(cfg).task == "dr-grading"
+    assert load_config(Path("training/configs/detector.yaml")).task == "lesion-detection"
+    cfg.write_text("task: segmentation\n")
+    with pytest.raises(ValueError, match="unknown task 'segmentation'"):
+        load_config(cfg)
+
+
+@pytest.fixture(scope="module")
+def detector_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Train one epoch of a 128-px detector on 12 synthetic photographs and export it."""
+    from datasets.synthetic.writer import generate
+
+    root = tmp_path_factory.mktemp("lesions")
+    generate(root / "data", count=12, seed=5, size=192, progress=False)
+    cfg = root / "det.yaml"
+    cfg.write_text("task: lesion-detection\nname: tiny-detector\nversion: 0.0.1\narchitecture: centernet_mnv3_small\n"
+                   f"input_size: 128\nnum_classes: 4\ndropout: 0.0\nepochs: 1\nbatch_size: 4\nout: {root / 'run'}\n"
+                   f"data: {{format: synthetic, train: {root / 'data'}, test: {root / 'data'}, val_fraction: 0.3}}\n")
+    assert main(["train", "--config", str(cfg)]) == 0
+    assert main(["export", "--config", str(cfg), "--out", str(root / "export")]) == 0
+    return cfg, root / "export"
+
+
+@pytest.mark.slow
+def test_detector_trains_exports_and_verifies(detector_run: tuple[Path, Path]) -> None:
+    import onnxruntime as ort
+
+    from training.export import load_checkpoint
+    from models.architectures.detector import DetectorExport
+
+    cfg, export = detector_run
+    run = cfg.parent / "run"
+    ck = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    assert json.loads(ck["config"])["task"] == "lesion-detection" and "froc" in json.loads(ck["val_metrics"])
+    card = ModelCard.load(export / "tiny-detector.card.json")
+    assert verify(card, export).name == "tiny-detector.onnx"
+    assert card.task == "lesion-detection" and card.classes == LESION_CLASSES
+    assert card.outputs == ("heatmap", "size", "offset") and card.input.size == 128 and card.opset == 17
+    assert [t.name for t in card.score_thresholds] == list(LESION_CLASSES)
+    assert all(0 <= t.threshold <= 1 for t in card.score_thresholds)
+    assert {"map_50", "froc", "n"} <= set(card.metrics) and card.metrics["n"] == 12
+    assert card.metrics["max_abs_heatmap_diff"] <= 1e-4
+    # Dynamic batch: three images through ONNX Runtime match PyTorch.
+    model, _, _ = load_checkpoint(run / "best.pt")
+    x = np.random.default_rng(2).standard_normal((3, 3, 128, 128), dtype=np.float32)
+    sess = ort.InferenceSession(str(export / "tiny-detector.onnx"), providers=["CPUExecutionProvider"])
+    heat, size, offset = sess.run(None, {"image": x})
+    with torch.inference_mode():
+        ref = DetectorExport(model)(torch.from_numpy(x))
+    assert heat.shape == (3, 4, 32, 32) and np.abs(heat - ref[0].numpy()).max() <= 1e-4
+
+
+@pytest.mark.slow
+def test_detector_evaluate_cli(detector_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, _ = detector_run
+    capsys.readouterr()
+    assert main(["evaluate", "--config", str(cfg)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n"] == 12 and "froc" in metrics
