@@ -37,8 +37,12 @@ PRIOR = 0.1
 DETECTOR_NAMES = ("centernet_mnv3_small", "centernet_mnv3_large")
 
 
-def _conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout),
+def _separable(cin: int, cout: int) -> nn.Sequential:
+    """Depthwise 3×3 + pointwise 1×1, each with BatchNorm and ReLU. At stride 4 (192² cells for a 768-px
+    input) a dense 3×3 64→64 convolution costs 1.4 GFLOP and ~37 ms in ONNX Runtime on 2 cores; four of them
+    (neck + three heads) dominated the whole network. The separable form is ~8× cheaper."""
+    return nn.Sequential(nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False), nn.BatchNorm2d(cin),
+                         nn.ReLU(inplace=True), nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout),
                          nn.ReLU(inplace=True))
 
 
@@ -73,12 +77,12 @@ class CenterNetDetector(nn.Module):
                 m.momentum = 0.1
         self.stages, chans = _split_stages(features)
         self.lateral = nn.ModuleList(nn.Conv2d(c, neck_channels, 1) for c in chans)
-        self.smooth = _conv_bn_relu(neck_channels, neck_channels)
+        self.smooth = _separable(neck_channels, neck_channels)
         self.num_classes = num_classes
         self.num_features = neck_channels
-        self.heatmap = nn.Sequential(_conv_bn_relu(neck_channels, head_channels), nn.Conv2d(head_channels, num_classes, 1))
-        self.size = nn.Sequential(_conv_bn_relu(neck_channels, head_channels), nn.Conv2d(head_channels, 2, 1))
-        self.offset = nn.Sequential(_conv_bn_relu(neck_channels, head_channels), nn.Conv2d(head_channels, 2, 1))
+        self.heatmap = nn.Sequential(_separable(neck_channels, head_channels), nn.Conv2d(head_channels, num_classes, 1))
+        self.size = nn.Sequential(_separable(neck_channels, head_channels), nn.Conv2d(head_channels, 2, 1))
+        self.offset = nn.Sequential(_separable(neck_channels, head_channels), nn.Conv2d(head_channels, 2, 1))
         nn.init.constant_(self.heatmap[-1].bias, math.log(PRIOR / (1 - PRIOR)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
