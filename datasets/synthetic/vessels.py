@@ -45,13 +45,19 @@ IRMA = np.array([0.76, 0.5, 0.58], dtype=np.float32)
 
 
 class VesselCanvas:
-    """Per-channel transmission of the vessel layer over a ``side`` x ``side`` image (uint8, 255 = clear)."""
+    """Per-channel transmission of the vessel layer over a ``side`` x ``side`` image (uint8, 255 = clear).
+
+    Drawing calls are queued and rendered in order by :meth:`flush` (called by :meth:`apply`): the outline
+    geometry of all vessels is computed in one vectorised pass, since per-vessel numpy calls on short arrays
+    cost more than the drawing itself.
+    """
 
     def __init__(self, side: int) -> None:
         self.t = np.full((side, side, 3), 255, dtype=np.uint8)
+        self._queue: list[tuple[np.ndarray, np.ndarray, np.ndarray, float] | tuple[float, float, float, np.ndarray]] = []
 
     def polyline(self, pts: np.ndarray, widths: np.ndarray, transmission: np.ndarray, reflex: float = 0.0) -> None:
-        """A tapering vessel along ``pts`` (``(n, 2)``) with ``widths`` (``(n,)``, px), anti-aliased.
+        """Queue a tapering vessel along ``pts`` (``(n, 2)``) with ``widths`` (``(n,)``, px), anti-aliased.
 
         Drawn as filled outline polygons (the path offset by half the width on either side), so the calibre
         tapers continuously without the doubled anti-aliased edges a thick polyline leaves at every joint.
@@ -60,45 +66,68 @@ class VesselCanvas:
         one polygon per run of equal faintness). ``reflex`` > 0 adds a central light streak (a quarter of
         the width, ``reflex`` of the way back to clear) where the vessel is at least 4 px wide.
         """
-        n = len(pts)
-        if n < 2:
-            return
-        w = np.asarray(widths, dtype=np.float64)
-        outline = np.maximum(w - _AA_EXTRA, 0.25)
-        level = np.clip(np.ceil(w / _MIN_COVER * 2.0), 1, 2).astype(np.int64)  # faintness in halves
-        breaks = np.flatnonzero(np.diff(level)) + 1
-        starts = [0, *breaks.tolist()]
-        ends = [*breaks.tolist(), n]
-        for s0, s1 in zip(starts, ends):
-            run = slice(max(0, s0 - 1), s1)  # overlap one point so runs join
-            if s1 - max(0, s0 - 1) >= 2:
-                self._band(pts[run], outline[run], self._colour(transmission, level[s0] / 2.0))
-        if reflex > 0:
-            wide = np.flatnonzero(w >= 4.0)
-            if wide.size >= 2:
-                seg = slice(int(wide[0]), int(wide[-1]) + 1)
-                self._band(pts[seg], np.maximum(w[seg] / 4.0 - _AA_EXTRA, 0.25), self._colour(transmission, 1.0 - reflex))
-
-    def _band(self, pts: np.ndarray, widths: np.ndarray, colour: tuple[float, float, float]) -> None:
-        """Fill the outline of a path of varying width (one anti-aliased polygon)."""
-        tangent = np.empty_like(pts)  # central differences (np.gradient is slow on short arrays)
-        tangent[1:-1] = pts[2:] - pts[:-2]
-        tangent[0] = pts[1] - pts[0]
-        tangent[-1] = pts[-1] - pts[-2]
-        length = np.hypot(tangent[:, 0], tangent[:, 1])
-        length[length == 0] = 1.0
-        scale = widths / (2.0 * length)
-        normal = np.empty_like(pts)
-        normal[:, 0] = -tangent[:, 1] * scale
-        normal[:, 1] = tangent[:, 0] * scale
-        outline = np.concatenate([pts + normal, (pts - normal)[::-1]])
-        poly = np.round(outline * _ONE).astype(np.int32)
-        cv2.fillPoly(self.t, [poly], colour, cv2.LINE_AA, _SHIFT)
+        if len(pts) >= 2:
+            self._queue.append((np.asarray(pts, dtype=np.float64), np.asarray(widths, dtype=np.float64),
+                                transmission, float(reflex)))
 
     def circle(self, x: float, y: float, r: float, transmission: np.ndarray) -> None:
-        """A filled anti-aliased disc (a bead of a beaded vein)."""
-        cv2.circle(self.t, (int(round(x * _ONE)), int(round(y * _ONE))), max(1, int(round(r * _ONE))),
-                   self._colour(transmission, 1.0), -1, cv2.LINE_AA, _SHIFT)
+        """Queue a filled anti-aliased disc (a bead of a beaded vein)."""
+        self._queue.append((float(x), float(y), float(r), transmission))
+
+    def flush(self) -> None:
+        """Draw everything queued, in order."""
+        queue, self._queue = self._queue, []
+        paths = [op for op in queue if len(op) == 4 and isinstance(op[0], np.ndarray)]
+        if paths:
+            pts = np.concatenate([op[0] for op in paths])
+            w = np.concatenate([op[1] for op in paths])
+            lengths = np.array([len(op[0]) for op in paths])
+            first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            last = first + lengths - 1
+            tangent = np.empty_like(pts)  # central differences inside each path, one-sided at its ends
+            tangent[1:-1] = pts[2:] - pts[:-2]
+            tangent[first] = pts[first + 1] - pts[first]
+            tangent[last] = pts[last] - pts[last - 1]
+            norm = np.hypot(tangent[:, 0], tangent[:, 1])
+            norm[norm == 0] = 1.0
+            unit = np.empty_like(pts)
+            unit[:, 0] = -tangent[:, 1] / norm
+            unit[:, 1] = tangent[:, 0] / norm
+            half = (np.maximum(w - _AA_EXTRA, 0.25) * 0.5)[:, None]
+            left = np.round((pts + unit * half) * _ONE).astype(np.int32)
+            right = np.round((pts - unit * half) * _ONE).astype(np.int32)
+            half_r = (np.maximum(w / 4.0 - _AA_EXTRA, 0.25) * 0.5)[:, None]
+            left_r = np.round((pts + unit * half_r) * _ONE).astype(np.int32)
+            right_r = np.round((pts - unit * half_r) * _ONE).astype(np.int32)
+            level = np.clip(np.ceil(w / _MIN_COVER * 2.0), 1, 2).astype(np.int64).tolist()  # faintness in halves
+            wide = (w >= 4.0).tolist()
+            starts = first.tolist()
+        k = 0
+        for op in queue:
+            if not isinstance(op[0], np.ndarray):
+                x, y, r, transmission = op  # type: ignore[misc]
+                cv2.circle(self.t, (int(round(x * _ONE)), int(round(y * _ONE))), max(1, int(round(r * _ONE))),
+                           self._colour(transmission, 1.0), -1, cv2.LINE_AA, _SHIFT)
+                continue
+            _, _, transmission, reflex = op  # type: ignore[misc]
+            s0 = starts[k]
+            e0 = s0 + int(lengths[k])
+            k += 1
+            a = s0
+            for i in range(s0 + 1, e0 + 1):  # one polygon per run of equal faintness
+                if i < e0 and level[i] == level[a]:
+                    continue
+                lo = max(s0, a - 1)  # overlap one point so runs join
+                if i - lo >= 2:
+                    poly = np.concatenate([left[lo:i], right[lo:i][::-1]])
+                    cv2.fillPoly(self.t, [poly], self._colour(transmission, level[a] / 2.0), cv2.LINE_AA, _SHIFT)
+                a = i
+            if reflex > 0:
+                idx = [i for i in range(s0, e0) if wide[i]]
+                if len(idx) >= 2:
+                    lo, hi = idx[0], idx[-1] + 1
+                    poly = np.concatenate([left_r[lo:hi], right_r[lo:hi][::-1]])
+                    cv2.fillPoly(self.t, [poly], self._colour(transmission, 1.0 - reflex), cv2.LINE_AA, _SHIFT)
 
     @staticmethod
     def _colour(transmission: np.ndarray, strength: float) -> tuple[float, float, float]:
@@ -108,7 +137,8 @@ class VesselCanvas:
                 255.0 * (1.0 - strength * (1.0 - b)))
 
     def apply(self, img: np.ndarray) -> None:
-        """``img *= transmission / 255`` in place (uint8 RGB of the same size)."""
+        """Draw what is queued, then ``img *= transmission / 255`` in place (uint8 RGB of the same size)."""
+        self.flush()
         cv2.multiply(img, self.t, dst=img, scale=1.0 / 255.0)
 
 
@@ -133,10 +163,11 @@ def _step(anat: Anatomy) -> float:
 
 def _clip_path(pts: np.ndarray, anat: Anatomy) -> np.ndarray:
     """Cut a path at the first point beyond the field rim or inside the foveal avascular zone."""
-    outside = np.hypot(pts[:, 0] - anat.cx, pts[:, 1] - anat.cy) > anat.radius * 1.02
-    fovea = np.hypot(pts[:, 0] - anat.fovea_x, pts[:, 1] - anat.fovea_y) < 0.3 * anat.dd
-    bad = np.flatnonzero((outside | fovea)[1:])
-    return pts if bad.size == 0 else pts[: bad[0] + 2]
+    z = pts.view(np.complex128).ravel()  # (n, 2) float64 rows as complex x + iy: fewer numpy calls
+    bad = (np.abs(z - complex(anat.cx, anat.cy)) > anat.radius * 1.02) | (
+        np.abs(z - complex(anat.fovea_x, anat.fovea_y)) < 0.3 * anat.dd)
+    cut = np.flatnonzero(bad[1:])
+    return pts if cut.size == 0 else pts[: cut[0] + 2]
 
 
 def _walk(rng: np.random.Generator, anat: Anatomy, x: float, y: float, theta: float, length: float,
@@ -144,14 +175,15 @@ def _walk(rng: np.random.Generator, anat: Anatomy, x: float, y: float, theta: fl
     """A curved random-walk path from ``(x, y)`` heading ``theta``; ``curvature`` in radians per pixel."""
     step = _step(anat)
     n = max(2, int(length / step))
-    frac = np.arange(n) / n
-    jitter = np.convolve(rng.normal(0.0, wander, n + 4), np.full(5, 0.2), mode="valid")  # smooth meander
-    th = theta + np.cumsum(curvature * step * (1.0 - 0.6 * frac) + jitter)
-    pts = np.empty((n + 1, 2))
-    pts[0] = (x, y)
-    pts[1:, 0] = x + np.cumsum(step * np.cos(th))
-    pts[1:, 1] = y + np.cumsum(step * np.sin(th))
-    return _clip_path(pts, anat)
+    noise = np.cumsum(rng.normal(0.0, wander, n + 4))
+    jitter = (noise[4:] - np.concatenate(([0.0], noise[:-5]))) * 0.2  # moving average of 5: a smooth meander
+    th = np.cumsum(jitter + curvature * step * (1.0 - 0.6 / n * np.arange(n)))
+    th += theta
+    z = np.empty(n + 1, dtype=np.complex128)
+    z[0] = complex(x, y)
+    z[1:] = np.cumsum(np.exp(1j * th) * step)
+    z[1:] += z[0]
+    return _clip_path(z.view(np.float64).reshape(-1, 2), anat)
 
 
 def _arcade(rng: np.random.Generator, anat: Anatomy, sign: float, x: float, y: float, a: float, b: float,
