@@ -264,7 +264,8 @@ def predict(model: nn.Module, loader: DataLoader, input_size: int) -> tuple[list
 
 
 def evaluate(model: nn.Module, loader: DataLoader, input_size: int) -> dict[str, float]:
-    """mAP@0.5 and FROC (see :func:`training.detection_metrics.detection_metrics`) on ``loader``."""
+    """mAP@0.5 and FROC (see :func:`training.detection_metrics.detection_metrics`) on ``loader``, with boxes in
+    model pixels (the export's card measures the ONNX file in original pixels instead)."""
     detections, truths = predict(model, loader, input_size)
     return detection_metrics(detections, truths, LESION_CLASSES)
 
