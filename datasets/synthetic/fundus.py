@@ -24,8 +24,9 @@ What is drawn, in this order (geometry in :mod:`datasets.synthetic.anatomy`):
 * deep lesions, the vessel tree with its vascular signs (:mod:`datasets.synthetic.vessels`), then
   superficial lesions (:mod:`datasets.synthetic.lesions`);
 * the camera: a light optical blur, the circular field of view (diameter 0.90-0.98 of the smaller image side,
-  entirely inside the image, centre jittered by at most 1 % of the smaller side) with a soft edge on a dark,
-  noisy surround, luminance sensor noise, and for a left eye the mirror image of the canonical right eye.
+  entirely inside the image, centre jittered by at most 1 % of the smaller side) with a sharp anti-aliased edge
+  on a dark surround, luminance grain and read noise, and for a left eye the mirror image of the canonical
+  right eye.
 
 Coordinates (boxes, ``fovea``, ``disc``, ``field``) are in pixels of ``image``, pixel ``(x, y)`` being column x,
 row y; points are pixel-centre coordinates.
@@ -332,7 +333,8 @@ def _draw_disc(rng: np.random.Generator, img: np.ndarray, anat: Anatomy, look: L
 # Camera
 # --------------------------------------------------------------------------------------------------------------
 
-_NOISE_SIGMA = 1.1
+_NOISE_SIGMA = 0.8
+_GRAIN_SIGMA = 1.6
 _NOISE_PAD = 64
 
 
@@ -340,10 +342,14 @@ _NOISE_PAD = 64
 def _noise_tiles(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """Luminance noise (the same in R, G, B) as its positive and negative parts, two uint8
     ``(height + pad, width + pad, 3)`` arrays (saturating uint8 adds are several times faster than a signed add);
-    fixed per size, so only the crop offset is drawn per image."""
+    fixed per size, so only the crop offset is drawn per image. It is a fine grain (white noise blurred to about
+    a pixel and a half, as demosaicing and the retina's own granularity give) plus white read noise."""
     rng = np.random.default_rng(0x5EED)
-    n = rng.standard_normal((height + _NOISE_PAD, width + _NOISE_PAD), dtype=np.float32) * np.float32(_NOISE_SIGMA)
-    n = np.rint(n)
+    shape = (height + _NOISE_PAD, width + _NOISE_PAD)
+    grain = cv2.GaussianBlur(rng.standard_normal(shape, dtype=np.float32), (0, 0), 0.8)
+    grain *= np.float32(_GRAIN_SIGMA / max(float(grain.std()), 1e-6))
+    grain += rng.standard_normal(shape, dtype=np.float32) * np.float32(_NOISE_SIGMA)
+    n = np.rint(grain)
     pos = np.clip(n, 0, 255).astype(np.uint8)
     neg = np.clip(-n, 0, 255).astype(np.uint8)
     return cv2.merge([pos, pos, pos]), cv2.merge([neg, neg, neg])
@@ -351,7 +357,7 @@ def _noise_tiles(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _camera(rng: np.random.Generator, img: np.ndarray, anat: Anatomy, width: int, height: int, ox: int,
             oy: int) -> np.ndarray:
-    """Optics blur, circular field with a soft edge on a dark surround, sensor noise: the photograph."""
+    """Optics blur, circular field on a dark surround, grain and read noise: the photograph."""
     img = cv2.GaussianBlur(img, (3, 3), rng.uniform(0.5, 0.9))
     # The field: an anti-aliased disc (a fundus camera's field stop is in focus: a sharp edge).
     mask = np.zeros(img.shape[:2], dtype=np.uint8)
@@ -363,7 +369,7 @@ def _camera(rng: np.random.Generator, img: np.ndarray, anat: Anatomy, width: int
     sub = out[oy : oy + anat.side, ox : ox + anat.side]
     np.maximum(sub, img, out=sub)
     pos, neg = _noise_tiles(width, height)
-    for _ in range(int(rng.integers(1, 3))):  # 1-2 independent draws: noise sigma 1.1-1.6 grey levels
+    for _ in range(int(rng.integers(1, 3))):  # 1-2 independent draws: noise std about 1.8-2.5 grey levels
         nx, ny = (int(v) for v in rng.integers(0, _NOISE_PAD, size=2))
         cv2.add(out, pos[ny : ny + height, nx : nx + width], dst=out)
         cv2.subtract(out, neg[ny : ny + height, nx : nx + width], dst=out)
