@@ -14,7 +14,7 @@ the arguments. The smaller side must be at least :data:`MIN_SIZE`.
 
 What is drawn, in this order (geometry in :mod:`datasets.synthetic.anatomy`):
 
-* the retina, computed at a quarter of the resolution and upsampled (everything in it is smooth): an
+* the retina, computed at a sixth of the resolution and upsampled (everything in it is smooth): an
   orange-red tone with per-image pigmentation (light orange to dark brown-red) and exposure, vignetting from a
   slightly off-centre illumination, low-frequency mottling, choroidal tessellation (a meshwork of orange
   choroidal vessels with darker spaces, stronger in the periphery, in some fundi), a brighter peripapillary
@@ -224,9 +224,9 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
 
 
 def _retina(rng: np.random.Generator, anat: Anatomy, look: Look) -> np.ndarray:
-    """The background retina, ``(side, side, 3)`` uint8 RGB, computed at 1/4 resolution and upsampled."""
+    """The background retina, ``(side, side, 3)`` uint8 RGB, computed at 1/6 resolution and upsampled."""
     side = anat.side
-    low = max(48, side // 4)
+    low = max(48, side // 6)
     k = side / low
     coords = (np.arange(low, dtype=np.float32) + np.float32(0.5)) * np.float32(k) - np.float32(0.5)
     gx, gy = coords[None, :], coords[:, None]
