@@ -26,7 +26,9 @@ lesions; they are image-level findings (:class:`datasets.synthetic.grading.Findi
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -480,15 +482,17 @@ class LesionPainter:
         c = np.array([self.rng.uniform(l, h) for l, h in zip(lo, hi)], dtype=np.float32)
         return c * np.float32(self.look.gain)
 
-    def _add(self, make: object, extent: float, colour: np.ndarray, mix: bool, record: tuple[str, str] | None,
-             **where: object) -> bool:
+    def _add(self, make: Callable[[float, float], Patch], extent: float, colour: np.ndarray, mix: bool,
+             record: tuple[str, str] | None, *, quadrant: int | None = None,
+             near: tuple[float, float, float] | None = None, avoid: tuple[float, float, float] | None = None) -> bool:
         """Place, draw and (if ``record``) record one lesion; re-placed up to 8 times when the box breaks the
-        placement contract. ``make(x, y)`` returns the lesion's :class:`Patch`."""
+        placement contract. ``make(x, y)`` returns the lesion's :class:`Patch`; ``quadrant``/``near``/``avoid`` as
+        in :meth:`Placer.sample`."""
         for _ in range(8):
-            pos = self.place.sample(extent, **where)  # type: ignore[arg-type]
+            pos = self.place.sample(extent, quadrant=quadrant, near=near, avoid=avoid)
             if pos is None:
                 return False
-            patch = make(*pos)  # type: ignore[operator]
+            patch = make(*pos)
             m = patch.mask()
             if m is None or not box_allowed(mask_box(m), self.anat):
                 continue
@@ -498,21 +502,24 @@ class LesionPainter:
             return True
         return False
 
+    def _haemorrhage_at(self, x: float, y: float, subtype: str) -> Patch:
+        return _haemorrhage(self.rng, self.anat.side, self.u, x, y, subtype, (self.anat.disc_x, self.anat.disc_y))
+
     def _haemorrhages(self, superficial: bool) -> None:
-        disc = (self.anat.disc_x, self.anat.disc_y)
+        """Draw the planned haemorrhages of one layer (flames are superficial, dots and blots deep)."""
         for q, sub in self.haem:
             if (sub == "flame") != superficial:
                 continue
             ext = _haem_extent(self.u, sub)
             colour = _FLAME if sub == "flame" else _DOTBLOT
             colour = colour * np.float32(self.rng.uniform(0.92, 1.08))
-            where: dict[str, object] = {"quadrant": q}
-            if not self.haem_quadrant and self.rng.random() < 0.6:
-                where = {"near": self._posterior}
-            if not self._add(lambda x, y, s=sub: _haemorrhage(self.rng, self.anat.side, self.u, x, y, s, disc),
-                             ext, colour, False, ("haemorrhage", sub), **where):
-                self._add(lambda x, y, s=sub: _haemorrhage(self.rng, self.anat.side, self.u, x, y, s, disc),
-                          ext, colour, False, ("haemorrhage", sub), quadrant=q)
+            make = functools.partial(self._haemorrhage_at, subtype=sub)
+            if self.haem_quadrant or self.rng.random() >= 0.6:
+                placed = self._add(make, ext, colour, False, ("haemorrhage", sub), quadrant=q)
+            else:  # around the posterior pole
+                placed = self._add(make, ext, colour, False, ("haemorrhage", sub), near=self._posterior)
+            if not placed:  # one more round anywhere in the planned quadrant
+                self._add(make, ext, colour, False, ("haemorrhage", sub), quadrant=q)
 
     # -- layers ---------------------------------------------------------------------------------------------
 
