@@ -56,6 +56,8 @@ class TrainConfig:
     workers: int = 0
     out: str = "runs/grader"
     referable_min_sensitivity: float = 0.90
+    #: lesion detection: train on random windows of this side of the ``input_size`` crop (None: whole crop)
+    train_crop: int | None = None
     data: DataConfig = field(default_factory=lambda: DataConfig(train="data/train", test="data/test"))
 
     def __post_init__(self) -> None:

@@ -17,8 +17,8 @@ from models.detection import LESION_CLASSES, decode_image  # noqa: E402
 from models.preprocess import FundusTransform  # noqa: E402
 from training.__main__ import main  # noqa: E402
 from training.config import load_config  # noqa: E402
-from training.detection import (augment_with_boxes, boxes_to_model, detection_loss, encode_targets,  # noqa: E402
-                                gaussian_radius, select_annotated)
+from training.detection import (LesionDataset, augment_with_boxes, boxes_to_model, detection_loss,  # noqa: E402
+                                encode_targets, gaussian_radius, random_crop, select_annotated)
 
 BOXES = np.array([[10, 12, 30, 20], [64, 64, 67, 66], [100, 40, 126, 90]], np.float32)
 LABELS = np.array([1, 0, 2])
@@ -72,6 +72,23 @@ def test_augmentation_moves_boxes_with_the_pixels() -> None:
         assert np.abs(boxes[0] - seen).max() <= 5
 
 
+def test_random_crop_shifts_boxes_into_the_window() -> None:
+    image = np.zeros((128, 128, 3), np.uint8)
+    image[90:100, 70:86] = 255
+    box = np.array([[70, 90, 86, 100]], np.float32)
+    for seed in range(8):
+        window, boxes, labels = random_crop(image, box, np.array([2]), 64, np.random.default_rng(seed))
+        assert window.shape == (64, 64, 3)
+        ys, xs = np.nonzero(window.max(axis=2))
+        if len(boxes):  # the box is where the bright pixels are (clipped to the window)
+            assert labels.tolist() == [2]
+            np.testing.assert_allclose(boxes[0], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        else:  # dropped only when less than half of it is visible
+            assert len(xs) < 0.5 * 160
+    with pytest.raises(ValueError, match="multiple of 32"):
+        LesionDataset([], 128, train=True, crop=48)
+
+
 def test_augmentation_drops_boxes_pushed_out() -> None:
     crop = np.zeros((64, 64, 3), np.uint8)
     _, boxes, labels = augment_with_boxes(crop, np.array([[0, 0, 1, 1]], np.float32), np.array([0]),
@@ -113,7 +130,8 @@ def detector_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     generate(root / "data", count=12, seed=5, size=192, progress=False)
     cfg = root / "det.yaml"
     cfg.write_text("task: lesion-detection\nname: tiny-detector\nversion: 0.0.1\narchitecture: centernet_mnv3_small\n"
-                   f"input_size: 128\nnum_classes: 4\ndropout: 0.0\nepochs: 1\nbatch_size: 4\nout: {root / 'run'}\n"
+                   f"input_size: 128\ntrain_crop: 96\nnum_classes: 4\ndropout: 0.0\nepochs: 1\nbatch_size: 4\n"
+                   f"out: {root / 'run'}\n"
                    f"data: {{format: synthetic, train: {root / 'data'}, test: {root / 'data'}, val_fraction: 0.3}}\n")
     assert main(["train", "--config", str(cfg)]) == 0
     assert main(["export", "--config", str(cfg), "--out", str(root / "export")]) == 0
