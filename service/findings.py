@@ -58,6 +58,14 @@ class ReferableDr(_Out):
     reason: str | None = None
 
 
+class LesionFinding(_Out):
+    """One lesion found by the detector: ``box`` ``[x0, y0, x1, y1]`` in original pixels (edges)."""
+
+    type: Literal["microaneurysm", "haemorrhage", "hard_exudate", "cotton_wool_spot"]
+    score: float = Field(ge=0.0, le=1.0)
+    box: list[float] = Field(min_length=4, max_length=4)
+
+
 class Saliency(_Out):
     """Class activation map of ``target_grade`` on the photograph's pixel grid, at ``scale`` original pixels per
     PNG pixel (1.0 = original size; a large photo is analysed, and its maps drawn, at reduced resolution:
@@ -89,6 +97,8 @@ class Findings(_Out):
     quality: Quality
     dr_grade: DrGrade
     referable_dr: ReferableDr | None = None
+    lesions: list[LesionFinding] | None = Field(
+        None, description="present when a lesion detector is loaded (its card's per-class score thresholds)")
     saliency: Saliency
     models: list[ModelRef]
     timing_ms: dict[str, float]

@@ -14,14 +14,18 @@ from pathlib import Path
 import numpy as np
 
 from models.card import CardError, ModelCard
+from models.detection import LESION_CLASSES, to_original
+from models.detection import decode as decode_lesions
 from models.grading import is_referable, referable_probability, softmax
 from models.preprocess import locate_field, preprocess
 from models.store import load_verified
 from service.decode import DecodedImage, DecodeLimits, decode
 from service.errors import FoveaError
-from service.findings import DrGrade, Findings, ImageInfo, ModelRef, Quality, ReferableDr, Saliency, StudyFindings
+from service.findings import (
+    DrGrade, Findings, ImageInfo, LesionFinding, ModelRef, Quality, ReferableDr, Saliency, StudyFindings,
+)
 from service.quality import ANALYSIS_SIZE, QualityRules, assess, measure
-from service.render import caption_for, cam_to_heatmap, heat_to_u8, overlay, png_base64
+from service.render import caption_for, cam_to_heatmap, draw_lesions, heat_to_u8, overlay, png_base64
 from service.runtime import OnnxModel
 from service.study import eye_results, patient_result
 
@@ -59,6 +63,8 @@ class Analyzer:
     limits: DecodeLimits = field(default_factory=lambda: DecodeLimits(max_frames=DEFAULT_MAX_FRAMES))
     rules: QualityRules = field(default_factory=QualityRules)
     referable_threshold: float | None = None
+    #: The lesion detector (a local session), when one is installed; its boxes join the findings and the overlay.
+    detector: OnnxModel | None = None
 
     @property
     def provider_name(self) -> str:
@@ -73,18 +79,32 @@ class Analyzer:
             raise CardError(f"{card.tag} is not a five-grade ICDR grader with in-graph CAM")
         if self.referable_threshold is not None and not 0.0 <= self.referable_threshold <= 1.0:
             raise ValueError(f"the referable-DR threshold must lie in [0, 1], not {self.referable_threshold}")
+        if self.detector is not None:
+            det = self.detector.card
+            if (det.task != "lesion-detection" or tuple(det.outputs) != ("heatmap", "size", "offset")
+                    or tuple(det.classes) != LESION_CLASSES or not det.score_thresholds):
+                raise CardError(f"{det.tag} is not a lesion detector of {', '.join(LESION_CLASSES)} with "
+                                "heatmap/size/offset outputs and per-class score thresholds")
+
+    @staticmethod
+    def load_detector(path: Path, providers: list[str] | None = None, *, workers: int = 1) -> OnnxModel:
+        """Verify a lesion detector (store directory or ``*.card.json``) and open a local session for it."""
+        card, onnx = load_verified(path)
+        return OnnxModel.load(card, onnx, providers, workers=workers)
 
     @classmethod
     def load(cls, grader: Path, providers: list[str] | None = None, limits: DecodeLimits | None = None,
-             *, rules: QualityRules | None = None, referable_threshold: float | None = None, workers: int = 1
-             ) -> Analyzer:
-        """Verify the grader (a store directory or a ``*.card.json``) against its card, then run it in a local
-        ONNX Runtime session (``workers``: processes that share the cores)."""
+             *, rules: QualityRules | None = None, referable_threshold: float | None = None, workers: int = 1,
+             detector: Path | None = None) -> Analyzer:
+        """Verify the grader (and the optional lesion ``detector``; each a store directory or a
+        ``*.card.json``) against its card, then run it in a local ONNX Runtime session (``workers``: processes
+        that share the cores)."""
         card, onnx = load_verified(grader)
         model = OnnxModel.load(card, onnx, providers, workers=workers)
+        det = cls.load_detector(detector, providers, workers=workers) if detector is not None else None
         return cls(grader_card=card, run_grader=model.run, provider=model.provider,
                    limits=limits or DecodeLimits(max_frames=DEFAULT_MAX_FRAMES), rules=rules or QualityRules(),
-                   referable_threshold=referable_threshold)
+                   referable_threshold=referable_threshold, detector=det)
 
     def analyze(self, data: bytes, *, request_id: str | None = None, laterality: str | None = None) -> Findings:
         """Analyse one upload (every frame, up to the decode limit); raises :class:`service.errors.FoveaError`
@@ -155,13 +175,21 @@ class Analyzer:
         out = self.run_grader(pre.tensor[None])
         t = lap("inference", t)
 
+        lesions = None
+        if self.detector is not None:
+            lesions = self._detect(img, field_)
+            t = lap("detection", t)
+
         probs = softmax(out["logits"][0])
         grade = int(np.argmax(probs))
         target = saliency_target(grade, probs)
         heat = cam_to_heatmap(out["cam"][0, target], pre.transform)
         heat_u8 = heat_to_u8(heat)
+        picture = overlay(img.rgb, heat_u8, caption=caption_for(card))
+        if lesions:
+            draw_lesions(picture, [(les.type, les.score, tuple(les.box)) for les in lesions], scale=img.scale)
         saliency = Saliency(target_grade=target, scale=img.scale, heatmap_png=png_base64(heat_u8),
-                            overlay_png=png_base64(overlay(img.rgb, heat_u8, caption=caption_for(card))))
+                            overlay_png=png_base64(picture))
         t = lap("render", t)
 
         lat, lat_source = (img.laterality, "dicom") if img.laterality else (laterality, "form" if laterality else None)
@@ -175,10 +203,32 @@ class Analyzer:
             quality=quality,
             dr_grade=DrGrade(grade=grade, label=card.classes[grade], probabilities=[float(p) for p in probs]),
             referable_dr=self._referable(card, probs, quality),
+            lesions=lesions,
             saliency=saliency,
-            models=[ModelRef(name=card.name, version=card.version, sha256=card.sha256, provider=self.provider_name)],
+            models=self._model_refs(),
             timing_ms=timing,
         )
+
+    def _detect(self, img: DecodedImage, field_: tuple[float, float, float]) -> list[LesionFinding]:
+        """The detector's lesions, boxes in original pixels (the decoded grid times ``img.scale``)."""
+        assert self.detector is not None
+        card = self.detector.card
+        pre = preprocess(img.rgb, card.input.size, field=field_)
+        thresholds = {t.name: t.threshold for t in card.score_thresholds}
+        (found,) = decode_lesions(self.detector.run(pre.tensor[None]), input_size=card.input.size,
+                                  classes=card.classes, thresholds=thresholds)
+        s = img.scale
+        return [LesionFinding(type=les.type, score=round(float(les.score), 4),  # type: ignore[arg-type]
+                              box=[round(v * s, 1) for v in les.box])
+                for les in to_original(found, pre.transform)]
+
+    def _model_refs(self) -> list[ModelRef]:
+        card = self.grader_card
+        refs = [ModelRef(name=card.name, version=card.version, sha256=card.sha256, provider=self.provider_name)]
+        if self.detector is not None:
+            d = self.detector.card
+            refs.append(ModelRef(name=d.name, version=d.version, sha256=d.sha256, provider=self.detector.provider))
+        return refs
 
     def _referable(self, card: ModelCard, probs: np.ndarray, quality: Quality) -> ReferableDr | None:
         """Referable DR at the site's or the card's operating point; ``value`` null when ungradable."""

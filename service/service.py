@@ -73,14 +73,19 @@ class Fovea:
         limits = DecodeLimits(max_frames=SETTINGS.max_frames, max_bytes=SETTINGS.max_upload_bytes)
         common: dict[str, Any] = {"limits": limits, "rules": SETTINGS.quality.rules(),
                                   "referable_threshold": SETTINGS.referable_threshold}
+        detector = _installed(SETTINGS.detector_tag)
         if INFERENCE_MODE == "service":
             # The card is verified here too (the front trusts nothing it did not check); the session lives in
-            # the inference service, which can only be asked for its provider once it is up.
+            # the inference service, which can only be asked for its provider once it is up. The detector (if
+            # any) runs in this process.
             card, _ = load_verified(Path(self.grader_ref.path))
             self.analyzer = Analyzer(grader_card=card, run_grader=self._grade_remote,
-                                     provider=lambda: str(self.inference.provider()), **common)
+                                     provider=lambda: str(self.inference.provider()),
+                                     detector=Analyzer.load_detector(detector) if detector else None, **common)
         else:
-            self.analyzer = Analyzer.load(Path(self.grader_ref.path), workers=WORKERS, **common)
+            self.analyzer = Analyzer.load(Path(self.grader_ref.path), workers=WORKERS, detector=detector, **common)
+        if detector is None:
+            log.info("no lesion detector %s in the model store: findings carry no lesions", SETTINGS.detector_tag)
         card = self.analyzer.grader_card
         log.info("loaded %s (sha256 %s…); inference %s", card.tag, card.sha256[:12], INFERENCE_MODE)
 
@@ -119,9 +124,16 @@ class Fovea:
         """The models in use (name, version, sha256, provider), their intended use and the limits."""
         card = self.analyzer.grader_card
         op = card.operating_point("referable_dr")
+        models = [{"name": card.name, "version": card.version, "sha256": card.sha256, "task": card.task,
+                   "provider": self.analyzer.provider_name, "inference": INFERENCE_MODE,
+                   "intended_use": card.intended_use}]
+        if self.analyzer.detector is not None:
+            d = self.analyzer.detector.card
+            models.append({"name": d.name, "version": d.version, "sha256": d.sha256, "task": d.task,
+                           "provider": self.analyzer.detector.provider, "inference": "local",
+                           "intended_use": d.intended_use})
         return {
-            "models": [{"name": card.name, "version": card.version, "sha256": card.sha256, "task": card.task,
-                        "provider": self.analyzer.provider_name, "inference": INFERENCE_MODE, "intended_use": card.intended_use}],
+            "models": models,
             "referable_operating_point": {
                 "threshold": SETTINGS.referable_threshold if SETTINGS.referable_threshold is not None
                 else (op.threshold if op else None),
@@ -129,6 +141,14 @@ class Fovea:
             "limits": {"max_upload_bytes": SETTINGS.max_upload_bytes, "max_frames": SETTINGS.max_frames,
                        "max_study_images": SETTINGS.max_study_images},
         }
+
+
+def _installed(tag: str) -> Path | None:
+    """The model-store folder of ``tag``, or ``None`` when the store has no such model."""
+    try:
+        return Path(bentoml.models.get(tag).path)
+    except bentoml.exceptions.NotFound:
+        return None
 
 
 def _read(image: Path) -> bytes:

@@ -6,6 +6,8 @@ Every setting has a safe default, so ``make serve`` needs none. Environment vari
 variable / YAML key            meaning                                                 default
 =============================  ======================================================  =================
 FOVEA_GRADER_TAG grader_tag    model-store tag of the DR grader                        dr-grader:latest
+FOVEA_DETECTOR_TAG             model-store tag of the lesion detector (used when the   lesion-detector:latest
+  detector_tag                 store has it; otherwise findings carry no lesions)
 FOVEA_MAX_UPLOAD_BYTES         largest accepted upload (HTTP and decoder)              64 MiB
 FOVEA_MAX_FRAMES max_frames    frames of a multi-frame upload analysed                 8
 FOVEA_MAX_STUDY_IMAGES         uploads accepted by one study request                   8
@@ -32,6 +34,7 @@ from service.quality import QualityRules
 CONFIG_ENV = "FOVEA_CONFIG"
 _ENV = {
     "grader_tag": "FOVEA_GRADER_TAG",
+    "detector_tag": "FOVEA_DETECTOR_TAG",
     "max_upload_bytes": "FOVEA_MAX_UPLOAD_BYTES",
     "max_frames": "FOVEA_MAX_FRAMES",
     "max_study_images": "FOVEA_MAX_STUDY_IMAGES",
@@ -62,6 +65,7 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     grader_tag: str = "dr-grader:latest"
+    detector_tag: str = "lesion-detector:latest"
     max_upload_bytes: int = Field(64 * 1024 * 1024, gt=0)
     max_frames: int = Field(8, ge=1, le=256)
     max_study_images: int = Field(8, ge=1, le=64)

@@ -58,6 +58,26 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory, tiny_config: Path) -> 
     assert main(["export", "--config", str(tiny_config), "--out", str(out)]) == 0
     return out
 
+@pytest.fixture(scope="session")
+def tiny_detector_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Train one epoch of a 128-px lesion detector on 12 synthetic photographs and export it; returns the
+    config and the folder holding ``tiny-detector.onnx`` and its card."""
+    pytest.importorskip("torch", reason="training extras (torch) are not installed")
+    from datasets.synthetic.writer import generate
+    from training.__main__ import main
+
+    root = tmp_path_factory.mktemp("lesions")
+    generate(root / "data", count=12, seed=5, size=192, progress=False)
+    cfg = root / "det.yaml"
+    cfg.write_text("task: lesion-detection\nname: tiny-detector\nversion: 0.0.1\narchitecture: centernet_mnv3_small\n"
+                   "input_size: 128\ntrain_crop: 96\nnum_classes: 4\ndropout: 0.0\nepochs: 1\nbatch_size: 4\n"
+                   f"out: {root / 'run'}\n"
+                   f"data: {{format: synthetic, train: {root / 'data'}, test: {root / 'data'}, val_fraction: 0.3}}\n")
+    assert main(["train", "--config", str(cfg)]) == 0
+    assert main(["export", "--config", str(cfg), "--out", str(root / "export")]) == 0
+    return cfg, root / "export"
+
+
 # Real inputs: scikit-image's fundus photo and pydicom's bundled colour DICOMs.
 
 

@@ -77,3 +77,26 @@ def test_batchable_inference_service_gives_the_same_answer(server: str, retina_p
         assert a["dr_grade"]["grade"] == local["dr_grade"]["grade"]
         assert a["dr_grade"]["probabilities"] == pytest.approx(local["dr_grade"]["probabilities"], abs=1e-5)
         assert a["models"][0]["provider"] == "CPUExecutionProvider"
+
+
+def test_an_installed_detector_adds_lesions(tiny_detector_run: tuple[Path, Path], retina_path: Path,
+                                            tmp_path_factory: pytest.TempPathFactory) -> None:
+    import os
+    import subprocess
+    import sys
+
+    _, det_dir = tiny_detector_run
+    work = tmp_path_factory.mktemp("with-detector")
+    env = {**os.environ, "BENTOML_HOME": str(work / "bentoml_home"), "BENTOML_DO_NOT_TRACK": "true"}
+    r = subprocess.run([sys.executable, "-m", "training", "register", "--card", str(det_dir / "tiny-detector.card.json")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with running_service(work, {"FOVEA_DETECTOR_TAG": "tiny-detector:latest"}) as url:
+        info = httpx.post(f"{url}/info", json={}, timeout=30).json()
+        body = httpx.post(f"{url}/analyze", files={"image": ("r.jpg", retina_path.read_bytes(), "image/jpeg")},
+                          timeout=120).json()
+    assert [m["task"] for m in info["models"]] == ["dr-grading", "lesion-detection"]
+    assert isinstance(body["lesions"], list) and [m["name"] for m in body["models"]] == ["dr-grader", "tiny-detector"]
+    for les in body["lesions"]:
+        x0, y0, x1, y1 = les["box"]
+        assert 0 <= x0 <= x1 <= 1411 and 0 <= y0 <= y1 <= 1411 and 0 <= les["score"] <= 1

@@ -128,3 +128,36 @@ def test_tampered_model_is_refused_before_a_session_exists(tiny_export: Path, tm
     (d / "tiny-grader.onnx").write_bytes(b"not an onnx model")
     with pytest.raises(CardError, match="sha256"):
         Analyzer.load(d / "tiny-grader.card.json")
+
+
+def test_detector_lesions_are_in_original_pixels(tiny_export: Path, tiny_detector_run: tuple[Path, Path],
+                                                 retina_path: Path) -> None:
+    _, det_dir = tiny_detector_run
+    a = Analyzer.load(tiny_export / "tiny-grader.card.json", detector=det_dir / "tiny-detector.card.json")
+    assert a.detector is not None
+    det_card = a.detector.card
+    s = det_card.input.size
+    # Replace the (barely trained) network by known outputs: one haemorrhage centred in the model input,
+    # a quarter of it wide. Everything after the network — thresholds, decoding, mapping — is the real code.
+    h = s // 4
+    heat = np.zeros((1, 4, h, h), np.float32)
+    heat[0, 1, h // 2, h // 2] = 0.99
+    size = np.zeros((1, 2, h, h), np.float32)
+    size[0, :, h // 2, h // 2] = h / 4
+    fake = {"heatmap": heat, "size": size, "offset": np.zeros((1, 2, h, h), np.float32)}
+    object.__setattr__(a.detector, "run", lambda batch: fake)
+    f = a.analyze(retina_path.read_bytes())
+    assert f.lesions is not None and [les.type for les in f.lesions] == ["haemorrhage"]
+    x0, y0, x1, y1 = f.lesions[0].box
+    # The retina's field spans the 1411-px image: a centred box a quarter of the crop wide.
+    assert (x0 + x1) / 2 == pytest.approx(705.5, abs=12) and (y0 + y1) / 2 == pytest.approx(705.5, abs=12)
+    assert x1 - x0 == pytest.approx(1411 / 4, rel=0.05)
+    assert [m.name for m in f.models] == [a.grader_card.name, det_card.name]
+    assert "detection" in f.timing_ms
+
+
+def test_a_grader_is_not_a_detector(tiny_export: Path) -> None:
+    from models.card import CardError
+
+    with pytest.raises(CardError, match="not a lesion detector"):
+        Analyzer.load(tiny_export / "tiny-grader.card.json", detector=tiny_export / "tiny-grader.card.json")

@@ -122,20 +122,9 @@ def test_config_task_defaults_and_is_checked(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def detector_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Train one epoch of a 128-px detector on 12 synthetic photographs and export it."""
-    from datasets.synthetic.writer import generate
-
-    root = tmp_path_factory.mktemp("lesions")
-    generate(root / "data", count=12, seed=5, size=192, progress=False)
-    cfg = root / "det.yaml"
-    cfg.write_text("task: lesion-detection\nname: tiny-detector\nversion: 0.0.1\narchitecture: centernet_mnv3_small\n"
-                   f"input_size: 128\ntrain_crop: 96\nnum_classes: 4\ndropout: 0.0\nepochs: 1\nbatch_size: 4\n"
-                   f"out: {root / 'run'}\n"
-                   f"data: {{format: synthetic, train: {root / 'data'}, test: {root / 'data'}, val_fraction: 0.3}}\n")
-    assert main(["train", "--config", str(cfg)]) == 0
-    assert main(["export", "--config", str(cfg), "--out", str(root / "export")]) == 0
-    return cfg, root / "export"
+def detector_run(tiny_detector_run: tuple[Path, Path]) -> tuple[Path, Path]:
+    """The session's tiny trained + exported detector (tests/conftest.py)."""
+    return tiny_detector_run
 
 
 @pytest.mark.slow
