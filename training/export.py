@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import pickle
 import shutil
 import sys
 from pathlib import Path
@@ -41,8 +42,14 @@ class ParityError(RuntimeError):
 
 
 def load_checkpoint(path: Path) -> tuple[torch.nn.Module, TrainConfig, dict]:
-    """Rebuild the model from a checkpoint written by :func:`training.train.main` (weights only, no pickle)."""
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+    """Rebuild the model from a checkpoint written by :func:`training.train.main` (weights only, no pickle).
+    ``ValueError`` naming the file when it is not such a checkpoint (truncated, another format, foreign)."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except (EOFError, RuntimeError, pickle.UnpicklingError, OSError) as exc:
+        raise ValueError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}") from exc
+    if not isinstance(ck, dict) or "config" not in ck or "model" not in ck:
+        raise ValueError(f"{path} is not a Fovea training checkpoint (no config/model entries)")
     cfg = config_from_dict(json.loads(ck["config"]))
     model = build(cfg.architecture, num_classes=cfg.num_classes, dropout=cfg.dropout)
     model.load_state_dict(ck["model"])

@@ -50,3 +50,12 @@ def test_missing_dataset_and_bad_split(config: Path, tmp_path: Path, capsys: pyt
     (tmp_path / "run" / "best.pt").write_bytes(b"")  # evaluate reads the data before the checkpoint's weights
     assert main(["evaluate", "--config", str(config), "--data", str(tmp_path), "--format", "aptos", "--split", "test"]) == 2
     assert "'aptos' has no published splits" in capsys.readouterr().err
+
+
+def test_a_corrupt_checkpoint_is_a_clear_error(tiny_config: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    assert main(["export", "--config", str(tiny_config), "--checkpoint", str(bad), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read checkpoint" in err and "Traceback" not in err
