@@ -4,7 +4,7 @@ Contract
 --------
 ``generate(out, count=N, seed=S, ...)`` renders ``N`` photographs with :func:`~.fundus.render_fundus`, degrades
 some with :mod:`datasets.synthetic.quality`, and writes under ``out`` (created if missing; files of the same
-names are overwritten, other files are left alone) the folder described in /tmp/fovea/SYNTH_FILES.md:
+names are overwritten, other files are left alone) the folder described in docs/synthetic.md:
 
 * ``<image>.jpeg``: the photograph, RGB, JPEG quality 95 (lower for a ``jpeg_artefacts`` plan);
 * ``trainLabels.csv``: EyePACS ``image,level`` (ICDR grade 0-4), one row per image in index order;
