@@ -1,5 +1,6 @@
-"""The ``Findings`` JSON of ``POST /analyze`` (DESIGN.md names). A field is present only when a real
-capability fills it: no placeholder values."""
+"""The ``Findings`` JSON of ``POST /analyze`` (DESIGN.md names). Only a real capability fills a field: what
+was not assessed is ``null`` (e.g. ``lesions`` without a detector), never a placeholder value; an empty list
+means assessed and nothing found."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ def test_analyze_real_files(analyzer: Analyzer, fixture: str, request: pytest.Fi
         assert f.referable_dr.value is None and f.quality.reasons
     assert "synthetic" in f.disclaimer
     dumped = f.model_dump(mode="json")
-    assert "lesions" not in dumped  # no detector loaded: no placeholder list
+    assert dumped["lesions"] is None  # no detector loaded: null ("not assessed"), never an empty placeholder
     assert dumped["quality"]["method"].startswith("classic measures")
 
 
