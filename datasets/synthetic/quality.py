@@ -116,7 +116,7 @@ _WEIGHTS: Mapping[str, float] = MappingProxyType(
 _STRENGTH_RANGE = (0.1, 1.0)
 _DECIMALS = 3
 
-#: Columns of ``quality.csv`` after ``image`` (see /tmp/fovea/SYNTH_FILES.md): gradable, reasons, strengths.
+#: Columns of ``quality.csv`` after ``image`` (see docs/synthetic.md, "Files"): gradable, reasons, strengths.
 QUALITY_COLUMNS: tuple[str, ...] = ("gradable", "reasons", *ARTEFACTS)
 
 
