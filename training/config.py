@@ -35,6 +35,10 @@ class DataConfig:
 Task = Literal["dr-grading", "lesion-detection"]
 
 
+#: The grader's training objectives; :mod:`training.losses` says what each is and why ``ce+emd`` is the default.
+Objective = Literal["ce", "ce+emd", "sord"]
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Everything that determines a trained model (a grader unless ``task`` says otherwise)."""
@@ -51,6 +55,8 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
+    #: grader training objective (:mod:`training.losses`): cross-entropy, + squared EMD, or soft ordinal labels
+    objective: Objective = "ce+emd"
     early_stopping_patience: int = 4
     seed: int = 0
     workers: int = 0
@@ -63,6 +69,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.task not in get_args(Task):
             raise ValueError(f"unknown task {self.task!r}; known: {', '.join(get_args(Task))}")
+        if self.objective not in get_args(Objective):
+            raise ValueError(f"unknown objective {self.objective!r}; known: {', '.join(get_args(Objective))}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (for YAML, the checkpoint and the model card)."""

@@ -23,6 +23,7 @@ from models.architectures import build
 from training.config import SyntheticSpec, TrainConfig
 from training.distributed import World, barrier, broadcast, setup, teardown
 from training.data import FundusDataset, load_graded, split_by_patient
+from training.losses import build_loss
 from training.report import plot_history
 from training.metrics import choose_operating_point, grader_metrics, referable_probability
 
@@ -52,18 +53,43 @@ def warmup_cosine(total_steps: int, warmup: float = 0.1) -> Callable[[int], floa
     return factor
 
 
+def training_device() -> torch.device:
+    """This process's GPU (``torchrun`` sets it in :func:`training.distributed.setup`) if CUDA is available,
+    else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def use_amp(device: torch.device) -> bool:
+    """Mixed precision (float16 autocast + loss scaling) on CUDA only: on these CPUs bfloat16 autocast is
+    slower than float32 (no AVX-512 BF16), so the CPU path stays exactly float32."""
+    return device.type == "cuda"
+
+
+def make_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """A gradient scaler that is active when :func:`use_amp` is (float16 gradients underflow without it) and a
+    pass-through otherwise, so the training step has one code path."""
+    return torch.amp.GradScaler(device.type, enabled=use_amp(device))
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
                     sched: torch.optim.lr_scheduler.LRScheduler, loss_fn: nn.Module, epoch: int,
-                    progress: bool = True) -> float:
-    """One pass over ``loader``; returns the mean training loss (of this process's shard)."""
+                    progress: bool = True, scaler: torch.amp.GradScaler | None = None) -> float:
+    """One pass over ``loader`` on the device of ``model``'s parameters (autocast there when :func:`use_amp`);
+    returns the mean training loss (of this process's shard). ``scaler``: see :func:`make_scaler`."""
     model.train()
+    device = next(model.parameters()).device
+    amp = use_amp(device)
+    scaler = scaler if scaler is not None else make_scaler(device)
     total, n = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
     for x, y in bar:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
+        with torch.autocast(device.type, enabled=amp):
+            loss = loss_fn(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
         total += float(loss.detach()) * len(y)
         n += len(y)
@@ -75,9 +101,10 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optim
 def predict(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities ``(N, C)`` and labels ``(N,)`` over ``loader``."""
     model.eval()
+    device = next(model.parameters()).device
     probs, labels = [], []
     for x, y in loader:
-        probs.append(torch.softmax(model(x), dim=1).numpy())
+        probs.append(torch.softmax(model(x.to(device)).float(), dim=1).cpu().numpy())
         labels.append(y.numpy())
     return np.concatenate(probs), np.concatenate(labels)
 
@@ -148,10 +175,12 @@ def _train(cfg: TrainConfig, world: World, *, resume: bool, command: str) -> Pat
         val_ds = FundusDataset(val_items, cfg.input_size, train=False, desc="preprocess val")
         val_dl = DataLoader(val_ds, batch_size=cfg.batch_size * 2, num_workers=cfg.workers)
 
-    core = build(cfg.architecture, num_classes=cfg.num_classes, dropout=cfg.dropout)
+    device = training_device()
+    core = build(cfg.architecture, num_classes=cfg.num_classes, dropout=cfg.dropout).to(device)
     opt = torch.optim.AdamW(core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * len(train_dl)))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    scaler = make_scaler(device)
+    loss_fn = build_loss(cfg.objective, label_smoothing=cfg.label_smoothing)
     start, best_kappa, stale, history = 0, -2.0, 0, []
     last = out / "last.pt"
     if resume and last.is_file():
@@ -159,10 +188,13 @@ def _train(cfg: TrainConfig, world: World, *, resume: bool, command: str) -> Pat
         core.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
+        if ck.get("scaler"):  # an AMP run's loss scale; empty for CPU runs
+            scaler.load_state_dict(ck["scaler"])
         start, best_kappa, stale, history = ck["epoch"] + 1, ck["best_kappa"], ck["stale"], json.loads(ck["history"])
         if world.is_main:
             print(f"resumed from {last} at epoch {start}", file=sys.stderr)
-    model: nn.Module = DistributedDataParallel(core) if world.distributed else core
+    ddp_devices = [device.index] if device.type == "cuda" else None
+    model: nn.Module = DistributedDataParallel(core, device_ids=ddp_devices) if world.distributed else core
 
     t0 = time.perf_counter()
     for epoch in range(start, cfg.epochs):
@@ -172,12 +204,12 @@ def _train(cfg: TrainConfig, world: World, *, resume: bool, command: str) -> Pat
         if sampler is not None:
             sampler.set_epoch(epoch)
         train_ds.set_epoch(epoch)
-        loss = train_one_epoch(model, train_dl, opt, sched, loss_fn, epoch, progress=world.is_main)
+        loss = train_one_epoch(model, train_dl, opt, sched, loss_fn, epoch, progress=world.is_main, scaler=scaler)
         stop = False
         if world.is_main:
             assert val_dl is not None
-            stop, best_kappa, stale = _validate_and_save(cfg, core, opt, sched, val_dl, epoch, loss, history,
-                                                         best_kappa, stale, command, t0)
+            stop, best_kappa, stale = _validate_and_save(cfg, core, opt, sched, scaler, val_dl, epoch, loss,
+                                                         history, best_kappa, stale, command, t0)
         if broadcast(stop, world):
             break
     if world.is_main:
@@ -186,7 +218,8 @@ def _train(cfg: TrainConfig, world: World, *, resume: bool, command: str) -> Pat
 
 
 def _validate_and_save(cfg: TrainConfig, core: nn.Module, opt: torch.optim.Optimizer,
-                       sched: torch.optim.lr_scheduler.LRScheduler, val_dl: DataLoader, epoch: int, loss: float,
+                       sched: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+                       val_dl: DataLoader, epoch: int, loss: float,
                        history: list[dict[str, float]], best_kappa: float, stale: int, command: str, t0: float
                        ) -> tuple[bool, float, int]:
     """Rank 0's end of epoch: metrics, checkpoints, history; returns ``(stop, best_kappa, stale)``."""
@@ -208,6 +241,7 @@ def _validate_and_save(cfg: TrainConfig, core: nn.Module, opt: torch.optim.Optim
         stale += 1
     ck: dict[str, Any] = {
         "model": core.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        "scaler": scaler.state_dict(),
         "epoch": epoch, "best_kappa": best_kappa, "stale": stale, "history": json.dumps(history),
         "config": json.dumps(cfg.to_dict()), "command": command, "code_commit": code_commit(),
         "torch_version": str(torch.__version__), "seconds": time.perf_counter() - t0,

@@ -29,3 +29,13 @@ def test_overrides_and_unknown_keys(tmp_path: Path) -> None:
     p.write_text("- a list\n")
     with pytest.raises(ValueError, match="mapping"):
         load_config(p)
+
+
+def test_objective_defaults_to_ce_emd_and_is_checked(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("data: {train: a, test: b}\n")
+    assert load_config(p).objective == "ce+emd"
+    assert load_config(p, {"objective": "sord"}).to_dict()["objective"] == "sord"
+    p.write_text("objective: coral\ndata: {train: a, test: b}\n")
+    with pytest.raises(ValueError, match="unknown objective 'coral'; known: ce, ce\\+emd, sord"):
+        load_config(p)

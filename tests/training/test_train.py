@@ -1,0 +1,43 @@
+"""training.train: device and mixed-precision selection, and one training step per objective on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="training extras (torch) are not installed")
+
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from training.losses import OBJECTIVES, build_loss  # noqa: E402
+from training.train import make_scaler, train_one_epoch, training_device, use_amp  # noqa: E402
+
+
+def test_amp_only_on_cuda() -> None:
+    assert use_amp(torch.device("cuda", 0)) is True
+    assert use_amp(torch.device("cpu")) is False
+    assert make_scaler(torch.device("cpu")).is_enabled() is False
+
+
+def test_training_device_follows_cuda_availability(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert training_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert training_device() == torch.device("cuda", 1)
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_cpu_epoch_lowers_the_loss_in_float32(objective: str) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(32, 6)
+    y = (x[:, 0] * 1.5 + 2).round().clamp(0, 4).long()
+    model = torch.nn.Linear(6, 5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    loss_fn = build_loss(objective)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    first = train_one_epoch(model, loader, opt, sched, loss_fn, 0, progress=False)
+    for epoch in range(1, 5):
+        last = train_one_epoch(model, loader, opt, sched, loss_fn, epoch, progress=False)
+    assert last < first
+    assert model.weight.dtype == torch.float32
