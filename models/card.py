@@ -91,7 +91,7 @@ class ModelCard(_Frozen):
     schema_version: Literal[1] = 1
     name: str
     version: str
-    task: Literal["dr-grading", "lesion-detection"]
+    task: Literal["dr-grading", "lesion-detection", "image-quality"]
     architecture: str
     file: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")

@@ -72,9 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "train" and args.format is not None:  # data.format: recorded with the checkpoint
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, format=args.format))
         detector = cfg.task == "lesion-detection"
+        quality = cfg.task == "image-quality"
         if args.cmd == "train":
             if detector:
                 from training.detection import main as train
+            elif quality:
+                from training.quality_model import main as train
             else:
                 from training.train import main as train
 
@@ -101,6 +104,18 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(evaluate_detector(model, DataLoader(ds, batch_size=8, collate_fn=collate),
                                                cfg_ck.input_size), indent=2))
             return 0
+        if args.cmd == "evaluate" and quality:
+            from training.export import load_checkpoint
+            from training.quality_model import QualityDataset, evaluate as evaluate_quality, load_quality
+            from torch.utils.data import DataLoader
+
+            items = load_quality(test_root, test_format, split=test_split)
+            model, cfg_ck, ck = load_checkpoint(checkpoint)
+            ds = QualityDataset(items, cfg_ck.input_size, train=False)
+            metrics = evaluate_quality(model, DataLoader(ds, batch_size=32),
+                                       json.loads(ck["operating_point"])["threshold"])
+            print(json.dumps(metrics, indent=2))
+            return 0
         if args.cmd == "evaluate":
             from training.export import load_checkpoint
             from training.data import FundusDataset, load_graded
@@ -115,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if detector:
             from training.detection_export import export
+        elif quality:
+            from training.quality_export import export
         else:
             from training.export import export
 

@@ -17,6 +17,8 @@ class SyntheticSpec:
     count: int
     seed: int
     size: int = 512
+    #: probability that a photograph gets quality artefacts (the generator's default; the quality model wants more)
+    p_degraded: float = 0.1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,8 +33,9 @@ class DataConfig:
     synthetic_test: SyntheticSpec | None = None
 
 
-#: What a config trains: the DR grader (:mod:`training.train`) or the lesion detector (:mod:`training.detection`).
-Task = Literal["dr-grading", "lesion-detection"]
+#: What a config trains: the DR grader (:mod:`training.train`), the lesion detector (:mod:`training.detection`)
+#: or the image-quality model (:mod:`training.quality_model`).
+Task = Literal["dr-grading", "lesion-detection", "image-quality"]
 
 
 #: The grader's training objectives; :mod:`training.losses` says what each is and why ``ce+emd`` is the default.
@@ -62,6 +65,8 @@ class TrainConfig:
     workers: int = 0
     out: str = "runs/grader"
     referable_min_sensitivity: float = 0.90
+    #: image quality: least sensitivity for "ungradable" at the card's gradable threshold
+    ungradable_min_sensitivity: float = 0.90
     #: lesion detection: train on random windows of this side of the ``input_size`` crop (None: whole crop)
     train_crop: int | None = None
     data: DataConfig = field(default_factory=lambda: DataConfig(train="data/train", test="data/test"))

@@ -36,7 +36,7 @@ def ensure_data(root: Path, spec: SyntheticSpec | None) -> None:
     from datasets.synthetic.writer import generate
 
     print(f"generating {spec.count} synthetic images into {root} (seed {spec.seed})", file=sys.stderr)
-    generate(root, count=spec.count, seed=spec.seed, size=spec.size)
+    generate(root, count=spec.count, seed=spec.seed, size=spec.size, p_degraded=spec.p_degraded)
 
 
 def warmup_cosine(total_steps: int, warmup: float = 0.1) -> Callable[[int], float]:
