@@ -54,3 +54,65 @@ def test_reported_sensitivity_uses_the_serving_rule_and_survives_rounding() -> N
     m = grader_metrics(probs, labels, op.threshold)
     assert m["referable_sensitivity"] == pytest.approx(op.sensitivity) == 1.0
     assert m["referable_specificity"] == pytest.approx(op.specificity)
+
+
+# Confidence intervals and the pointing game.
+
+from models.preprocess import FundusTransform  # noqa: E402
+from training.metrics import (bootstrap_interval, cam_peak, grader_intervals, pointing_game,  # noqa: E402
+                              pointing_hit)
+
+
+def test_bootstrap_interval_is_percentile_and_reproducible() -> None:
+    values = np.arange(100, dtype=np.float64)
+    mean = lambda idx: float(values[idx].mean())  # noqa: E731
+    low, high = bootstrap_interval(mean, 100, resamples=500, seed=3)
+    assert (low, high) == bootstrap_interval(mean, 100, resamples=500, seed=3)
+    # The mean of 100 draws from 0..99 has sd 28.9 / 10: a 95 % interval of about ±5.7 around 49.5.
+    assert 42 < low < 46 and 53 < high < 57
+    assert bootstrap_interval(lambda idx: 7.0, 10) == (7.0, 7.0)
+    nan = bootstrap_interval(lambda idx: float("nan"), 10)
+    assert all(np.isnan(v) for v in nan) and all(np.isnan(v) for v in bootstrap_interval(mean, 0))
+
+
+def test_grader_intervals_bracket_the_metrics() -> None:
+    y = np.array([0, 1, 2, 3, 4] * 8)
+    perfect = grader_intervals(_onehot(list(y)), y, resamples=200)
+    assert perfect["quadratic_weighted_kappa_ci95_low"] == perfect["quadratic_weighted_kappa_ci95_high"] == pytest.approx(1.0)
+    assert perfect["referable_auc_ci95_low"] == 1.0
+    rng = np.random.default_rng(1)
+    noisy_pred = np.clip(y + rng.integers(-1, 2, len(y)), 0, 4)
+    probs = _onehot(list(noisy_pred), 0.6)
+    m = grader_metrics(probs, y)
+    ci = grader_intervals(probs, y, resamples=300)
+    assert ci["quadratic_weighted_kappa_ci95_low"] < m["quadratic_weighted_kappa"] < ci["quadratic_weighted_kappa_ci95_high"]
+    assert ci["referable_auc_ci95_low"] <= m["referable_auc"] <= ci["referable_auc_ci95_high"] <= 1.0
+    assert "referable_auc_ci95_low" not in grader_intervals(_onehot([0, 1, 0]), np.array([0, 1, 1]), resamples=20)
+
+
+def test_pointing_hit_inside_and_within_tolerance() -> None:
+    box = [(10.0, 10.0, 20.0, 20.0)]  # covers pixel indices 10..19
+    assert pointing_hit((15, 15), box, 0) and pointing_hit((19, 10), box, 0)
+    assert not pointing_hit((20, 15), box, 0) and pointing_hit((20, 15), box, 1)
+    assert pointing_hit((25, 15), box, 6) and not pointing_hit((25, 15), box, 5.9)
+    assert pointing_hit((22, 23), box, 5) and not pointing_hit((22, 23), box, 4.9)  # 3-4-5 from the corner (19, 19)
+    assert pointing_hit((0, 0), [(50, 50, 60, 60), (1, 1, 3, 3)], 1.5)  # any box counts
+    assert not pointing_hit(None, box, 100) and not pointing_hit((15, 15), [], 100)
+
+
+def test_cam_peak_maps_the_maximum_to_original_pixels() -> None:
+    t = FundusTransform(x0=100.0, y0=50.0, scale=2.0, size=64, original_width=300, original_height=300)
+    cam = np.zeros((8, 8), np.float32)
+    cam[2, 5] = 1.0  # cell centre at model pixel (5 + 0.5) * 8 - 0.5 = 43.5, (2 + 0.5) * 8 - 0.5 = 19.5
+    x, y = cam_peak(cam, t)
+    # original = (u + 0.5) * 2 - 0.5 + offset: 187.5 and 89.5, within one model pixel (2 px) of the peak
+    assert abs(x - 187.5) <= 1.0 and abs(y - 89.5) <= 1.0
+    assert cam_peak(np.full((8, 8), 3.0, np.float32), t) is None  # flat: serving draws nothing
+    assert cam_peak(-np.ones((8, 8), np.float32), t) is None  # only negative evidence: cut, flat
+
+
+def test_pointing_game_rate_and_interval() -> None:
+    m = pointing_game([True, False, True, True], resamples=200)
+    assert m["pointing_game_hit_rate"] == 0.75 and m["pointing_game_n"] == 4
+    assert 0 <= m["pointing_game_hit_rate_ci95_low"] <= 0.75 <= m["pointing_game_hit_rate_ci95_high"] <= 1
+    assert pointing_game([]) == {"pointing_game_n": 0.0}
