@@ -2,7 +2,9 @@
 
 The card is written only after ONNX Runtime reproduces PyTorch's logits within :data:`PARITY_ATOL`; the
 held-out metrics in the card are those of the exported ONNX file itself, run through ONNX Runtime on the
-same preprocessing serving uses.
+same preprocessing serving uses: QWK and referable AUC with percentile bootstrap 95 % intervals, and — when
+the held-out records carry lesion boxes (e.g. ``--format synthetic``) — the pointing game of the in-graph
+CAM on the referable images (:func:`training.metrics.pointing_game`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import pickle
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +33,8 @@ from training.config import TrainConfig, config_from_dict
 from datasets.readers import FundusRecord
 from training.data import load_graded, load_rgb, split_by_patient
 from models.grading import REFERABLE_MIN_GRADE, referable_probability
-from training.metrics import choose_operating_point, confusion_matrix, grader_metrics
+from training.metrics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, POINTING_TOLERANCE, cam_peak, choose_operating_point, confusion_matrix, grader_intervals,
+                              grader_metrics, pointing_game, pointing_hit)
 from training.report import plot_confusion
 
 PARITY_ATOL = 1e-4
@@ -83,16 +87,42 @@ def check_parity(model: torch.nn.Module, onnx_bytes: bytes, inputs: np.ndarray) 
     return {"max_abs_logit_diff": d_logits, "max_rel_cam_diff": d_cam}
 
 
-def onnx_probabilities(onnx_bytes: bytes, items: list[FundusRecord], size: int) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class OnnxEvaluation:
+    """What the exported model did on graded records: ``probs`` ``(N, 5)``, true ``labels`` ``(N,)``, and one
+    pointing-game hit/miss per referable record with at least one lesion box (``pointing_hits``)."""
+
+    probs: np.ndarray
+    labels: np.ndarray
+    pointing_hits: list[bool]
+
+
+def onnx_evaluate(onnx_bytes: bytes, items: list[FundusRecord], size: int) -> OnnxEvaluation:
     """Run the exported model through ONNX Runtime on the graded records ``items`` with the serving
-    preprocessing."""
+    preprocessing; play the pointing game on the referable ones that have lesion boxes: the CAM of the grade
+    serving shows (:func:`service.pipeline.saliency_target`) must peak within :data:`POINTING_TOLERANCE`
+    of the input side (in original pixels) of a lesion."""
+    from service.pipeline import saliency_target  # the serving rule itself; service imports no torch
+
     sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    probs = []
+    probs, hits = [], []
     for record in tqdm(items, desc="evaluate onnx", unit="img", leave=False):
-        x = preprocess.preprocess(load_rgb(record.image), size).tensor[None]
-        (logits,) = sess.run(["logits"], {"image": x})
-        probs.append(softmax(logits[0]))
-    return np.stack(probs), np.array([r.grade for r in items])
+        pre = preprocess.preprocess(load_rgb(record.image), size)
+        logits, cam = sess.run(["logits", "cam"], {"image": pre.tensor[None]})
+        p = softmax(logits[0])
+        probs.append(p)
+        if record.grade is not None and record.grade >= REFERABLE_MIN_GRADE and record.lesions:
+            target = saliency_target(int(np.argmax(p)), p)
+            tolerance = POINTING_TOLERANCE * size * pre.transform.scale  # model pixels -> original pixels
+            hits.append(pointing_hit(cam_peak(cam[0, target], pre.transform), [b.box for b in record.lesions],
+                                     tolerance))
+    return OnnxEvaluation(np.stack(probs), np.array([r.grade for r in items]), hits)
+
+
+def onnx_probabilities(onnx_bytes: bytes, items: list[FundusRecord], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities and labels of :func:`onnx_evaluate`."""
+    ev = onnx_evaluate(onnx_bytes, items, size)
+    return ev.probs, ev.labels
 
 
 def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: str, test_format: str | None = None,
@@ -102,6 +132,8 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
     The held-out data at ``test_root`` is read in layout ``test_format`` (default: the training config's) and
     split ``test_split`` (see :func:`training.data.held_out_split`)."""
     model, cfg, ck = load_checkpoint(checkpoint)
+    # Checkpoints from before TrainConfig.objective existed were trained with plain cross-entropy.
+    objective = json.loads(ck["config"]).get("objective", "ce")
     onnx_bytes = to_onnx(model, cfg.input_size)
     rng = np.random.default_rng(0)
     probe = rng.standard_normal((2, 3, cfg.input_size, cfg.input_size), dtype=np.float32)
@@ -120,13 +152,24 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
     metrics_data = "none (no held-out data given)"
     if test_root is not None:
         items = load_graded(test_root, test_format or cfg.data.format, split=test_split)
-        probs, labels = onnx_probabilities(onnx_bytes, items, cfg.input_size)
+        ev = onnx_evaluate(onnx_bytes, items, cfg.input_size)
+        probs, labels = ev.probs, ev.labels
         metrics = grader_metrics(probs, labels, op["threshold"])
-        metrics_data = f"{test_root} ({len(items)} images, held out from training and validation)"
+        metrics.update(grader_intervals(probs, labels))
+        with_lesions = sum(r.lesions is not None for r in items)
+        if with_lesions:
+            metrics.update(pointing_game(ev.pointing_hits))
+        game = (f"pointing game: {len(ev.pointing_hits)} referable images with lesion boxes, hit = CAM peak of "
+                f"the shown grade within {POINTING_TOLERANCE * cfg.input_size:.1f} model pixels of a lesion box"
+                if with_lesions else "pointing game: no lesion ground truth in these records")
+        metrics_data = (f"{test_root} ({len(items)} images, held out from training and validation); 95 % "
+                        f"intervals: percentile bootstrap over images, {BOOTSTRAP_RESAMPLES} resamples, seed "
+                        f"{BOOTSTRAP_SEED}; {game}")
         out_dir.mkdir(parents=True, exist_ok=True)
         plot_confusion(confusion_matrix(probs, labels), ICDR_LABELS, out_dir / f"{cfg.name}.confusion.png",
                        f"{cfg.name} {cfg.version}: held-out confusion matrix (n={len(items)})")
     metrics.update(parity)
+    metrics_data += f"; training objective {objective}"
 
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / f"{cfg.name}.onnx"

@@ -89,3 +89,26 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path: Path, capsys: pytest.C
     assert main(["train", "--config", str(cfg)]) == 2
     assert "no dataset" in capsys.readouterr().err
     assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_card_has_intervals_and_the_pointing_game_on_lesion_records(tiny_config: Path, tiny_export: Path,
+                                                                     tiny_dataset: Path, tmp_path: Path) -> None:
+    from training.data import load_graded
+    from training.export import export
+
+    # The default (EyePACS layout) has no lesion ground truth: intervals, but no pointing game.
+    card = ModelCard.load(tiny_export / "tiny-grader.card.json")
+    m = card.metrics
+    assert m["quadratic_weighted_kappa_ci95_low"] <= m["quadratic_weighted_kappa"] <= m["quadratic_weighted_kappa_ci95_high"]
+    assert "pointing_game_n" not in m and "no lesion ground truth" in card.metrics_data
+    assert "objective ce+emd" in card.metrics_data and card.training.config["objective"] == "ce+emd"
+
+    # The same photographs read as the synthetic layout carry lesion boxes: every referable one with a box plays.
+    card = export(tiny_config.parent / "run" / "best.pt", tmp_path, test_root=tiny_dataset, command="test",
+                  test_format="synthetic")
+    records = load_graded(tiny_dataset, "synthetic", verbose=False)
+    playing = sum(r.grade >= 2 and bool(r.lesions) for r in records)
+    assert playing > 0 and card.metrics["pointing_game_n"] == playing
+    rate = card.metrics["pointing_game_hit_rate"]
+    assert 0 <= card.metrics["pointing_game_hit_rate_ci95_low"] <= rate <= card.metrics["pointing_game_hit_rate_ci95_high"] <= 1
+    assert card.metrics["n"] == len(records) and f"{playing} referable images with lesion boxes" in card.metrics_data
