@@ -15,7 +15,7 @@ def test_default_grader_config_loads() -> None:
     cfg = load_config(REPO / "training/configs/grader.yaml")
     assert cfg.architecture == "mobilenet_v3_large_rt" and cfg.num_classes == 5
     assert cfg.data.synthetic_train is not None and cfg.data.synthetic_train.count > 0
-    assert cfg.to_dict()["data"]["format"] == "eyepacs"
+    assert cfg.to_dict()["data"]["format"] == "synthetic" and cfg.objective == "ce+emd" and cfg.version == "0.2.0"
 
 
 def test_overrides_and_unknown_keys(tmp_path: Path) -> None:
