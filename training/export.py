@@ -33,8 +33,9 @@ from training.config import TrainConfig, config_from_dict
 from datasets.readers import FundusRecord
 from training.data import load_graded, load_rgb, split_by_patient
 from models.grading import REFERABLE_MIN_GRADE, referable_probability
-from training.metrics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, POINTING_TOLERANCE, cam_peak, choose_operating_point, confusion_matrix, grader_intervals,
-                              grader_metrics, pointing_game, pointing_hit)
+from training.metrics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, POINTING_TOLERANCE, cam_peak, choose_operating_point,
+                              confusion_matrix, field_centre, grader_intervals, grader_metrics, pointing_game,
+                              pointing_hit)
 from training.report import plot_confusion
 
 PARITY_ATOL = 1e-4
@@ -90,11 +91,13 @@ def check_parity(model: torch.nn.Module, onnx_bytes: bytes, inputs: np.ndarray) 
 @dataclass(frozen=True)
 class OnnxEvaluation:
     """What the exported model did on graded records: ``probs`` ``(N, 5)``, true ``labels`` ``(N,)``, and one
-    pointing-game hit/miss per referable record with at least one lesion box (``pointing_hits``)."""
+    pointing-game hit/miss per referable record with at least one lesion box (``pointing_hits``), and whether
+    the centre of the fundus field would have hit on those records (``centre_hits``, the baseline)."""
 
     probs: np.ndarray
     labels: np.ndarray
     pointing_hits: list[bool]
+    centre_hits: list[bool]
 
 
 def onnx_evaluate(onnx_bytes: bytes, items: list[FundusRecord], size: int) -> OnnxEvaluation:
@@ -105,7 +108,7 @@ def onnx_evaluate(onnx_bytes: bytes, items: list[FundusRecord], size: int) -> On
     from service.pipeline import saliency_target  # the serving rule itself; service imports no torch
 
     sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    probs, hits = [], []
+    probs, hits, centre = [], [], []
     for record in tqdm(items, desc="evaluate onnx", unit="img", leave=False):
         pre = preprocess.preprocess(load_rgb(record.image), size)
         logits, cam = sess.run(["logits", "cam"], {"image": pre.tensor[None]})
@@ -114,9 +117,10 @@ def onnx_evaluate(onnx_bytes: bytes, items: list[FundusRecord], size: int) -> On
         if record.grade is not None and record.grade >= REFERABLE_MIN_GRADE and record.lesions:
             target = saliency_target(int(np.argmax(p)), p)
             tolerance = POINTING_TOLERANCE * size * pre.transform.scale  # model pixels -> original pixels
-            hits.append(pointing_hit(cam_peak(cam[0, target], pre.transform), [b.box for b in record.lesions],
-                                     tolerance))
-    return OnnxEvaluation(np.stack(probs), np.array([r.grade for r in items]), hits)
+            boxes = [b.box for b in record.lesions]
+            hits.append(pointing_hit(cam_peak(cam[0, target], pre.transform), boxes, tolerance))
+            centre.append(pointing_hit(field_centre(pre.transform), boxes, tolerance))
+    return OnnxEvaluation(np.stack(probs), np.array([r.grade for r in items]), hits, centre)
 
 
 def onnx_probabilities(onnx_bytes: bytes, items: list[FundusRecord], size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -158,9 +162,10 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
         metrics.update(grader_intervals(probs, labels))
         with_lesions = sum(r.lesions is not None for r in items)
         if with_lesions:
-            metrics.update(pointing_game(ev.pointing_hits))
+            metrics.update(pointing_game(ev.pointing_hits, ev.centre_hits))
         game = (f"pointing game: {len(ev.pointing_hits)} referable images with lesion boxes, hit = CAM peak of "
-                f"the shown grade within {POINTING_TOLERANCE * cfg.input_size:.1f} model pixels of a lesion box"
+                f"the shown grade within {POINTING_TOLERANCE * cfg.input_size:.1f} model pixels of a lesion box; "
+                f"centre baseline: the field centre as the point"
                 if with_lesions else "pointing game: no lesion ground truth in these records")
         metrics_data = (f"{test_root} ({len(items)} images, held out from training and validation); 95 % "
                         f"intervals: percentile bootstrap over images, {BOOTSTRAP_RESAMPLES} resamples, seed "

@@ -28,7 +28,7 @@ from models.grading import REFERABLE_MIN_GRADE, is_referable, referable_probabil
 from models.preprocess import FundusTransform
 
 __all__ = ["POINTING_TOLERANCE", "REFERABLE_MIN_GRADE", "bootstrap_interval", "cam_peak", "choose_operating_point",
-           "confusion_matrix", "grader_intervals", "grader_metrics", "pointing_game", "pointing_hit",
+           "confusion_matrix", "field_centre", "grader_intervals", "grader_metrics", "pointing_game", "pointing_hit",
            "referable_probability"]
 
 #: Bootstrap defaults: resamples, confidence level and the fixed seed that makes a card's intervals reproducible.
@@ -189,10 +189,20 @@ def pointing_hit(point: tuple[float, float] | None, boxes: Sequence[tuple[float,
     return False
 
 
-def pointing_game(hits: Sequence[bool], *, resamples: int = BOOTSTRAP_RESAMPLES, level: float = BOOTSTRAP_LEVEL,
+def field_centre(transform: FundusTransform) -> tuple[float, float]:
+    """The centre of the fundus field in original pixel indices: the pointing game's *centre baseline*
+    (Zhang et al. 2018), which a saliency map has to beat to show it points at lesions, not at the middle."""
+    c = (transform.size - 1) / 2.0
+    x, y = transform.to_original(np.array([c, c]))
+    return float(x), float(y)
+
+
+def pointing_game(hits: Sequence[bool], centre_hits: Sequence[bool] | None = None, *,
+                  resamples: int = BOOTSTRAP_RESAMPLES, level: float = BOOTSTRAP_LEVEL,
                   seed: int = BOOTSTRAP_SEED) -> dict[str, float]:
     """Pointing-game hit rate over images (one hit/miss each) with its percentile bootstrap interval:
-    ``pointing_game_hit_rate``, ``pointing_game_n``, ``pointing_game_hit_rate_ci<level>_low/high``; only
+    ``pointing_game_hit_rate``, ``pointing_game_n``, ``pointing_game_hit_rate_ci<level>_low/high``, and given
+    ``centre_hits`` (the same images' :func:`field_centre` hits) ``pointing_game_centre_baseline``. Only
     ``pointing_game_n`` = 0 for no images."""
     h = np.asarray(hits, dtype=np.float64)
     if h.size == 0:
@@ -200,5 +210,10 @@ def pointing_game(hits: Sequence[bool], *, resamples: int = BOOTSTRAP_RESAMPLES,
     tag = f"ci{round(100 * level)}"
     low, high = bootstrap_interval(lambda idx: float(h[idx].mean()), h.size, resamples=resamples, level=level,
                                    seed=seed)
-    return {"pointing_game_hit_rate": float(h.mean()), "pointing_game_n": float(h.size),
-            f"pointing_game_hit_rate_{tag}_low": low, f"pointing_game_hit_rate_{tag}_high": high}
+    out = {"pointing_game_hit_rate": float(h.mean()), "pointing_game_n": float(h.size),
+           f"pointing_game_hit_rate_{tag}_low": low, f"pointing_game_hit_rate_{tag}_high": high}
+    if centre_hits is not None:
+        if len(centre_hits) != h.size:
+            raise ValueError(f"{len(centre_hits)} centre-baseline results for {h.size} images")
+        out["pointing_game_centre_baseline"] = float(np.mean(np.asarray(centre_hits, dtype=np.float64)))
+    return out

@@ -59,8 +59,8 @@ def test_reported_sensitivity_uses_the_serving_rule_and_survives_rounding() -> N
 # Confidence intervals and the pointing game.
 
 from models.preprocess import FundusTransform  # noqa: E402
-from training.metrics import (bootstrap_interval, cam_peak, grader_intervals, pointing_game,  # noqa: E402
-                              pointing_hit)
+from training.metrics import (bootstrap_interval, cam_peak, field_centre, grader_intervals,  # noqa: E402
+                              pointing_game, pointing_hit)
 
 
 def test_bootstrap_interval_is_percentile_and_reproducible() -> None:
@@ -116,3 +116,12 @@ def test_pointing_game_rate_and_interval() -> None:
     assert m["pointing_game_hit_rate"] == 0.75 and m["pointing_game_n"] == 4
     assert 0 <= m["pointing_game_hit_rate_ci95_low"] <= 0.75 <= m["pointing_game_hit_rate_ci95_high"] <= 1
     assert pointing_game([]) == {"pointing_game_n": 0.0}
+    assert pointing_game([True, False], [False, False])["pointing_game_centre_baseline"] == 0.0
+    with pytest.raises(ValueError, match="1 centre-baseline results for 2 images"):
+        pointing_game([True, False], [True])
+
+
+def test_field_centre_is_the_crop_centre_in_original_pixels() -> None:
+    t = FundusTransform(x0=100.0, y0=50.0, scale=2.0, size=64, original_width=300, original_height=300)
+    # model centre 31.5 -> (31.5 + 0.5) * 2 - 0.5 + offset
+    assert field_centre(t) == (163.5, 113.5)

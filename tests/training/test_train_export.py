@@ -111,4 +111,5 @@ def test_card_has_intervals_and_the_pointing_game_on_lesion_records(tiny_config:
     assert playing > 0 and card.metrics["pointing_game_n"] == playing
     rate = card.metrics["pointing_game_hit_rate"]
     assert 0 <= card.metrics["pointing_game_hit_rate_ci95_low"] <= rate <= card.metrics["pointing_game_hit_rate_ci95_high"] <= 1
+    assert 0 <= card.metrics["pointing_game_centre_baseline"] <= 1
     assert card.metrics["n"] == len(records) and f"{playing} referable images with lesion boxes" in card.metrics_data
