@@ -39,6 +39,7 @@ from models.architectures import build
 from models.architectures.detector import STRIDE, DetectorExport
 from models.detection import LESION_CLASSES, Lesion, decode
 from models.preprocess import FundusTransform, normalize, preprocess
+from training.resume import resume_from
 from training.config import TrainConfig
 from training.data import load_rgb, read_records, split_by_patient
 from training.detection_metrics import Truth, detection_metrics
@@ -324,12 +325,7 @@ def main(cfg: TrainConfig, *, resume: bool = False, command: str = "") -> Path:
     start, best, stale, history = 0, -1.0, 0, []
     last = out / "last.pt"
     if resume and last.is_file():
-        ck = torch.load(last, map_location="cpu", weights_only=True)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start, best, stale, history = ck["epoch"] + 1, ck["best_froc"], ck["stale"], json.loads(ck["history"])
-        print(f"resumed from {last} at epoch {start}", file=sys.stderr)
+        start, best, stale, history = resume_from(last, model, opt, sched, "best_froc")
     t0 = time.perf_counter()
     for epoch in range(start, cfg.epochs):
         g.manual_seed(cfg.seed + epoch)
