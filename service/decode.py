@@ -365,6 +365,34 @@ def decode(
         ) from exc
 
 
+def read_dicom_header(data: bytes, *, limits: DecodeLimits = DecodeLimits()) -> Dataset:
+    """The parsed dataset of a DICOM Part 10 upload that passed every check :func:`decode` makes before it
+    decodes a pixel (size, Part 10 magic, file meta, SOP class, Pixel Data present, transfer syntax, Image
+    Pixel module, encapsulated frame sizes); pixel data stays encoded. For receivers (STOW-RS, C-STORE) that
+    accept or refuse an instance up front and analyse it later. Raises the same
+    :class:`~service.errors.FoveaError` subclasses as :func:`decode`; JPEG/PNG bytes are
+    :class:`~service.errors.UnsupportedMediaType` here (a DICOM instance is expected)."""
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    if len(data) > limits.max_bytes:
+        raise PayloadTooLarge(f"The instance is {len(data)} bytes; the limit is {limits.max_bytes} bytes.")
+    kind = sniff(data)
+    if kind != "dicom":
+        raise UnsupportedMediaType(f"The part is a {kind.upper()} image, not a DICOM Part 10 instance.")
+    ds = _read_dataset(data, limits)
+    try:
+        header = _check_header(ds, limits, data)
+        count, _ = _frames_to_decode(header, limits)
+        _check_encapsulated_frames(ds, header, count, limits)
+    except FoveaError:
+        raise
+    except Exception as exc:
+        raise UnreadableImage(
+            f"The DICOM header could not be interpreted ({type(exc).__name__}); the file is corrupt."
+        ) from exc
+    return ds
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Shared helpers
 # ------------------------------------------------------------------------------------------------------------
