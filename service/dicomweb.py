@@ -57,11 +57,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.at_rest import data_dir
 from service.decode import DecodeLimits, read_dicom_header
 from service.dicomweb_worker import Analyze, AnalysisWorker, BuildResults, default_build_results
 from service.errors import BadRequest, FoveaError, PayloadTooLarge, UnsupportedDicom, UnsupportedMediaType
 from service.multipart import MultipartLimits, encode_related, new_boundary, parse_media_type, read_related
 from service.result_store import InstanceQuery, ResultStore, StoredInstance, is_uid
+from service.settings import Settings
 
 log = logging.getLogger("fovea.dicomweb")
 
@@ -107,13 +109,16 @@ class _PartOutcome:
 def create_app(analyze: Analyze, store: ResultStore | Callable[[], ResultStore], *,
                build_results: BuildResults = default_build_results,
                limits: MultipartLimits | None = None, decode_limits: DecodeLimits | None = None,
-               worker_threads: int = 1, start_worker: bool = True) -> Starlette:
+               worker_threads: int = 1, start_worker: bool = True,
+               open_at_start: Callable[[], bool] = lambda: True) -> Starlette:
     """The DICOMweb app (module docstring). ``analyze``: bytes -> Findings (the service's analyzer);
     ``store``: the result store, or a function that opens it (called once, at start-up or first use, so
     importing the service creates nothing on disk); ``build_results``: Findings + source dataset -> SR and SC
     (default :func:`service.dicom_out.build_results`); ``limits``: of a STOW-RS body (default: 8 parts of
     64 MiB); ``decode_limits``: the decoder's header limits; ``start_worker=False`` leaves the analyses to the
-    caller (``app.state.dicomweb.worker.drain()`` in tests)."""
+    caller (``app.state.dicomweb.worker.drain()`` in tests); ``open_at_start()`` false: the store is opened
+    on the first DICOMweb request instead of at start-up (nothing is created on disk for a service that is
+    never sent a study)."""
     web = _DicomWeb(analyze, store, build_results=build_results,
                     limits=limits or MultipartLimits(max_parts=8, max_part_bytes=64 << 20,
                                                      max_total_bytes=8 * (64 << 20)),
@@ -122,7 +127,8 @@ def create_app(analyze: Analyze, store: ResultStore | Callable[[], ResultStore],
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await run_in_threadpool(web.ensure_started)
+        if open_at_start():  # analyses left pending by the last run resume now
+            await run_in_threadpool(web.ensure_started)
         try:
             yield
         finally:
@@ -149,6 +155,18 @@ def create_app(analyze: Analyze, store: ResultStore | Callable[[], ResultStore],
     app.state.dicomweb = web
     return app
 
+
+
+def create_service_app(settings: Settings, analyze: Analyze) -> Starlette:
+    """The app as the BentoML service mounts it: the store under ``<FOVEA_DATA_DIR>/dicomweb`` sealed with
+    the installation's key (opened at start-up if it exists, else on first use), and the service's upload limits: a STOW-RS request carries
+    at most ``max_study_images`` instances of at most ``max_upload_bytes`` each."""
+    return create_app(
+        analyze, lambda: ResultStore.open(),
+        limits=MultipartLimits(max_parts=settings.max_study_images, max_part_bytes=settings.max_upload_bytes,
+                               max_total_bytes=settings.max_upload_bytes * settings.max_study_images),
+        decode_limits=DecodeLimits(max_frames=settings.max_frames, max_bytes=settings.max_upload_bytes),
+        open_at_start=lambda: (data_dir() / "dicomweb" / "index.sqlite3").exists())
 
 def _error(exc: FoveaError, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)

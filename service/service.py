@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse
 
 from models.store import load_verified
 from service.decode import DecodeLimits
+from service.dicomweb import create_service_app as dicomweb_app
 from service.errors import BadRequest, FoveaError, PayloadTooLarge
 from service.http_errors import ErrorShapeMiddleware
 from service.inference import Inference, unpack
@@ -198,6 +199,10 @@ def _respond(request_id: str, work: Callable[[], BaseModel]) -> Any:
     return result.model_dump(mode="json")
 
 
+# DICOMweb (STOW-RS, QIDO-RS, WADO-RS) at /dicomweb (service/dicomweb.py); received instances are analysed in a
+# background thread of this process with this service's analyzer.
+Fovea.mount_asgi_app(dicomweb_app(SETTINGS, lambda data: bentoml.get_current_service().analyzer.analyze(data)),
+                     path="/dicomweb")
 Fovea.add_asgi_middleware(ErrorShapeMiddleware, max_body=SETTINGS.max_upload_bytes * SETTINGS.max_study_images
                           + 1024 * 1024)
 # The reader's web page at / (assets under /ui/); BentoML's own API page moves to /docs (service/webapp.py).
