@@ -7,7 +7,8 @@ service processes on one data folder share it (each analysis is claimed atomical
 
 For each claimed instance: ``analyze(bytes) -> Findings`` (the service's :class:`~service.pipeline.Analyzer`),
 then ``build_results(findings, source_dataset) -> DicomResults`` (:func:`service.dicom_out.build_results`:
-TID 1500 SR + Secondary Capture in the source's study), then both are stored and the analysis is ``done``.
+TID 1500 SR + Secondary Capture in the source's study; one pair per analysed frame of a multi-frame
+photograph), then both are stored and the analysis is ``done``.
 A :class:`~service.errors.FoveaError` (e.g. the pixel data cannot be decoded) ends it ``failed`` with that
 error's code and message; any other exception ``failed`` with ``internal_error`` (the log names the exception
 type only: third-party messages may quote element values).
@@ -138,9 +139,11 @@ class AnalysisWorker:
         data = self.store.received(uid)
         findings = self.analyze(data)
         source = pydicom.dcmread(BytesIO(data))
-        results = self.build_results(findings, source)
-        for ds in (results.sr, results.sc):
-            self.store.put_result(ds, source_sop_instance_uid=uid)
+        # A multi-frame photograph: one SR + SC per analysed frame (their UIDs differ by frame).
+        for frame in (findings, *findings.additional_frames):
+            results = self.build_results(frame.model_copy(update={"additional_frames": []}), source)
+            for ds in (results.sr, results.sc):
+                self.store.put_result(ds, source_sop_instance_uid=uid)
 
     def drain(self, timeout_s: float = 60.0) -> int:
         """Run pending analyses in the calling thread until none waits (tests, command-line use); returns how

@@ -302,7 +302,10 @@ class ResultStore:
     def put_result(self, ds: Dataset, *, source_sop_instance_uid: str) -> StoredInstance:
         """Store a result instance (sealed), replacing any earlier one with the same SOP Instance UID."""
         data = dicom_bytes(ds)
-        meta = json.dumps(metadata_json(ds), separators=(",", ":")).encode()
+        # The metadata of what was stored, read back from the bytes: in-memory values may be Python objects
+        # (highdicom sets DA/TM/DT as date and time objects) that the JSON model does not take.
+        meta = json.dumps(metadata_json(pydicom.dcmread(BytesIO(data), stop_before_pixels=True)),
+                          separators=(",", ":")).encode()
         uid = str(ds.SOPInstanceUID)
         row = StoredInstance(
             sop_instance_uid=uid, sop_class_uid=str(ds.SOPClassUID), study_instance_uid=str(ds.StudyInstanceUID),

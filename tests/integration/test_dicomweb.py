@@ -76,9 +76,9 @@ def test_stow_qido_wado_with_dicomweb_client(tmp_path: Path) -> None:
         sr = client.retrieve_instance(hit.StudyInstanceUID, hit.SeriesInstanceUID, hit.SOPInstanceUID)
         assert sr.Modality == "SR" and sr.StudyInstanceUID == source.StudyInstanceUID
         assert sr.PatientID == "DW-PATIENT-7" and sr.SeriesInstanceUID != source.SeriesInstanceUID
-        # The grade in the SR is the one /analyze gives for the same file (none when ungradable).
-        expected = direct["dr_grade"]["grade"] if direct["quality"]["gradable"] else None
-        assert _sr_grade(sr) == expected
+        # The grade in the SR is the one /analyze gives for the same file.
+        assert direct["quality"]["gradable"]  # this synthetic photograph is gradable: the SR states a grade
+        assert _sr_grade(sr) == direct["dr_grade"]["grade"]
         # The overlay, as Secondary Capture, is in the same study.
         (sc,) = client.search_for_instances(study_instance_uid=source.StudyInstanceUID,
                                             search_filters={"Modality": "OT"})
