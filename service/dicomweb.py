@@ -159,8 +159,8 @@ def create_app(analyze: Analyze, store: ResultStore | Callable[[], ResultStore],
 
 def create_service_app(settings: Settings, analyze: Analyze) -> Starlette:
     """The app as the BentoML service mounts it: the store under ``<FOVEA_DATA_DIR>/dicomweb`` sealed with
-    the installation's key (opened at start-up if it exists, else on first use), and the service's upload limits: a STOW-RS request carries
-    at most ``max_study_images`` instances of at most ``max_upload_bytes`` each."""
+    the installation's key (opened at start-up if it exists, else on first use), and the service's upload
+    limits: a STOW-RS request carries at most ``max_study_images`` instances of ``max_upload_bytes`` each."""
     return create_app(
         analyze, lambda: ResultStore.open(),
         limits=MultipartLimits(max_parts=settings.max_study_images, max_part_bytes=settings.max_upload_bytes,
@@ -196,7 +196,8 @@ def _base_url(request: Request) -> str:
 
 
 def _instance_url(base: str, row: StoredInstance) -> str:
-    return f"{base}/studies/{row.study_instance_uid}/series/{row.series_instance_uid}/instances/{row.sop_instance_uid}"
+    return (f"{base}/studies/{row.study_instance_uid}/series/{row.series_instance_uid}"
+            f"/instances/{row.sop_instance_uid}")
 
 
 class _DicomWeb:
@@ -471,7 +472,8 @@ class _DicomWeb:
                 'instances are available as multipart/related; type="application/dicom" in their stored transfer '
                 "syntax: " + ", ".join(sorted({r.transfer_syntax_uid for r in rows}))))
         parts = await run_in_threadpool(lambda: [
-            (f"application/dicom; transfer-syntax={r.transfer_syntax_uid}", self.store.instance_bytes(r.sop_instance_uid))
+            (f"application/dicom; transfer-syntax={r.transfer_syntax_uid}",
+             self.store.instance_bytes(r.sop_instance_uid))
             for r in rows])
         boundary = new_boundary()
         return Response(encode_related(parts, boundary),
@@ -505,7 +507,8 @@ class _DicomWeb:
         body: dict[str, Any] = {
             "sop_instance_uid": state.sop_instance_uid, "study_instance_uid": state.study_instance_uid,
             "state": state.state, "attempts": state.attempts,
-            "error": {"code": state.error_code, "message": state.error_message} if state.state == "failed" else None,
+            "error": ({"code": state.error_code, "message": state.error_message} if state.state == "failed"
+                      else None),
             "results": [{"modality": r.modality, "sop_class_uid": r.sop_class_uid,
                          "series_instance_uid": r.series_instance_uid, "sop_instance_uid": r.sop_instance_uid,
                          "url": _instance_url(base, r)} for r in results] if state.state == "done" else [],

@@ -131,8 +131,8 @@ class AnalysisWorker:
             log.debug("dicomweb analysis exception", exc_info=True)
             error = ("internal_error", "the analysis failed on the server; the server log has the details")
         self.store.finish(uid, sha, error=error)
-        log.info("dicomweb analysis %s in %.0f ms (instance hash %s…)", "failed: " + error[0] if error else "done",
-                 1000 * (time.perf_counter() - t0), sha[:12])
+        log.info("dicomweb analysis %s in %.0f ms (instance hash %s…)",
+                 "failed: " + error[0] if error else "done", 1000 * (time.perf_counter() - t0), sha[:12])
         return True
 
     def _analyse(self, uid: str) -> None:

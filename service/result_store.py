@@ -312,7 +312,8 @@ class ResultStore:
             series_instance_uid=str(ds.SeriesInstanceUID), modality=str(ds.get("Modality", "") or ""),
             series_number=_int_or_none(ds.get("SeriesNumber")),
             instance_number=_int_or_none(ds.get("InstanceNumber")),
-            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), source_sop_instance_uid=source_sop_instance_uid,
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            source_sop_instance_uid=source_sop_instance_uid,
             size=len(data), stored_at=time.time())
         for value in (row.sop_instance_uid, row.study_instance_uid, row.series_instance_uid):
             if not is_uid(value):
@@ -349,7 +350,8 @@ class ResultStore:
         """The result instances made from one received instance."""
         with self._lock:
             rows = self._db.execute("SELECT * FROM instances WHERE source_sop_instance_uid = ? "
-                                    "ORDER BY modality DESC, sop_instance_uid", (source_sop_instance_uid,)).fetchall()
+                                    "ORDER BY modality DESC, sop_instance_uid",
+                                    (source_sop_instance_uid,)).fetchall()
         return [StoredInstance(**{k: r[k] for k in StoredInstance.__dataclass_fields__}) for r in rows]
 
     def metadata(self, uid: str) -> dict[str, Any]:

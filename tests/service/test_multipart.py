@@ -25,8 +25,9 @@ def _read(body: bytes, chunk: int = 7, boundary: str = "BB", limits: MultipartLi
 def test_round_trip_in_any_chunking(chunk: int) -> None:
     # Part bodies that contain CRLF, dashes and a near-boundary must come back byte for byte.
     datas = [b"\x00\x01DICM", b"line\r\n--B\r\n--BBX", b""]
-    body = encode_related([("application/dicom", datas[0]), ("application/dicom; transfer-syntax=1.2.840.10008.1.2.1",
-                                                               datas[1]), ("application/dicom", datas[2])], "BB")
+    body = encode_related([("application/dicom", datas[0]),
+                           ("application/dicom; transfer-syntax=1.2.840.10008.1.2.1", datas[1]),
+                           ("application/dicom", datas[2])], "BB")
     parts = _read(body, chunk)
     assert [p.data for p in parts] == datas
     assert [p.media_type for p in parts] == ["application/dicom"] * 3
