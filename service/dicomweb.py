@@ -104,6 +104,7 @@ class _PartOutcome:
     sop_instance_uid: str
     failure: int | None = None
     message: str | None = None
+    study_instance_uid: str = ""
 
 
 def create_app(analyze: Analyze, store: ResultStore | Callable[[], ResultStore], *,
@@ -156,7 +157,6 @@ def create_app(analyze: Analyze, store: ResultStore | Callable[[], ResultStore],
     return app
 
 
-
 def create_service_app(settings: Settings, analyze: Analyze) -> Starlette:
     """The app as the BentoML service mounts it: the store under ``<FOVEA_DATA_DIR>/dicomweb`` sealed with
     the installation's key (opened at start-up if it exists, else on first use), and the service's upload
@@ -167,6 +167,7 @@ def create_service_app(settings: Settings, analyze: Analyze) -> Starlette:
                                max_total_bytes=settings.max_upload_bytes * settings.max_study_images),
         decode_limits=DecodeLimits(max_frames=settings.max_frames, max_bytes=settings.max_upload_bytes),
         open_at_start=lambda: (data_dir() / "dicomweb" / "index.sqlite3").exists())
+
 
 def _error(exc: FoveaError, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)
@@ -303,14 +304,14 @@ class _DicomWeb:
         if outcome == "busy":
             return _PartOutcome(sop_class, sop, OUT_OF_RESOURCES,
                                 f"{self.store.max_pending} analyses are waiting; send the instance again later")
-        return _PartOutcome(sop_class, sop)
+        return _PartOutcome(sop_class, sop, study_instance_uid=ids["StudyInstanceUID"])
 
     def _store_response(self, request: Request, outcomes: list[_PartOutcome]) -> Response:
         base = _base_url(request)
         stored = [o for o in outcomes if o.failure is None]
         failed = [o for o in outcomes if o.failure is not None]
         resp = Dataset()
-        studies = {str(request.path_params.get("study", ""))} - {""}
+        studies = {str(request.path_params.get("study", ""))} - {""} or {o.study_instance_uid for o in stored}
         # Retrieve URL (0008,1190), type 2: the study where the results will appear, when there is one.
         resp.RetrieveURL = f"{base}/studies/{next(iter(studies))}" if len(studies) == 1 else ""
         if failed:

@@ -90,7 +90,8 @@ def test_stow_queues_then_results_are_searchable_and_retrievable(analyzer, store
     assert [_val(i, "00081155") for i in refs] == [str(d.SOPInstanceUID) for d in src]
     assert all(_val(i, "00081150") == OP_8BIT for i in refs)
     assert "00081198" not in body  # no FailedSOPSequence
-    assert _val(body, "00081190") is None  # no study in the URL: type 2, empty
+    # Retrieve URL: the study the results will join.
+    assert _val(body, "00081190") == f"http://testserver/dicomweb/studies/{src[0].StudyInstanceUID}"
 
     uid = str(src[0].SOPInstanceUID)
     pending = client.get(f"/dicomweb/analyses/{uid}")
