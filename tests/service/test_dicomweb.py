@@ -334,3 +334,28 @@ def test_everything_on_disk_is_sealed(analyzer, store, fundus_files) -> None:
     for path in files:  # results, index and WAL: no patient data in clear anywhere
         data = path.read_bytes()
         assert b"SYNTHETIC" not in data and b"P-TEST-1" not in data, path.name
+
+
+def test_multi_frame_instance_gets_results_per_frame(analyzer, store, fundus_files) -> None:
+    """A multi-frame true-colour Secondary Capture of two photographs: one SR + SC per analysed frame."""
+    from pydicom.uid import ExplicitVRLittleEndian, MultiFrameTrueColorSecondaryCaptureImageStorage, generate_uid
+
+    frames = [pydicom.dcmread(p).pixel_array for p in fundus_files]  # YBR_FULL_422 decoded by pydicom
+    ds = pydicom.dcmread(fundus_files[0], stop_before_pixels=True)
+    rgb = np.stack([pydicom.pixels.convert_color_space(f, "YBR_FULL", "RGB") for f in frames])
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MultiFrameTrueColorSecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.NumberOfFrames, ds.PhotometricInterpretation, ds.PlanarConfiguration = 2, "RGB", 0
+    for keyword in ("LossyImageCompression",):
+        ds.pop(keyword, None)
+    ds.add_new(0x7FE00010, "OB", rgb.tobytes())  # Pixel Data
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    client = _client(analyzer, store)
+    assert _stow(client, [buf.getvalue()]).status_code == 200
+    assert _web(client).worker.drain() == 1
+    state = client.get(f"/dicomweb/analyses/{ds.SOPInstanceUID}").json()
+    assert state["state"] == "done", state
+    assert sorted(r["modality"] for r in state["results"]) == ["OT", "OT", "SR", "SR"]
+    assert len({r["sop_instance_uid"] for r in state["results"]}) == 4
