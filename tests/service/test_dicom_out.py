@@ -238,3 +238,19 @@ def test_dciodvfy_finds_no_errors(written: list[Path], tmp_path: Path) -> None:
     del bad.ConversionType
     bad.save_as(tmp_path / "bad.dcm")
     assert any("ConversionType" in e for e in _dciodvfy_errors(dciodvfy, tmp_path / "bad.dcm"))
+
+
+def test_multi_frame_source_references_the_analysed_frame(analyzer: Analyzer, pydicom_files: Path) -> None:
+    data = (pydicom_files / "SC_rgb_rle_2frame.dcm").read_bytes()
+    f = analyzer.analyze(data)
+    second = f.additional_frames[0]
+    source = header(data)
+    results = build_results(second, source)
+    assert results.sc.SourceImageSequence[0].ReferencedFrameNumber == 2
+    report = hd.sr.MeasurementReport.from_sequence([results.sr])
+    (grading,) = [g for g in report.get_image_measurement_groups()
+                  if g.tracking_identifier == "Diabetic retinopathy grading"]
+    (item,) = [i for i in grading[0].ContentSequence if i.ValueType == "IMAGE"]
+    assert item.ReferencedSOPSequence[0].ReferencedFrameNumber == 2
+    # Each frame's results are their own instances.
+    assert build_results(f, source).sr.SOPInstanceUID != results.sr.SOPInstanceUID
