@@ -333,6 +333,7 @@ def _structured_report(findings: Findings, source: Dataset | None, study: Datase
     grader, detector = findings.models[0], (findings.models[1] if len(findings.models) > 1 else None)
     sites = _finding_sites(findings)
     groups: list = []
+    lesion_groups: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations] = []
 
     q = findings.quality
     groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -376,9 +377,12 @@ def _structured_report(findings: Findings, source: Dataset | None, study: Datase
                 for kind, code in LESION_CODES.items()],
         ))
         scale = 1.0 if source is not None else findings.saliency.scale
+        # One region source for all lesions: highdicom checks the SOP class against the standard's IOD tables
+        # each time one is made (~5 ms), and every region references the same image.
+        region_source = hd.sr.SourceImageForRegion(str(image.SOPClassUID), str(image.SOPInstanceUID), frames)
+        algorithm = _algorithm(detector, manufacturer)
         for n, les in enumerate(findings.lesions, start=1):
-            groups.append(_lesion_group(les, n, image, frames, scale, findings, source, sites,
-                                        _algorithm(detector, manufacturer)))
+            lesion_groups.append(_lesion_group(les, n, region_source, scale, findings, source, sites, algorithm))
 
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=result_uid("device", findings, source), name="Fovea", manufacturer_name=manufacturer,
@@ -400,13 +404,20 @@ def _structured_report(findings: Findings, source: Dataset | None, study: Datase
         series_number=SR_SERIES_NUMBER, sop_instance_uid=result_uid("sr-instance", findings, source),
         instance_number=1, manufacturer=manufacturer, is_complete=True, is_final=False, is_verified=False,
     )
+    # The lesion groups join the Imaging Measurements container after construction: highdicom's SR constructor
+    # deep-copies, re-parses and searches the whole tree (~1 ms per item), which made a report with many lesions
+    # take seconds; they reference the image already in the evidence, so the evidence is unchanged.
+    (measurements_container,) = [item for item in sr.ContentSequence
+                                 if item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImagingMeasurements.value]
+    for group in lesion_groups:
+        measurements_container.ContentSequence.extend(group)
     _copy_study(sr, study)
     sr.SeriesDescription = f"AI DR report - {ai_statement(findings).removeprefix('AI output - ')}"[:64]
     sr.CodingSchemeIdentificationSequence = [_private_scheme()]
     return sr
 
 
-def _lesion_group(les: LesionFinding, n: int, image: Dataset, frames: list[int] | None, scale: float,
+def _lesion_group(les: LesionFinding, n: int, region_source: hd.sr.SourceImageForRegion, scale: float,
                   findings: Findings, source: Dataset | None, sites: list[hd.sr.FindingSite],
                   algorithm: hd.sr.AlgorithmIdentification
                   ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
@@ -414,8 +425,7 @@ def _lesion_group(les: LesionFinding, n: int, image: Dataset, frames: list[int] 
     x0, y0, x1, y1 = (v / scale for v in les.box)
     polyline = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float32)
     region = hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=polyline,
-        source_image=hd.sr.SourceImageForRegion(str(image.SOPClassUID), str(image.SOPInstanceUID), frames))
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=polyline, source_image=region_source)
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=result_uid(f"lesion-{n}", findings, source),
                                                      identifier=f"Lesion {n}"),
