@@ -75,12 +75,11 @@ def check_instance(part10: bytes, limits: DecodeLimits) -> Dataset | None:
     """``None`` when ``part10`` can be analysed, else the failure status dataset (module docstring)."""
     try:
         decode(part10, limits=replace(limits, max_frames=1), target=_CHECK_TARGET)
-    except PayloadTooLarge as exc:
-        return _status(OUT_OF_RESOURCES, f"too large: {exc.message}")
-    except UnreadableImage as exc:
-        return _status(CANNOT_UNDERSTAND, f"unreadable: {exc.message}")
     except FoveaError as exc:
-        return _status(DOES_NOT_MATCH_SOP_CLASS, f"not analysable: {exc.message}")
+        # The error code first, so the 64 characters of the comment always name the kind of problem.
+        code = OUT_OF_RESOURCES if isinstance(exc, PayloadTooLarge) else \
+            CANNOT_UNDERSTAND if isinstance(exc, UnreadableImage) else DOES_NOT_MATCH_SOP_CLASS
+        return _status(code, f"{exc.code}: {exc.message}")
     return None
 
 
