@@ -101,7 +101,7 @@ class DimseSender:
         dest = self.destination
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
         if not assoc.is_established:
-            what = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
+            what = "rejected" if assoc.is_rejected else "could not be established (refused, aborted or no answer)"
             raise ForwardFailed(f"association with {dest} {what}")
         try:
             for ds in datasets:

@@ -85,7 +85,7 @@ def test_dimse_sender_reports_rejection_and_refusal(store_scp: tuple[int, list[D
     port, _, _ = store_scp
     with pytest.raises(ForwardFailed, match="rejected"):  # wrong called AE title
         DimseSender(Destination("NOTPACS", "127.0.0.1", port)).send([_instance(ComprehensiveSRStorage)])
-    with pytest.raises(ForwardFailed, match="not established"):  # nobody listening
+    with pytest.raises(ForwardFailed, match="could not be established"):  # nobody listening
         DimseSender(Destination("PACS", "127.0.0.1", _free_port()), timeout_s=2).send(
             [_instance(ComprehensiveSRStorage)])
 
