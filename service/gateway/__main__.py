@@ -22,13 +22,11 @@ import threading
 import time
 from pathlib import Path
 
-from service.at_rest import data_dir, load_sealer
-from service.decode import DecodeLimits
-from service.gateway.analyse import ServiceClient
-from service.gateway.forward import Destination, DimseSender, Sender, StowSender
-from service.gateway.queue import Backoff, DurableQueue, QueueLocked
-from service.gateway.scp import ScpConfig, build_ae
-from service.gateway.worker import Worker, default_builder
+from service.at_rest import data_dir
+from service.gateway.queue import DurableQueue, QueueLocked
+
+# The serving imports (pynetdicom, OpenCV, highdicom) happen in serve(): ``status`` answers in a fraction
+# of a second.
 
 log = logging.getLogger("fovea.gateway")
 
@@ -38,6 +36,8 @@ def _default_queue() -> Path:
 
 
 def _serve_parser() -> argparse.ArgumentParser:
+    from service.gateway.forward import Destination
+
     p = argparse.ArgumentParser(prog="python -m service.gateway",
                                 description="Fovea DIMSE gateway: C-STORE SCP with store-and-forward "
                                             "(subcommands: status, requeue)")
@@ -60,12 +60,23 @@ def _serve_parser() -> argparse.ArgumentParser:
 
 
 def serve(argv: list[str]) -> int:
+    """Run the gateway until SIGINT/SIGTERM (module docstring)."""
+    from service.at_rest import load_sealer
+    from service.decode import DecodeLimits
+    from service.gateway.analyse import ServiceClient
+    from service.gateway.forward import DimseSender, Sender, StowSender
+    from service.gateway.queue import Backoff
+    from service.gateway.scp import ScpConfig, build_ae
+    from service.gateway.worker import Worker, default_builder
+
     args = _serve_parser().parse_args(argv)
     if args.destination is None and not args.stow:
         print("error: --destination AET@host:port (or --stow URL) is required", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO/DEBUG logs dump datasets (PHI)
+    # Only our own INFO lines: third-party INFO/DEBUG logs quote datasets (pynetdicom dumps them, highdicom
+    # names the source's UIDs) and pydicom's warnings quote element values. Ours carry queue keys only.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     queue_dir = args.queue or _default_queue()
     queue = DurableQueue(queue_dir, load_sealer())
@@ -102,6 +113,7 @@ def serve(argv: list[str]) -> int:
 
 
 def status(argv: list[str]) -> int:
+    """Print the queue's counts per state (and the items waiting or dead, with their reasons)."""
     p = argparse.ArgumentParser(prog="python -m service.gateway status",
                                 description="Counts of the gateway queue per state")
     p.add_argument("--queue", type=Path, default=None)
@@ -133,6 +145,7 @@ def status(argv: list[str]) -> int:
 
 
 def requeue(argv: list[str]) -> int:
+    """Move dead-lettered items back to pending; refuses while a gateway holds the queue."""
     p = argparse.ArgumentParser(prog="python -m service.gateway requeue",
                                 description="Move dead-lettered items back to pending (stop the gateway first)")
     p.add_argument("--queue", type=Path, default=None)

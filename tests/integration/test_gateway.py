@@ -106,7 +106,7 @@ def queue_status(queue: Path) -> dict[str, int]:
 def fundus(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Synthetic fundus photographs as OP 8-bit JPEG-baseline files (two patients, four eyes)."""
     out = tmp_path_factory.mktemp("fundus")
-    generate(out, count=2, seed=11, size=512, progress=False, dicom=True)
+    generate(out, count=4, seed=11, size=512, progress=False, dicom=True)
     return sorted(out.glob("*.dcm"))
 
 
@@ -240,10 +240,11 @@ def _round_trip(orthanc: Orthanc, source_file: Path, server: str) -> tuple[Datas
     """Upload ``source_file`` to Orthanc, have Orthanc C-STORE it to the gateway, wait for the two results in
     its study; returns the source and the results."""
     uploaded = orthanc.post("/instances", source_file.read_bytes()).json()
+    before = {i["ID"] for i in orthanc.get(f"/studies/{uploaded['ParentStudy']}/instances").json()}
     orthanc.post("/modalities/fovea/store", uploaded["ID"])  # Orthanc -> gateway (C-STORE SCU)
-    instances = orthanc.instances_of_study(uploaded["ParentStudy"], 3)
-    others = [orthanc.dataset(i["ID"]) for i in instances if i["ID"] != uploaded["ID"]]
-    return pydicom.dcmread(source_file), others
+    instances = orthanc.instances_of_study(uploaded["ParentStudy"], len(before) + 2)
+    new = [orthanc.dataset(i["ID"]) for i in instances if i["ID"] not in before]
+    return pydicom.dcmread(source_file), new
 
 
 def _check_results(source: Dataset, results: list[Dataset], server: str, source_file: Path) -> None:
