@@ -1,0 +1,277 @@
+"""service.dicom_out: SR (TID 1500) and SC built from the real Analyzer's findings, written as Part-10 files,
+read back with pydicom/highdicom, and checked by dcmtk's dsrdump and dicom3tools' dciodvfy."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import cv2
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.sr.codedict import codes
+
+from datasets.synthetic.dicom import write_op_dicom
+from datasets.synthetic.fundus import render_fundus
+from service.dicom_out import (
+    AI_STATEMENT_SYNTHETIC, GRADE_CODES, ICDR_SEVERITY, LESION_CODES, LESION_SCORE, PRIVATE_SCHEME,
+    PRIVATE_SCHEME_UID, QUALITY_PROBLEM, QUALITY_REASON_CODES, QUALITY_SCORE, REFERABLE_DR, SC_SERIES_NUMBER,
+    SR_SERIES_NUMBER, DicomResults, build_results,
+)
+from service.findings import Findings
+from service.pipeline import Analyzer
+
+
+# --- inputs ----------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fundus() -> np.ndarray:
+    return render_fundus(np.random.default_rng(3), grade=2, laterality="R", size=320).image
+
+
+def _op_bytes(rgb: np.ndarray, tmp: Path, name: str, laterality: str = "R") -> bytes:
+    path = tmp / f"{name}.dcm"
+    write_op_dicom(rgb, path, laterality=laterality, patient_id=f"SYN-{name}", seed=11)
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def op_dicom(tmp_path_factory: pytest.TempPathFactory, fundus: np.ndarray) -> bytes:
+    return _op_bytes(fundus, tmp_path_factory.mktemp("op"), "gradable")
+
+
+@pytest.fixture(scope="module")
+def dark_dicom(tmp_path_factory: pytest.TempPathFactory, fundus: np.ndarray) -> bytes:
+    return _op_bytes((fundus * 0.12).astype(np.uint8), tmp_path_factory.mktemp("op"), "dark", "L")
+
+
+@pytest.fixture(scope="module")
+def analyzer(tiny_export: Path) -> Analyzer:
+    return Analyzer.load(tiny_export / "tiny-grader.card.json")
+
+
+@pytest.fixture(scope="module")
+def lesion_analyzer(tiny_export: Path, tiny_detector_run: tuple[Path, Path]) -> Analyzer:
+    """The real Analyzer with the tiny detector whose network outputs are replaced by known ones (the barely
+    trained net finds nothing reliably): a haemorrhage centred in the model input and a microaneurysm up
+    and left of it. Thresholds, decoding and mapping to original pixels are the real code."""
+    a = Analyzer.load(tiny_export / "tiny-grader.card.json",
+                      detector=tiny_detector_run[1] / "tiny-detector.card.json")
+    assert a.detector is not None
+    h = a.detector.card.input.size // 4
+    heat = np.zeros((1, 4, h, h), np.float32)
+    size = np.zeros((1, 2, h, h), np.float32)
+    heat[0, 1, h // 2, h // 2], size[0, :, h // 2, h // 2] = 0.99, h / 4  # haemorrhage
+    heat[0, 0, h // 4, h // 4], size[0, :, h // 4, h // 4] = 0.95, 2.0  # microaneurysm
+    fake = {"heatmap": heat, "size": size, "offset": np.zeros((1, 2, h, h), np.float32)}
+    object.__setattr__(a.detector, "run", lambda batch: fake)
+    return a
+
+
+def _header(data: bytes) -> pydicom.Dataset:
+    """The source as the service would pass it: the header only (no pixel data decoded or even read)."""
+    return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+
+
+def _write(results: DicomResults, tmp: Path) -> tuple[Path, Path]:
+    sr, sc = tmp / "sr.dcm", tmp / "sc.dcm"
+    results.sr.save_as(sr, enforce_file_format=True)
+    results.sc.save_as(sc, enforce_file_format=True)
+    return sr, sc
+
+
+def _report(path: Path) -> hd.sr.MeasurementReport:
+    sr = hd.sr.srread(path)
+    return hd.sr.MeasurementReport.from_sequence([sr])
+
+
+def _group(report: hd.sr.MeasurementReport, identifier: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    (g,) = [g for g in report.get_image_measurement_groups()
+            if g.tracking_identifier == identifier]
+    return g
+
+
+def _value(group, name) -> hd.sr.CodedConcept | None:  # type: ignore[no-untyped-def]
+    items = group.get_qualitative_evaluations(name=name)
+    assert len(items) <= 1
+    return items[0].value if items else None
+
+
+def _num(group, name) -> float:  # type: ignore[no-untyped-def]
+    (m,) = group.get_measurements(name=name)
+    return float(m.value)
+
+
+# --- round trips -------------------------------------------------------------------------------------------
+
+def test_dicom_source_with_lesions_round_trip(lesion_analyzer: Analyzer, op_dicom: bytes, tmp_path: Path) -> None:
+    f = lesion_analyzer.analyze(op_dicom)
+    assert f.lesions and {les.type for les in f.lesions} == {"haemorrhage", "microaneurysm"}
+    source = _header(op_dicom)
+    t0 = time.perf_counter()
+    results = build_results(f, source, device_serial="SN-1")
+    build_ms = 1000 * (time.perf_counter() - t0)
+    assert build_ms < 5000  # measured ~100 ms on 2 busy cores; generous for a shared machine
+    sr_path, sc_path = _write(results, tmp_path)
+    sr, sc = pydicom.dcmread(sr_path), pydicom.dcmread(sc_path)
+
+    # Same study and patient as the photograph, own series.
+    for ds in (sr, sc):
+        for kw in ("StudyInstanceUID", "PatientID", "PatientName", "StudyDate", "AccessionNumber"):
+            assert ds[kw].value == source[kw].value, kw
+        assert ds.SeriesInstanceUID != source.SeriesInstanceUID
+    assert sr.SeriesInstanceUID != sc.SeriesInstanceUID
+    assert (sr.SeriesNumber, sc.SeriesNumber) == (SR_SERIES_NUMBER, SC_SERIES_NUMBER)
+    assert sr.SOPClassUID == pydicom.uid.ComprehensiveSRStorage
+    assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == PRIVATE_SCHEME
+    assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeUID == PRIVATE_SCHEME_UID
+    assert AI_STATEMENT_SYNTHETIC in sr.SeriesDescription or "synthetic" in sr.SeriesDescription
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+
+    report = _report(sr_path)
+    (observer,) = report.get_observer_contexts(observer_type=codes.DCM.Device)
+    quality = _group(report, "Image quality")
+    assert _value(quality, codes.DCM.ImageQuality) == codes.DCM.GoodImageQuality
+    assert _num(quality, QUALITY_SCORE) == pytest.approx(f.quality.score, abs=1e-6)
+    grading = _group(report, "Diabetic retinopathy grading")
+    assert _value(grading, ICDR_SEVERITY) == GRADE_CODES[f.dr_grade.grade]
+    assert f.referable_dr is not None
+    assert _value(grading, REFERABLE_DR) == (codes.SCT.Yes if f.referable_dr.value else codes.SCT.No)
+    assert grading.finding_sites[0].laterality == codes.SCT.Right
+    detection = _group(report, "Lesion detection")
+    assert _value(detection, LESION_CODES["haemorrhage"]) == codes.SCT.Present
+    assert _value(detection, LESION_CODES["hard_exudate"]) == codes.SCT.Absent
+
+    rois = report.get_planar_roi_measurement_groups(referenced_sop_instance_uid=source.SOPInstanceUID)
+    assert len(rois) == len(f.lesions)
+    for les in f.lesions:
+        (g,) = [g for g in rois if g.finding_type == LESION_CODES[les.type]]
+        assert g.finding_category == codes.SCT.Lesion
+        assert g.reference_type == codes.DCM.ImageRegion
+        assert g.roi.ValueType == "SCOORD" and g.roi.GraphicType == "POLYLINE"
+        points = g.roi.value
+        x0, y0, x1, y1 = les.box
+        np.testing.assert_allclose(points, [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], atol=1e-3)
+        assert g.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert _num(g, LESION_SCORE) == pytest.approx(les.score, abs=1e-4)
+    # The statement that this is AI output from synthetic-data models travels inside the SR.
+    assert any("synthetic" in str(getattr(item, "TextValue", "")) for item in sr.ContentSequence[-1].ContentSequence)
+    assert observer.observer_identifying_attributes is not None
+
+    # The SC: the overlay, RGB, burned-in caption, referencing the source.
+    overlay = cv2.cvtColor(cv2.imdecode(np.frombuffer(__import__("base64").b64decode(f.saliency.overlay_png),
+                                                      np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
+    assert sc.PhotometricInterpretation == "RGB" and sc.BurnedInAnnotation == "YES"
+    np.testing.assert_array_equal(sc.pixel_array, overlay)
+    assert "synthetic data, not for diagnosis" in sc.SeriesDescription
+    assert AI_STATEMENT_SYNTHETIC in sc.ImageComments
+    ref = sc.SourceImageSequence[0]
+    assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (source.SOPClassUID, source.SOPInstanceUID)
+    assert sc.Laterality == "R"
+
+
+def test_result_uids_are_deterministic(analyzer: Analyzer, op_dicom: bytes) -> None:
+    source = _header(op_dicom)
+    a = build_results(analyzer.analyze(op_dicom), source)
+    b = build_results(analyzer.analyze(op_dicom), source)  # a second analysis: new request id, same instance
+    uids = lambda r: (r.sr.SeriesInstanceUID, r.sr.SOPInstanceUID, r.sc.SeriesInstanceUID, r.sc.SOPInstanceUID)
+    assert uids(a) == uids(b) and len(set(uids(a))) == 4
+    f = analyzer.analyze(op_dicom)
+    newer = f.model_copy(update={"models": [m.model_copy(update={"version": m.version + "-new"}) for m in f.models]})
+    assert not set(uids(build_results(newer, source))) & set(uids(a))
+
+
+def test_ungradable_source(analyzer: Analyzer, dark_dicom: bytes, tmp_path: Path) -> None:
+    f = analyzer.analyze(dark_dicom)
+    assert not f.quality.gradable and f.referable_dr is not None and f.referable_dr.value is None
+    sr_path, _ = _write(build_results(f, _header(dark_dicom)), tmp_path)
+    report = _report(sr_path)
+    quality = _group(report, "Image quality")
+    assert _value(quality, codes.DCM.ImageQuality) == codes.DCM.UnusableQualityRendersImageUnusable
+    problems = {e.value for e in quality.get_qualitative_evaluations(name=QUALITY_PROBLEM)}
+    assert problems == {QUALITY_REASON_CODES[r] for r in f.quality.reasons} and problems
+    grading = _group(report, "Diabetic retinopathy grading")
+    assert _value(grading, ICDR_SEVERITY) is None  # no ICDR grade for an ungradable photograph
+    assert _value(grading, REFERABLE_DR) == codes.SCT.Undetermined
+    assert grading.finding_sites[0].laterality == codes.SCT.Left
+    assert not [g for g in report.get_image_measurement_groups() if g.tracking_identifier == "Lesion detection"]
+
+
+def test_jpeg_upload_makes_a_new_study_and_regions_on_the_sc(lesion_analyzer: Analyzer, fundus: np.ndarray,
+                                                            tmp_path: Path) -> None:
+    jpeg = cv2.imencode(".jpg", cv2.cvtColor(fundus, cv2.COLOR_RGB2BGR))[1].tobytes()
+    f = lesion_analyzer.analyze(jpeg)
+    assert f.image.source == "jpeg" and f.lesions
+    results = build_results(f)
+    sr_path, sc_path = _write(results, tmp_path)
+    sr, sc = pydicom.dcmread(sr_path), pydicom.dcmread(sc_path)
+    assert sr.StudyInstanceUID == sc.StudyInstanceUID
+    assert sr.PatientID == "" and sc.PatientID == "" and str(sc.PatientName) == ""
+    assert "no patient identity" in sc.StudyDescription
+    assert "SourceImageSequence" not in sc
+    report = _report(sr_path)
+    rois = report.get_planar_roi_measurement_groups(referenced_sop_instance_uid=sc.SOPInstanceUID)
+    assert len(rois) == len(f.lesions)
+    s = f.saliency.scale
+    (hem,) = [g for g in rois if g.finding_type == LESION_CODES["haemorrhage"]]
+    box = next(les.box for les in f.lesions if les.type == "haemorrhage")
+    np.testing.assert_allclose(hem.roi.value[0], [box[0] / s, box[1] / s], atol=1e-3)
+    # A second request for the same JPEG is another study: there is no instance UID to be idempotent on.
+    assert build_results(lesion_analyzer.analyze(jpeg)).sc.StudyInstanceUID != sc.StudyInstanceUID
+
+
+def test_mismatched_source_is_refused(analyzer: Analyzer, op_dicom: bytes, dark_dicom: bytes) -> None:
+    with pytest.raises(ValueError, match="not the instance"):
+        build_results(analyzer.analyze(op_dicom), _header(dark_dicom))
+
+
+# --- the standard tools -------------------------------------------------------------------------------------
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (apt-get install dcmtk dicom3tools)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def written(lesion_analyzer: Analyzer, analyzer: Analyzer, op_dicom: bytes, dark_dicom: bytes, fundus: np.ndarray,
+            tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """SR and SC files of the three cases: DICOM with lesions, ungradable DICOM, JPEG upload."""
+    jpeg = cv2.imencode(".jpg", cv2.cvtColor(fundus, cv2.COLOR_RGB2BGR))[1].tobytes()
+    cases: list[tuple[Findings, pydicom.Dataset | None]] = [
+        (lesion_analyzer.analyze(op_dicom), _header(op_dicom)),
+        (analyzer.analyze(dark_dicom), _header(dark_dicom)),
+        (lesion_analyzer.analyze(jpeg), None),
+    ]
+    paths: list[Path] = []
+    for n, (f, source) in enumerate(cases):
+        paths.extend(_write(build_results(f, source), tmp_path_factory.mktemp(f"case{n}")))
+    return paths
+
+
+def test_dsrdump_parses_the_sr(written: list[Path]) -> None:
+    dsrdump = _tool("dsrdump")
+    for sr in written[::2]:
+        run = subprocess.run([dsrdump, "-Ee", "-Ec", str(sr)], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert "E:" not in run.stderr and "W:" not in run.stderr, run.stderr
+        assert "Imaging Measurement Report" in run.stdout and '"Image quality score"' in run.stdout
+    # The first case has lesions: their regions are SCOORD items selected from the source image.
+    first = subprocess.run([dsrdump, str(written[0])], capture_output=True, text=True, timeout=60).stdout
+    assert first.count('SCOORD:(,,"Image Region")=(POLYLINE') == 2 and "Diabetic retinal microaneurysm" in first
+
+
+def test_dciodvfy_finds_no_errors(written: list[Path]) -> None:
+    dciodvfy = _tool("dciodvfy")
+    for path in written:
+        run = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=60)
+        errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+        assert not errors, f"{path.name}: {errors}"
