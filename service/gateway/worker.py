@@ -90,11 +90,16 @@ class Worker:
                 self.run_once()
             except Exception:  # never let one bad item kill the loop; the item is retried next pass
                 log.exception("gateway worker pass failed")
-            nxt = self.queue.next_due_at()
-            wait = idle_s if nxt is None else min(idle_s, max(0.0, nxt - self.clock()))
-            wait = max(wait, self._service_hold_until - self.clock()) if self._service_hold_until else wait
+            nxt = self.next_due_at()
+            wait = idle_s if nxt is None else nxt - self.clock()
             self._wake.wait(timeout=min(idle_s, max(0.05, wait)))
             self._wake.clear()
+
+    def next_due_at(self) -> float | None:
+        """When the next pending item can be tried: its own next attempt, and for the analyse stage not before
+        the hold on an unavailable service ends (``None`` when nothing is pending)."""
+        return min((max(i.next_attempt_at, self._service_hold_until) if i.stage == "analyse" else i.next_attempt_at
+                    for i in self.queue.items("pending")), default=None)
 
     def run_once(self) -> int:
         """One pass over the due items; returns how many changed state or stage."""

@@ -54,6 +54,22 @@ def test_wrong_called_ae_title_is_rejected(gateway: tuple[int, list[int]]) -> No
     assert assoc.is_rejected
 
 
+def test_calling_ae_titles_can_be_restricted(queue: DurableQueue) -> None:
+    ae, handlers = build_ae(queue, ScpConfig(ae_title="FOVEA", allowed_calling=("PACS",)))
+    port = _free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+    try:
+        assert _scu((Verification, [ExplicitVRLittleEndian])).associate(
+            "127.0.0.1", port, ae_title="FOVEA").is_rejected  # calling AE "SCU" is not allowed
+        scu = AE(ae_title="PACS")
+        scu.add_requested_context(Verification, [ExplicitVRLittleEndian])
+        assoc = scu.associate("127.0.0.1", port, ae_title="FOVEA")
+        assert assoc.is_established
+        assoc.release()
+    finally:
+        server.shutdown()
+
+
 def test_fundus_jpeg_is_queued_before_success(gateway: tuple[int, list[int]], queue: DurableQueue,
                                               op_file: Path) -> None:
     ds = pydicom.dcmread(op_file)
@@ -112,3 +128,26 @@ def test_unusable_instance_gets_a_failure_status_naming_why(gateway: tuple[int, 
     assert answer.Status == status
     assert words.lower() in answer.ErrorComment.lower() and len(answer.ErrorComment) <= 64
     assert queue.counts()["pending"] == 0
+
+
+def test_no_success_unless_queued_durably(tmp_path: Path, op_file: Path) -> None:
+    class FullDisk:
+        def write(self, path: Path, data: bytes, purpose: bytes = b"") -> None:
+            raise OSError(28, "No space left on device")
+
+        def read(self, path: Path, purpose: bytes = b"") -> bytes:
+            raise AssertionError
+
+    with DurableQueue(tmp_path / "q", FullDisk()) as q:
+        ae, handlers = build_ae(q)
+        port = _free_port()
+        server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
+        try:
+            assoc = _scu((OphthalmicPhotography8BitImageStorage, [JPEGBaseline8Bit])).associate(
+                "127.0.0.1", port, ae_title="FOVEA")
+            answer = assoc.send_c_store(pydicom.dcmread(op_file))
+            assoc.release()
+        finally:
+            server.shutdown()
+        assert answer.Status == 0xA700 and "queue could not be written" in answer.ErrorComment
+        assert q.counts()["pending"] == 0

@@ -99,6 +99,7 @@ def test_service_down_waits_without_dead_lettering(queue: DurableQueue, queued: 
         assert worker.run_once() == 0  # held: nothing is tried before the backoff is over
         clock.now = item.next_attempt_at
     assert delays == [10, 20, 40, 80, 100] and len(fakes.analysed) == 5
+    assert worker.next_due_at() == clock.now  # the loop sleeps until then, it does not spin
     assert queue.counts()["pending"] == 1 and queue.load(queued).attempts == 0
     worker.run_once()  # the service is back
     assert queue.counts()["done"] == 1
@@ -179,3 +180,25 @@ def test_result_build_failure_is_dead_lettered(queue: DurableQueue, queued: str)
     worker.build = broken
     worker.run_once()
     assert queue.load(queued, "dead").reason == "results could not be built (KeyError)"
+
+
+def test_run_loop_wakes_on_new_instances_and_stops(queue: DurableQueue, op_file: Path) -> None:
+    import threading
+    import time
+
+    fakes = Fakes()
+    worker = Worker(queue, analyse=fakes.analyse, build=fakes.build, sender=fakes)
+    thread = threading.Thread(target=worker.run, kwargs={"idle_s": 30.0})
+    thread.start()
+    try:
+        ds = pydicom.dcmread(op_file)
+        queue.enqueue(op_file.read_bytes(), sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID)
+        worker.wake()  # what the SCP does: without it the loop would sleep idle_s (30 s)
+        deadline = time.monotonic() + 10
+        while queue.counts()["done"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert queue.counts()["done"] == 1
+    finally:
+        worker.stop()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
