@@ -18,8 +18,10 @@ from models.card import CardError, ModelCard, read_verified, verify
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "default"
 CARD_SUFFIX = ".card.json"
-#: Names of the models the service loads, in the order they are imported.
-DEFAULT_MODELS = ("dr-grader",)
+#: Names of the models the service loads, in the order they are imported. The grader is required; the
+#: detector and the image-quality model are imported when ``models/default/`` holds them.
+DEFAULT_MODELS = ("dr-grader", "lesion-detector", "image-quality")
+REQUIRED_MODELS = ("dr-grader",)
 
 
 def import_model(card_path: Path) -> str:
@@ -60,6 +62,8 @@ def ensure_defaults(default_dir: Path = DEFAULT_DIR) -> list[str]:
     imported = []
     for name in DEFAULT_MODELS:
         card_path = default_dir / f"{name}{CARD_SUFFIX}"
+        if name not in REQUIRED_MODELS and not card_path.is_file():
+            continue
         tag = ModelCard.load(card_path).tag
         try:
             bentoml.models.get(tag)

@@ -21,6 +21,7 @@ from models.preprocess import locate_field, preprocess
 from models.store import load_verified
 from service.decode import DecodedImage, DecodeLimits, decode
 from service.errors import FoveaError
+from service.gradability import check_quality_card, combine
 from service.findings import (
     DrGrade, Findings, ImageInfo, LesionFinding, ModelRef, Quality, ReferableDr, Saliency, StudyFindings,
 )
@@ -65,6 +66,9 @@ class Analyzer:
     referable_threshold: float | None = None
     #: The lesion detector (a local session), when one is installed; its boxes join the findings and the overlay.
     detector: OnnxModel | None = None
+    #: The image-quality model (a local session), when one is installed: it decides gradability
+    #: (:mod:`service.gradability`); without it the classic measures do.
+    quality_model: OnnxModel | None = None
 
     @property
     def provider_name(self) -> str:
@@ -85,26 +89,30 @@ class Analyzer:
                     or tuple(det.classes) != LESION_CLASSES or not det.score_thresholds):
                 raise CardError(f"{det.tag} is not a lesion detector of {', '.join(LESION_CLASSES)} with "
                                 "heatmap/size/offset outputs and per-class score thresholds")
+        if self.quality_model is not None:
+            check_quality_card(self.quality_model.card)
 
     @staticmethod
     def load_detector(path: Path, providers: list[str] | None = None, *, workers: int = 1) -> OnnxModel:
-        """Verify a lesion detector (store directory or ``*.card.json``) and open a local session for it."""
+        """Verify a lesion detector or image-quality model (store directory or ``*.card.json``) and open a
+        local session for it."""
         card, onnx = load_verified(path)
         return OnnxModel.load(card, onnx, providers, workers=workers)
 
     @classmethod
     def load(cls, grader: Path, providers: list[str] | None = None, limits: DecodeLimits | None = None,
              *, rules: QualityRules | None = None, referable_threshold: float | None = None, workers: int = 1,
-             detector: Path | None = None) -> Analyzer:
+             detector: Path | None = None, quality: Path | None = None) -> Analyzer:
         """Verify the grader (and the optional lesion ``detector``; each a store directory or a
         ``*.card.json``) against its card, then run it in a local ONNX Runtime session (``workers``: processes
-        that share the cores)."""
+        that share the cores). ``quality``: the optional image-quality model, verified the same way."""
         card, onnx = load_verified(grader)
         model = OnnxModel.load(card, onnx, providers, workers=workers)
         det = cls.load_detector(detector, providers, workers=workers) if detector is not None else None
+        qual = cls.load_detector(quality, providers, workers=workers) if quality is not None else None
         return cls(grader_card=card, run_grader=model.run, provider=model.provider,
                    limits=limits or DecodeLimits(max_frames=DEFAULT_MAX_FRAMES), rules=rules or QualityRules(),
-                   referable_threshold=referable_threshold, detector=det)
+                   referable_threshold=referable_threshold, detector=det, quality_model=qual)
 
     def analyze(self, data: bytes, *, request_id: str | None = None, laterality: str | None = None) -> Findings:
         """Analyse one upload (every frame, up to the decode limit); raises :class:`service.errors.FoveaError`
@@ -167,8 +175,13 @@ class Analyzer:
         card = self.grader_card
         field_ = locate_field(img.rgb)
         verdict = assess(measure(img.rgb, field_), self.rules)
-        quality = Quality(gradable=verdict.gradable, score=verdict.score, reasons=list(verdict.reasons),
-                          method=QUALITY_METHOD, measures=verdict.measures.as_dict())
+        if self.quality_model is not None:
+            qcard = self.quality_model.card
+            q_in = preprocess(img.rgb, qcard.input.size, field=field_).tensor[None]
+            quality = combine(self.quality_model.run(q_in)["probabilities"][0], qcard, verdict)
+        else:
+            quality = Quality(gradable=verdict.gradable, score=verdict.score, reasons=list(verdict.reasons),
+                              method=QUALITY_METHOD, measures=verdict.measures.as_dict())
         t = lap("quality", t0)
         pre = preprocess(img.rgb, card.input.size, field=field_)
         t = lap("preprocess", t)
@@ -228,6 +241,9 @@ class Analyzer:
         if self.detector is not None:
             d = self.detector.card
             refs.append(ModelRef(name=d.name, version=d.version, sha256=d.sha256, provider=self.detector.provider))
+        if self.quality_model is not None:
+            q = self.quality_model.card
+            refs.append(ModelRef(name=q.name, version=q.version, sha256=q.sha256, provider=self.quality_model.provider))
         return refs
 
     def _referable(self, card: ModelCard, probs: np.ndarray, quality: Quality) -> ReferableDr | None:

@@ -74,6 +74,7 @@ class Fovea:
         common: dict[str, Any] = {"limits": limits, "rules": SETTINGS.quality.rules(),
                                   "referable_threshold": SETTINGS.referable_threshold}
         detector = _installed(SETTINGS.detector_tag)
+        quality = _installed(SETTINGS.quality_tag)
         if INFERENCE_MODE == "service":
             # The card is verified here too (the front trusts nothing it did not check); the session lives in
             # the inference service, which can only be asked for its provider once it is up. The detector (if
@@ -81,9 +82,11 @@ class Fovea:
             card, _ = load_verified(Path(self.grader_ref.path))
             self.analyzer = Analyzer(grader_card=card, run_grader=self._grade_remote,
                                      provider=lambda: str(self.inference.provider()),
-                                     detector=Analyzer.load_detector(detector) if detector else None, **common)
+                                     detector=Analyzer.load_detector(detector) if detector else None,
+                                     quality_model=Analyzer.load_detector(quality) if quality else None, **common)
         else:
-            self.analyzer = Analyzer.load(Path(self.grader_ref.path), workers=WORKERS, detector=detector, **common)
+            self.analyzer = Analyzer.load(Path(self.grader_ref.path), workers=WORKERS, detector=detector,
+                                          quality=quality, **common)
         if detector is None:
             log.info("no lesion detector %s in the model store: findings carry no lesions", SETTINGS.detector_tag)
         card = self.analyzer.grader_card
@@ -127,11 +130,11 @@ class Fovea:
         models = [{"name": card.name, "version": card.version, "sha256": card.sha256, "task": card.task,
                    "provider": self.analyzer.provider_name, "inference": INFERENCE_MODE,
                    "intended_use": card.intended_use}]
-        if self.analyzer.detector is not None:
-            d = self.analyzer.detector.card
-            models.append({"name": d.name, "version": d.version, "sha256": d.sha256, "task": d.task,
-                           "provider": self.analyzer.detector.provider, "inference": "local",
-                           "intended_use": d.intended_use})
+        for extra in (self.analyzer.detector, self.analyzer.quality_model):
+            if extra is not None:
+                d = extra.card
+                models.append({"name": d.name, "version": d.version, "sha256": d.sha256, "task": d.task,
+                               "provider": extra.provider, "inference": "local", "intended_use": d.intended_use})
         return {
             "models": models,
             "referable_operating_point": {

@@ -8,6 +8,8 @@ variable / YAML key            meaning                                          
 FOVEA_GRADER_TAG grader_tag    model-store tag of the DR grader                        dr-grader:latest
 FOVEA_DETECTOR_TAG             model-store tag of the lesion detector (used when the   lesion-detector:latest
   detector_tag                 store has it; otherwise findings carry no lesions)
+FOVEA_QUALITY_TAG              model-store tag of the image-quality model (used when   image-quality:latest
+  quality_tag                  the store has it; otherwise the classic measures decide)
 FOVEA_MAX_UPLOAD_BYTES         largest accepted upload (HTTP and decoder)              64 MiB
 FOVEA_MAX_FRAMES max_frames    frames of a multi-frame upload analysed                 8
 FOVEA_MAX_STUDY_IMAGES         uploads accepted by one study request                   8
@@ -35,6 +37,7 @@ CONFIG_ENV = "FOVEA_CONFIG"
 _ENV = {
     "grader_tag": "FOVEA_GRADER_TAG",
     "detector_tag": "FOVEA_DETECTOR_TAG",
+    "quality_tag": "FOVEA_QUALITY_TAG",
     "max_upload_bytes": "FOVEA_MAX_UPLOAD_BYTES",
     "max_frames": "FOVEA_MAX_FRAMES",
     "max_study_images": "FOVEA_MAX_STUDY_IMAGES",
@@ -66,6 +69,7 @@ class Settings(BaseModel):
 
     grader_tag: str = "dr-grader:latest"
     detector_tag: str = "lesion-detector:latest"
+    quality_tag: str = "image-quality:latest"
     max_upload_bytes: int = Field(64 * 1024 * 1024, gt=0)
     max_frames: int = Field(8, ge=1, le=256)
     max_study_images: int = Field(8, ge=1, le=64)

@@ -1,0 +1,96 @@
+"""The gradability decision with an image-quality model: the model's threshold, reasons, the no-fundus guard,
+and the pipeline using a real (tiny) exported quality model."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.card import CardError, InputSpec, ModelCard, OperatingPoint, PreprocessingSpec, TrainingProvenance
+from service.gradability import NO_FIELD_COVERAGE, check_quality_card, combine
+from service.quality import QualityMeasures, QualityVerdict
+
+CLASSES = ("gradable", "field", "underexposed", "overexposed", "blur", "haze", "uneven")
+
+
+def _card(threshold: float = 0.3, **changes: object) -> ModelCard:
+    fields: dict[str, object] = dict(
+        name="iq", version="1.0", task="image-quality", architecture="x", file="iq.onnx", sha256="0" * 64,
+        opset=17, input=InputSpec(size=64, mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2)), outputs=("probabilities",),
+        preprocessing=PreprocessingSpec(name="p", version="2"), classes=CLASSES,
+        operating_points=(OperatingPoint(name="gradable", threshold=threshold, sensitivity=0.9, specificity=0.9,
+                                         chosen_on="test"),),
+        metrics={}, metrics_data="none", created="2026-01-01",
+        training=TrainingProvenance(data="d", command="c", code_commit="x", config={}, torch_version="t"))
+    fields.update(changes)
+    return ModelCard(**fields)  # type: ignore[arg-type]
+
+
+def _classic(coverage: float = 0.95) -> QualityVerdict:
+    m = QualityMeasures(coverage=coverage, brightness=0.4, clipped=0.0, sharpness=0.5, contrast=0.05, illumination=0.5)
+    return QualityVerdict(gradable=True, score=0.9, reasons=(), measures=m)
+
+
+def _probs(gradable: float, **reasons: float) -> np.ndarray:
+    return np.array([gradable] + [reasons.get(c, 0.0) for c in CLASSES[1:]], np.float32)
+
+
+def test_the_cards_threshold_decides_and_the_score_boundary_is_one_half() -> None:
+    card = _card(threshold=0.3)
+    at = combine(_probs(0.3), card, _classic())
+    assert at.gradable and at.score == pytest.approx(0.5, abs=1e-3)
+    above, below = combine(_probs(0.8), card, _classic()), combine(_probs(0.1, blur=0.9), card, _classic())
+    assert above.gradable and above.score > 0.5 and above.reasons == []
+    assert not below.gradable and below.score < 0.5 and below.reasons == ["blur"]
+    assert "iq:1.0" in below.method and below.measures["p_blur"] == pytest.approx(0.9)
+    assert below.measures["coverage"] == pytest.approx(0.95)  # the classic measures stay in the answer
+
+
+def test_ungradable_always_says_why() -> None:
+    q = combine(_probs(0.05, haze=0.3, uneven=0.4), _card(), _classic())
+    assert not q.gradable and q.reasons == ["uneven"]  # none reaches 0.5: the most probable reason
+    q = combine(_probs(0.05, field=0.7, underexposed=0.6), _card(), _classic())
+    assert q.reasons == ["field", "underexposed"]  # service order
+
+
+def test_no_fundus_at_all_is_ungradable_whatever_the_model_says() -> None:
+    q = combine(_probs(0.99), _card(), _classic(coverage=NO_FIELD_COVERAGE / 2))
+    assert not q.gradable and q.reasons == ["field"] and q.score == 0.0
+
+
+def test_cards_that_are_not_quality_models_are_refused() -> None:
+    assert check_quality_card(_card(threshold=0.4)) == 0.4
+    with pytest.raises(CardError):
+        check_quality_card(_card(task="dr-grading"))
+    with pytest.raises(CardError):
+        check_quality_card(_card(classes=("gradable", "sparkle")))
+    with pytest.raises(CardError):
+        check_quality_card(_card(operating_points=()))
+
+
+@pytest.mark.slow
+def test_pipeline_uses_the_installed_quality_model(tiny_export: Path, tiny_quality_run: tuple[Path, Path],
+                                                  retina_path: Path) -> None:
+    from service.pipeline import Analyzer
+
+    _, q_export = tiny_quality_run
+    analyzer = Analyzer.load(tiny_export / "tiny-grader.card.json", quality=q_export / "tiny-quality.card.json")
+    f = analyzer.analyze(retina_path.read_bytes())
+    assert f.quality.method.startswith("tiny-quality:0.0.1")
+    assert {"p_gradable", "p_blur", "coverage"} <= set(f.quality.measures)
+    assert [m.name for m in f.models] == ["tiny-grader", "tiny-quality"]
+    # The decision is the model's at its card's threshold (the tiny model's own verdict is arbitrary): with the
+    # threshold moved to either end, the same photograph passes or fails the gate, and the referral follows.
+    qm = analyzer.quality_model
+    assert qm is not None
+    for threshold, gradable in ((0.0, True), (1.0, False)):
+        op = qm.card.operating_points[0].model_copy(update={"threshold": threshold})
+        analyzer.quality_model = dataclasses.replace(qm, card=qm.card.model_copy(update={"operating_points": (op,)}))
+        g = analyzer.analyze(retina_path.read_bytes())
+        assert g.quality.gradable is gradable and (g.referable_dr.value is None) is (not gradable)  # type: ignore[union-attr]
+        assert g.quality.measures["p_gradable"] == f.quality.measures["p_gradable"]
+    with pytest.raises(CardError):  # a grader offered as the quality model
+        Analyzer.load(tiny_export / "tiny-grader.card.json", quality=tiny_export / "tiny-grader.card.json")
