@@ -3,7 +3,7 @@ read back with pydicom/highdicom, and checked by dcmtk's dsrdump and dicom3tools
 
 from __future__ import annotations
 
-import io
+import base64
 import shutil
 import subprocess
 import time
@@ -16,8 +16,6 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
-from datasets.synthetic.dicom import write_op_dicom
-from datasets.synthetic.fundus import render_fundus
 from service.dicom_out import (
     AI_STATEMENT_SYNTHETIC, GRADE_CODES, ICDR_SEVERITY, LESION_CODES, LESION_SCORE, PRIVATE_SCHEME,
     PRIVATE_SCHEME_UID, QUALITY_PROBLEM, QUALITY_REASON_CODES, QUALITY_SCORE, REFERABLE_DR, SC_SERIES_NUMBER,
@@ -25,57 +23,9 @@ from service.dicom_out import (
 )
 from service.findings import Findings
 from service.pipeline import Analyzer
-
-
-# --- inputs ----------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def fundus() -> np.ndarray:
-    return render_fundus(np.random.default_rng(3), grade=2, laterality="R", size=320).image
-
-
-def _op_bytes(rgb: np.ndarray, tmp: Path, name: str, laterality: str = "R") -> bytes:
-    path = tmp / f"{name}.dcm"
-    write_op_dicom(rgb, path, laterality=laterality, patient_id=f"SYN-{name}", seed=11)
-    return path.read_bytes()
-
-
-@pytest.fixture(scope="module")
-def op_dicom(tmp_path_factory: pytest.TempPathFactory, fundus: np.ndarray) -> bytes:
-    return _op_bytes(fundus, tmp_path_factory.mktemp("op"), "gradable")
-
-
-@pytest.fixture(scope="module")
-def dark_dicom(tmp_path_factory: pytest.TempPathFactory, fundus: np.ndarray) -> bytes:
-    return _op_bytes((fundus * 0.12).astype(np.uint8), tmp_path_factory.mktemp("op"), "dark", "L")
-
-
-@pytest.fixture(scope="module")
-def analyzer(tiny_export: Path) -> Analyzer:
-    return Analyzer.load(tiny_export / "tiny-grader.card.json")
-
-
-@pytest.fixture(scope="module")
-def lesion_analyzer(tiny_export: Path, tiny_detector_run: tuple[Path, Path]) -> Analyzer:
-    """The real Analyzer with the tiny detector whose network outputs are replaced by known ones (the barely
-    trained net finds nothing reliably): a haemorrhage centred in the model input and a microaneurysm up
-    and left of it. Thresholds, decoding and mapping to original pixels are the real code."""
-    a = Analyzer.load(tiny_export / "tiny-grader.card.json",
-                      detector=tiny_detector_run[1] / "tiny-detector.card.json")
-    assert a.detector is not None
-    h = a.detector.card.input.size // 4
-    heat = np.zeros((1, 4, h, h), np.float32)
-    size = np.zeros((1, 2, h, h), np.float32)
-    heat[0, 1, h // 2, h // 2], size[0, :, h // 2, h // 2] = 0.99, h / 4  # haemorrhage
-    heat[0, 0, h // 4, h // 4], size[0, :, h // 4, h // 4] = 0.95, 2.0  # microaneurysm
-    fake = {"heatmap": heat, "size": size, "offset": np.zeros((1, 2, h, h), np.float32)}
-    object.__setattr__(a.detector, "run", lambda batch: fake)
-    return a
-
-
-def _header(data: bytes) -> pydicom.Dataset:
-    """The source as the service would pass it: the header only (no pixel data decoded or even read)."""
-    return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+from tests.service.results_cases import (  # noqa: F401  (fixtures)
+    analyzer, dark_dicom, fundus, header, jpeg_upload, lesion_analyzer, op_dicom,
+)
 
 
 def _write(results: DicomResults, tmp: Path) -> tuple[Path, Path]:
@@ -112,7 +62,7 @@ def _num(group, name) -> float:  # type: ignore[no-untyped-def]
 def test_dicom_source_with_lesions_round_trip(lesion_analyzer: Analyzer, op_dicom: bytes, tmp_path: Path) -> None:
     f = lesion_analyzer.analyze(op_dicom)
     assert f.lesions and {les.type for les in f.lesions} == {"haemorrhage", "microaneurysm"}
-    source = _header(op_dicom)
+    source = header(op_dicom)
     t0 = time.perf_counter()
     results = build_results(f, source, device_serial="SN-1")
     build_ms = 1000 * (time.perf_counter() - t0)
@@ -165,8 +115,8 @@ def test_dicom_source_with_lesions_round_trip(lesion_analyzer: Analyzer, op_dico
     assert observer.observer_identifying_attributes is not None
 
     # The SC: the overlay, RGB, burned-in caption, referencing the source.
-    overlay = cv2.cvtColor(cv2.imdecode(np.frombuffer(__import__("base64").b64decode(f.saliency.overlay_png),
-                                                      np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    png = np.frombuffer(base64.b64decode(f.saliency.overlay_png), np.uint8)
+    overlay = cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
     assert sc.PhotometricInterpretation == "RGB" and sc.BurnedInAnnotation == "YES"
     np.testing.assert_array_equal(sc.pixel_array, overlay)
@@ -178,7 +128,7 @@ def test_dicom_source_with_lesions_round_trip(lesion_analyzer: Analyzer, op_dico
 
 
 def test_result_uids_are_deterministic(analyzer: Analyzer, op_dicom: bytes) -> None:
-    source = _header(op_dicom)
+    source = header(op_dicom)
     a = build_results(analyzer.analyze(op_dicom), source)
     b = build_results(analyzer.analyze(op_dicom), source)  # a second analysis: new request id, same instance
     uids = lambda r: (r.sr.SeriesInstanceUID, r.sr.SOPInstanceUID, r.sc.SeriesInstanceUID, r.sc.SOPInstanceUID)
@@ -191,7 +141,7 @@ def test_result_uids_are_deterministic(analyzer: Analyzer, op_dicom: bytes) -> N
 def test_ungradable_source(analyzer: Analyzer, dark_dicom: bytes, tmp_path: Path) -> None:
     f = analyzer.analyze(dark_dicom)
     assert not f.quality.gradable and f.referable_dr is not None and f.referable_dr.value is None
-    sr_path, _ = _write(build_results(f, _header(dark_dicom)), tmp_path)
+    sr_path, _ = _write(build_results(f, header(dark_dicom)), tmp_path)
     report = _report(sr_path)
     quality = _group(report, "Image quality")
     assert _value(quality, codes.DCM.ImageQuality) == codes.DCM.UnusableQualityRendersImageUnusable
@@ -204,9 +154,9 @@ def test_ungradable_source(analyzer: Analyzer, dark_dicom: bytes, tmp_path: Path
     assert not [g for g in report.get_image_measurement_groups() if g.tracking_identifier == "Lesion detection"]
 
 
-def test_jpeg_upload_makes_a_new_study_and_regions_on_the_sc(lesion_analyzer: Analyzer, fundus: np.ndarray,
+def test_jpeg_upload_makes_a_new_study_and_regions_on_the_sc(lesion_analyzer: Analyzer, jpeg_upload: bytes,
                                                             tmp_path: Path) -> None:
-    jpeg = cv2.imencode(".jpg", cv2.cvtColor(fundus, cv2.COLOR_RGB2BGR))[1].tobytes()
+    jpeg = jpeg_upload
     f = lesion_analyzer.analyze(jpeg)
     assert f.image.source == "jpeg" and f.lesions
     results = build_results(f)
@@ -229,7 +179,7 @@ def test_jpeg_upload_makes_a_new_study_and_regions_on_the_sc(lesion_analyzer: An
 
 def test_mismatched_source_is_refused(analyzer: Analyzer, op_dicom: bytes, dark_dicom: bytes) -> None:
     with pytest.raises(ValueError, match="not the instance"):
-        build_results(analyzer.analyze(op_dicom), _header(dark_dicom))
+        build_results(analyzer.analyze(op_dicom), header(dark_dicom))
 
 
 # --- the standard tools -------------------------------------------------------------------------------------
@@ -242,13 +192,13 @@ def _tool(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def written(lesion_analyzer: Analyzer, analyzer: Analyzer, op_dicom: bytes, dark_dicom: bytes, fundus: np.ndarray,
+def written(lesion_analyzer: Analyzer, analyzer: Analyzer, op_dicom: bytes, dark_dicom: bytes, jpeg_upload: bytes,
             tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """SR and SC files of the three cases: DICOM with lesions, ungradable DICOM, JPEG upload."""
-    jpeg = cv2.imencode(".jpg", cv2.cvtColor(fundus, cv2.COLOR_RGB2BGR))[1].tobytes()
+    jpeg = jpeg_upload
     cases: list[tuple[Findings, pydicom.Dataset | None]] = [
-        (lesion_analyzer.analyze(op_dicom), _header(op_dicom)),
-        (analyzer.analyze(dark_dicom), _header(dark_dicom)),
+        (lesion_analyzer.analyze(op_dicom), header(op_dicom)),
+        (analyzer.analyze(dark_dicom), header(dark_dicom)),
         (lesion_analyzer.analyze(jpeg), None),
     ]
     paths: list[Path] = []
@@ -257,21 +207,34 @@ def written(lesion_analyzer: Analyzer, analyzer: Analyzer, op_dicom: bytes, dark
     return paths
 
 
-def test_dsrdump_parses_the_sr(written: list[Path]) -> None:
-    dsrdump = _tool("dsrdump")
+def test_dsrdump_parses_the_sr(written: list[Path], tmp_path: Path) -> None:
+    dsrdump = _tool("dsrdump")  # strict by default: it fails on invalid content items and constraint violations
     for sr in written[::2]:
-        run = subprocess.run([dsrdump, "-Ee", "-Ec", str(sr)], capture_output=True, text=True, timeout=60)
+        run = subprocess.run([dsrdump, str(sr)], capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run.stderr
-        assert "E:" not in run.stderr and "W:" not in run.stderr, run.stderr
+        assert not [line for line in run.stderr.splitlines() if line[:2] in ("E:", "W:", "F:")], run.stderr
         assert "Imaging Measurement Report" in run.stdout and '"Image quality score"' in run.stdout
     # The first case has lesions: their regions are SCOORD items selected from the source image.
     first = subprocess.run([dsrdump, str(written[0])], capture_output=True, text=True, timeout=60).stdout
     assert first.count('SCOORD:(,,"Image Region")=(POLYLINE') == 2 and "Diabetic retinal microaneurysm" in first
+    # Negative control: the same check rejects an SR with a broken content item.
+    bad = pydicom.dcmread(written[0])
+    bad.ContentSequence[0].ValueType = "BOGUS"
+    bad.save_as(tmp_path / "bad.dcm")
+    assert subprocess.run([dsrdump, str(tmp_path / "bad.dcm")], capture_output=True, timeout=60).returncode != 0
 
 
-def test_dciodvfy_finds_no_errors(written: list[Path]) -> None:
+def _dciodvfy_errors(dciodvfy: str, path: Path) -> list[str]:
+    run = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith(("Error", "Abort"))]
+
+
+def test_dciodvfy_finds_no_errors(written: list[Path], tmp_path: Path) -> None:
     dciodvfy = _tool("dciodvfy")
     for path in written:
-        run = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=60)
-        errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
-        assert not errors, f"{path.name}: {errors}"
+        assert not (errors := _dciodvfy_errors(dciodvfy, path)), f"{path.parent.name}/{path.name}: {errors}"
+    # Negative control: a Secondary Capture without its (type 1) Conversion Type is reported.
+    bad = pydicom.dcmread(written[1])
+    del bad.ConversionType
+    bad.save_as(tmp_path / "bad.dcm")
+    assert any("ConversionType" in e for e in _dciodvfy_errors(dciodvfy, tmp_path / "bad.dcm"))
