@@ -292,3 +292,25 @@ def test_orthanc_round_trip_stow(orthanc_setup: tuple[Orthanc, int], server: str
         source, results = _round_trip(orthanc, fundus[-1], server)
         assert len(results) == 2, f"results not received; queue: {queue_status(queue)}"
     _check_results(source, results, server, fundus[-1])
+
+
+def test_orthanc_instance_survives_service_outage_and_gateway_restart(
+        orthanc_setup: tuple[Orthanc, int], server: str, fundus: list[Path], tmp_path: Path) -> None:
+    """Acknowledged while the service is down, the instance waits in the queue; a new gateway process on the
+    same queue delivers it once the service answers."""
+    orthanc, gateway_port = orthanc_setup
+    source_file = fundus[1]
+    destination = f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
+    uploaded = orthanc.post("/instances", source_file.read_bytes()).json()
+    before = {i["ID"] for i in orthanc.get(f"/studies/{uploaded['ParentStudy']}/instances").json()}
+    with running_gateway(tmp_path, port=gateway_port, service_url=f"http://127.0.0.1:{free_port()}",
+                         destination=destination, sources=(source_file,)) as queue:
+        orthanc.post("/modalities/fovea/store", uploaded["ID"])  # Success although nothing can be analysed
+        assert queue_status(queue)["pending_analyse"] == 1
+    with running_gateway(tmp_path, port=gateway_port, service_url=server, destination=destination,
+                         sources=(source_file,)) as resumed:
+        instances = orthanc.instances_of_study(uploaded["ParentStudy"], len(before) + 2)
+        counts = queue_status(resumed)
+    new = [orthanc.dataset(i["ID"]) for i in instances if i["ID"] not in before]
+    _check_results(pydicom.dcmread(source_file), new, server, source_file)
+    assert counts["done"] == 1 and counts["pending"] == 0
