@@ -10,7 +10,6 @@ UIDs are deterministic (:mod:`service.dicom_out`), so the destination receives t
 from __future__ import annotations
 
 import io
-import logging
 import re
 import secrets
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ from pynetdicom import AE
 
 __all__ = ["Destination", "DimseSender", "ForwardFailed", "Sender", "StowSender", "to_part10"]
 
-log = logging.getLogger("fovea.gateway")
 
 # PS3.4 Table B.2-1: C-STORE statuses that mean "stored" (success and the three warnings).
 _STORED = {0x0000, 0xB000, 0xB006, 0xB007}

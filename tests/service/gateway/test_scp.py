@@ -3,6 +3,7 @@ refused at association; unusable instances refused with a status naming why."""
 
 from __future__ import annotations
 
+import io
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,7 +82,7 @@ def test_fundus_jpeg_is_queued_before_success(gateway: tuple[int, list[int]], qu
     assert status.Status == 0x0000
     item = queue.load(item_key(ds.SOPInstanceUID))
     assert item.sop_class_uid == OphthalmicPhotography8BitImageStorage
-    stored = pydicom.dcmread(__import__("io").BytesIO(queue.instance(item)))
+    stored = pydicom.dcmread(io.BytesIO(queue.instance(item)))
     assert stored.SOPInstanceUID == ds.SOPInstanceUID and stored.PixelData == ds.PixelData
     assert gateway[1] == [1]
 

@@ -3,7 +3,6 @@ replaced by recording functions (the real ones are in test_analyse/test_forward 
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pydicom
