@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -63,7 +64,7 @@ def serve(argv: list[str]) -> int:
     """Run the gateway until SIGINT/SIGTERM (module docstring)."""
     from service.at_rest import load_sealer
     from service.decode import DecodeLimits
-    from service.gateway.analyse import ServiceClient
+    from service.gateway.analyse import ServiceClient, auth_headers
     from service.gateway.forward import DimseSender, Sender, StowSender
     from service.gateway.queue import Backoff
     from service.gateway.scp import ScpConfig, build_ae
@@ -87,7 +88,7 @@ def serve(argv: list[str]) -> int:
         return 1
     sender: Sender = StowSender(args.stow) if args.stow else DimseSender(args.destination,
                                                                          calling_ae=args.ae_title)
-    client = ServiceClient(args.service_url)
+    client = ServiceClient(args.service_url, headers=auth_headers(os.environ))
     worker = Worker(queue, analyse=client.analyze, build=default_builder(manufacturer=args.manufacturer),
                     sender=sender, max_attempts=args.max_attempts,
                     backoff=Backoff(base_s=args.retry_base, max_s=args.retry_max))

@@ -2,9 +2,9 @@
 
 Failures are classified for the store-and-forward loop:
 
-* :class:`ServiceUnavailable` - the service cannot be reached or says so (connection refused/reset, HTTP 502,
-  503, 504): retried with backoff for as long as it takes, never dead-lettered (the instance is fine; the
-  service is down or restarting).
+* :class:`ServiceUnavailable` - the service cannot be reached or says so (connection refused/reset, HTTP 429,
+  502, 503, 504), or it refuses the gateway's credentials (HTTP 401, 403: a configuration problem, not the
+  instance's): retried with backoff for as long as it takes, never dead-lettered (the instance is fine).
 * :class:`Rejected` - the service refused the instance (HTTP 4xx, e.g. 422 unsupported DICOM): permanent,
   dead-lettered at once with the service's error code and message (which by the service's contract carry no
   patient data, :mod:`service.errors`).
@@ -14,12 +14,24 @@ Failures are classified for the store-and-forward loop:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import httpx
 from pydantic import ValidationError
 
 from service.findings import Findings
 
-__all__ = ["AnalysisFailed", "Rejected", "ServiceClient", "ServiceUnavailable"]
+__all__ = ["TOKEN_ENV", "AnalysisFailed", "Rejected", "ServiceClient", "ServiceUnavailable", "auth_headers"]
+
+#: A bearer token for the service, when it requires one (an environment variable: command lines are visible
+#: to every user of the machine).
+TOKEN_ENV = "FOVEA_GATEWAY_SERVICE_TOKEN"
+
+
+def auth_headers(environ: Mapping[str, str]) -> dict[str, str]:
+    """``Authorization: Bearer <token>`` when :data:`TOKEN_ENV` is set, else nothing."""
+    token = environ.get(TOKEN_ENV, "").strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 class AnalysisFailed(Exception):
@@ -58,8 +70,11 @@ class ServiceClient:
         except httpx.HTTPError as exc:
             raise AnalysisFailed(f"HTTP error ({type(exc).__name__})") from exc
         status = response.status_code
-        if status in (502, 503, 504):
+        if status in (429, 502, 503, 504):
             raise ServiceUnavailable(f"service unavailable (HTTP {status})")
+        if status in (401, 403):
+            raise ServiceUnavailable(f"service refused the gateway's credentials (HTTP {status}); check "
+                                     f"{TOKEN_ENV}")
         if 400 <= status < 500:
             raise Rejected(f"service refused the instance (HTTP {status}): {_error_text(response)}")
         if status != 200:

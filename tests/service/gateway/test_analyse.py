@@ -5,7 +5,14 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from service.gateway.analyse import AnalysisFailed, Rejected, ServiceClient, ServiceUnavailable
+from service.gateway.analyse import (
+    TOKEN_ENV,
+    AnalysisFailed,
+    Rejected,
+    ServiceClient,
+    ServiceUnavailable,
+    auth_headers,
+)
 from tests.service.gateway.test_worker import findings
 
 
@@ -27,6 +34,8 @@ def test_findings_come_back_from_a_multipart_upload() -> None:
 
 @pytest.mark.parametrize("response, error, text", [
     (httpx.Response(503), ServiceUnavailable, "HTTP 503"),
+    (httpx.Response(429), ServiceUnavailable, "HTTP 429"),
+    (httpx.Response(401), ServiceUnavailable, "credentials (HTTP 401)"),
     (httpx.Response(422, json={"error": {"code": "unsupported_dicom", "message": "no Pixel Data"}}), Rejected,
      "HTTP 422): unsupported_dicom: no Pixel Data"),
     (httpx.Response(413, text="too big"), Rejected, "no error body"),
@@ -54,3 +63,16 @@ def test_timeout_counts_as_failure() -> None:
     with pytest.raises(AnalysisFailed) as info:
         client(handler).analyze(b"x")
     assert type(info.value) is AnalysisFailed
+
+
+def test_token_is_sent_as_bearer() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=findings().model_dump())
+
+    assert auth_headers({}) == {}
+    ServiceClient("http://fovea.test", headers=auth_headers({TOKEN_ENV: " s3cret "}),
+                  transport=httpx.MockTransport(handler)).analyze(b"x")
+    assert seen[0].headers["authorization"] == "Bearer s3cret"
