@@ -172,6 +172,9 @@ class Orthanc:
             "Plugins": [str(DICOMWEB_PLUGIN)] if DICOMWEB_PLUGIN.exists() else [],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
             "StableAge": 1, "SaveJobs": False,
+            # Orthanc 1.10 cannot bind its DICOM port to loopback only: accept C-STORE/C-ECHO only from the
+            # registered modality (the gateway's AE title) at its registered address.
+            "DicomAlwaysAllowStore": False, "DicomAlwaysAllowEcho": False, "DicomCheckModalityHost": True,
         }
         self.config = workdir / "orthanc.json"
         self.config.write_text(json.dumps(config))
