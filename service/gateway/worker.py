@@ -4,8 +4,8 @@ Each pending item goes through two stages, each saved before the next starts, so
 the stage it interrupted:
 
 1. ``analyse``: the sealed instance is sent to ``POST /analyze``; the findings and the source dataset become
-   the results (:func:`service.dicom_out.build_results`: TID 1500 SR + Secondary Capture), which are sealed
-   into the item (stage ``forward``). An unreachable service (:class:`ServiceUnavailable`) is waited for with
+   the results (:func:`service.dicom_out.build_results`: TID 1500 SR + Secondary Capture, per analysed frame),
+   which are sealed into the item (stage ``forward``). An unreachable service (:class:`ServiceUnavailable`) is waited for with
    backoff and never dead-letters (and holds back every other analysis until the wait is over); a refusal
    (:class:`Rejected`) or results that cannot be built dead-letter at once; other failures are retried up to
    ``max_attempts`` times.
@@ -40,13 +40,18 @@ Build = Callable[[Findings, Dataset], list[bytes]]
 
 
 def default_builder(*, manufacturer: str = "Fovea", device_serial: str | None = None) -> Build:
-    """Results as Part 10 files from :func:`service.dicom_out.build_results`: the SR first, then the SC."""
+    """Results as Part 10 files from :func:`service.dicom_out.build_results`: for every analysed frame (frame
+    0, then ``findings.additional_frames`` of a multi-frame instance) its SR, then its SC. Each frame's
+    results have their own deterministic UIDs (the frame is part of them)."""
     from service.dicom_out import build_results
     from service.gateway.forward import to_part10
 
     def build(findings: Findings, source: Dataset) -> list[bytes]:
-        results = build_results(findings, source, manufacturer=manufacturer, device_serial=device_serial)
-        return [to_part10(results.sr), to_part10(results.sc)]
+        blobs: list[bytes] = []
+        for frame in (findings, *findings.additional_frames):
+            results = build_results(frame, source, manufacturer=manufacturer, device_serial=device_serial)
+            blobs += [to_part10(results.sr), to_part10(results.sc)]
+        return blobs
 
     return build
 
