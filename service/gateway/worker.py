@@ -139,6 +139,7 @@ class Worker:
             self.queue.dead_letter(item, f"queued instance unreadable ({type(exc).__name__})")
             log.error("item %s dead-lettered: queued instance unreadable (%s)", item.key, type(exc).__name__)
             return None
+        started = time.perf_counter()
         try:
             findings = self.analyse(data)
         except ServiceUnavailable as exc:
@@ -157,14 +158,16 @@ class Worker:
             self._fail(item, str(exc))
             return None
         self._service_failures, self._service_hold_until = 0, 0.0
+        analysed = time.perf_counter()
         try:
             results = self.build(findings, source)
         except Exception as exc:  # deterministic: the same findings and source fail the same way again
             self.queue.dead_letter(item, f"results could not be built ({type(exc).__name__})", now=self.clock())
             log.exception("item %s dead-lettered: results could not be built", item.key)
             return None
-        log.info("item %s analysed (grade %s, gradable %s); %d results", item.key,
-                 findings.dr_grade.grade, findings.quality.gradable, len(results))
+        log.info("item %s analysed (grade %s, gradable %s; service %.2f s); %d results built in %.2f s", item.key,
+                 findings.dr_grade.grade, findings.quality.gradable, analysed - started, len(results),
+                 time.perf_counter() - analysed)
         return self.queue.save_results(item, results)
 
     def _forward(self, item: Item) -> int:
