@@ -248,9 +248,14 @@ class _DicomWeb:
                 self._worker.start()
 
     def shutdown(self) -> None:
+        """Stop the worker threads (after their current analysis) and close a store this app opened."""
         with self._lock:
             if self._worker is not None:
                 self._worker.stop()
+            if self._store is not None and not isinstance(self._store_source, ResultStore):
+                self._store.close()
+                self._store = None
+            self._worker = None
 
     # -- STOW-RS ---------------------------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from typing import Protocol
 import pydicom
 from pydicom.dataset import Dataset
 
+from service.dicom_out import build_results
 from service.errors import FoveaError
 from service.findings import Findings
 from service.result_store import ResultStore
@@ -48,9 +49,7 @@ BuildResults = Callable[[Findings, Dataset], DicomResultsLike]
 
 
 def default_build_results(findings: Findings, source: Dataset) -> DicomResultsLike:
-    """:func:`service.dicom_out.build_results` (imported on first use)."""
-    from service.dicom_out import build_results
-
+    """:func:`service.dicom_out.build_results`."""
     return build_results(findings, source)
 
 

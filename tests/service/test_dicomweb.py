@@ -3,6 +3,7 @@ Analyzer (the embedded default grader), the real result builder and a real seale
 
 from __future__ import annotations
 
+import contextlib
 import time
 from io import BytesIO
 from pathlib import Path
@@ -30,8 +31,16 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
 @pytest.fixture(scope="module")
-def analyzer() -> Analyzer:
-    return Analyzer.load(REPO / "models" / "default" / "dr-grader.card.json")
+def analyzer(fundus_files: list[Path]) -> Analyzer:
+    a = Analyzer.load(REPO / "models" / "default" / "dr-grader.card.json")
+    # One analysis and result build in this (the main) thread first, so the libraries' lazy imports do not
+    # first happen in a worker thread: CPython 3.11.7's ast.parse is not thread-safe (cpython issue 106905,
+    # fixed in 3.11.8), and an import can parse source.
+    from service.dicom_out import build_results
+
+    data = fundus_files[0].read_bytes()
+    build_results(a.analyze(data), pydicom.dcmread(BytesIO(data)))
+    return a
 
 
 @pytest.fixture(scope="module")
@@ -312,13 +321,22 @@ def test_worker_thread_runs_after_the_response(analyzer, tmp_path, fundus_files)
     """The lifespan starts the worker: the analysis finishes on its own, the client only polls."""
     store = ResultStore(tmp_path / "dw", Sealer(bytes(32)))
     app = create_app(lambda data: analyzer.analyze(data), lambda: store)
-    with TestClient(Starlette(routes=[Mount("/dicomweb", app)])) as client:
+
+    @contextlib.asynccontextmanager
+    async def lifespan(outer: Starlette):  # BentoML enters a mounted Starlette app's lifespan the same way
+        async with app.router.lifespan_context(app):
+            yield
+
+    with TestClient(Starlette(routes=[Mount("/dicomweb", app)], lifespan=lifespan)) as client:
+        worker = _web(client).worker
+        assert worker._threads  # started by the lifespan, before any request
         assert _stow(client, [fundus_files[0].read_bytes()]).status_code == 200
         uid = str(pydicom.dcmread(fundus_files[0]).SOPInstanceUID)
         deadline = time.monotonic() + 60
         while (r := client.get(f"/dicomweb/analyses/{uid}")).status_code == 202 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert r.status_code == 200 and r.json()["state"] == "done", r.json()
+    assert not worker._threads  # ... and stopped by it
     store.close()
 
 
