@@ -346,7 +346,7 @@ class AuthMiddleware:
         if self.keys is None:
             if _is_remote(scope.get("client")) or _is_remote(scope.get("server")):
                 # Security: without keys the service must not be reachable from the network.
-                await self._refuse(send, path, None, 403, "forbidden",
+                await self._refuse(scope, send, None, 403, "forbidden",
                                    "authentication is not configured (FOVEA_API_KEYS_FILE), so this service "
                                    "answers loopback clients only")
                 return
@@ -356,11 +356,11 @@ class AuthMiddleware:
             principal = self.keys.get().authenticate(key) if key else None
             if principal is None:
                 what = "no API key sent" if key is None else "invalid API key"
-                await self._refuse(send, path, None, 401, "unauthorized",
+                await self._refuse(scope, send, None, 401, "unauthorized",
                                    f"{what}: send 'Authorization: Bearer <key>' (or 'X-API-Key: <key>')")
                 return
             if role not in principal.roles:
-                await self._refuse(send, path, principal.site, 403, "forbidden",
+                await self._refuse(scope, send, principal.site, 403, "forbidden",
                                    f"this site's key lacks the '{role}' role needed for {path[:64]}")
                 return
             site = principal.site
@@ -370,11 +370,15 @@ class AuthMiddleware:
         finally:
             _SITE.reset(token)
 
-    async def _refuse(self, send: Send, path: str, site: str | None, status: int, code: str, message: str) -> None:
+    async def _refuse(self, scope: Scope, send: Send, site: str | None, status: int, code: str,
+                      message: str) -> None:
         request_id = uuid.uuid4().hex
         if self.on_refusal is not None:
             # Committed before the answer, like every audit record (blocking I/O: off the event loop).
-            await anyio.to_thread.run_sync(self.on_refusal, request_id, site, path[:128], status)
+            await anyio.to_thread.run_sync(self.on_refusal, request_id, site, scope.get("path", "")[:128], status)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})  # policy violation, before accepting
+            return
         body = json.dumps({"error": {"code": code, "message": message}}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    (b"x-request-id", request_id.encode())]
