@@ -215,6 +215,18 @@ def test_no_patient_data_in_logs_audit_or_responses(secured: dict[str, Any], tmp
     assert sum(1 for r in rows if 400 <= (r["status"] or 0) < 500) >= 5
 
 
+def _kill_service(pid: int) -> None:
+    """SIGKILL ``bentoml serve`` and its workers at once. Each worker runs in its own session (BentoML's
+    process manager calls setsid), so killing the server's process group alone would leave them serving."""
+    import psutil
+
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    groups = {os.getpgid(p.pid) for p in procs}
+    assert len(procs) >= 3, "expected the server and its two workers"
+    for group in groups:
+        os.killpg(group, signal.SIGKILL)
+
+
 def test_every_answered_request_survives_sigkill(tmp_path: Path) -> None:
     audit_path = tmp_path / "audit.sqlite"
     png = cv2.imencode(".png", cv2.cvtColor(_fundus(5, 320), cv2.COLOR_RGB2BGR))[1].tobytes()
@@ -243,8 +255,8 @@ def test_every_answered_request_survives_sigkill(tmp_path: Path) -> None:
         deadline = time.monotonic() + 90
         while len(answered) < 16 and time.monotonic() < deadline and not errors:
             time.sleep(0.05)
-        # Mid-load: requests are in flight in both workers when the whole process group is killed.
-        os.killpg(int((tmp_path / "serve.pid").read_text()), signal.SIGKILL)
+        # Mid-load: requests are in flight in both workers when the service is killed.
+        _kill_service(int((tmp_path / "serve.pid").read_text()))
         killed_after = len(answered)
         time.sleep(1.0)
         stop.set()
