@@ -29,6 +29,7 @@ chain still verifies and an unannounced deletion at the start does not.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 import json
@@ -105,6 +106,27 @@ _PG_TRIGGERS = (
     "CREATE OR REPLACE TRIGGER fovea_audit_guard BEFORE UPDATE OR DELETE ON audit_records "
     "FOR EACH ROW EXECUTE FUNCTION fovea_audit_guard()",
 )
+
+
+ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
+               422: "unprocessable", 429: "too_many_requests", 500: "internal_error"}
+
+
+class _Pending:
+    """Per request: has the endpoint code already written the request's record?"""
+
+    recorded = False
+
+
+_PENDING: contextvars.ContextVar[_Pending | None] = contextvars.ContextVar("fovea_audit_pending", default=None)
+
+
+def mark_recorded() -> None:
+    """Tell :class:`service.audit_http.AuditMiddleware` that this request's record is written."""
+    pending = _PENDING.get()
+    if pending is not None:
+        pending.recorded = True
 
 
 def canonical(value: Any) -> str:
@@ -309,11 +331,20 @@ class AuditLog:
         self.append(request_id=rec.request_id, site=rec.site, endpoint=rec.endpoint, status=rec.status,
                     latency_us=int((time.perf_counter() - rec.started) * 1e6), input_sha256=rec.input_sha256,
                     source_uids=rec.uids, models=rec.models, outcome=rec.outcome)
+        mark_recorded()
 
     def refusal(self, request_id: str, site: str | None, endpoint: str, status: int) -> None:
-        """Record a request refused before it reached an endpoint (authentication: 401/403)."""
+        """Record a request refused before it reached an endpoint (authentication: 401/403, rate limit: 429)."""
         self.append(request_id=request_id, site=site, endpoint=endpoint, status=status,
-                    outcome={"error": "unauthorized" if status == 401 else "forbidden"})
+                    outcome={"error": ERROR_CODES.get(status, "refused")})
+
+    def job_site(self, task_id: str) -> str | None:
+        """The site that submitted background job ``task_id`` (its submit record), ``None`` if none did."""
+        self.open()
+        query = (select(records.c.site).where(records.c.request_id == task_id, records.c.status == 200,
+                                              records.c.endpoint.like("/jobs/%")).order_by(records.c.seq).limit(1))
+        with self._reading() as conn:
+            return conn.execute(query).scalar()
 
     # ------------------------------------------------------------------ reading, verifying, purging
 

@@ -4,6 +4,7 @@ Keys file (``FOVEA_API_KEYS_FILE``, YAML or JSON; written by ``python -m service
 
     clinic-a:
       roles: [analyze]            # what the site's keys may do (ROUTE_ROLES)
+      rate_per_minute: 120        # optional: more requests than that get 429 (per worker process)
       keys:
         - id: 3f9a1c2e            # the key's public id (it is also part of the key itself)
           hash: sha256:9b1f…      # or scrypt:16384:8:1:<salt hex>:<hash hex>; a bare string is a hash too
@@ -20,6 +21,9 @@ Contract:
 - Only hashes are stored. Generated keys carry 256 random bits, so an unsalted sha256 cannot be brute-forced;
   scrypt (stdlib :func:`hashlib.scrypt`) is accepted for keys chosen by other means. Comparison is
   :func:`hmac.compare_digest` (constant time) against every candidate hash, so timing reveals nothing of a hash.
+- A site with ``rate_per_minute`` gets **429** ``too_many_requests`` (with ``Retry-After``) beyond that rate: a
+  token bucket of that many requests, refilled continuously, kept in each worker process (so the service-wide
+  ceiling is the rate times ``FOVEA_WORKERS``).
 - The file is re-read when it changes (size or mtime), so a revoked key stops working without a restart.
 - The authenticated site is available to the request's code as :func:`current_site` (a context variable, which
   BentoML's worker threads and background tasks inherit) and goes into the audit record.
@@ -38,8 +42,10 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import os
 import secrets
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -151,6 +157,7 @@ class Site:
     name: str
     roles: frozenset[str]
     keys: tuple[KeyEntry, ...]
+    rate_per_minute: int | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,7 @@ class Principal:
     site: str
     roles: frozenset[str]
     key_id: str | None
+    rate_per_minute: int | None = None
 
 
 @dataclass(frozen=True)
@@ -179,7 +187,7 @@ class KeyStore:
                     continue
                 # No early exit: every candidate is compared, so timing does not tell which one matched.
                 if verify_key(key, entry.hash) and match is None:
-                    match = Principal(site.name, site.roles, entry.id)
+                    match = Principal(site.name, site.roles, entry.id, site.rate_per_minute)
         return match
 
     def to_data(self) -> dict[str, Any]:
@@ -189,6 +197,8 @@ class KeyStore:
             keys = [{k: v for k, v in (("id", e.id), ("hash", e.hash), ("created", e.created)) if v is not None}
                     for e in site.keys]
             out[site.name] = {"roles": sorted(site.roles), "keys": keys}
+            if site.rate_per_minute is not None:
+                out[site.name]["rate_per_minute"] = site.rate_per_minute
         return out
 
 
@@ -218,7 +228,10 @@ def parse_keys(data: Any, source: str = "keys file") -> KeyStore:
             except ValueError as exc:
                 raise KeysFileError(f"{where}: {exc}") from None
             keys.append(KeyEntry(hash=item["hash"], id=item.get("id"), created=item.get("created")))
-        sites[name] = Site(name, frozenset(roles), tuple(keys))
+        rate = entry.get("rate_per_minute")
+        if rate is not None and (not isinstance(rate, int) or isinstance(rate, bool) or rate < 1):
+            raise KeysFileError(f"{where}: rate_per_minute must be a positive integer")
+        sites[name] = Site(name, frozenset(roles), tuple(keys), rate)
     return KeyStore(sites)
 
 
@@ -278,6 +291,27 @@ class _ReloadingKeys:
 # ---------------------------------------------------------------------------------------------- middleware
 
 
+class _Buckets:
+    """Token buckets per site: ``rate`` requests per minute, bursts up to ``rate``."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.state: dict[str, tuple[float, float]] = {}  # site -> (tokens, last refill time)
+
+    def take(self, site: str, rate: int | None) -> float:
+        """Take one token; 0 if granted, else the seconds until one is available."""
+        if rate is None:
+            return 0.0
+        now = self.clock()
+        tokens, last = self.state.get(site, (float(rate), now))
+        tokens = min(float(rate), tokens + (now - last) * rate / 60.0)
+        if tokens >= 1.0:
+            self.state[site] = (tokens - 1.0, now)
+            return 0.0
+        self.state[site] = (tokens, now)
+        return (1.0 - tokens) * 60.0 / rate
+
+
 def required_role(path: str) -> str | None:
     """The role a request path needs, ``None`` for an open path."""
     if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
@@ -326,6 +360,7 @@ class AuthMiddleware:
         self.app = app
         self.keys = _ReloadingKeys(Path(keys_file)) if keys_file is not None else None
         self.on_refusal = on_refusal
+        self._buckets = _Buckets()
         if self.keys is None:
             log.warning("AUTHENTICATION IS OFF: no FOVEA_API_KEYS_FILE is configured, so no API key is required "
                         "and only loopback clients are answered. Configure per-site keys before serving a "
@@ -363,6 +398,12 @@ class AuthMiddleware:
                 await self._refuse(scope, send, principal.site, 403, "forbidden",
                                    f"this site's key lacks the '{role}' role needed for {path[:64]}")
                 return
+            wait = self._buckets.take(principal.site, principal.rate_per_minute)
+            if wait > 0:
+                await self._refuse(scope, send, principal.site, 429, "too_many_requests",
+                                   f"this site's rate limit is {principal.rate_per_minute} requests per minute",
+                                   retry_after=wait)
+                return
             site = principal.site
         token = _SITE.set(site)
         try:
@@ -371,7 +412,7 @@ class AuthMiddleware:
             _SITE.reset(token)
 
     async def _refuse(self, scope: Scope, send: Send, site: str | None, status: int, code: str,
-                      message: str) -> None:
+                      message: str, retry_after: float = 0.0) -> None:
         request_id = uuid.uuid4().hex
         if self.on_refusal is not None:
             # Committed before the answer, like every audit record (blocking I/O: off the event loop).
@@ -384,5 +425,7 @@ class AuthMiddleware:
                    (b"x-request-id", request_id.encode())]
         if status == 401:
             headers.append((b"www-authenticate", b'Bearer realm="fovea"'))
+        if retry_after > 0:
+            headers.append((b"retry-after", str(max(1, math.ceil(retry_after))).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

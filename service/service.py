@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse
 
 from models.store import load_verified
 from service.audit import AuditLog
+from service.audit_http import AuditMiddleware
 from service.auth import AuthMiddleware
 from service.decode import DecodeLimits
 from service.errors import BadRequest, FoveaError, PayloadTooLarge
@@ -206,9 +207,11 @@ def _respond(request_id: str, endpoint: str, inputs: list[Path], work: Callable[
     return result.model_dump(mode="json")
 
 
+# Outermost first. Per-site API keys on every route but the probes and the page (service/auth.py), then an
+# audit record for every answer the endpoints did not record themselves, and jobs kept per site (audit_http).
+Fovea.add_asgi_middleware(AuthMiddleware, keys_file=SETTINGS.api_keys_file, on_refusal=AUDIT.refusal)
+Fovea.add_asgi_middleware(AuditMiddleware, audit=AUDIT)
 Fovea.add_asgi_middleware(ErrorShapeMiddleware, max_body=SETTINGS.max_upload_bytes * SETTINGS.max_study_images
                           + 1024 * 1024)
-# Per-site API keys on every route but the probes and the page (service/auth.py); refusals are audited too.
-Fovea.add_asgi_middleware(AuthMiddleware, keys_file=SETTINGS.api_keys_file, on_refusal=AUDIT.refusal)
 # The reader's web page at / (assets under /ui/); BentoML's own API page moves to /docs (service/webapp.py).
 Fovea.add_asgi_middleware(WebPageMiddleware)

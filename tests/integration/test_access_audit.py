@@ -80,13 +80,16 @@ def _fundus(seed: int, size: int = 384) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The service with two sites' keys (``clinic-a``: analyze; ``ops``: admin only) over HTTPS."""
+    """The service with three sites' keys (``clinic-a``, ``clinic-b``: analyze; ``ops``: admin only) over
+    HTTPS."""
     work = tmp_path_factory.mktemp("secured")
     clinic, clinic_id = new_key()
+    other, other_id = new_key()
     ops, ops_id = new_key()
     keys_file = work / "keys.yaml"
     save_keys(keys_file, KeyStore({
         "clinic-a": Site("clinic-a", frozenset({"analyze"}), (KeyEntry(hash_key(clinic), clinic_id),)),
+        "clinic-b": Site("clinic-b", frozenset({"analyze"}), (KeyEntry(hash_key(other), other_id),)),
         "ops": Site("ops", frozenset({"admin"}), (KeyEntry(hash_key(ops), ops_id),))}))
     cert, key = _self_signed(work)
     audit = work / "audit.sqlite"
@@ -94,7 +97,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     with running_service(work, env, args=["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)],
                          scheme="https") as url:
         client = httpx.Client(base_url=url, verify=ssl.create_default_context(cafile=str(cert)), timeout=60)
-        yield {"url": url, "client": client, "keys": {"clinic-a": clinic, "ops": ops}, "work": work,
+        yield {"url": url, "client": client, "keys": {"clinic-a": clinic, "clinic-b": other, "ops": ops}, "work": work,
                "audit": AuditLog(f"sqlite:///{audit}")}
         client.close()
 
@@ -133,6 +136,41 @@ def test_https_and_per_site_keys(secured: dict[str, Any]) -> None:
     refused = {r["request_id"]: (r["site"], r["status"]) for r in audit.rows() if r["status"] in (401, 403)}
     assert refused[missing.headers["x-request-id"]] == (None, 401)
     assert refused[no_role.headers["x-request-id"]] == ("ops", 403)
+    assert audit.verify().ok
+
+
+def test_jobs_are_audited_and_kept_per_site(secured: dict[str, Any]) -> None:
+    client: httpx.Client = secured["client"]
+    keys = secured["keys"]
+    png = cv2.imencode(".png", cv2.cvtColor(_fundus(2), cv2.COLOR_RGB2BGR))[1].tobytes()
+    submitted = client.post("/jobs/analyze_study/submit", files=[("images", ("r.png", png, "image/png"))],
+                            data={"laterality": "R"}, headers=_bearer(keys["clinic-a"]))
+    assert submitted.status_code == 200, submitted.text[:300]
+    task = submitted.json()["task_id"]
+    deadline, status = time.monotonic() + 60, ""
+    while status not in ("completed", "failed") and time.monotonic() < deadline:
+        time.sleep(0.3)
+        status = client.get(f"/jobs/analyze_study/status?task_id={task}",
+                            headers=_bearer(keys["clinic-a"])).json()["status"]
+    assert status == "completed"
+    result = client.get(f"/jobs/analyze_study/get?task_id={task}", headers=_bearer(keys["clinic-a"]))
+    assert result.status_code == 200 and result.json()["patient"]["referable"] in (True, False, None)
+    for path in ("status", "get"):  # another site's key: as if the task did not exist
+        other = client.get(f"/jobs/analyze_study/{path}?task_id={task}", headers=_bearer(keys["clinic-b"]))
+        assert other.status_code == 404
+    missing_field = client.post("/analyze", files={"wrong": ("x", b"x")}, headers=_bearer(keys["clinic-b"]))
+    assert missing_field.status_code == 400
+
+    audit: AuditLog = secured["audit"]
+    assert audit.job_site(task) == "clinic-a"
+    rows = audit.rows()
+    job = [r for r in rows if r["endpoint"] == "/jobs/analyze_study" and r["status"] == 200]
+    assert job and job[-1]["site"] == "clinic-a"
+    assert json.loads(job[-1]["outcome"])["images"][0]["grade"] == result.json()["images"][0]["dr_grade"]["grade"]
+    by_id = {r["request_id"]: r for r in rows}
+    assert (by_id[missing_field.headers["x-request-id"]]["status"], by_id[missing_field.headers["x-request-id"]]
+            ["site"]) == (400, "clinic-b")
+    assert sum(1 for r in rows if r["site"] == "clinic-b" and r["status"] == 404) == 2
     assert audit.verify().ok
 
 

@@ -177,3 +177,27 @@ def test_presented_key() -> None:
     assert presented_key({b"authorization": b"Bearer  k1 "}) == "k1"
     assert presented_key({b"x-api-key": b"k1", b"authorization": b"Bearer k1"}) == "k1"
     assert presented_key({b"x-api-key": b"k1", b"authorization": b"Bearer k2"}) == ""
+
+
+def test_rate_limit_per_site(tmp_path: Path) -> None:
+    key, key_id = new_key()
+    path = tmp_path / "keys.yaml"
+    save_keys(path, KeyStore({"s": Site("s", frozenset({"analyze"}), (KeyEntry(hash_key(key), key_id),), 3)}))
+    assert load_keys(path).sites["s"].rate_per_minute == 3
+    refusals: list = []
+    client = _client(path, refusals)
+    codes = [client.post("/analyze", headers={"X-API-Key": key}).status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]
+    last = client.post("/analyze", headers={"X-API-Key": key})
+    assert last.status_code == 429 and 1 <= int(last.headers["retry-after"]) <= 20
+    assert refusals[-1][1:] == ("s", "/analyze", 429)
+
+
+def test_token_bucket_refills() -> None:
+    now = [0.0]
+    buckets = auth._Buckets(clock=lambda: now[0])
+    assert [buckets.take("s", 60) for _ in range(60)] == [0.0] * 60
+    assert buckets.take("s", 60) == pytest.approx(1.0)  # one per second
+    now[0] = 1.0
+    assert buckets.take("s", 60) == 0.0
+    assert buckets.take("other", None) == 0.0
