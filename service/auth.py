@@ -136,10 +136,21 @@ def verify_key(key: str, stored: str) -> bool:
         computed = hashlib.sha256(key.encode()).hexdigest()
         return hmac.compare_digest(computed, parts[1])
     if parts[0] == "scrypt":
+        # scrypt costs 50-200 ms of CPU: a key verified once is remembered (by its sha256, which reveals no
+        # more than a sha256-hashed key file would) so a site's every request does not pay it again.
+        fingerprint = (stored, hashlib.sha256(key.encode()).hexdigest())
+        if fingerprint in _SCRYPT_VERIFIED:
+            return True
         n, r, p, salt, expected = int(parts[1]), int(parts[2]), int(parts[3]), parts[4], parts[5]
         digest = hashlib.scrypt(key.encode(), salt=bytes.fromhex(salt), n=n, r=r, p=p, maxmem=128 * n * r * 2)
-        return hmac.compare_digest(digest.hex(), expected)
+        ok = hmac.compare_digest(digest.hex(), expected)
+        if ok and len(_SCRYPT_VERIFIED) < 4096:
+            _SCRYPT_VERIFIED.add(fingerprint)
+        return ok
     return False
+
+
+_SCRYPT_VERIFIED: set[tuple[str, str]] = set()
 
 
 # ---------------------------------------------------------------------------------------------- keys file

@@ -201,3 +201,14 @@ def test_token_bucket_refills() -> None:
     now[0] = 1.0
     assert buckets.take("s", 60) == 0.0
     assert buckets.take("other", None) == 0.0
+
+
+def test_a_verified_scrypt_key_is_remembered_and_a_wrong_one_is_not() -> None:
+    key, _ = new_key()
+    stored = hash_key(key, "scrypt")
+    auth._SCRYPT_VERIFIED.clear()
+    assert not verify_key(key + "x", stored)
+    assert auth._SCRYPT_VERIFIED == set()
+    assert verify_key(key, stored)
+    assert len(auth._SCRYPT_VERIFIED) == 1
+    assert verify_key(key, stored) and not verify_key(key + "x", stored)
