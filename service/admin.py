@@ -90,6 +90,11 @@ def _audit(args: argparse.Namespace):  # noqa: ANN202 (AuditLog; imported late: 
 
 def verify_audit(args: argparse.Namespace) -> int:
     audit = _audit(args)
+    db = audit.engine.url.database
+    if audit.dialect == "sqlite" and db and not Path(db).is_file():
+        # A mistyped path must not pass as an empty, intact trail.
+        print(f"no audit database at {db}", file=sys.stderr)
+        return 2
     result = audit.verify()
     print(f"{audit.describe()}: {result.describe()}", file=sys.stdout if result.ok else sys.stderr)
     return 0 if result.ok else 1

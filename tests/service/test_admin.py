@@ -84,3 +84,9 @@ def test_verify_audit_and_purge_from_the_command_line(tmp_path: Path) -> None:
     broken = _cli("verify-audit", "--database-url", f"sqlite:///{db}", env={})
     assert broken.returncode == 1
     assert "BROKEN at record seq=6" in broken.stderr and "request_id=after" in broken.stderr
+
+
+def test_verify_audit_refuses_a_missing_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["verify-audit", "--database-url", f"sqlite:///{tmp_path / 'typo.sqlite'}"]) == 2
+    assert "no audit database" in capsys.readouterr().err
+    assert not (tmp_path / "typo.sqlite").exists()
