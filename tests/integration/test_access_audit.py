@@ -5,6 +5,8 @@
 - PHI markers in PatientName, PatientID, PatientBirthDate, AccessionNumber and InstitutionName of synthetic
   DICOMs (valid ones and broken ones that get a 4xx): none appears in the service log, the audit database or
   any response; the findings echo only the routing UIDs.
+- The reader's page (headless Chromium) loads without a key, shows why the service refuses, and sends the key
+  the reader pastes.
 - SIGKILL of the whole service (two worker processes) under load from several clients: every request that
   received a 200 has its committed audit record, and the chain still verifies.
 """
@@ -33,6 +35,7 @@ import pytest
 from service.audit import AuditLog
 from service.auth import KeyEntry, KeyStore, Site, hash_key, new_key, save_keys
 from tests.integration.conftest import running_service
+from tests.integration.test_web import CHROMIUM, browser  # noqa: F401 (the headless Chromium fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -172,6 +175,41 @@ def test_jobs_are_audited_and_kept_per_site(secured: dict[str, Any]) -> None:
             ["site"]) == (400, "clinic-b")
     assert sum(1 for r in rows if r["site"] == "clinic-b" and r["status"] == 404) == 2
     assert audit.verify().ok
+
+
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} missing: install Debian's chromium (.ci/run does)")
+def test_page_sends_the_pasted_key(browser: Any, secured: dict[str, Any], retina_path: Path) -> None:  # noqa: F811
+    context = browser.new_context(base_url=secured["url"], ignore_https_errors=True,  # the test's own certificate
+                                  viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    key = secured["keys"]["clinic-b"]
+    try:
+        page.goto("/")  # open: the page and its assets need no key
+        page.wait_for_function("() => document.querySelector('#models-footer').textContent.includes('unavailable')")
+        assert "no API key sent" in page.locator("#models-footer").inner_text()
+
+        page.fill("#api-key", "fov_00000000_wrong")
+        page.locator("#api-key").press("Tab")  # "change" reloads the model information with the key
+        page.set_input_files("#files", [str(retina_path)])
+        page.get_by_role("button", name="Analyse").click()
+        page.locator("#error").wait_for()
+        assert "invalid API key" in page.locator("#error").inner_text()
+
+        page.fill("#api-key", key)
+        page.locator("#api-key").press("Tab")
+        page.locator("#models-footer strong").first.wait_for()
+        page.get_by_role("button", name="Analyse").click()
+        page.locator("article.finding").wait_for()
+
+        page.reload()  # the key is kept for this tab (sessionStorage)
+        page.locator("#models-footer strong").first.wait_for()
+        assert page.locator("#api-key").input_value() == key
+    finally:
+        context.close()
+    rows = secured["audit"].rows()
+    assert any(r["endpoint"] == "/analyze" and r["status"] == 200 and r["site"] == "clinic-b" for r in rows)
+    assert any(r["endpoint"] == "/analyze" and r["status"] == 401 for r in rows)
 
 
 def _marked_dicoms(folder: Path) -> dict[str, bytes]:
