@@ -19,6 +19,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse
 
 from models.store import load_verified
+from service.audit import AuditLog
+from service.audit_http import AuditMiddleware
+from service.auth import AuthMiddleware
 from service.decode import DecodeLimits
 from service.dicomweb import create_service_app as dicomweb_app
 from service.errors import BadRequest, FoveaError, PayloadTooLarge
@@ -37,6 +40,7 @@ SETTINGS = load_settings()
 INFERENCE_MODE = SETTINGS.inference if SETTINGS.inference != "auto" else (
     "service" if "CUDAExecutionProvider" in choose_providers() else "local")
 WORKERS = worker_count(WORKERS_ENV)
+AUDIT = AuditLog.from_settings(SETTINGS)  # one append-only record per API call (service/audit.py)
 
 
 class _ClientErrorLogFilter(logging.Filter):
@@ -90,6 +94,7 @@ class Fovea:
                                           quality=quality, **common)
         if detector is None:
             log.info("no lesion detector %s in the model store: findings carry no lesions", SETTINGS.detector_tag)
+        log.info("audit trail: %s", AUDIT.open().describe())  # fail at start, not on the first request
         card = self.analyzer.grader_card
         log.info("loaded %s (sha256 %s…); inference %s", card.tag, card.sha256[:12], INFERENCE_MODE)
 
@@ -102,7 +107,7 @@ class Fovea:
         ``laterality`` L or R when the file does not carry it) and return ``Findings`` JSON: quality, grade,
         referral, saliency. Errors are ``{"error": {"code", "message"}}`` with a 4xx."""
         request_id = uuid.uuid4().hex
-        return _respond(request_id, lambda: self.analyzer.analyze(
+        return _respond(request_id, "/analyze", [image], lambda: self.analyzer.analyze(
             _read(image), request_id=request_id, laterality=_laterality(laterality)))
 
     @bentoml.api(route="/analyze_study")
@@ -111,7 +116,7 @@ class Fovea:
         L/R per image in the same order, comma-separated (``R,L``; omit it when the files carry it). Returns
         per-image findings, a per-eye result and the patient-level referral (the worse eye decides)."""
         request_id = uuid.uuid4().hex
-        return _respond(request_id, lambda: self.analyzer.analyze_study(
+        return _respond(request_id, "/analyze_study", images, lambda: self.analyzer.analyze_study(
             _uploads(images, laterality), request_id=request_id))
 
     @bentoml.task(route="/jobs/analyze_study")
@@ -120,7 +125,7 @@ class Fovea:
         ``GET .../status?task_id=`` and ``GET .../get?task_id=`` give its state and result. The job runs to the
         end even if the client disconnects."""
         request_id = uuid.uuid4().hex
-        return _respond(request_id, lambda: self.analyzer.analyze_study(
+        return _respond(request_id, "/jobs/analyze_study", images, lambda: self.analyzer.analyze_study(
             _uploads(images, laterality), request_id=request_id))
 
     @bentoml.api(route="/info")
@@ -188,17 +193,21 @@ def _uploads(images: list[Path], laterality: str) -> list[tuple[bytes, str | Non
     return [(_read(p), lat) for p, lat in zip(images, lats, strict=True)]
 
 
-def _respond(request_id: str, work: Callable[[], BaseModel]) -> Any:
-    """Run ``work``; typed client errors become their JSON 4xx, the result its JSON."""
-    try:
-        result = work()
-    except ValidationError as exc:
-        # Our own schema rejecting our own output is a server fault: BentoML would answer it with a 400.
-        raise RuntimeError(f"request {request_id}: findings failed schema validation") from exc
-    except FoveaError as exc:
-        # The message describes the file, never the patient: safe to log and return.
-        log.info("request %s refused: %s %s", request_id, exc.status, exc.code)
-        return JSONResponse(exc.to_json(), status_code=exc.status)
+def _respond(request_id: str, endpoint: str, inputs: list[Path], work: Callable[[], BaseModel]) -> Any:
+    """Run ``work``; typed client errors become their JSON 4xx, the result its JSON. Either way the audit
+    record is committed before the answer leaves (service/audit.py)."""
+    with AUDIT.recording(request_id, endpoint, inputs) as record:
+        try:
+            result = work()
+        except ValidationError as exc:
+            # Our own schema rejecting our own output is a server fault: BentoML would answer it with a 400.
+            raise RuntimeError(f"request {request_id}: findings failed schema validation") from exc
+        except FoveaError as exc:
+            # The message describes the file, never the patient: safe to log and return.
+            log.info("request %s refused: %s %s", request_id, exc.status, exc.code)
+            record.refused(exc)
+            return JSONResponse(exc.to_json(), status_code=exc.status)
+        record.answered(result)
     return result.model_dump(mode="json")
 
 
@@ -206,6 +215,10 @@ def _respond(request_id: str, work: Callable[[], BaseModel]) -> Any:
 # background thread of this process with this service's analyzer.
 Fovea.mount_asgi_app(dicomweb_app(SETTINGS, lambda data: bentoml.get_current_service().analyzer.analyze(data)),
                      path="/dicomweb")
+# Outermost first. Per-site API keys on every route but the probes and the page (service/auth.py), then an
+# audit record for every answer the endpoints did not record themselves, and jobs kept per site (audit_http).
+Fovea.add_asgi_middleware(AuthMiddleware, keys_file=SETTINGS.api_keys_file, on_refusal=AUDIT.refusal)
+Fovea.add_asgi_middleware(AuditMiddleware, audit=AUDIT)
 Fovea.add_asgi_middleware(ErrorShapeMiddleware, max_body=SETTINGS.max_upload_bytes * SETTINGS.max_study_images
                           + 1024 * 1024)
 # The reader's web page at / (assets under /ui/); BentoML's own API page moves to /docs (service/webapp.py).

@@ -18,6 +18,13 @@ FOVEA_REFERABLE_THRESHOLD      site operating point for referable DR (replaces t
 FOVEA_INFERENCE inference      ``service``: grader in the batchable inference service  auto (service with
                                (own process, adaptive batching); ``local``: in the     CUDA, else local)
                                front process
+FOVEA_API_KEYS_FILE            per-site API keys (hashed; ``service/auth.py``); unset:  none (auth off,
+  api_keys_file                no keys required, loopback only, logged loudly)         loopback only)
+FOVEA_DATABASE_URL             SQLAlchemy URL of the audit trail (e.g.                 SQLite at
+  database_url                 ``postgresql+psycopg://user@host/db``)                  FOVEA_AUDIT_PATH
+FOVEA_AUDIT_PATH audit_path    SQLite file of the audit trail (WAL mode)               $BENTOML_HOME/fovea-audit.sqlite
+FOVEA_AUDIT_SALT audit_salt    secret salt of the source-UID hashes in the audit       a random salt kept
+                               trail (set it to keep it out of the database)           in the database
 ``quality:`` (YAML only)       overrides of :class:`service.quality.QualityRules`      calibrated rules
 =============================  ======================================================  =================
 """
@@ -43,6 +50,10 @@ _ENV = {
     "max_study_images": "FOVEA_MAX_STUDY_IMAGES",
     "referable_threshold": "FOVEA_REFERABLE_THRESHOLD",
     "inference": "FOVEA_INFERENCE",
+    "api_keys_file": "FOVEA_API_KEYS_FILE",
+    "database_url": "FOVEA_DATABASE_URL",
+    "audit_path": "FOVEA_AUDIT_PATH",
+    "audit_salt": "FOVEA_AUDIT_SALT",
 }
 
 
@@ -76,6 +87,10 @@ class Settings(BaseModel):
     referable_threshold: float | None = Field(None, ge=0.0, le=1.0)
     inference: Literal["auto", "local", "service"] = "auto"
     quality: QualitySettings = QualitySettings()
+    api_keys_file: Path | None = None
+    database_url: str | None = None
+    audit_path: Path | None = None
+    audit_salt: str | None = Field(None, min_length=16, repr=False)
 
 
 class SettingsError(ValueError):

@@ -88,12 +88,28 @@
     return `the service answered ${response.status} ${response.statusText || ""}`.trim();
   }
 
+  // ---------------------------------------------------------------- API key (service/auth.py)
+
+  const KEY_STORAGE = "fovea-api-key";  // sessionStorage: this tab only, gone when it closes
+
+  /** The Authorization header for the key the reader pasted, or none. */
+  function authHeaders() {
+    const key = $("api-key").value.trim();
+    return key ? { Authorization: `Bearer ${key}` } : {};
+  }
+
+  function onKeyChanged() {
+    const key = $("api-key").value.trim();
+    if (key) sessionStorage.setItem(KEY_STORAGE, key); else sessionStorage.removeItem(KEY_STORAGE);
+    loadInfo();
+  }
+
   // ---------------------------------------------------------------- service information
 
   async function loadInfo() {
     try {
       const response = await fetch("/info", {
-        method: "POST", headers: { "Content-Type": "application/json" }, body: "{}",
+        method: "POST", headers: { "Content-Type": "application/json", ...authHeaders() }, body: "{}",
       });
       if (!response.ok) throw new Error(await errorMessage(response));
       const info = await response.json();
@@ -183,7 +199,7 @@
     try {
       let response;
       try {
-        response = await fetch(url, { method: "POST", body: form });
+        response = await fetch(url, { method: "POST", body: form, headers: authHeaders() });
       } catch (err) {
         throw new Error(`the service could not be reached (${err.message}).`);
       }
@@ -524,6 +540,8 @@
     $("files").addEventListener("change", onFilesChosen);
     $("upload").addEventListener("submit", onSubmit);
     $("upload").addEventListener("reset", onReset);
+    $("api-key").value = sessionStorage.getItem(KEY_STORAGE) || "";
+    $("api-key").addEventListener("change", onKeyChanged);
     loadInfo();
   });
 })();

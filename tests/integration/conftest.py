@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,10 +31,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_service(workdir: Path, env: Mapping[str, str] | None = None, ready_s: float = 120) -> Iterator[str]:
+def running_service(workdir: Path, env: Mapping[str, str] | None = None, ready_s: float = 120,
+                    args: Sequence[str] = (), scheme: str = "http") -> Iterator[str]:
     """Start ``bentoml serve service.service:Fovea`` with its own model store under ``workdir``; yield its base
     URL once ``/readyz`` answers 200; stop its whole process group afterwards. Fails the test if the service
-    exits early, is not ready within ``ready_s`` seconds, or logged a traceback."""
+    exits early, is not ready within ``ready_s`` seconds, or logged a traceback. ``args`` go to ``bentoml
+    serve`` (e.g. ``--ssl-certfile``; then ``scheme="https"``). The log is ``workdir/serve.log``, the process
+    group id ``workdir/serve.pid``."""
     port = free_port()
     full_env = {**os.environ, "BENTOML_HOME": str(workdir / "bentoml_home"), "BENTOML_DO_NOT_TRACK": "true",
                 "FOVEA_DEVICE": "cpu", **(env or {})}
@@ -42,16 +45,18 @@ def running_service(workdir: Path, env: Mapping[str, str] | None = None, ready_s
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", "service.service:Fovea", "--host", "127.0.0.1",
-             "--port", str(port)], cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+             "--port", str(port), *args], cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    (workdir / "serve.pid").write_text(str(proc.pid))  # the process group, for tests that kill it
+    url = f"{scheme}://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_s
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"service exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                # (the readiness poll does not check a test's self-signed certificate; the tests do)
+                if httpx.get(f"{url}/readyz", timeout=2, verify=False).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
