@@ -25,7 +25,9 @@ per refused instance; HTTP 200 when all were stored, 202 when some failed, 409 w
 ``application/dicom`` 415, an ``Accept`` it cannot satisfy 406; those bodies are Fovea's JSON error shape.
 The analysis then runs in :class:`service.dicomweb_worker.AnalysisWorker`; its SR (TID 1500) and Secondary
 Capture join the source's study and are what QIDO-RS finds and WADO-RS returns. The received photographs
-themselves are not kept once analysed, and are not retrievable.
+themselves are not kept once analysed, and are not retrievable. Every request acts for a site (the API key's,
+:mod:`service.auth`, which guards ``/dicomweb`` like every route): a site's searches and retrievals see the
+results of the instances it sent, and nothing of another site's.
 
 Failure reasons (PS3.18 I.2.2 uses the Storage Service statuses of PS3.4 B.2.3 and the general ones of PS3.7
 C): ``0xC000`` cannot understand (not DICOM Part 10, corrupt, truncated); ``0x0122`` SOP class not supported
@@ -58,6 +60,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.at_rest import data_dir
+from service.auth import current_site
 from service.decode import DecodeLimits, read_dicom_header
 from service.dicomweb_worker import Analyze, AnalysisWorker, BuildResults, default_build_results
 from service.errors import BadRequest, FoveaError, PayloadTooLarge, UnsupportedDicom, UnsupportedMediaType
@@ -111,7 +114,8 @@ def create_app(analyze: Analyze, store: ResultStore | Callable[[], ResultStore],
                build_results: BuildResults = default_build_results,
                limits: MultipartLimits | None = None, decode_limits: DecodeLimits | None = None,
                worker_threads: int = 1, start_worker: bool = True,
-               open_at_start: Callable[[], bool] = lambda: True) -> Starlette:
+               open_at_start: Callable[[], bool] = lambda: True,
+               site: Callable[[Request], str | None] = lambda request: current_site()) -> Starlette:
     """The DICOMweb app (module docstring). ``analyze``: bytes -> Findings (the service's analyzer);
     ``store``: the result store, or a function that opens it (called once, at start-up or first use, so
     importing the service creates nothing on disk); ``build_results``: Findings + source dataset -> SR and SC
@@ -119,12 +123,14 @@ def create_app(analyze: Analyze, store: ResultStore | Callable[[], ResultStore],
     64 MiB); ``decode_limits``: the decoder's header limits; ``start_worker=False`` leaves the analyses to the
     caller (``app.state.dicomweb.worker.drain()`` in tests); ``open_at_start()`` false: the store is opened
     on the first DICOMweb request instead of at start-up (nothing is created on disk for a service that is
-    never sent a study)."""
+    never sent a study); ``site(request)``: the site a request acts for (default: the API key's,
+    :func:`service.auth.current_site`): a site finds and retrieves the results of the instances it sent, and
+    no other site's (``None``: no scoping)."""
     web = _DicomWeb(analyze, store, build_results=build_results,
                     limits=limits or MultipartLimits(max_parts=8, max_part_bytes=64 << 20,
                                                      max_total_bytes=8 * (64 << 20)),
                     decode_limits=decode_limits or DecodeLimits(), worker_threads=worker_threads,
-                    start_worker=start_worker)
+                    start_worker=start_worker, site=site)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -206,7 +212,8 @@ class _DicomWeb:
 
     def __init__(self, analyze: Analyze, store: ResultStore | Callable[[], ResultStore], *,
                  build_results: BuildResults, limits: MultipartLimits, decode_limits: DecodeLimits,
-                 worker_threads: int, start_worker: bool) -> None:
+                 worker_threads: int, start_worker: bool, site: Callable[[Request], str | None]) -> None:
+        self.site_of = site
         self._analyze = analyze
         self._store_source = store
         self._build_results = build_results
@@ -279,16 +286,18 @@ class _DicomWeb:
             return _error(exc)
         if not parts:
             return _error(BadRequest("the multipart body has no parts: send at least one DICOM instance"))
-        outcomes = await run_in_threadpool(self._store_parts, [(p.media_type, p.data) for p in parts], study)
+        outcomes = await run_in_threadpool(self._store_parts, [(p.media_type, p.data) for p in parts], study,
+                                           self.site_of(request))
         return self._store_response(request, outcomes)
 
-    def _store_parts(self, parts: Sequence[tuple[str, bytes]], study: str | None) -> list[_PartOutcome]:
-        outcomes = [self._store_part(media, data, study) for media, data in parts]
+    def _store_parts(self, parts: Sequence[tuple[str, bytes]], study: str | None, site: str | None
+                     ) -> list[_PartOutcome]:
+        outcomes = [self._store_part(media, data, study, site) for media, data in parts]
         if any(o.failure is None for o in outcomes):
             self.worker.notify()
         return outcomes
 
-    def _store_part(self, media: str, data: bytes, study: str | None) -> _PartOutcome:
+    def _store_part(self, media: str, data: bytes, study: str | None, site: str | None) -> _PartOutcome:
         if media not in ("", "application/dicom"):
             return _PartOutcome(*_peek_uids(data), CANNOT_UNDERSTAND, f"a part of type {media[:40]} is not "
                                 "application/dicom")
@@ -305,7 +314,7 @@ class _DicomWeb:
         if study is not None and ids["StudyInstanceUID"] != study:
             return _PartOutcome(sop_class, sop, DATASET_DOES_NOT_MATCH,
                                 "the instance belongs to another study than the one in the URL")
-        outcome = self.store.receive(data, ds)
+        outcome = self.store.receive(data, ds, site=site)
         if outcome == "busy":
             return _PartOutcome(sop_class, sop, OUT_OF_RESOURCES,
                                 f"{self.store.max_pending} analyses are waiting; send the instance again later")
@@ -390,16 +399,17 @@ class _DicomWeb:
             query, limit, offset, ignored = self._query(request)
         except FoveaError as exc:
             return _error(exc)
-        body, more = await run_in_threadpool(self._search_sync, level, query, limit, offset, _base_url(request))
+        body, more = await run_in_threadpool(self._search_sync, level, query, limit, offset, _base_url(request),
+                                             self.site_of(request))
         return self._qido_response(body, more, ignored)
 
-    def _search_sync(self, level: str, query: InstanceQuery, limit: int, offset: int, base: str
-                     ) -> tuple[list[dict[str, Any]], bool]:
+    def _search_sync(self, level: str, query: InstanceQuery, limit: int, offset: int, base: str,
+                     site: str | None) -> tuple[list[dict[str, Any]], bool]:
         store = self.store
         if level == "instances":
-            rows = store.find(query, limit=limit + 1, offset=offset)
+            rows = store.find(query, limit=limit + 1, offset=offset, site=site)
             return [self._instance_json(r, base) for r in rows[:limit]], len(rows) > limit
-        matches = store.find(query)
+        matches = store.find(query, site=site)
         key = (lambda r: r.study_instance_uid) if level == "studies" else (
             lambda r: (r.study_instance_uid, r.series_instance_uid))
         groups: dict[Any, StoredInstance] = {}
@@ -408,15 +418,15 @@ class _DicomWeb:
         page = list(groups.values())[offset:offset + limit]
         more = len(groups) > offset + limit
         if level == "studies":
-            return [self._study_json(r, base) for r in page], more
-        return [self._series_json(r, base) for r in page], more
+            return [self._study_json(r, base, site) for r in page], more
+        return [self._series_json(r, base, site) for r in page], more
 
     def _pick(self, row: StoredInstance, tags: Sequence[str]) -> dict[str, Any]:
         meta = self.store.metadata(row.sop_instance_uid)
         return {t: meta[t] for t in tags if t in meta}
 
-    def _study_json(self, row: StoredInstance, base: str) -> dict[str, Any]:
-        every = self.store.find(InstanceQuery(study_instance_uid=[row.study_instance_uid]))
+    def _study_json(self, row: StoredInstance, base: str, site: str | None) -> dict[str, Any]:
+        every = self.store.find(InstanceQuery(study_instance_uid=[row.study_instance_uid]), site=site)
         out = self._pick(row, _STUDY_TAGS)
         out["00080061"] = {"vr": "CS", "Value": sorted({r.modality for r in every if r.modality})}
         out["00201206"] = {"vr": "IS", "Value": [len({r.series_instance_uid for r in every})]}
@@ -424,9 +434,9 @@ class _DicomWeb:
         out["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{row.study_instance_uid}"]}
         return dict(sorted(out.items()))
 
-    def _series_json(self, row: StoredInstance, base: str) -> dict[str, Any]:
+    def _series_json(self, row: StoredInstance, base: str, site: str | None) -> dict[str, Any]:
         every = self.store.find(InstanceQuery(study_instance_uid=[row.study_instance_uid],
-                                              series_instance_uid=[row.series_instance_uid]))
+                                              series_instance_uid=[row.series_instance_uid]), site=site)
         out = self._pick(row, _SERIES_TAGS)
         out["00201209"] = {"vr": "IS", "Value": [len(every)]}
         out["00081190"] = {"vr": "UR", "Value": [
@@ -452,7 +462,7 @@ class _DicomWeb:
 
     # -- WADO-RS ---------------------------------------------------------------------------------------------
 
-    def _resolve(self, request: Request) -> list[StoredInstance]:
+    def _resolve(self, request: Request, site: str | None) -> list[StoredInstance]:
         """The stored results the WADO-RS path names; :class:`NotFound` when there are none."""
         names = (("study", "study_instance_uid"), ("series", "series_instance_uid"), ("sop", "sop_instance_uid"))
         fields = {}
@@ -461,7 +471,7 @@ class _DicomWeb:
                 if not is_uid(request.path_params[param]):
                     raise BadRequest(f"the {param} UID in the URL is not a valid UID")
                 fields[name] = [request.path_params[param]]
-        rows = self.store.find(InstanceQuery(**fields))
+        rows = self.store.find(InstanceQuery(**fields), site=site)
         if not rows:
             raise NotFound("no Fovea result is stored under this URL (results appear once the analysis is done: "
                            "see /dicomweb/analyses/{SOPInstanceUID})")
@@ -470,7 +480,7 @@ class _DicomWeb:
     async def retrieve(self, request: Request) -> Response:
         """PS3.18 10.4 Retrieve instances (study, series or instance) as DICOM Part 10, multipart/related."""
         try:
-            rows = await run_in_threadpool(self._resolve, request)
+            rows = await run_in_threadpool(self._resolve, request, self.site_of(request))
         except FoveaError as exc:
             return _error(exc)
         if not _acceptable_dicom(request.headers.get("accept"), {r.transfer_syntax_uid for r in rows}):
@@ -490,7 +500,7 @@ class _DicomWeb:
         if not _acceptable(request.headers.get("accept"), (DICOM_JSON, "application/json")):
             return _error(NotAcceptable("metadata is available as application/dicom+json"))
         try:
-            rows = await run_in_threadpool(self._resolve, request)
+            rows = await run_in_threadpool(self._resolve, request, self.site_of(request))
         except FoveaError as exc:
             return _error(exc)
         body = await run_in_threadpool(lambda: [self.store.metadata(r.sop_instance_uid) for r in rows])
@@ -505,7 +515,7 @@ class _DicomWeb:
         sop = request.path_params["sop"]
         if not is_uid(sop):
             return _error(BadRequest("the SOP Instance UID in the URL is not a valid UID"))
-        state = await run_in_threadpool(self.store.analysis, sop)
+        state = await run_in_threadpool(lambda: self.store.analysis(sop, site=self.site_of(request)))
         if state is None:
             return _error(NotFound("Fovea has not received an instance with this SOP Instance UID"))
         base = _base_url(request)

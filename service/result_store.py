@@ -21,6 +21,8 @@ Contracts
   lock, WAL journaling, a busy timeout, and analyses *claimed* with an atomic ``UPDATE ... WHERE state =
   'pending'`` so two workers never analyse the same instance.
 * Bounded: at most ``max_pending`` analyses wait; beyond that :meth:`receive` answers ``"busy"``.
+* Per site: every analysis and result carries the site (from the API key, :mod:`service.auth`) that sent the
+  source instance; :meth:`find` and :meth:`analysis` given a site see that site's only.
 * Retention: :meth:`purge` removes results and finished analyses older than an age
   (``python -m service.result_store purge --older-than-days N``).
 """
@@ -70,7 +72,8 @@ CREATE TABLE IF NOT EXISTS analyses (
     updated_at          REAL NOT NULL,
     attempts            INTEGER NOT NULL DEFAULT 0,
     error_code          TEXT,
-    error_message       TEXT
+    error_message       TEXT,
+    site                TEXT
 );
 CREATE INDEX IF NOT EXISTS analyses_state ON analyses (state, received_at);
 CREATE TABLE IF NOT EXISTS instances (
@@ -85,7 +88,8 @@ CREATE TABLE IF NOT EXISTS instances (
     source_sop_instance_uid TEXT,
     size                    INTEGER NOT NULL,
     metadata                BLOB NOT NULL,
-    stored_at               REAL NOT NULL
+    stored_at               REAL NOT NULL,
+    site                    TEXT
 );
 CREATE INDEX IF NOT EXISTS instances_series ON instances (study_instance_uid, series_instance_uid);
 CREATE INDEX IF NOT EXISTS instances_source ON instances (source_sop_instance_uid);
@@ -216,17 +220,20 @@ class ResultStore:
 
     # -- received instances and their analyses ----------------------------------------------------------
 
-    def receive(self, data: bytes, ds: Dataset) -> ReceiveOutcome:
+    def receive(self, data: bytes, ds: Dataset, *, site: str | None = None) -> ReceiveOutcome:
         """Keep a received instance (Part 10 ``data``, parsed as ``ds``, whose UIDs the caller checked) for
-        analysis. ``"duplicate"``: the same bytes are already pending, being analysed or done (nothing
-        changes); ``"busy"``: ``max_pending`` analyses are waiting (nothing stored); ``"queued"``: stored and
-        pending (also when it replaces a failed analysis or different bytes with the same UID)."""
+        analysis on behalf of ``site`` (the API key's site; its results are visible to it only).
+        ``"duplicate"``: the same bytes from the same site are already pending, being analysed or done
+        (nothing changes); ``"busy"``: ``max_pending`` analyses are waiting (nothing stored); ``"queued"``:
+        stored and pending (also when it replaces a failed analysis, or other bytes or another site with the
+        same UID)."""
         uid = str(ds.SOPInstanceUID)
         digest = hashlib.sha256(data).hexdigest()
         now = time.time()
         with self._transaction() as db:
-            row = db.execute("SELECT sha256, state FROM analyses WHERE sop_instance_uid = ?", (uid,)).fetchone()
-            if row is not None and row["sha256"] == digest and row["state"] != "failed":
+            row = db.execute("SELECT sha256, state, site FROM analyses WHERE sop_instance_uid = ?",
+                             (uid,)).fetchone()
+            if row is not None and row["sha256"] == digest and row["state"] != "failed" and row["site"] == site:
                 return "duplicate"
             (waiting,) = db.execute("SELECT COUNT(*) FROM analyses WHERE state = 'pending'").fetchone()
             if waiting >= self.max_pending:
@@ -234,12 +241,14 @@ class ResultStore:
             self.sealer.write(self._file("received", uid), data, PURPOSE_RECEIVED)
             db.execute(
                 "INSERT INTO analyses (sop_instance_uid, study_instance_uid, series_instance_uid, sop_class_uid,"
-                " sha256, state, received_at, updated_at, attempts) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, 0)"
+                " sha256, state, received_at, updated_at, attempts, site)"
+                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, 0, ?)"
                 " ON CONFLICT (sop_instance_uid) DO UPDATE SET study_instance_uid = excluded.study_instance_uid,"
                 " series_instance_uid = excluded.series_instance_uid, sop_class_uid = excluded.sop_class_uid,"
                 " sha256 = excluded.sha256, state = 'pending', received_at = excluded.received_at,"
-                " updated_at = excluded.updated_at, error_code = NULL, error_message = NULL",
-                (uid, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPClassUID), digest, now, now))
+                " updated_at = excluded.updated_at, error_code = NULL, error_message = NULL, site = excluded.site",
+                (uid, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPClassUID), digest, now, now,
+                 site))
         return "queued"
 
     def claim(self) -> tuple[str, str] | None:
@@ -283,11 +292,12 @@ class ResultStore:
                              (time.time(), time.time() - older_than_s))
             return cur.rowcount
 
-    def analysis(self, uid: str) -> Analysis | None:
-        """The analysis state of a received instance, ``None`` if Fovea never received it."""
+    def analysis(self, uid: str, *, site: str | None = None) -> Analysis | None:
+        """The analysis state of a received instance, ``None`` if Fovea never received it (from ``site``,
+        when given)."""
         with self._lock:
             row = self._db.execute("SELECT * FROM analyses WHERE sop_instance_uid = ?", (uid,)).fetchone()
-        if row is None:
+        if row is None or (site is not None and row["site"] != site):
             return None
         return Analysis(row["sop_instance_uid"], row["study_instance_uid"], row["series_instance_uid"],
                         row["state"], row["received_at"], row["updated_at"], row["attempts"], row["error_code"],
@@ -300,7 +310,8 @@ class ResultStore:
     # -- results -------------------------------------------------------------------------------------------
 
     def put_result(self, ds: Dataset, *, source_sop_instance_uid: str) -> StoredInstance:
-        """Store a result instance (sealed), replacing any earlier one with the same SOP Instance UID."""
+        """Store a result instance (sealed), replacing any earlier one with the same SOP Instance UID; it
+        belongs to the site that sent the source instance."""
         data = dicom_bytes(ds)
         # The metadata of what was stored, read back from the bytes: in-memory values may be Python objects
         # (highdicom sets DA/TM/DT as date and time objects) that the JSON model does not take.
@@ -319,17 +330,25 @@ class ResultStore:
             if not is_uid(value):
                 raise ValueError("a result instance has an invalid UID")
         with self._transaction() as db:
+            owner = db.execute("SELECT site FROM analyses WHERE sop_instance_uid = ?",
+                               (source_sop_instance_uid,)).fetchone()
             self.sealer.write(self._file("results", uid), data, PURPOSE_RESULT)
             db.execute(
-                "INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO instances (sop_instance_uid, sop_class_uid, study_instance_uid,"
+                " series_instance_uid, modality, series_number, instance_number, transfer_syntax_uid,"
+                " source_sop_instance_uid, size, metadata, stored_at, site)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (row.sop_instance_uid, row.sop_class_uid, row.study_instance_uid, row.series_instance_uid,
                  row.modality, row.series_number, row.instance_number, row.transfer_syntax_uid,
-                 row.source_sop_instance_uid, row.size, self.sealer.seal(meta, PURPOSE_METADATA), row.stored_at))
+                 row.source_sop_instance_uid, row.size, self.sealer.seal(meta, PURPOSE_METADATA), row.stored_at,
+                 owner[0] if owner else None))
         return row
 
-    def find(self, query: InstanceQuery, *, limit: int | None = None, offset: int = 0) -> list[StoredInstance]:
-        """Stored results matching ``query``, oldest first (a stable order for paging)."""
-        where, args = [], []
+    def find(self, query: InstanceQuery, *, limit: int | None = None, offset: int = 0,
+             site: str | None = None) -> list[StoredInstance]:
+        """Stored results matching ``query`` (of ``site`` only, when given), oldest first (a stable order for
+        paging)."""
+        where, args = (["site = ?"], [site]) if site is not None else ([], [])
         for column, values in (("study_instance_uid", query.study_instance_uid),
                                ("series_instance_uid", query.series_instance_uid),
                                ("sop_instance_uid", query.sop_instance_uid),

@@ -377,3 +377,21 @@ def test_multi_frame_instance_gets_results_per_frame(analyzer, store, fundus_fil
     assert state["state"] == "done", state
     assert sorted(r["modality"] for r in state["results"]) == ["OT", "OT", "SR", "SR"]
     assert len({r["sop_instance_uid"] for r in state["results"]}) == 4
+
+
+def test_a_site_sees_only_its_own_results(analyzer, store, fundus_files) -> None:
+    """Results belong to the site (API key) that sent the photograph: another site finds nothing."""
+    client = _client(analyzer, store, site=lambda request: request.headers.get("x-test-site"))
+    a, b = {"x-test-site": "clinic-a"}, {"x-test-site": "clinic-b"}
+    assert _stow(client, [fundus_files[0].read_bytes()], **a).status_code == 200
+    _web(client).worker.drain()
+    uid = str(pydicom.dcmread(fundus_files[0]).SOPInstanceUID)
+    (sr,) = client.get("/dicomweb/instances", params={"Modality": "SR"}, headers=a).json()
+    url = _val(sr, "00081190")
+    assert client.get(url, headers=a).status_code == 200
+    assert client.get("/dicomweb/studies", headers=b).json() == []
+    assert client.get("/dicomweb/instances", headers=b).json() == []
+    assert client.get(url, headers=b).status_code == 404
+    assert client.get(url + "/metadata", headers=b).status_code == 404
+    assert client.get(f"/dicomweb/analyses/{uid}", headers=b).status_code == 404
+    assert client.get(f"/dicomweb/analyses/{uid}", headers=a).json()["state"] == "done"

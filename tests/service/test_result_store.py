@@ -166,3 +166,16 @@ def test_purge_by_age(store: ResultStore, tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.delenv("FOVEA_STORAGE_KEY", raising=False)
     assert main(["purge", "--older-than-days", "30"]) == 0
     assert "deleted 0 result instances" in capsys.readouterr().out
+
+
+def test_results_belong_to_the_sending_site(store: ResultStore) -> None:
+    ds = _instance()
+    data = dicom_bytes(ds)
+    assert store.receive(data, ds, site="a") == "queued"
+    uid, sha = store.claim()
+    store.put_result(_instance(SR, "SR"), source_sop_instance_uid=uid)
+    store.finish(uid, sha)
+    assert len(store.find(InstanceQuery(), site="a")) == 1 and store.find(InstanceQuery(), site="b") == []
+    assert store.analysis(uid, site="b") is None and store.analysis(uid, site="a").state == "done"
+    assert store.receive(data, ds, site="a") == "duplicate"
+    assert store.receive(data, ds, site="b") == "queued"  # the same instance from another site is its own
