@@ -92,21 +92,9 @@ def test_config_must_fit_the_quality_model(tmp_path: Path, capsys: pytest.Captur
 
 
 @pytest.fixture(scope="module")
-def quality_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """One epoch of a 96-px quality model on 16 synthetic photographs (60 % degraded), exported."""
-    from datasets.synthetic.writer import generate
-
-    root = tmp_path_factory.mktemp("quality")
-    # Seed 3: the validation split (2 of 8 patients) holds gradable and ungradable photographs.
-    generate(root / "data", count=16, seed=3, size=128, progress=False, p_degraded=0.6)
-    cfg = root / "q.yaml"
-    cfg.write_text("task: image-quality\nname: tiny-quality\nversion: 0.0.1\narchitecture: mobilenet_v3_small\n"
-                   "input_size: 96\nnum_classes: 7\nepochs: 1\nbatch_size: 4\n"
-                   f"out: {root / 'run'}\n"
-                   f"data: {{format: synthetic, train: {root / 'data'}, test: {root / 'data'}, val_fraction: 0.3}}\n")
-    assert main(["train", "--config", str(cfg)]) == 0
-    assert main(["export", "--config", str(cfg), "--out", str(root / "export")]) == 0
-    return cfg, root / "export"
+def quality_run(tiny_quality_run: tuple[Path, Path]) -> tuple[Path, Path]:
+    """The session's tiny trained + exported quality model (tests/conftest.py)."""
+    return tiny_quality_run
 
 
 @pytest.mark.slow
