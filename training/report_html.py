@@ -58,13 +58,23 @@ def is_synthetic_folder(root: Path | str | None, fmt: str | None = None) -> bool
 
 
 def format_value(value: float) -> str:
-    """A metric as the page shows it: integers as integers, other numbers to 4 decimals, NaN as ``n/a``."""
+    """A number as the page shows it: Python integers as integers, other numbers to 4 decimals, NaN as
+    ``n/a``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
     v = float(value)
-    if math.isnan(v):
-        return "n/a"
-    if v.is_integer() and abs(v) >= 1:
-        return str(int(v))
-    return f"{v:.4f}"
+    return "n/a" if math.isnan(v) else f"{v:.4f}"
+
+
+def is_count(key: str) -> bool:
+    """Whether metric ``key`` counts images or lesions (``n``, ``pointing_game_n``, ``ungradable``)."""
+    return key in ("n", "ungradable") or key.endswith("_n")
+
+
+def format_metric(key: str, value: float) -> str:
+    """A metric as its table shows it: counts as integers, the rest by :func:`format_value`."""
+    v = float(value)
+    return str(int(v)) if is_count(key) and v.is_integer() else format_value(v)
 
 
 def png_src(png: bytes) -> str:
@@ -87,7 +97,7 @@ class Page:
     synthetic_data: bool
     synthetic_training: bool
     meta: Sequence[tuple[str, str]] = ()
-    _body: list[str] = field(default_factory=list)
+    _body: list[str] = field(default_factory=list, init=False, repr=False)
 
     def section(self, heading: str, intro: str | None = None) -> None:
         """Start a section with a ``heading`` and an optional paragraph."""
@@ -121,7 +131,7 @@ class Page:
         for k in keys:
             low, high = metrics.get(k + CI_LOW), metrics.get(k + CI_HIGH)
             ci = f"[{format_value(low)}, {format_value(high)}]" if low is not None and high is not None else ""
-            rows.append((labels.get(k, k), k, metrics[k], ci))
+            rows.append((labels.get(k, k), k, format_metric(k, metrics[k]), ci))
         self.table(("metric", "key", "value", "95 % interval"), rows, name=name)
 
     def grid(self, items: Sequence[tuple[bytes, str, str | None]], *, name: str) -> None:

@@ -20,8 +20,8 @@ torch = pytest.importorskip("torch", reason="training extras (torch) are not ins
 from training.__main__ import main  # noqa: E402
 from training.report import (Curve, Point, plot_confusion, plot_history, reliability_bins,  # noqa: E402
                              reliability_figure, roc_figure)
-from training.report_html import (SYNTHETIC_DATA_NOTICE, SYNTHETIC_TRAINING_NOTICE, Page, format_value,  # noqa: E402
-                                  is_synthetic_folder)
+from training.report_html import (SYNTHETIC_DATA_NOTICE, SYNTHETIC_TRAINING_NOTICE, Page, format_metric,  # noqa: E402
+                                  format_value, is_synthetic_folder)
 
 
 def test_history_and_confusion_pictures(tmp_path: Path) -> None:
@@ -65,7 +65,8 @@ def test_page_escapes_text_and_states_synthetic_data(tmp_path: Path, tiny_datase
     assert html.escape(SYNTHETIC_DATA_NOTICE) in text and html.escape(SYNTHETIC_TRAINING_NOTICE) not in text
     assert "<td>0.9123</td><td>[0.8000, 0.9500]</td>" in text and "<td>20</td>" in text
     assert "http" not in text.replace("http-equiv", "")  # no external asset
-    assert format_value(float("nan")) == "n/a" and format_value(3.0) == "3"
+    assert format_value(float("nan")) == "n/a" and format_value(1.0) == "1.0000" and format_value(3) == "3"
+    assert format_metric("pointing_game_n", 7.0) == "7" and format_metric("referable_auc", 1.0) == "1.0000"
     with pytest.raises(ValueError, match="PNG"):
         page.figure(b"GIF89a", name="x", caption="x")
 
@@ -102,7 +103,7 @@ def _evaluate(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[dict
     assert shown and json.loads(html.unescape(shown.group(1))) == metrics
     for key, value in metrics.items():
         if not key.endswith(("_ci95_low", "_ci95_high")):
-            assert f"<td>{key}</td><td>{format_value(value)}</td>" in text, key
+            assert f"<td>{key}</td><td>{format_metric(key, value)}</td>" in text, key
     assert "<script" not in text and 'src="http' not in text
     return metrics, text
 
@@ -161,7 +162,9 @@ def test_detector_report(tiny_detector_run: tuple[Path, Path], tmp_path: Path,
     cfg, _ = tiny_detector_run
     metrics, text = _evaluate(["--config", str(cfg), "--report", str(tmp_path / "r")], capsys)
     assert {"pr", "froc", "history"} <= set(_figures(text))
-    assert 'data-table="ap"' in text and f"<td>{format_value(metrics['map_50'])}</td>" in text
+    row = re.search(r"<td>all classes</td><td>(\d+)</td><td>([^<]+)</td><td>([^<]+)</td>", text)
+    assert row and int(row.group(1)) > 0
+    assert row.group(2) == format_value(metrics["map_50"]) and row.group(3) == format_value(metrics["froc"])
     images, captions = _grid(text, "detections")
     assert len(images) == 8 and images[0].shape[1] == 2 * 384 + 4  # truth | predictions
     assert all("true lesions" in c for c in captions)
