@@ -139,7 +139,8 @@ def report(out: DetectorOutputs, metrics: dict[str, float], *, cfg: TrainConfig,
     for i in tqdm(order, desc="detection grid", unit="img", leave=False):
         crop = out.dataset.crops[i]
         scale = crop.shape[1] / TILE_SIDE
-        small = cv2.resize(crop, (TILE_SIDE, TILE_SIDE), interpolation=cv2.INTER_AREA if scale > 1 else cv2.INTER_LINEAR)
+        interpolation = cv2.INTER_AREA if scale > 1 else cv2.INTER_LINEAR
+        small = cv2.resize(crop, (TILE_SIDE, TILE_SIDE), interpolation=interpolation)
         truth = small.copy()
         draw_lesions(truth, [(t, 1.0, b) for b, t in zip(out.truths[i].boxes, out.truths[i].types)], scale=scale)
         shown = [d for d in out.detections[i] if d.score >= DISPLAY_THRESHOLD]

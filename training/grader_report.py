@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -145,11 +144,11 @@ def roc_png(out: GraderOutputs, metrics: dict[str, float], threshold: float | No
     fpr, tpr, _ = binary_roc(torch.from_numpy(p_ref), torch.from_numpy(ref))
     points = []
     if threshold is not None:
-        points.append(Point(1.0 - metrics["referable_specificity"], metrics["referable_sensitivity"],
-                            f"operating point p >= {threshold:.3f}: sensitivity {metrics['referable_sensitivity']:.3f}, "
-                            f"specificity {metrics['referable_specificity']:.3f}"))
-    return roc_figure([Curve(fpr.numpy(), tpr.numpy(), f"referable DR (grade >= 2), AUC {metrics['referable_auc']:.4f}")],
-                      f"referable DR, n={len(ref)} ({int(ref.sum())} referable)", points)
+        sens, spec = metrics["referable_sensitivity"], metrics["referable_specificity"]
+        points.append(Point(1.0 - spec, sens, f"operating point p >= {threshold:.3f}: sensitivity {sens:.3f}, "
+                                              f"specificity {spec:.3f}"))
+    curve = Curve(fpr.numpy(), tpr.numpy(), f"referable DR (grade >= 2), AUC {metrics['referable_auc']:.4f}")
+    return roc_figure([curve], f"referable DR, n={len(ref)} ({int(ref.sum())} referable)", points)
 
 
 def saliency_tile(record: FundusRecord, probs: np.ndarray, cam: np.ndarray, transform: FundusTransform,

@@ -118,7 +118,8 @@ class Page:
         head = "".join(f"<th>{_e(h)}</th>" for h in headers)
         body = "".join("<tr>" + "".join(f"<td>{_e(format_value(c) if isinstance(c, (int, float)) else c)}</td>"
                                         for c in row) + "</tr>" for row in rows)
-        self._body.append(f'<table data-table="{_e(name)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
+        self._body.append(f'<table data-table="{_e(name)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+                          "</table>")
 
     def metrics_table(self, metrics: Mapping[str, float], labels: Mapping[str, str] | None = None, *,
                       name: str = "metrics") -> None:
@@ -148,7 +149,8 @@ class Page:
     def json_block(self, metrics: Mapping[str, float]) -> None:
         """The metrics exactly as ``evaluate`` printed them."""
         text = json.dumps(dict(metrics), indent=2)
-        self._body.append(f'<details open><summary>metrics JSON</summary><pre data-json="metrics">{_e(text)}</pre></details>')
+        self._body.append(f'<details open><summary>metrics JSON</summary><pre data-json="metrics">{_e(text)}</pre>'
+                          "</details>")
 
     def render(self) -> str:
         """The whole page as an HTML string."""
