@@ -109,7 +109,7 @@ def roc_figure(curves: Sequence[Curve], title: str, points: Sequence[Point] = ()
     fig, ax = plt.subplots(figsize=(5.5, 5.0))
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="chance")
     for c in curves:
-        ax.plot(c.x, c.y, lw=1.8, label=c.label, drawstyle="steps-post")
+        ax.plot(c.x, c.y, lw=1.8, label=c.label)  # straight segments: tied scores move both rates at once
     for p in points:
         ax.plot([p.x], [p.y], marker="o", ms=9, mfc="none", mew=2, color="crimson", ls="none", label=p.label)
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="1 - specificity (false-positive rate)",
