@@ -2,7 +2,7 @@
 no external asset) that ``python -m training evaluate`` writes for every task.
 
 Every page opens with what the numbers are: AI output, not for diagnosis, and — when the evaluation data or
-the training data are synthetic photographs — a statement saying so (:func:`is_synthetic_folder`).
+the training data are synthetic photographs — a statement saying so (:func:`training.data.is_synthetic_folder`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: Files that only :mod:`datasets.synthetic` writes together: a folder holding all of them is synthetic data,
-#: whatever ``--format`` it is read with (its ``trainLabels.csv`` also makes it a valid EyePACS layout).
-SYNTHETIC_MARKERS = ("ground_truth.csv", "quality.csv", "lesions.csv")
+from training.data import SYNTHETIC_MARKERS, is_synthetic_folder
+
+__all__ = ["AI_NOTICE", "SYNTHETIC_DATA_NOTICE", "SYNTHETIC_MARKERS", "SYNTHETIC_TRAINING_NOTICE", "Page",
+           "format_metric", "format_value", "is_synthetic_folder", "png_src"]
+
 #: The banner of every page.
 AI_NOTICE = "AI output from a research model, not for diagnosis."
 SYNTHETIC_DATA_NOTICE = ("The evaluation data are synthetic fundus photographs made by Fovea's generator "
@@ -44,17 +46,6 @@ figure img{max-width:100%;border:1px solid #d0d7de}figcaption{font-size:.85rem;c
 .hit{color:#1a7f37;font-weight:600}.miss{color:#cf222e;font-weight:600}
 pre{background:#f6f8fa;padding:.6rem;overflow:auto;font-size:.8rem}
 """
-
-
-def is_synthetic_folder(root: Path | str | None, fmt: str | None = None) -> bool:
-    """Whether the dataset at ``root`` (read as ``fmt``) is synthetic: the ``synthetic`` layout, or a folder
-    holding every one of :data:`SYNTHETIC_MARKERS`."""
-    if fmt == "synthetic":
-        return True
-    if root is None:
-        return False
-    root = Path(root)
-    return root.is_dir() and all((root / name).is_file() for name in SYNTHETIC_MARKERS)
 
 
 def format_value(value: float) -> str:
