@@ -23,6 +23,17 @@ SYNTHETIC_WARNING = (
     "Trained on synthetic fundus photographs only; not clinically validated. "
     "Not for diagnostic use: retrain on real, labelled data before any clinical use."
 )
+#: The intended-use statement of a model trained on other (e.g. real, published) data: still research output.
+RESEARCH_WARNING = (
+    "Research model trained outside a clinical quality system; not clinically validated. "
+    "Not for diagnostic use: every result is to be confirmed by a qualified reader."
+)
+
+
+def intended_use_for(trained_on_synthetic: bool) -> str:
+    """The card's ``intended_use`` for a model trained on synthetic data or not. Serving keys the overlay
+    caption on the word "synthetic" in it (:func:`service.render.caption_for`)."""
+    return SYNTHETIC_WARNING if trained_on_synthetic else RESEARCH_WARNING
 
 
 class CardError(ValueError):

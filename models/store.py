@@ -7,9 +7,11 @@ No pickle is ever written or read: a Fovea model directory holds the ONNX file a
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import bentoml
 from bentoml.exceptions import NotFound
@@ -42,15 +44,37 @@ def import_model(card_path: Path) -> str:
             raise CardError(f"{card.tag} is already in the model store with a different file "
                             f"(sha256 {stored.sha256[:12]}…); bump the version")
         return card.tag
-    with bentoml.models.create(
-        card.tag,
-        labels={"task": card.task, "architecture": card.architecture},
-        metadata={"sha256": card.sha256, "preprocessing": f"{card.preprocessing.name}/{card.preprocessing.version}",
-                  "intended_use": card.intended_use},
-    ) as model:
+    with bentoml.models.create(card.tag, labels=store_labels(card), metadata=store_metadata(card)) as model:
         shutil.copyfile(src, Path(model.path) / card.file)
         shutil.copyfile(card_path, Path(model.path) / "card.json")
     return card.tag
+
+
+def store_labels(card: ModelCard) -> dict[str, str]:
+    """The BentoML labels of a stored model (strings, for ``bentoml models list`` filters): task,
+    architecture, preprocessing version and what it was trained on (``synthetic`` when the card's
+    intended-use statement says so, as :func:`service.render.caption_for` decides the overlay caption)."""
+    return {"task": card.task, "architecture": card.architecture,
+            "preprocessing": f"{card.preprocessing.name}-v{card.preprocessing.version}",
+            "trained-on": "synthetic" if "synthetic" in card.intended_use.lower() else "other"}
+
+
+def store_metadata(card: ModelCard) -> dict[str, Any]:
+    """The BentoML metadata of a stored model: the card's contract and provenance in brief (the card itself
+    is stored beside the ONNX file and stays the reference). Non-finite metrics are left out (the store
+    writes YAML)."""
+    return {
+        "sha256": card.sha256, "version": card.version, "file": card.file, "opset": card.opset,
+        "preprocessing": f"{card.preprocessing.name}/{card.preprocessing.version}",
+        "input_size": card.input.size, "outputs": list(card.outputs), "classes": list(card.classes),
+        "operating_points": {op.name: {"threshold": op.threshold, "sensitivity": op.sensitivity,
+                                       "specificity": op.specificity} for op in card.operating_points},
+        "score_thresholds": {t.name: t.threshold for t in card.score_thresholds},
+        "metrics": {k: float(v) for k, v in card.metrics.items() if math.isfinite(v)},
+        "metrics_data": card.metrics_data,
+        "training_data": card.training.data, "training_command": card.training.command,
+        "code_commit": card.training.code_commit, "created": card.created, "intended_use": card.intended_use,
+    }
 
 
 def ensure_defaults(default_dir: Path = DEFAULT_DIR) -> list[str]:

@@ -80,8 +80,8 @@ def tiny_detector_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
 
 @pytest.fixture(scope="session")
 def tiny_quality_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """One epoch of a 96-px image-quality model on 16 synthetic photographs (60 % degraded), exported; returns
-    the config and the folder holding ``tiny-quality.onnx`` and its card."""
+    """One epoch of a 96-px quality model on 16 synthetic photographs (60 % degraded), exported; returns the
+    config and the folder holding ``tiny-quality.onnx`` and its card."""
     pytest.importorskip("torch", reason="training extras (torch) are not installed")
     from datasets.synthetic.writer import generate
     from training.__main__ import main

@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="held-out data folder (default: the config's test split)")
     _add_format(e, "the held-out data")
     _add_split(e)
+    e.add_argument("--report", type=Path, metavar="DIR",
+                   help="folder of the HTML report (default: report/ beside the checkpoint)")
+    e.add_argument("--no-report", action="store_true", help="print the metrics only")
     x = sub.add_parser("export", help="export a checkpoint to ONNX + model card (after a parity check)")
     x.add_argument("--config", type=Path, required=True)
     x.add_argument("--checkpoint", type=Path)
@@ -93,40 +96,13 @@ def main(argv: list[str] | None = None) -> int:
 
         test_format = args.format or cfg.data.format
         test_split = args.split or held_out_split(test_format)
-        if args.cmd == "evaluate" and detector:
-            from training.detection import LesionDataset, collate, evaluate as evaluate_detector, load_annotated
-            from training.export import load_checkpoint
-            from torch.utils.data import DataLoader
-
-            records = load_annotated(test_root, test_format, split=test_split)
-            model, cfg_ck, _ = load_checkpoint(checkpoint)
-            ds = LesionDataset(records, cfg_ck.input_size, train=False)
-            print(json.dumps(evaluate_detector(model, DataLoader(ds, batch_size=8, collate_fn=collate),
-                                               cfg_ck.input_size), indent=2))
-            return 0
-        if args.cmd == "evaluate" and quality:
-            from training.export import load_checkpoint
-            from training.quality_model import QualityDataset, evaluate as evaluate_quality, load_quality
-            from torch.utils.data import DataLoader
-
-            items = load_quality(test_root, test_format, split=test_split)
-            model, cfg_ck, ck = load_checkpoint(checkpoint)
-            ds = QualityDataset(items, cfg_ck.input_size, train=False)
-            metrics = evaluate_quality(model, DataLoader(ds, batch_size=32),
-                                       json.loads(ck["operating_point"])["threshold"])
-            print(json.dumps(metrics, indent=2))
-            return 0
         if args.cmd == "evaluate":
-            from training.export import load_checkpoint
-            from training.data import FundusDataset, load_graded
-            from training.train import evaluate
-            from torch.utils.data import DataLoader
+            from training.evaluation import evaluate_checkpoint
 
-            records = load_graded(test_root, test_format, split=test_split)  # data problems before loading weights
-            model, cfg_ck, ck = load_checkpoint(checkpoint)
-            ds = FundusDataset(records, cfg_ck.input_size, train=False)
-            metrics = evaluate(model, DataLoader(ds, batch_size=32), json.loads(ck["operating_point"])["threshold"])
-            print(json.dumps(metrics, indent=2))
+            result = evaluate_checkpoint(checkpoint, task=cfg.task, test_root=test_root, test_format=test_format,
+                                         test_split=test_split, report_dir=args.report,
+                                         write_report=not args.no_report, command=command)
+            print(json.dumps(result.metrics, indent=2))
             return 0
         if detector:
             from training.detection_export import export

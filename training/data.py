@@ -18,13 +18,29 @@ from tqdm import tqdm
 from datasets.readers import READERS, SPLITS, DatasetError, FundusRecord, read_dataset
 from models.preprocess import normalize, preprocess
 
-__all__ = ["READERS", "FundusDataset", "GradedSelection", "augment", "held_out_split", "load_graded", "load_rgb",
-           "read_records", "select_graded", "split_by_patient"]
+__all__ = ["READERS", "FundusDataset", "GradedSelection", "augment", "held_out_split", "is_synthetic_folder",
+           "load_graded", "load_rgb", "read_records", "select_graded", "split_by_patient"]
 
 
 def read_records(root: Path, fmt: str, *, split: str | None = None) -> list[FundusRecord]:
     """Every record of the dataset at ``root`` in layout ``fmt`` (see :func:`datasets.readers.read_dataset`)."""
     return read_dataset(root, fmt, split=split)
+
+
+#: Files that only :mod:`datasets.synthetic` writes together: a folder holding all of them is synthetic data,
+#: whatever ``--format`` it is read with (its ``trainLabels.csv`` also makes it a valid EyePACS layout).
+SYNTHETIC_MARKERS = ("ground_truth.csv", "quality.csv", "lesions.csv")
+
+
+def is_synthetic_folder(root: Path | str | None, fmt: str | None = None) -> bool:
+    """Whether the dataset at ``root`` (read as ``fmt``) is synthetic: the ``synthetic`` layout, or a folder
+    holding every one of :data:`SYNTHETIC_MARKERS`."""
+    if fmt == "synthetic":
+        return True
+    if root is None:
+        return False
+    root = Path(root)
+    return root.is_dir() and all((root / name).is_file() for name in SYNTHETIC_MARKERS)
 
 
 def held_out_split(fmt: str) -> str | None:

@@ -25,9 +25,10 @@ from tqdm import tqdm
 from datasets.readers import FundusRecord
 from models import preprocess
 from models.architectures.detector import DetectorExport
-from models.card import InputSpec, ModelCard, PreprocessingSpec, ScoreThreshold, TrainingProvenance, sha256_file
+from models.card import (InputSpec, ModelCard, PreprocessingSpec, ScoreThreshold, TrainingProvenance, intended_use_for,
+                         sha256_file)
 from models.detection import LESION_CLASSES, Lesion, decode, to_original
-from training.data import load_rgb, split_by_patient
+from training.data import is_synthetic_folder, load_rgb, split_by_patient
 from training.detection import CANDIDATE_FLOOR, load_annotated
 from training.detection_metrics import Truth, detection_metrics, f1_threshold, froc_curve
 from training.export import OPSET, PARITY_ATOL, ParityError, load_checkpoint
@@ -127,6 +128,7 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
         training=TrainingProvenance(data=f"{cfg.data.train} ({cfg.data.format})", command=ck["command"],
                                     code_commit=ck["code_commit"], config=json.loads(ck["config"]),
                                     torch_version=ck["torch_version"], seconds=ck["seconds"]),
+        intended_use=intended_use_for(is_synthetic_folder(cfg.data.train, cfg.data.format)),
         created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     )
     card.save(out_dir / f"{cfg.name}.card.json")

@@ -28,10 +28,10 @@ from models.grading import softmax
 from models.architectures import build
 from models.architectures.classifier import WithCam
 from models.card import (ICDR_LABELS, InputSpec, ModelCard, OperatingPoint, PreprocessingSpec, TrainingProvenance,
-                         sha256_file)
+                         intended_use_for, sha256_file)
 from training.config import TrainConfig, config_from_dict
 from datasets.readers import FundusRecord
-from training.data import load_graded, load_rgb, split_by_patient
+from training.data import is_synthetic_folder, load_graded, load_rgb, split_by_patient
 from models.grading import REFERABLE_MIN_GRADE, referable_probability
 from training.metrics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, POINTING_TOLERANCE, cam_peak, choose_operating_point,
                               confusion_matrix, field_centre, grader_intervals, grader_metrics, pointing_game,
@@ -195,6 +195,7 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
         training=TrainingProvenance(data=f"{cfg.data.train} ({cfg.data.format})", command=ck["command"],
                                     code_commit=ck["code_commit"], config=json.loads(ck["config"]),
                                     torch_version=ck["torch_version"], seconds=ck["seconds"]),
+        intended_use=intended_use_for(is_synthetic_folder(cfg.data.train, cfg.data.format)),
         created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     )
     card.save(out_dir / f"{cfg.name}.card.json")

@@ -27,8 +27,9 @@ from torch import nn
 from tqdm import tqdm
 
 from models import preprocess
-from models.card import InputSpec, ModelCard, OperatingPoint, PreprocessingSpec, TrainingProvenance, sha256_file
-from training.data import load_rgb
+from models.card import (InputSpec, ModelCard, OperatingPoint, PreprocessingSpec, TrainingProvenance, intended_use_for,
+                         sha256_file)
+from training.data import is_synthetic_folder, load_rgb
 from training.export import OPSET, PARITY_ATOL, ParityError, load_checkpoint
 from training.quality_metrics import choose_gradable_threshold, quality_metrics
 from training.quality_model import QUALITY_CLASSES, QualityItem, check_config, load_quality, quality_targets, split_items
@@ -128,6 +129,7 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
         training=TrainingProvenance(data=f"{cfg.data.train} ({cfg.data.format})", command=ck["command"],
                                     code_commit=ck["code_commit"], config=json.loads(ck["config"]),
                                     torch_version=ck["torch_version"], seconds=ck["seconds"]),
+        intended_use=intended_use_for(is_synthetic_folder(cfg.data.train, cfg.data.format)),
         created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     )
     card.save(out_dir / f"{cfg.name}.card.json")

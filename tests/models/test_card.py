@@ -67,3 +67,11 @@ def test_malformed_card_is_a_card_error(tmp_path: Path) -> None:
     p.write_text("{not json")
     with pytest.raises(CardError):
         ModelCard.load(p)
+
+
+def test_intended_use_statements() -> None:
+    from models.card import RESEARCH_WARNING, SYNTHETIC_WARNING, intended_use_for
+
+    assert intended_use_for(True) == SYNTHETIC_WARNING and "synthetic" in SYNTHETIC_WARNING.lower()
+    assert intended_use_for(False) == RESEARCH_WARNING and "synthetic" not in RESEARCH_WARNING.lower()
+    assert "not for diagnostic use" in RESEARCH_WARNING.lower()

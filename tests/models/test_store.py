@@ -51,3 +51,48 @@ def test_ensure_defaults_imports_once() -> None:
     first = ensure_defaults()
     assert ensure_defaults() == []
     assert all(t.startswith("dr-grader:") for t in first)
+
+
+@pytest.mark.parametrize("fixture,card_name,task", [
+    ("tiny_export", "tiny-grader", "dr-grading"),
+    ("tiny_detector_run", "tiny-detector", "lesion-detection"),
+    ("tiny_quality_run", "tiny-quality", "image-quality"),
+])
+def test_register_stores_onnx_card_labels_and_metadata(fixture: str, card_name: str, task: str, tmp_path: Path,
+                                                       request: pytest.FixtureRequest,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m training register`` for each task: the verified ONNX file and the card in the store, with
+    labels to filter on and the card's contract and metrics as metadata."""
+    import bentoml
+
+    from models.card import ModelCard, sha256_file
+    from training.__main__ import main
+
+    value = request.getfixturevalue(fixture)
+    export = value if isinstance(value, Path) else value[1]
+    d = tmp_path / "export"
+    shutil.copytree(export, d)
+    card_path = d / f"{card_name}.card.json"
+    card = ModelCard.load(card_path)
+    capsys.readouterr()
+    assert main(["register", "--card", str(card_path)]) == 0
+    tag = capsys.readouterr().out.strip()
+    assert tag == card.tag
+    stored = bentoml.models.get(tag)
+    files = {p.name for p in Path(stored.path).iterdir()}
+    assert {card.file, "card.json"} <= files and not any(f.endswith(".pkl") for f in files)
+    assert sha256_file(Path(stored.path) / card.file) == card.sha256
+    assert stored.info.labels == {"task": task, "architecture": card.architecture,
+                                  "preprocessing": f"{card.preprocessing.name}-v{card.preprocessing.version}",
+                                  "trained-on": "synthetic"}
+    meta = stored.info.metadata
+    assert meta["sha256"] == card.sha256 and meta["classes"] == list(card.classes)
+    assert meta["input_size"] == card.input.size and meta["outputs"] == list(card.outputs)
+    assert meta["metrics"] == {k: v for k, v in card.metrics.items() if v == v}  # NaN left out
+    assert meta["code_commit"] == card.training.code_commit and meta["created"] == card.created
+    if task == "dr-grading":
+        assert set(meta["operating_points"]) == {"referable_dr"}
+    if task == "image-quality":
+        assert set(meta["operating_points"]) == {"gradable"}
+    if task == "lesion-detection":
+        assert set(meta["score_thresholds"]) == set(card.classes)

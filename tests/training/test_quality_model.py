@@ -93,7 +93,7 @@ def test_config_must_fit_the_quality_model(tmp_path: Path, capsys: pytest.Captur
 
 @pytest.fixture(scope="module")
 def quality_run(tiny_quality_run: tuple[Path, Path]) -> tuple[Path, Path]:
-    """The shared tiny quality model (tests/conftest.py)."""
+    """The session's tiny trained + exported quality model (tests/conftest.py)."""
     return tiny_quality_run
 
 

@@ -113,3 +113,27 @@ def test_card_has_intervals_and_the_pointing_game_on_lesion_records(tiny_config:
     assert 0 <= card.metrics["pointing_game_hit_rate_ci95_low"] <= rate <= card.metrics["pointing_game_hit_rate_ci95_high"] <= 1
     assert 0 <= card.metrics["pointing_game_centre_baseline"] <= 1
     assert card.metrics["n"] == len(records) and f"{playing} referable images with lesion boxes" in card.metrics_data
+
+
+def test_card_intended_use_follows_the_training_data(tiny_config: Path, tiny_export: Path, tiny_dataset: Path,
+                                                     tmp_path: Path) -> None:
+    """A model trained on a folder that is not the generator's output gets the research statement, without the
+    word "synthetic" (serving keys the overlay caption on it); the synthetic one keeps the synthetic warning."""
+    import shutil
+
+    from models.card import RESEARCH_WARNING, SYNTHETIC_WARNING
+    from training.export import export
+
+    assert ModelCard.load(tiny_export / "tiny-grader.card.json").intended_use == SYNTHETIC_WARNING
+    plain = tmp_path / "eyepacs"  # the same photographs as a plain EyePACS folder: labels and images only
+    plain.mkdir()
+    shutil.copy(tiny_dataset / "trainLabels.csv", plain)
+    for jpeg in tiny_dataset.glob("*.jpeg"):
+        shutil.copy(jpeg, plain)
+    ck = torch.load(tiny_config.parent / "run" / "best.pt", map_location="cpu", weights_only=True)
+    cfg = json.loads(ck["config"])
+    cfg["data"]["train"] = str(plain)
+    ck["config"] = json.dumps(cfg)
+    torch.save(ck, tmp_path / "best.pt")
+    card = export(tmp_path / "best.pt", tmp_path / "out", test_root=None, command="test")
+    assert card.intended_use == RESEARCH_WARNING and "synthetic" not in card.intended_use.lower()

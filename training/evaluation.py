@@ -1,0 +1,101 @@
+"""``python -m training evaluate``: metrics of a checkpoint on held-out data, and the HTML report beside it.
+
+Dispatches on the checkpoint's task to :mod:`training.grader_report`, :mod:`training.detector_report` or
+:mod:`training.quality_report`; each computes its predictions once, its metrics (the JSON ``evaluate``
+prints) and fills one :class:`~training.report_html.Page`, written to ``<run folder>/report/index.html``
+(the folder of the checkpoint) or to ``report_dir``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.report_html import Page, is_synthetic_folder
+
+#: The report folder's name inside the run folder.
+REPORT_DIR = "report"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What ``evaluate`` produced: the ``metrics`` it prints and the ``report`` page it wrote (or ``None``)."""
+
+    metrics: dict[str, float]
+    report: Path | None
+
+
+def evaluate_checkpoint(checkpoint: Path, *, task: str, test_root: Path, test_format: str, test_split: str | None,
+                        report_dir: Path | None = None, write_report: bool = True, command: str = ""
+                        ) -> Evaluation:
+    """Evaluate the ``task`` model (the config's) ``checkpoint`` on the dataset at ``test_root`` (layout
+    ``test_format``, split ``test_split``).
+
+    The records are read before the weights are loaded, so a data problem is reported without that cost.
+    ``report_dir`` defaults to ``<checkpoint folder>/report``; ``write_report=False`` only computes metrics.
+    """
+    from training.export import load_checkpoint
+
+    if task == "lesion-detection":
+        from training.detection import load_annotated
+
+        records: list = load_annotated(test_root, test_format, split=test_split)
+    elif task == "image-quality":
+        from training.quality_model import load_quality
+
+        records = load_quality(test_root, test_format, split=test_split)
+    else:
+        from training.data import load_graded
+
+        records = load_graded(test_root, test_format, split=test_split)
+    model, cfg, ck = load_checkpoint(checkpoint)
+    op = json.loads(ck["operating_point"]) if ck.get("operating_point") else None
+    threshold = None if op is None else float(op["threshold"])
+    synthetic_training = is_synthetic_folder(cfg.data.train, cfg.data.format)
+    page = Page(
+        title=f"{cfg.name} {cfg.version}: evaluation",
+        synthetic_data=is_synthetic_folder(test_root, test_format),
+        synthetic_training=synthetic_training,
+        meta=(("task", cfg.task), ("model", f"{cfg.architecture}, {cfg.input_size} px input"),
+              ("checkpoint", f"{checkpoint} (epoch {ck.get('epoch', '?')})"),
+              ("held-out data", f"{test_root} ({test_format}{', ' + test_split if test_split else ''}), "
+                                f"{len(records)} images"),
+              ("training data", f"{cfg.data.train} ({cfg.data.format})"),
+              ("training command", str(ck.get("command", ""))), ("code commit", str(ck.get("code_commit", ""))),
+              ("evaluation command", command),
+              ("written", dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat())),
+    )
+    if task == "lesion-detection":
+        from service.render import CAPTION, CAPTION_REAL
+        from training import detector_report as r
+
+        det = r.predict_detector(model, records, cfg.input_size)
+        metrics = r.detector_evaluation_metrics(det)
+        if write_report:
+            r.report(det, metrics, cfg=cfg, ck=ck, page=page, caption=CAPTION if synthetic_training else CAPTION_REAL)
+    elif task == "image-quality":
+        from training import quality_report as r
+
+        qual = r.predict_quality(model, records, cfg.input_size)
+        metrics = r.quality_evaluation_metrics(qual, threshold)
+        if write_report:
+            r.report(qual, metrics, cfg=cfg, ck=ck, threshold=threshold, page=page)
+    else:
+        from training import grader_report as r
+
+        out = r.predict_with_cam(model, records, cfg.input_size)
+        pointing = r.play_pointing_game(out)
+        metrics = r.grader_evaluation_metrics(out, threshold, pointing)
+        if write_report:
+            r.report(out, metrics, cfg=cfg, ck=ck, threshold=threshold, pointing=pointing, page=page,
+                     synthetic_caption=synthetic_training)
+    if not write_report:
+        return Evaluation(metrics, None)
+    page.section("All metrics")
+    page.json_block(metrics)
+    path = page.write(report_dir if report_dir is not None else checkpoint.parent / REPORT_DIR)
+    print(f"report: {path}", file=sys.stderr)
+    return Evaluation(metrics, path)
