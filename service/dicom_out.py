@@ -176,7 +176,7 @@ def ai_statement(findings: Findings) -> str:
 
 def result_uid(role: str, findings: Findings, source: Dataset | None = None) -> str:
     """The deterministic UID of result ``role`` ("sr-series", "sr-instance", "sc-series", "sc-instance",
-    "study", "device", "lesion-<n>") for ``findings`` (module docstring: same instance + same models -> same
+    "study", "quality", "grading", "lesions", "lesion-<n>") for ``findings`` (module docstring: same instance + same models -> same
     UIDs)."""
     anchor = str(source.SOPInstanceUID) if source is not None else f"request:{findings.request_id}"
     models = sorted(f"{m.name}:{m.version}:{m.sha256}" for m in findings.models)
@@ -188,11 +188,14 @@ def build_results(findings: Findings, source: pydicom.Dataset | None = None, *,
     """Build the SR and the SC for one analysed image (module docstring for content and UIDs).
 
     ``source`` is the analysed DICOM dataset (its header is enough) or ``None`` for a JPEG/PNG upload. Raises
-    ``ValueError`` when ``source`` is not the instance ``findings`` describes (another SOP Instance UID), or
-    when the overlay PNG cannot be decoded.
+    ``ValueError`` when ``source`` is not the instance ``findings`` describes (another SOP Instance UID) or
+    lacks its UIDs, or when the overlay PNG cannot be decoded.
     """
-    if source is not None and findings.image.sop_instance_uid not in (None, str(source.SOPInstanceUID)):
-        raise ValueError("the source dataset is not the instance these findings describe")
+    if source is not None:
+        if "SOPInstanceUID" not in source or "StudyInstanceUID" not in source or "SOPClassUID" not in source:
+            raise ValueError("the source dataset lacks its SOP Class, SOP Instance or Study Instance UID")
+        if findings.image.sop_instance_uid not in (None, str(source.SOPInstanceUID)):
+            raise ValueError("the source dataset is not the instance these findings describe")
     study = _study_reference(findings, source)
     sc = _secondary_capture(findings, source, study, manufacturer=manufacturer)
     sr = _structured_report(findings, source, study, sc, manufacturer=manufacturer, device_serial=device_serial)
@@ -384,8 +387,11 @@ def _structured_report(findings: Findings, source: Dataset | None, study: Datase
         for n, les in enumerate(findings.lesions, start=1):
             lesion_groups.append(_lesion_group(les, n, region_source, scale, findings, source, sites, algorithm))
 
+    # The device observer is this installation running these models: its UID does not depend on the image.
+    device_uid = generate_uid(entropy_srcs=[_UID_SALT, "device", manufacturer, device_serial or "",
+                                            *sorted(f"{m.name}:{m.version}:{m.sha256}" for m in findings.models)])
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=result_uid("device", findings, source), name="Fovea", manufacturer_name=manufacturer,
+        uid=device_uid, name="Fovea", manufacturer_name=manufacturer,
         model_name=f"{grader.name} {grader.version}"[:64], serial_number=device_serial)
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=codes.DCM.Device, observer_identifying_attributes=device))
