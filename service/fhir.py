@@ -104,7 +104,7 @@ def fhir_report(findings: Findings, source: pydicom.Dataset | None = None) -> di
     statement = ai_statement(findings)
     lat = findings.image.laterality
     body_site = _concept(_EYE, text={"R": "right eye", "L": "left eye"}.get(lat or "", "eye, side not stated"))
-    issued = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    issued = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
     devices = {m.name: urn(f"device:{m.name}") for m in findings.models}
     entries: list[dict[str, Any]] = [{"fullUrl": devices[m.name], "resource": _device(m)} for m in findings.models]

@@ -22,9 +22,11 @@ from service.dicom_out import (
 )
 from service.findings import Findings
 from service.pipeline import Analyzer
-from tests.service.results_cases import (  # noqa: F401  (fixtures)
-    analyzer, dark_dicom, fundus, header, jpeg_upload, lesion_analyzer, op_dicom,
-)
+pytest.register_assert_rewrite("tests.service.results_cases")
+from tests.service.results_cases import header  # noqa: E402
+
+#: The shared fixtures (analyzer, lesion_analyzer, op_dicom, dark_dicom, jpeg_upload, fundus).
+pytest_plugins = ("tests.service.results_cases",)
 
 
 def _write(results: DicomResults, tmp: Path) -> tuple[Path, Path]:
@@ -222,22 +224,22 @@ def written(lesion_analyzer: Analyzer, analyzer: Analyzer, op_dicom: bytes, dark
 def test_dsrdump_parses_the_sr(written: list[Path], tmp_path: Path) -> None:
     dsrdump = _tool("dsrdump")  # strict by default: it fails on invalid content items and constraint violations
     for sr in written[::2]:
-        run = subprocess.run([dsrdump, str(sr)], capture_output=True, text=True, timeout=60)
+        run = subprocess.run([dsrdump, str(sr)], capture_output=True, text=True, timeout=60, check=False)
         assert run.returncode == 0, run.stderr
         assert not [line for line in run.stderr.splitlines() if line[:2] in ("E:", "W:", "F:")], run.stderr
         assert "Imaging Measurement Report" in run.stdout and '"Image quality score"' in run.stdout
     # The first case has lesions: their regions are SCOORD items selected from the source image.
-    first = subprocess.run([dsrdump, str(written[0])], capture_output=True, text=True, timeout=60).stdout
+    first = subprocess.run([dsrdump, str(written[0])], capture_output=True, text=True, timeout=60, check=False).stdout
     assert first.count('SCOORD:(,,"Image Region")=(POLYLINE') == 2 and "Diabetic retinal microaneurysm" in first
     # Negative control: the same check rejects an SR with a broken content item.
     bad = pydicom.dcmread(written[0])
     bad.ContentSequence[0].ValueType = "BOGUS"
     bad.save_as(tmp_path / "bad.dcm")
-    assert subprocess.run([dsrdump, str(tmp_path / "bad.dcm")], capture_output=True, timeout=60).returncode != 0
+    assert subprocess.run([dsrdump, str(tmp_path / "bad.dcm")], capture_output=True, timeout=60, check=False).returncode != 0
 
 
 def _dciodvfy_errors(dciodvfy: str, path: Path) -> list[str]:
-    run = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=60)
+    run = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=60, check=False)
     return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith(("Error", "Abort"))]
 
 

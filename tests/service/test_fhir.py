@@ -12,9 +12,11 @@ from service.dicom_out import GRADE_CODES, build_results
 from service.fhir import LOINC_GRADE_ANSWERS, SYSTEMS, fhir_report
 from service.findings import Findings
 from service.pipeline import Analyzer
-from tests.service.results_cases import (  # noqa: F401  (fixtures)
-    analyzer, dark_dicom, fundus, header, jpeg_upload, lesion_analyzer, op_dicom,
-)
+pytest.register_assert_rewrite("tests.service.results_cases")
+from tests.service.results_cases import header  # noqa: E402
+
+#: The shared fixtures (analyzer, lesion_analyzer, op_dicom, dark_dicom, jpeg_upload, fundus).
+pytest_plugins = ("tests.service.results_cases",)
 
 R4B = pytest.importorskip("fhir.resources.R4B.bundle", reason="fhir.resources (dev extra) is not installed")
 
