@@ -3,8 +3,8 @@
 Contract
 --------
 :func:`build_results` turns one :class:`service.findings.Findings` (one image, one frame) into
-:class:`DicomResults`: ``sr`` and ``sc``, two ``pydicom.Dataset`` ready for ``save_as(..., enforce_file_format=
-True)``, C-STORE or STOW-RS. It does not decode the source pixels (a header-only ``source`` is enough) and
+:class:`DicomResults`: ``sr`` and ``sc``, two ``pydicom.Dataset`` ready for
+``save_as(..., enforce_file_format=True)``, C-STORE or STOW-RS. It does not decode the source pixels (a header-only ``source`` is enough) and
 decodes the overlay PNG once (OpenCV).
 
 - **Study**: with a ``source`` (the analysed DICOM header), both instances join its study: the Patient and
@@ -14,8 +14,8 @@ decodes the overlay PNG once (OpenCV).
   StudyDescription says so.
 - **Series and UIDs**: each result has its own new series (SR: series number :data:`SR_SERIES_NUMBER`, SC:
   :data:`SC_SERIES_NUMBER`). Their Series and SOP Instance UIDs are derived deterministically
-  (:func:`pydicom.uid.generate_uid` with ``entropy_srcs``) from the source SOP Instance UID, the analysed frame
-  and every model's name, version and sha256: analysing the same instance with the same models again gives
+  (:func:`pydicom.uid.generate_uid` with ``entropy_srcs``) from the source SOP Instance UID, the analysed
+  frame and every model's name, version and sha256: analysing the same instance with the same models again gives
   the same result UIDs (the DICOMweb store and the DIMSE gateway rely on this for idempotency); a new model
   version gives new ones, so old and new results never overwrite each other. Without a source the request id
   takes the SOP Instance UID's place (a new study per request).
@@ -46,8 +46,8 @@ SR content tree (PS3.16 TID 1500 "Measurement Report", built with highdicom)
      type, present (SCT 52101004) or absent (SCT 272519000) (CID 240) — "assessed, nothing found" is said.
   4. *One group per lesion* (TID 1410 Planar ROI): finding category SCT 52988006 "Lesion", finding type = the
      lesion's code, finding site Retina + laterality, the detector score as a NUM, and the box as a closed
-     SCOORD POLYLINE (five points) in pixel coordinates of the referenced image: image-relative, (column, row),
-     0.0\\0.0 the top-left corner of the top-left pixel, Columns\\Rows the bottom-right corner of the last
+     SCOORD POLYLINE (five points) in pixel coordinates of the referenced image: image-relative, (column,
+     row), 0.0\\0.0 the top-left corner of the top-left pixel, Columns\\Rows the bottom-right corner of the last
      (PS3.3 C.10.5.1.2, C.18.6) — the Findings' ``box`` edges as they are. The region references the source
      SOP Instance (and frame); without a source it references the SC, the boxes divided by the overlay scale.
 - Qualitative Evaluations (UMLS C0034375, TID 1500 row 12) with a TEXT "Comment" (DCM 121106): the AI-output
@@ -81,8 +81,8 @@ problems                                                    not photography; 105
 ======================================  ==================  ==============================================
 
 The private scheme is declared in the SR's Coding Scheme Identification Sequence (PS3.3 C.12.1.1.4):
-designator :data:`PRIVATE_SCHEME` ("99" prefix, PS3.3 8.2), UID :data:`PRIVATE_SCHEME_UID` (a UUID-derived OID,
-PS3.5 B.2, generated once for Fovea).
+designator :data:`PRIVATE_SCHEME` ("99" prefix, PS3.3 8.2), UID :data:`PRIVATE_SCHEME_UID` (a UUID-derived
+OID, PS3.5 B.2, generated once for Fovea).
 
 Secondary Capture
 -----------------
@@ -176,8 +176,8 @@ def ai_statement(findings: Findings) -> str:
 
 def result_uid(role: str, findings: Findings, source: Dataset | None = None) -> str:
     """The deterministic UID of result ``role`` ("sr-series", "sr-instance", "sc-series", "sc-instance",
-    "study", "quality", "grading", "lesions", "lesion-<n>") for ``findings`` (module docstring: same instance + same models -> same
-    UIDs)."""
+    "study", "quality", "grading", "lesions", "lesion-<n>") for ``findings`` (module docstring: same instance
+    + same models -> same UIDs)."""
     anchor = str(source.SOPInstanceUID) if source is not None else f"request:{findings.request_id}"
     models = sorted(f"{m.name}:{m.version}:{m.sha256}" for m in findings.models)
     return generate_uid(entropy_srcs=[_UID_SALT, role, anchor, str(findings.image.frame), *models])
@@ -198,14 +198,15 @@ def build_results(findings: Findings, source: pydicom.Dataset | None = None, *,
             raise ValueError("the source dataset is not the instance these findings describe")
     study = _study_reference(findings, source)
     sc = _secondary_capture(findings, source, study, manufacturer=manufacturer)
-    sr = _structured_report(findings, source, study, sc, manufacturer=manufacturer, device_serial=device_serial)
+    sr = _structured_report(findings, source, study, sc, manufacturer=manufacturer,
+                            device_serial=device_serial)
     return DicomResults(sr=sr, sc=sc)
 
 
-# --- study / patient -----------------------------------------------------------------------------------------
+# --- study / patient ---------------------------------------------------------------------------------------
 
-_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
-                  "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName")
+_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
+                  "StudyDate", "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName")
 _PATIENT_STUDY_EXTRA = ("IssuerOfPatientID", "OtherPatientIDsSequence", "PatientAge", "PatientSize",
                         "PatientWeight", "StudyDescription", "PatientIdentityRemoved",
                         "DeidentificationMethod", "IssuerOfAccessionNumberSequence")
@@ -237,7 +238,7 @@ def _copy_study(ds: Dataset, study: Dataset) -> None:
         ds[elem.tag] = elem
 
 
-# --- Secondary Capture ---------------------------------------------------------------------------------------
+# --- Secondary Capture -------------------------------------------------------------------------------------
 
 def _overlay_rgb(findings: Findings) -> np.ndarray:
     """Decode the overlay PNG once (OpenCV) to ``(H, W, 3)`` uint8 RGB."""
@@ -270,8 +271,8 @@ def _secondary_capture(findings: Findings, source: Dataset | None, study: Datase
     sc.BurnedInAnnotation = "YES"  # the caption (and the legend) are in the pixels
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.SeriesDescription = f"AI overlay - {statement.removeprefix('AI output - ')}"[:64]
-    sc.ImageComments = (f"{statement}. Saliency heatmap and lesion boxes of {_model_names(findings.models)} over "
-                        f"the photograph, {findings.saliency.scale:g} original pixels per pixel. "
+    sc.ImageComments = (f"{statement}. Saliency heatmap and lesion boxes of {_model_names(findings.models)} "
+                        f"over the photograph, {findings.saliency.scale:g} original pixels per pixel. "
                         f"{findings.disclaimer}")
     sc.DerivationDescription = "Photograph blended with the model's class activation map, lesion boxes drawn"
     sc.ManufacturerModelName = findings.models[0].name
@@ -298,7 +299,7 @@ def _model_names(models: Sequence[ModelRef]) -> str:
     return ", ".join(f"{m.name} {m.version}" for m in models)
 
 
-# --- Structured Report ----------------------------------------------------------------------------------------
+# --- Structured Report -------------------------------------------------------------------------------------
 
 def _algorithm(model: ModelRef, manufacturer: str) -> hd.sr.AlgorithmIdentification:
     """TID 4019 for one model: name and version from its card."""
@@ -385,11 +386,12 @@ def _structured_report(findings: Findings, source: Dataset | None, study: Datase
         region_source = hd.sr.SourceImageForRegion(str(image.SOPClassUID), str(image.SOPInstanceUID), frames)
         algorithm = _algorithm(detector, manufacturer)
         for n, les in enumerate(findings.lesions, start=1):
-            lesion_groups.append(_lesion_group(les, n, region_source, scale, findings, source, sites, algorithm))
+            lesion_groups.append(
+                _lesion_group(les, n, region_source, scale, findings, source, sites, algorithm))
 
     # The device observer is this installation running these models: its UID does not depend on the image.
-    device_uid = generate_uid(entropy_srcs=[_UID_SALT, "device", manufacturer, device_serial or "",
-                                            *sorted(f"{m.name}:{m.version}:{m.sha256}" for m in findings.models)])
+    models = sorted(f"{m.name}:{m.version}:{m.sha256}" for m in findings.models)
+    device_uid = generate_uid(entropy_srcs=[_UID_SALT, "device", manufacturer, device_serial or "", *models])
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=device_uid, name="Fovea", manufacturer_name=manufacturer,
         model_name=f"{grader.name} {grader.version}"[:64], serial_number=device_serial)
@@ -406,15 +408,17 @@ def _structured_report(findings: Findings, source: Dataset | None, study: Datase
     report[0].ContentSequence.append(statement)
 
     sr = hd.sr.ComprehensiveSR(
-        evidence=[_evidence(image, study)], content=report[0], series_instance_uid=result_uid("sr-series", findings, source),
+        evidence=[_evidence(image, study)], content=report[0],
+        series_instance_uid=result_uid("sr-series", findings, source),
         series_number=SR_SERIES_NUMBER, sop_instance_uid=result_uid("sr-instance", findings, source),
         instance_number=1, manufacturer=manufacturer, is_complete=True, is_final=False, is_verified=False,
     )
     # The lesion groups join the Imaging Measurements container after construction: highdicom's SR constructor
-    # deep-copies, re-parses and searches the whole tree (~1 ms per item), which made a report with many lesions
-    # take seconds; they reference the image already in the evidence, so the evidence is unchanged.
+    # deep-copies, re-parses and searches the whole tree (~1 ms per item), which made a report with many
+    # lesions take seconds; they reference the image already in the evidence, so the evidence is unchanged.
+    imaging_measurements = codes.DCM.ImagingMeasurements.value
     (measurements_container,) = [item for item in sr.ContentSequence
-                                 if item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImagingMeasurements.value]
+                                 if item.ConceptNameCodeSequence[0].CodeValue == imaging_measurements]
     for group in lesion_groups:
         measurements_container.ContentSequence.extend(group)
     _copy_study(sr, study)
