@@ -29,9 +29,11 @@ SR content tree (PS3.16 TID 1500 "Measurement Report", built with highdicom)
   procedure", CID 100).
 - Observation context: device observer (TID 1004: UID, name "Fovea", manufacturer, model name = the grader,
   serial number when given).
-- Image Library (TID 1600) entry for the analysed image (the source; the SC for a JPEG/PNG upload).
+- Image Library (TID 1600) entry for the source photograph (none for a JPEG/PNG upload: TID 1602 describes
+  acquired images by modality, CID 29, which the SC is not).
 - Imaging Measurements (DCM 126010), one group per concern, each with its TID 4019 Algorithm Identification
-  (name and version from the model card) and the source image reference (TID 1501 "Source" / TID 1410
+  (name and version from the model card; the classic quality measures are named by their method and the
+  service's version) and the source image reference (TID 1501 "Source" / TID 1410
   region):
 
   1. *Image quality* (TID 1501): DCM 111101 "Image Quality" = DCM 122741 "Good image quality" (gradable) or
@@ -301,21 +303,23 @@ def _model_names(models: Sequence[ModelRef]) -> str:
 
 # --- Structured Report -------------------------------------------------------------------------------------
 
-def _algorithm(model: ModelRef, manufacturer: str) -> hd.sr.AlgorithmIdentification:
+def _algorithm(model: ModelRef) -> hd.sr.AlgorithmIdentification:
     """TID 4019 for one model: name and version from its card."""
-    return hd.sr.AlgorithmIdentification(name=model.name, version=model.version, manufacturer=manufacturer)
+    # No "Algorithm Manufacturer": validators built on earlier editions of TID 4019 flag it, and the device
+    # observer context already names the manufacturer.
+    return hd.sr.AlgorithmIdentification(name=model.name, version=model.version)
 
 
-def _quality_algorithm(findings: Findings, manufacturer: str) -> hd.sr.AlgorithmIdentification:
+def _quality_algorithm(findings: Findings) -> hd.sr.AlgorithmIdentification:
     method = findings.quality.method
     for m in findings.models:
         if method == f"{m.name}:{m.version}":
-            return _algorithm(m, manufacturer)
+            return _algorithm(m)
     try:  # the classic measures are part of the service: its version identifies them
         version = importlib.metadata.version("fovea")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
         version = "unknown"
-    return hd.sr.AlgorithmIdentification(name=method[:64], version=version, manufacturer=manufacturer)
+    return hd.sr.AlgorithmIdentification(name=method[:64], version=version)
 
 
 def _finding_sites(findings: Findings) -> list[hd.sr.FindingSite]:
@@ -343,7 +347,7 @@ def _structured_report(findings: Findings, source: Dataset | None, study: Datase
     groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=result_uid("quality", findings, source),
                                                      identifier="Image quality"),
-        algorithm_id=_quality_algorithm(findings, manufacturer),
+        algorithm_id=_quality_algorithm(findings),
         source_images=group_source,
         measurements=[_num(QUALITY_SCORE, q.score)],
         qualitative_evaluations=[
@@ -366,7 +370,7 @@ def _structured_report(findings: Findings, source: Dataset | None, study: Datase
     groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=result_uid("grading", findings, source),
                                                      identifier="Diabetic retinopathy grading"),
-        algorithm_id=_algorithm(grader, manufacturer), finding_sites=sites, source_images=group_source,
+        algorithm_id=_algorithm(grader), finding_sites=sites, source_images=group_source,
         measurements=measurements or None, qualitative_evaluations=evaluations or None,
     ))
 
@@ -375,7 +379,7 @@ def _structured_report(findings: Findings, source: Dataset | None, study: Datase
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=result_uid("lesions", findings, source),
                                                          identifier="Lesion detection"),
-            algorithm_id=_algorithm(detector, manufacturer), finding_sites=sites, source_images=group_source,
+            algorithm_id=_algorithm(detector), finding_sites=sites, source_images=group_source,
             qualitative_evaluations=[
                 hd.sr.QualitativeEvaluation(code, codes.SCT.Present if kind in found else codes.SCT.Absent)
                 for kind, code in LESION_CODES.items()],
@@ -384,7 +388,7 @@ def _structured_report(findings: Findings, source: Dataset | None, study: Datase
         # One region source for all lesions: highdicom checks the SOP class against the standard's IOD tables
         # each time one is made (~5 ms), and every region references the same image.
         region_source = hd.sr.SourceImageForRegion(str(image.SOPClassUID), str(image.SOPInstanceUID), frames)
-        algorithm = _algorithm(detector, manufacturer)
+        algorithm = _algorithm(detector)
         for n, les in enumerate(findings.lesions, start=1):
             lesion_groups.append(
                 _lesion_group(les, n, region_source, scale, findings, source, sites, algorithm))
@@ -399,7 +403,10 @@ def _structured_report(findings: Findings, source: Dataset | None, study: Datase
         observer_type=codes.DCM.Device, observer_identifying_attributes=device))
     report = hd.sr.MeasurementReport(
         observation_context=context, procedure_reported=codes.SCT.ImagingProcedure,
-        imaging_measurements=groups, title=codes.DCM.ImagingMeasurementReport, referenced_images=[image])
+        imaging_measurements=groups, title=codes.DCM.ImagingMeasurementReport,
+        # TID 1602 describes an acquired image by its modality (CID 29), which a Secondary Capture ("OT") is
+        # not: the Image Library lists the source photograph only.
+        referenced_images=[source] if source is not None else None)
     # TID 1500 row 12: Qualitative Evaluations with the AI-output statement as text (highdicom has no helper).
     statement = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
     statement.ContentSequence = [hd.sr.TextContentItem(
