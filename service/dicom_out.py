@@ -3,9 +3,9 @@
 Contract
 --------
 :func:`build_results` turns one :class:`service.findings.Findings` (one image, one frame) into
-:class:`DicomResults`: ``sr`` and ``sc``, two ``pydicom.Dataset`` ready for
-``save_as(..., enforce_file_format=True)``, C-STORE or STOW-RS. It does not decode the source pixels (a header-only ``source`` is enough) and
-decodes the overlay PNG once (OpenCV).
+:class:`DicomResults`: ``sr`` and ``sc``, two ``pydicom.Dataset`` ready for ``save_as(...,
+enforce_file_format=True)``, C-STORE or STOW-RS. It does not decode the source pixels (a header-only
+``source`` is enough) and decodes the overlay PNG once (OpenCV).
 
 - **Study**: with a ``source`` (the analysed DICOM header), both instances join its study: the Patient and
   General Study modules are copied (PatientName/ID/BirthDate/Sex, StudyInstanceUID, StudyDate/Time,
@@ -15,10 +15,10 @@ decodes the overlay PNG once (OpenCV).
 - **Series and UIDs**: each result has its own new series (SR: series number :data:`SR_SERIES_NUMBER`, SC:
   :data:`SC_SERIES_NUMBER`). Their Series and SOP Instance UIDs are derived deterministically
   (:func:`pydicom.uid.generate_uid` with ``entropy_srcs``) from the source SOP Instance UID, the analysed
-  frame and every model's name, version and sha256: analysing the same instance with the same models again gives
-  the same result UIDs (the DICOMweb store and the DIMSE gateway rely on this for idempotency); a new model
-  version gives new ones, so old and new results never overwrite each other. Without a source the request id
-  takes the SOP Instance UID's place (a new study per request).
+  frame and every model's name, version and sha256: analysing the same instance with the same models again
+  gives the same result UIDs (the DICOMweb store and the DIMSE gateway rely on this for idempotency); a new
+  model version gives new ones, so old and new results never overwrite each other. Without a source the
+  request id takes the SOP Instance UID's place (a new study per request).
 - **Frame of reference**: fundus photographs carry none (OP images usually have no Frame of Reference module)
   and both outputs use image-relative 2-D coordinates, so neither has one: the SR is a Comprehensive SR
   (1.2.840.10008.5.1.4.1.1.88.33, 2-D SCOORD), not a Comprehensive 3D SR.
@@ -33,8 +33,7 @@ SR content tree (PS3.16 TID 1500 "Measurement Report", built with highdicom)
   acquired images by modality, CID 29, which the SC is not).
 - Imaging Measurements (DCM 126010), one group per concern, each with its TID 4019 Algorithm Identification
   (name and version from the model card; the classic quality measures are named by their method and the
-  service's version) and the source image reference (TID 1501 "Source" / TID 1410
-  region):
+  service's version) and the source image reference (TID 1501 "Source" / TID 1410 region):
 
   1. *Image quality* (TID 1501): DCM 111101 "Image Quality" = DCM 122741 "Good image quality" (gradable) or
      DCM 111235 "Unusable - Quality renders image unusable" (ungradable, CID 3114); one private "Image quality
@@ -49,9 +48,10 @@ SR content tree (PS3.16 TID 1500 "Measurement Report", built with highdicom)
   4. *One group per lesion* (TID 1410 Planar ROI): finding category SCT 52988006 "Lesion", finding type = the
      lesion's code, finding site Retina + laterality, the detector score as a NUM, and the box as a closed
      SCOORD POLYLINE (five points) in pixel coordinates of the referenced image: image-relative, (column,
-     row), 0.0\\0.0 the top-left corner of the top-left pixel, Columns\\Rows the bottom-right corner of the last
-     (PS3.3 C.10.5.1.2, C.18.6) — the Findings' ``box`` edges as they are. The region references the source
-     SOP Instance (and frame); without a source it references the SC, the boxes divided by the overlay scale.
+     row), 0.0\\0.0 the top-left corner of the top-left pixel, Columns\\Rows the bottom-right corner of the
+     last (PS3.3 C.10.5.1.2, C.18.6) — the Findings' ``box`` edges as they are. The region references the
+     source SOP Instance (and frame); without a source it references the SC, the boxes divided by the overlay
+     scale.
 - Qualitative Evaluations (UMLS C0034375, TID 1500 row 12) with a TEXT "Comment" (DCM 121106): the AI-output
   statement and the model card's intended use.
 
@@ -271,6 +271,7 @@ def _secondary_capture(findings: Findings, source: Dataset | None, study: Datase
     sc.PatientOrientation = ""
     sc.Laterality = lat or ""  # type 2C, required for a paired organ: empty when the eye is unknown
     sc.BurnedInAnnotation = "YES"  # the caption (and the legend) are in the pixels
+    sc.ConversionType = "WSD"  # rendered by software (workstation), not digitised (PS3.3 C.8.6.1)
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.SeriesDescription = f"AI overlay - {statement.removeprefix('AI output - ')}"[:64]
     sc.ImageComments = (f"{statement}. Saliency heatmap and lesion boxes of {_model_names(findings.models)} "
