@@ -3,9 +3,9 @@
 Contract
 --------
 :func:`build_results` turns one :class:`service.findings.Findings` (one image, one frame) into
-:class:`DicomResults`: ``sr`` and ``sc``, two ``pydicom.Dataset`` ready for ``save_as(..., enforce_file_format=
-True)``, C-STORE or STOW-RS. It does not decode the source pixels (a header-only ``source`` is enough) and
-decodes the overlay PNG once (OpenCV).
+:class:`DicomResults`: ``sr`` and ``sc``, two ``pydicom.Dataset`` ready for ``save_as(...,
+enforce_file_format=True)``, C-STORE or STOW-RS. It does not decode the source pixels (a header-only
+``source`` is enough) and decodes the overlay PNG once (OpenCV).
 
 - **Study**: with a ``source`` (the analysed DICOM header), both instances join its study: the Patient and
   General Study modules are copied (PatientName/ID/BirthDate/Sex, StudyInstanceUID, StudyDate/Time,
@@ -14,11 +14,11 @@ decodes the overlay PNG once (OpenCV).
   StudyDescription says so.
 - **Series and UIDs**: each result has its own new series (SR: series number :data:`SR_SERIES_NUMBER`, SC:
   :data:`SC_SERIES_NUMBER`). Their Series and SOP Instance UIDs are derived deterministically
-  (:func:`pydicom.uid.generate_uid` with ``entropy_srcs``) from the source SOP Instance UID, the analysed frame
-  and every model's name, version and sha256: analysing the same instance with the same models again gives
-  the same result UIDs (the DICOMweb store and the DIMSE gateway rely on this for idempotency); a new model
-  version gives new ones, so old and new results never overwrite each other. Without a source the request id
-  takes the SOP Instance UID's place (a new study per request).
+  (:func:`pydicom.uid.generate_uid` with ``entropy_srcs``) from the source SOP Instance UID, the analysed
+  frame and every model's name, version and sha256: analysing the same instance with the same models again
+  gives the same result UIDs (the DICOMweb store and the DIMSE gateway rely on this for idempotency); a new
+  model version gives new ones, so old and new results never overwrite each other. Without a source the
+  request id takes the SOP Instance UID's place (a new study per request).
 - **Frame of reference**: fundus photographs carry none (OP images usually have no Frame of Reference module)
   and both outputs use image-relative 2-D coordinates, so neither has one: the SR is a Comprehensive SR
   (1.2.840.10008.5.1.4.1.1.88.33, 2-D SCOORD), not a Comprehensive 3D SR.
@@ -29,10 +29,11 @@ SR content tree (PS3.16 TID 1500 "Measurement Report", built with highdicom)
   procedure", CID 100).
 - Observation context: device observer (TID 1004: UID, name "Fovea", manufacturer, model name = the grader,
   serial number when given).
-- Image Library (TID 1600) entry for the analysed image (the source; the SC for a JPEG/PNG upload).
+- Image Library (TID 1600) entry for the source photograph (none for a JPEG/PNG upload: TID 1602 describes
+  acquired images by modality, CID 29, which the SC is not).
 - Imaging Measurements (DCM 126010), one group per concern, each with its TID 4019 Algorithm Identification
-  (name and version from the model card) and the source image reference (TID 1501 "Source" / TID 1410
-  region):
+  (name and version from the model card; the classic quality measures are named by their method and the
+  service's version) and the source image reference (TID 1501 "Source" / TID 1410 region):
 
   1. *Image quality* (TID 1501): DCM 111101 "Image Quality" = DCM 122741 "Good image quality" (gradable) or
      DCM 111235 "Unusable - Quality renders image unusable" (ungradable, CID 3114); one private "Image quality
@@ -46,10 +47,11 @@ SR content tree (PS3.16 TID 1500 "Measurement Report", built with highdicom)
      type, present (SCT 52101004) or absent (SCT 272519000) (CID 240) — "assessed, nothing found" is said.
   4. *One group per lesion* (TID 1410 Planar ROI): finding category SCT 52988006 "Lesion", finding type = the
      lesion's code, finding site Retina + laterality, the detector score as a NUM, and the box as a closed
-     SCOORD POLYLINE (five points) in pixel coordinates of the referenced image: image-relative, (column, row),
-     0.0\\0.0 the top-left corner of the top-left pixel, Columns\\Rows the bottom-right corner of the last
-     (PS3.3 C.10.5.1.2, C.18.6) — the Findings' ``box`` edges as they are. The region references the source
-     SOP Instance (and frame); without a source it references the SC, the boxes divided by the overlay scale.
+     SCOORD POLYLINE (five points) in pixel coordinates of the referenced image: image-relative, (column,
+     row), 0.0\\0.0 the top-left corner of the top-left pixel, Columns\\Rows the bottom-right corner of the
+     last (PS3.3 C.10.5.1.2, C.18.6) — the Findings' ``box`` edges as they are. The region references the
+     source SOP Instance (and frame); without a source it references the SC, the boxes divided by the overlay
+     scale.
 - Qualitative Evaluations (UMLS C0034375, TID 1500 row 12) with a TEXT "Comment" (DCM 121106): the AI-output
   statement and the model card's intended use.
 
@@ -81,8 +83,8 @@ problems                                                    not photography; 105
 ======================================  ==================  ==============================================
 
 The private scheme is declared in the SR's Coding Scheme Identification Sequence (PS3.3 C.12.1.1.4):
-designator :data:`PRIVATE_SCHEME` ("99" prefix, PS3.3 8.2), UID :data:`PRIVATE_SCHEME_UID` (a UUID-derived OID,
-PS3.5 B.2, generated once for Fovea).
+designator :data:`PRIVATE_SCHEME` ("99" prefix, PS3.3 8.2), UID :data:`PRIVATE_SCHEME_UID` (a UUID-derived
+OID, PS3.5 B.2, generated once for Fovea).
 
 Secondary Capture
 -----------------
@@ -176,8 +178,8 @@ def ai_statement(findings: Findings) -> str:
 
 def result_uid(role: str, findings: Findings, source: Dataset | None = None) -> str:
     """The deterministic UID of result ``role`` ("sr-series", "sr-instance", "sc-series", "sc-instance",
-    "study", "device", "lesion-<n>") for ``findings`` (module docstring: same instance + same models -> same
-    UIDs)."""
+    "study", "quality", "grading", "lesions", "lesion-<n>") for ``findings`` (module docstring: same instance
+    + same models -> same UIDs)."""
     anchor = str(source.SOPInstanceUID) if source is not None else f"request:{findings.request_id}"
     models = sorted(f"{m.name}:{m.version}:{m.sha256}" for m in findings.models)
     return generate_uid(entropy_srcs=[_UID_SALT, role, anchor, str(findings.image.frame), *models])
@@ -188,21 +190,25 @@ def build_results(findings: Findings, source: pydicom.Dataset | None = None, *,
     """Build the SR and the SC for one analysed image (module docstring for content and UIDs).
 
     ``source`` is the analysed DICOM dataset (its header is enough) or ``None`` for a JPEG/PNG upload. Raises
-    ``ValueError`` when ``source`` is not the instance ``findings`` describes (another SOP Instance UID), or
-    when the overlay PNG cannot be decoded.
+    ``ValueError`` when ``source`` is not the instance ``findings`` describes (another SOP Instance UID) or
+    lacks its UIDs, or when the overlay PNG cannot be decoded.
     """
-    if source is not None and findings.image.sop_instance_uid not in (None, str(source.SOPInstanceUID)):
-        raise ValueError("the source dataset is not the instance these findings describe")
+    if source is not None:
+        if "SOPInstanceUID" not in source or "StudyInstanceUID" not in source or "SOPClassUID" not in source:
+            raise ValueError("the source dataset lacks its SOP Class, SOP Instance or Study Instance UID")
+        if findings.image.sop_instance_uid not in (None, str(source.SOPInstanceUID)):
+            raise ValueError("the source dataset is not the instance these findings describe")
     study = _study_reference(findings, source)
     sc = _secondary_capture(findings, source, study, manufacturer=manufacturer)
-    sr = _structured_report(findings, source, study, sc, manufacturer=manufacturer, device_serial=device_serial)
+    sr = _structured_report(findings, source, study, sc, manufacturer=manufacturer,
+                            device_serial=device_serial)
     return DicomResults(sr=sr, sc=sc)
 
 
-# --- study / patient -----------------------------------------------------------------------------------------
+# --- study / patient ---------------------------------------------------------------------------------------
 
-_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
-                  "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName")
+_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
+                  "StudyDate", "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName")
 _PATIENT_STUDY_EXTRA = ("IssuerOfPatientID", "OtherPatientIDsSequence", "PatientAge", "PatientSize",
                         "PatientWeight", "StudyDescription", "PatientIdentityRemoved",
                         "DeidentificationMethod", "IssuerOfAccessionNumberSequence")
@@ -234,7 +240,7 @@ def _copy_study(ds: Dataset, study: Dataset) -> None:
         ds[elem.tag] = elem
 
 
-# --- Secondary Capture ---------------------------------------------------------------------------------------
+# --- Secondary Capture -------------------------------------------------------------------------------------
 
 def _overlay_rgb(findings: Findings) -> np.ndarray:
     """Decode the overlay PNG once (OpenCV) to ``(H, W, 3)`` uint8 RGB."""
@@ -265,10 +271,11 @@ def _secondary_capture(findings: Findings, source: Dataset | None, study: Datase
     sc.PatientOrientation = ""
     sc.Laterality = lat or ""  # type 2C, required for a paired organ: empty when the eye is unknown
     sc.BurnedInAnnotation = "YES"  # the caption (and the legend) are in the pixels
+    sc.ConversionType = "WSD"  # rendered by software (workstation), not digitised (PS3.3 C.8.6.1)
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.SeriesDescription = f"AI overlay - {statement.removeprefix('AI output - ')}"[:64]
-    sc.ImageComments = (f"{statement}. Saliency heatmap and lesion boxes of {_model_names(findings.models)} over "
-                        f"the photograph, {findings.saliency.scale:g} original pixels per pixel. "
+    sc.ImageComments = (f"{statement}. Saliency heatmap and lesion boxes of {_model_names(findings.models)} "
+                        f"over the photograph, {findings.saliency.scale:g} original pixels per pixel. "
                         f"{findings.disclaimer}")
     sc.DerivationDescription = "Photograph blended with the model's class activation map, lesion boxes drawn"
     sc.ManufacturerModelName = findings.models[0].name
@@ -295,23 +302,25 @@ def _model_names(models: Sequence[ModelRef]) -> str:
     return ", ".join(f"{m.name} {m.version}" for m in models)
 
 
-# --- Structured Report ----------------------------------------------------------------------------------------
+# --- Structured Report -------------------------------------------------------------------------------------
 
-def _algorithm(model: ModelRef, manufacturer: str) -> hd.sr.AlgorithmIdentification:
+def _algorithm(model: ModelRef) -> hd.sr.AlgorithmIdentification:
     """TID 4019 for one model: name and version from its card."""
-    return hd.sr.AlgorithmIdentification(name=model.name, version=model.version, manufacturer=manufacturer)
+    # No "Algorithm Manufacturer": validators built on earlier editions of TID 4019 flag it, and the device
+    # observer context already names the manufacturer.
+    return hd.sr.AlgorithmIdentification(name=model.name, version=model.version)
 
 
-def _quality_algorithm(findings: Findings, manufacturer: str) -> hd.sr.AlgorithmIdentification:
+def _quality_algorithm(findings: Findings) -> hd.sr.AlgorithmIdentification:
     method = findings.quality.method
     for m in findings.models:
         if method == f"{m.name}:{m.version}":
-            return _algorithm(m, manufacturer)
+            return _algorithm(m)
     try:  # the classic measures are part of the service: its version identifies them
         version = importlib.metadata.version("fovea")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
         version = "unknown"
-    return hd.sr.AlgorithmIdentification(name=method[:64], version=version, manufacturer=manufacturer)
+    return hd.sr.AlgorithmIdentification(name=method[:64], version=version)
 
 
 def _finding_sites(findings: Findings) -> list[hd.sr.FindingSite]:
@@ -339,7 +348,7 @@ def _structured_report(findings: Findings, source: Dataset | None, study: Datase
     groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=result_uid("quality", findings, source),
                                                      identifier="Image quality"),
-        algorithm_id=_quality_algorithm(findings, manufacturer),
+        algorithm_id=_quality_algorithm(findings),
         source_images=group_source,
         measurements=[_num(QUALITY_SCORE, q.score)],
         qualitative_evaluations=[
@@ -362,7 +371,7 @@ def _structured_report(findings: Findings, source: Dataset | None, study: Datase
     groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=result_uid("grading", findings, source),
                                                      identifier="Diabetic retinopathy grading"),
-        algorithm_id=_algorithm(grader, manufacturer), finding_sites=sites, source_images=group_source,
+        algorithm_id=_algorithm(grader), finding_sites=sites, source_images=group_source,
         measurements=measurements or None, qualitative_evaluations=evaluations or None,
     ))
 
@@ -371,7 +380,7 @@ def _structured_report(findings: Findings, source: Dataset | None, study: Datase
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=result_uid("lesions", findings, source),
                                                          identifier="Lesion detection"),
-            algorithm_id=_algorithm(detector, manufacturer), finding_sites=sites, source_images=group_source,
+            algorithm_id=_algorithm(detector), finding_sites=sites, source_images=group_source,
             qualitative_evaluations=[
                 hd.sr.QualitativeEvaluation(code, codes.SCT.Present if kind in found else codes.SCT.Absent)
                 for kind, code in LESION_CODES.items()],
@@ -380,18 +389,25 @@ def _structured_report(findings: Findings, source: Dataset | None, study: Datase
         # One region source for all lesions: highdicom checks the SOP class against the standard's IOD tables
         # each time one is made (~5 ms), and every region references the same image.
         region_source = hd.sr.SourceImageForRegion(str(image.SOPClassUID), str(image.SOPInstanceUID), frames)
-        algorithm = _algorithm(detector, manufacturer)
+        algorithm = _algorithm(detector)
         for n, les in enumerate(findings.lesions, start=1):
-            lesion_groups.append(_lesion_group(les, n, region_source, scale, findings, source, sites, algorithm))
+            lesion_groups.append(
+                _lesion_group(les, n, region_source, scale, findings, source, sites, algorithm))
 
+    # The device observer is this installation running these models: its UID does not depend on the image.
+    models = sorted(f"{m.name}:{m.version}:{m.sha256}" for m in findings.models)
+    device_uid = generate_uid(entropy_srcs=[_UID_SALT, "device", manufacturer, device_serial or "", *models])
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=result_uid("device", findings, source), name="Fovea", manufacturer_name=manufacturer,
+        uid=device_uid, name="Fovea", manufacturer_name=manufacturer,
         model_name=f"{grader.name} {grader.version}"[:64], serial_number=device_serial)
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=codes.DCM.Device, observer_identifying_attributes=device))
     report = hd.sr.MeasurementReport(
         observation_context=context, procedure_reported=codes.SCT.ImagingProcedure,
-        imaging_measurements=groups, title=codes.DCM.ImagingMeasurementReport, referenced_images=[image])
+        imaging_measurements=groups, title=codes.DCM.ImagingMeasurementReport,
+        # TID 1602 describes an acquired image by its modality (CID 29), which a Secondary Capture ("OT") is
+        # not: the Image Library lists the source photograph only.
+        referenced_images=[source] if source is not None else None)
     # TID 1500 row 12: Qualitative Evaluations with the AI-output statement as text (highdicom has no helper).
     statement = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
     statement.ContentSequence = [hd.sr.TextContentItem(
@@ -400,15 +416,17 @@ def _structured_report(findings: Findings, source: Dataset | None, study: Datase
     report[0].ContentSequence.append(statement)
 
     sr = hd.sr.ComprehensiveSR(
-        evidence=[_evidence(image, study)], content=report[0], series_instance_uid=result_uid("sr-series", findings, source),
+        evidence=[_evidence(image, study)], content=report[0],
+        series_instance_uid=result_uid("sr-series", findings, source),
         series_number=SR_SERIES_NUMBER, sop_instance_uid=result_uid("sr-instance", findings, source),
         instance_number=1, manufacturer=manufacturer, is_complete=True, is_final=False, is_verified=False,
     )
     # The lesion groups join the Imaging Measurements container after construction: highdicom's SR constructor
-    # deep-copies, re-parses and searches the whole tree (~1 ms per item), which made a report with many lesions
-    # take seconds; they reference the image already in the evidence, so the evidence is unchanged.
+    # deep-copies, re-parses and searches the whole tree (~1 ms per item), which made a report with many
+    # lesions take seconds; they reference the image already in the evidence, so the evidence is unchanged.
+    imaging_measurements = codes.DCM.ImagingMeasurements.value
     (measurements_container,) = [item for item in sr.ContentSequence
-                                 if item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImagingMeasurements.value]
+                                 if item.ConceptNameCodeSequence[0].CodeValue == imaging_measurements]
     for group in lesion_groups:
         measurements_container.ContentSequence.extend(group)
     _copy_study(sr, study)

@@ -1,5 +1,5 @@
-"""Results as FHIR R4: a ``Bundle`` (type ``collection``) holding one ``DiagnosticReport``, its ``Observation``s
-and a ``Device`` per model, as a JSON-ready dict.
+"""Results as FHIR R4: a ``Bundle`` (type ``collection``) holding one ``DiagnosticReport``, its
+``Observation``s and a ``Device`` per model, as a JSON-ready dict.
 
 Contract
 --------
@@ -8,16 +8,16 @@ DICOM header, or ``None`` for a JPEG/PNG upload) supplies the study and the pati
 the study is the new one :func:`service.dicom_out.build_results` files the SR and SC in. It uses the
 same concepts as the DICOM SR (:mod:`service.dicom_out`, whose docstring says where each code comes from),
 written with their FHIR system URIs (SNOMED CT ``http://snomed.info/sct``, LOINC ``http://loinc.org``, DICOM
-``http://dicom.nema.org/resources/ontology/DCM``, UCUM ``http://unitsofmeasure.org``; Fovea's private scheme as
-``urn:oid:`` + its UID).
+``http://dicom.nema.org/resources/ontology/DCM``, UCUM ``http://unitsofmeasure.org``; Fovea's private scheme
+as ``urn:oid:`` + its UID).
 
 - ``DiagnosticReport``: status ``preliminary`` (AI output, not verified by a reader), code LOINC 105914-6 "Eye
   Diabetic retinopathy screening Autonomous artificial intelligence" (as named in eCQM CMS131) plus Fovea's
   own, ``imagingStudy`` -> the DICOM study by identifier (system ``urn:dicom:uid``, value ``urn:oid:<Study
   Instance UID>``, the FHIR ImagingStudy convention), ``result`` -> the observations, ``conclusion`` (with the
   AI-output statement) and ``conclusionCode`` (the ICDR grade's code, when gradable).
-- ``Observation`` (status ``preliminary``, category ``imaging``, ``device`` -> the model, ``derivedFrom`` -> the
-  study, ``bodySite`` the eye): image quality (DICOM "Image Quality" with reasons and score as components),
+- ``Observation`` (status ``preliminary``, category ``imaging``, ``device`` -> the model, ``derivedFrom`` ->
+  the study, ``bodySite`` the eye): image quality (DICOM "Image Quality" with reasons and score as components),
   ICDR severity (gradable only; SNOMED CT and the LOINC LL2117-1 answer as codings of one concept), referable
   DR (Yes / No / Undetermined, with probability and operating point), and, when a detector ran, a detection
   summary (present/absent per lesion type) and one observation per lesion (its box in original pixels as a
@@ -98,16 +98,18 @@ def fhir_report(findings: Findings, source: pydicom.Dataset | None = None) -> di
 
     # Without a source the results study of service.dicom_out (the SR and SC) is the imaging study.
     study_uid = str(source.StudyInstanceUID) if source is not None else result_uid("study", findings)
-    study_ref = {"type": "ImagingStudy", "identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{study_uid}"}}
+    study_ref = {"type": "ImagingStudy",
+                 "identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{study_uid}"}}
     patient_id = str(source.get("PatientID", "") or "") if source is not None else ""
     subject = {"type": "Patient", "identifier": {"value": patient_id}} if patient_id else None
     statement = ai_statement(findings)
     lat = findings.image.laterality
-    body_site = _concept(_EYE, text={"R": "right eye", "L": "left eye"}.get(lat or "", "eye, side not stated"))
-    issued = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    body_site = _concept(_EYE, text={"R": "right eye", "L": "left eye"}.get(lat or "", "eye, side unknown"))
+    issued = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
     devices = {m.name: urn(f"device:{m.name}") for m in findings.models}
-    entries: list[dict[str, Any]] = [{"fullUrl": devices[m.name], "resource": _device(m)} for m in findings.models]
+    entries: list[dict[str, Any]] = [{"fullUrl": devices[m.name], "resource": _device(m)}
+                                     for m in findings.models]
     observations: list[str] = []
 
     def observe(role: str, model: ModelRef | None, code: dict[str, Any], **fields: Any) -> None:
@@ -132,7 +134,8 @@ def fhir_report(findings: Findings, source: pydicom.Dataset | None = None) -> di
                                           else codes.DCM.UnusableQualityRendersImageUnusable),
             method={"text": q.method},
             component=[{"code": _concept(QUALITY_SCORE), "valueQuantity": _quantity(q.score)},
-                       *({"code": _concept(QUALITY_PROBLEM), "valueCodeableConcept": _concept(QUALITY_REASON_CODES[r])}
+                       *({"code": _concept(QUALITY_PROBLEM),
+                          "valueCodeableConcept": _concept(QUALITY_REASON_CODES[r])}
                          for r in q.reasons if r in QUALITY_REASON_CODES)])
     grade = findings.dr_grade.grade
     grade_concept = None
@@ -148,7 +151,8 @@ def fhir_report(findings: Findings, source: pydicom.Dataset | None = None) -> di
         extra = {"note": [{"text": statement}, {"text": ref.reason}]} if ref.reason else {}
         observe("referable", grader, _concept(REFERABLE_DR), valueCodeableConcept=_concept(value),
                 component=[{"code": _concept(P_REFERABLE), "valueQuantity": _quantity(ref.probability)},
-                           {"code": _concept(OPERATING_POINT), "valueQuantity": _quantity(ref.operating_point)}],
+                           {"code": _concept(OPERATING_POINT),
+                            "valueQuantity": _quantity(ref.operating_point)}],
                 **extra)
     if findings.lesions is not None and detector is not None:
         found = {les.type for les in findings.lesions}

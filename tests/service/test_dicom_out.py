@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import cv2
@@ -23,9 +22,11 @@ from service.dicom_out import (
 )
 from service.findings import Findings
 from service.pipeline import Analyzer
-from tests.service.results_cases import (  # noqa: F401  (fixtures)
-    analyzer, dark_dicom, fundus, header, jpeg_upload, lesion_analyzer, op_dicom,
-)
+pytest.register_assert_rewrite("tests.service.results_cases")
+from tests.service.results_cases import header
+
+#: The shared fixtures (analyzer, lesion_analyzer, op_dicom, dark_dicom, jpeg_upload, fundus).
+pytest_plugins = ("tests.service.results_cases",)
 
 
 def _write(results: DicomResults, tmp: Path) -> tuple[Path, Path]:
@@ -59,14 +60,13 @@ def _num(group, name) -> float:  # type: ignore[no-untyped-def]
 
 # --- round trips -------------------------------------------------------------------------------------------
 
-def test_dicom_source_with_lesions_round_trip(lesion_analyzer: Analyzer, op_dicom: bytes, tmp_path: Path) -> None:
+def test_dicom_source_with_lesions_round_trip(lesion_analyzer: Analyzer, op_dicom: bytes,
+                                              tmp_path: Path) -> None:
     f = lesion_analyzer.analyze(op_dicom)
     assert f.lesions and {les.type for les in f.lesions} == {"haemorrhage", "microaneurysm"}
     source = header(op_dicom)
-    t0 = time.perf_counter()
+    # A header without pixel data is enough: build_results never decodes the photograph.
     results = build_results(f, source, device_serial="SN-1")
-    build_ms = 1000 * (time.perf_counter() - t0)
-    assert build_ms < 5000  # measured ~100 ms on 2 busy cores; generous for a shared machine
     sr_path, sc_path = _write(results, tmp_path)
     sr, sc = pydicom.dcmread(sr_path), pydicom.dcmread(sc_path)
 
@@ -108,10 +108,12 @@ def test_dicom_source_with_lesions_round_trip(lesion_analyzer: Analyzer, op_dico
         points = g.roi.value
         x0, y0, x1, y1 = les.box
         np.testing.assert_allclose(points, [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], atol=1e-3)
-        assert g.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+        selected_from = g.roi.ContentSequence[0].ReferencedSOPSequence[0]
+        assert selected_from.ReferencedSOPInstanceUID == source.SOPInstanceUID
         assert _num(g, LESION_SCORE) == pytest.approx(les.score, abs=1e-4)
     # The statement that this is AI output from synthetic-data models travels inside the SR.
-    assert any("synthetic" in str(getattr(item, "TextValue", "")) for item in sr.ContentSequence[-1].ContentSequence)
+    texts = [str(getattr(item, "TextValue", "")) for item in sr.ContentSequence[-1].ContentSequence]
+    assert any("synthetic" in t for t in texts)
     assert observer.observer_identifying_attributes is not None
 
     # The SC: the overlay, RGB, burned-in caption, referencing the source.
@@ -123,7 +125,8 @@ def test_dicom_source_with_lesions_round_trip(lesion_analyzer: Analyzer, op_dico
     assert "synthetic data, not for diagnosis" in sc.SeriesDescription
     assert AI_STATEMENT_SYNTHETIC in sc.ImageComments
     ref = sc.SourceImageSequence[0]
-    assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (source.SOPClassUID, source.SOPInstanceUID)
+    assert ref.ReferencedSOPClassUID == source.SOPClassUID
+    assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert sc.Laterality == "R"
 
 
@@ -131,10 +134,13 @@ def test_result_uids_are_deterministic(analyzer: Analyzer, op_dicom: bytes) -> N
     source = header(op_dicom)
     a = build_results(analyzer.analyze(op_dicom), source)
     b = build_results(analyzer.analyze(op_dicom), source)  # a second analysis: new request id, same instance
-    uids = lambda r: (r.sr.SeriesInstanceUID, r.sr.SOPInstanceUID, r.sc.SeriesInstanceUID, r.sc.SOPInstanceUID)
+    def uids(r: DicomResults) -> tuple[str, ...]:
+        return r.sr.SeriesInstanceUID, r.sr.SOPInstanceUID, r.sc.SeriesInstanceUID, r.sc.SOPInstanceUID
+
     assert uids(a) == uids(b) and len(set(uids(a))) == 4
     f = analyzer.analyze(op_dicom)
-    newer = f.model_copy(update={"models": [m.model_copy(update={"version": m.version + "-new"}) for m in f.models]})
+    bumped = [m.model_copy(update={"version": m.version + "-new"}) for m in f.models]
+    newer = f.model_copy(update={"models": bumped})
     assert not set(uids(build_results(newer, source))) & set(uids(a))
 
 
@@ -151,7 +157,8 @@ def test_ungradable_source(analyzer: Analyzer, dark_dicom: bytes, tmp_path: Path
     assert _value(grading, ICDR_SEVERITY) is None  # no ICDR grade for an ungradable photograph
     assert _value(grading, REFERABLE_DR) == codes.SCT.Undetermined
     assert grading.finding_sites[0].laterality == codes.SCT.Left
-    assert not [g for g in report.get_image_measurement_groups() if g.tracking_identifier == "Lesion detection"]
+    groups = report.get_image_measurement_groups()
+    assert not [g for g in groups if g.tracking_identifier == "Lesion detection"]
 
 
 def test_jpeg_upload_makes_a_new_study_and_regions_on_the_sc(lesion_analyzer: Analyzer, jpeg_upload: bytes,
@@ -178,8 +185,24 @@ def test_jpeg_upload_makes_a_new_study_and_regions_on_the_sc(lesion_analyzer: An
 
 
 def test_mismatched_source_is_refused(analyzer: Analyzer, op_dicom: bytes, dark_dicom: bytes) -> None:
+    f = analyzer.analyze(op_dicom)
     with pytest.raises(ValueError, match="not the instance"):
-        build_results(analyzer.analyze(op_dicom), header(dark_dicom))
+        build_results(f, header(dark_dicom))
+    bare = header(op_dicom)
+    del bare.StudyInstanceUID
+    with pytest.raises(ValueError, match="lacks"):
+        build_results(f, bare)
+
+
+def test_device_observer_is_the_installation_not_the_image(analyzer: Analyzer, op_dicom: bytes,
+                                                           dark_dicom: bytes) -> None:
+    def device_uid(data: bytes, serial: str) -> str:
+        sr = build_results(analyzer.analyze(data), header(data), device_serial=serial).sr
+        report = hd.sr.MeasurementReport.from_sequence([sr])
+        (ctx,) = report.get_observer_contexts(observer_type=codes.DCM.Device)
+        return ctx.observer_identifying_attributes.uid
+
+    assert device_uid(op_dicom, "A") == device_uid(dark_dicom, "A") != device_uid(op_dicom, "B")
 
 
 # --- the standard tools -------------------------------------------------------------------------------------
@@ -192,8 +215,8 @@ def _tool(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def written(lesion_analyzer: Analyzer, analyzer: Analyzer, op_dicom: bytes, dark_dicom: bytes, jpeg_upload: bytes,
-            tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+def written(lesion_analyzer: Analyzer, analyzer: Analyzer, op_dicom: bytes, dark_dicom: bytes,
+            jpeg_upload: bytes, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """SR and SC files of the three cases: DICOM with lesions, ungradable DICOM, JPEG upload."""
     jpeg = jpeg_upload
     cases: list[tuple[Findings, pydicom.Dataset | None]] = [
@@ -208,24 +231,27 @@ def written(lesion_analyzer: Analyzer, analyzer: Analyzer, op_dicom: bytes, dark
 
 
 def test_dsrdump_parses_the_sr(written: list[Path], tmp_path: Path) -> None:
-    dsrdump = _tool("dsrdump")  # strict by default: it fails on invalid content items and constraint violations
+    dsrdump = _tool("dsrdump")  # strict by default: fails on invalid content items and constraint violations
     for sr in written[::2]:
-        run = subprocess.run([dsrdump, str(sr)], capture_output=True, text=True, timeout=60)
+        run = subprocess.run([dsrdump, str(sr)], capture_output=True, text=True, timeout=60, check=False)
         assert run.returncode == 0, run.stderr
         assert not [line for line in run.stderr.splitlines() if line[:2] in ("E:", "W:", "F:")], run.stderr
         assert "Imaging Measurement Report" in run.stdout and '"Image quality score"' in run.stdout
     # The first case has lesions: their regions are SCOORD items selected from the source image.
-    first = subprocess.run([dsrdump, str(written[0])], capture_output=True, text=True, timeout=60).stdout
-    assert first.count('SCOORD:(,,"Image Region")=(POLYLINE') == 2 and "Diabetic retinal microaneurysm" in first
+    first = subprocess.run([dsrdump, str(written[0])], capture_output=True, text=True, timeout=60,
+                           check=False).stdout
+    assert first.count('SCOORD:(,,"Image Region")=(POLYLINE') == 2
+    assert "Diabetic retinal microaneurysm" in first
     # Negative control: the same check rejects an SR with a broken content item.
     bad = pydicom.dcmread(written[0])
     bad.ContentSequence[0].ValueType = "BOGUS"
     bad.save_as(tmp_path / "bad.dcm")
-    assert subprocess.run([dsrdump, str(tmp_path / "bad.dcm")], capture_output=True, timeout=60).returncode != 0
+    run = subprocess.run([dsrdump, str(tmp_path / "bad.dcm")], capture_output=True, timeout=60, check=False)
+    assert run.returncode != 0
 
 
 def _dciodvfy_errors(dciodvfy: str, path: Path) -> list[str]:
-    run = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=60)
+    run = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=60, check=False)
     return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith(("Error", "Abort"))]
 
 

@@ -12,9 +12,11 @@ from service.dicom_out import GRADE_CODES, build_results
 from service.fhir import LOINC_GRADE_ANSWERS, SYSTEMS, fhir_report
 from service.findings import Findings
 from service.pipeline import Analyzer
-from tests.service.results_cases import (  # noqa: F401  (fixtures)
-    analyzer, dark_dicom, fundus, header, jpeg_upload, lesion_analyzer, op_dicom,
-)
+pytest.register_assert_rewrite("tests.service.results_cases")
+from tests.service.results_cases import header
+
+#: The shared fixtures (analyzer, lesion_analyzer, op_dicom, dark_dicom, jpeg_upload, fundus).
+pytest_plugins = ("tests.service.results_cases",)
 
 R4B = pytest.importorskip("fhir.resources.R4B.bundle", reason="fhir.resources (dev extra) is not installed")
 
@@ -23,8 +25,8 @@ R4B = pytest.importorskip("fhir.resources.R4B.bundle", reason="fhir.resources (d
 #: bundle-type, device-nametype).
 OBSERVATION_STATUS = {"registered", "preliminary", "final", "amended", "corrected", "cancelled",
                       "entered-in-error", "unknown"}
-REPORT_STATUS = {"registered", "partial", "preliminary", "final", "amended", "corrected", "appended", "cancelled",
-                 "entered-in-error", "unknown"}
+REPORT_STATUS = {"registered", "partial", "preliminary", "final", "amended", "corrected", "appended",
+                 "cancelled", "entered-in-error", "unknown"}
 DEVICE_NAME_TYPE = {"udi-label-name", "user-friendly-name", "patient-reported-name", "manufacturer-name",
                     "model-name", "other"}
 
@@ -34,7 +36,8 @@ def _validate(bundle: dict[str, Any]) -> dict[str, Any]:
     cardinalities and primitive formats), then the required code bindings the models leave out."""
     text = json.dumps(bundle)
     model = R4B.Bundle.model_validate_json(text)
-    assert {e.resource.get_resource_type() for e in model.entry} >= {"DiagnosticReport", "Observation", "Device"}
+    kinds = {e.resource.get_resource_type() for e in model.entry}
+    assert kinds >= {"DiagnosticReport", "Observation", "Device"}
     out = json.loads(text)
     assert out["type"] in {"document", "message", "transaction", "transaction-response", "batch",
                            "batch-response", "history", "searchset", "collection"}
@@ -49,7 +52,8 @@ def _resources(bundle: dict[str, Any], kind: str) -> list[dict[str, Any]]:
 
 
 def _by_code(bundle: dict[str, Any], code: str) -> list[dict[str, Any]]:
-    return [o for o in _resources(bundle, "Observation") if any(c["code"] == code for c in o["code"]["coding"])]
+    return [o for o in _resources(bundle, "Observation")
+            if any(c["code"] == code for c in o["code"]["coding"])]
 
 
 def _codes(concept: dict[str, Any]) -> set[tuple[str, str]]:
@@ -72,11 +76,13 @@ def test_dicom_source_with_lesions(lesion_analyzer: Analyzer, op_dicom: bytes) -
     (grade,) = _by_code(bundle, "ICDR")
     g = f.dr_grade.grade
     assert (SYSTEMS["LN"], LOINC_GRADE_ANSWERS[g][0]) in _codes(grade["valueCodeableConcept"])
-    assert (SYSTEMS[GRADE_CODES[g].scheme_designator], GRADE_CODES[g].value) in _codes(grade["valueCodeableConcept"])
+    sct = (SYSTEMS[GRADE_CODES[g].scheme_designator], GRADE_CODES[g].value)
+    assert sct in _codes(grade["valueCodeableConcept"])
     assert report["conclusionCode"][0] == grade["valueCodeableConcept"]
     (ref,) = _by_code(bundle, "REFDR")
     assert f.referable_dr is not None
-    assert _codes(ref["valueCodeableConcept"]) == {(SYSTEMS["SCT"], "373066001" if f.referable_dr.value else "373067005")}
+    yes_no = "373066001" if f.referable_dr.value else "373067005"
+    assert _codes(ref["valueCodeableConcept"]) == {(SYSTEMS["SCT"], yes_no)}
     p = next(c for c in ref["component"] if c["code"]["coding"][0]["code"] == "PREFDR")
     assert p["valueQuantity"]["value"] == pytest.approx(f.referable_dr.probability, abs=1e-6)
     (quality,) = _by_code(bundle, "111101")
