@@ -110,7 +110,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from service.findings import Findings, LesionFinding, ModelRef
+from service.findings import Findings, LesionFinding, ModelRef, model_for
 
 #: The private coding scheme of Fovea's own concepts (declared in every SR).
 PRIVATE_SCHEME = "99FOVEA"
@@ -313,9 +313,9 @@ def _algorithm(model: ModelRef) -> hd.sr.AlgorithmIdentification:
 
 def _quality_algorithm(findings: Findings) -> hd.sr.AlgorithmIdentification:
     method = findings.quality.method
-    for m in findings.models:
-        if method == f"{m.name}:{m.version}":
-            return _algorithm(m)
+    model = model_for(findings.models, "image-quality")
+    if model is not None and method.startswith(f"{model.name}:{model.version}"):
+        return _algorithm(model)
     try:  # the classic measures are part of the service: its version identifies them
         version = importlib.metadata.version("fovea")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
@@ -338,8 +338,8 @@ def _structured_report(findings: Findings, source: Dataset | None, study: Datase
     frames = [findings.image.frame + 1] if int(image.get("NumberOfFrames", 1) or 1) > 1 else None
     group_source = [hd.sr.SourceImageForMeasurementGroup(str(image.SOPClassUID), str(image.SOPInstanceUID),
                                                          frames)]
-    # service.pipeline lists the grader first, then the detector (when one ran).
-    grader, detector = findings.models[0], (findings.models[1] if len(findings.models) > 1 else None)
+    grader = model_for(findings.models, "dr-grading") or findings.models[0]
+    detector = model_for(findings.models, "lesion-detection")
     sites = _finding_sites(findings)
     groups: list = []
     lesion_groups: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations] = []

@@ -44,7 +44,7 @@ from service.dicom_out import (
     PRIVATE_SCHEME_UID, QUALITY_PROBLEM, QUALITY_REASON_CODES, QUALITY_SCORE, REFERABLE_DR, ai_statement,
     result_uid,
 )
-from service.findings import Findings, ModelRef
+from service.findings import Findings, ModelRef, model_for
 
 SYSTEMS = {
     "SCT": "http://snomed.info/sct",
@@ -126,8 +126,8 @@ def fhir_report(findings: Findings, source: pydicom.Dataset | None = None) -> di
         entries.append({"fullUrl": url, "resource": obs})
         observations.append(url)
 
-    grader = findings.models[0]  # service.pipeline lists the grader first, then the detector
-    detector = findings.models[1] if len(findings.models) > 1 else None
+    grader = model_for(findings.models, "dr-grading") or findings.models[0]
+    detector = model_for(findings.models, "lesion-detection")
     q = findings.quality
     observe("quality", None, _concept(codes.DCM.ImageQuality),
             valueCodeableConcept=_concept(codes.DCM.GoodImageQuality if q.gradable

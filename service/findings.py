@@ -86,6 +86,21 @@ class ModelRef(_Out):
     version: str
     sha256: str
     provider: str
+    task: Literal["dr-grading", "lesion-detection", "image-quality"] | None = Field(
+        None, description="what the model did for this result (its card's task)")
+
+
+def model_for(models: list[ModelRef], task: str) -> ModelRef | None:
+    """The model of ``task`` among a result's ``models`` (``None`` when no such model ran). Results written
+    before ``ModelRef.task`` existed list the grader first and the detector second."""
+    for m in models:
+        if m.task == task:
+            return m
+    if all(m.task is None for m in models):
+        legacy = {"dr-grading": 0, "lesion-detection": 1}.get(task)
+        if legacy is not None and legacy < len(models):
+            return models[legacy]
+    return None
 
 
 class Findings(_Out):

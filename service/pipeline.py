@@ -237,13 +237,16 @@ class Analyzer:
 
     def _model_refs(self) -> list[ModelRef]:
         card = self.grader_card
-        refs = [ModelRef(name=card.name, version=card.version, sha256=card.sha256, provider=self.provider_name)]
+        refs = [ModelRef(name=card.name, version=card.version, sha256=card.sha256, provider=self.provider_name,
+                         task=card.task)]
         if self.detector is not None:
             d = self.detector.card
-            refs.append(ModelRef(name=d.name, version=d.version, sha256=d.sha256, provider=self.detector.provider))
+            refs.append(ModelRef(name=d.name, version=d.version, sha256=d.sha256, provider=self.detector.provider,
+                                 task=d.task))
         if self.quality_model is not None:
             q = self.quality_model.card
-            refs.append(ModelRef(name=q.name, version=q.version, sha256=q.sha256, provider=self.quality_model.provider))
+            refs.append(ModelRef(name=q.name, version=q.version, sha256=q.sha256,
+                                 provider=self.quality_model.provider, task=q.task))
         return refs
 
     def _referable(self, card: ModelCard, probs: np.ndarray, quality: Quality) -> ReferableDr | None:
