@@ -118,6 +118,7 @@ import pydicom
 from PIL import Image
 from pydicom import uid as dcm_uid
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 from pydicom.encaps import get_frame
 from pydicom.filereader import read_dataset, read_preamble
 from pydicom.pixels import get_decoder
@@ -174,6 +175,11 @@ class DecodeLimits:
     the Deflated Explicit VR Little Endian transfer syntax may not inflate to more than this (zip-bomb guard).
     ``isolated_decode_timeout_s``: wall-clock limit for the child process that runs GDCM (see
     :mod:`service.dicom_pixels`); past it the child is killed and the upload is ``UnreadableImage``.
+    ``max_sequence_depth``: sequences (SQ) nested deeper than this are ``UnreadableImage`` (fundus
+    photographs nest code sequences 2-4 deep; pydicom parses, copies and writes nested sequences
+    recursively). ``max_decoded_bytes``: the decoder's working memory for the frames to decode, estimated
+    from the header before decoding (stored samples + the RGB output + float intermediates for monochrome):
+    frames past it are skipped like ``max_total_pixels``; a single frame over it is ``PayloadTooLarge``.
     """
 
     max_bytes: int = 64 * 1024 * 1024
@@ -183,6 +189,8 @@ class DecodeLimits:
     max_total_pixels: int = 200_000_000
     max_inflated_bytes: int = 256 * 1024 * 1024
     isolated_decode_timeout_s: float = 60.0
+    max_sequence_depth: int = 16
+    max_decoded_bytes: int = 2 * 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -669,9 +677,37 @@ def _read_dataset(data: bytes, limits: DecodeLimits) -> Dataset:
             )
 
     try:
-        return pydicom.dcmread(io.BytesIO(data), force=False)
+        # Security: force=False (never force=True): a file without the Part 10 header is refused, not guessed.
+        ds = pydicom.dcmread(io.BytesIO(data), force=False)
+    except RecursionError as exc:  # pydicom reads nested sequences recursively (~150 levels before this)
+        raise UnreadableImage(
+            f"The DICOM file nests sequences deeper than {limits.max_sequence_depth} levels; it is refused."
+        ) from exc
     except Exception as exc:
         raise UnreadableImage("The DICOM file could not be parsed; it is corrupt or truncated.") from exc
+    # Security: bound nesting before anything downstream (de-identification, SR, JSON) recurses into it.
+    if sequence_depth(ds, stop_after=limits.max_sequence_depth) > limits.max_sequence_depth:
+        raise UnreadableImage(
+            f"The DICOM file nests sequences deeper than {limits.max_sequence_depth} levels; it is refused."
+        )
+    return ds
+
+
+def sequence_depth(ds: Dataset, *, stop_after: int | None = None) -> int:
+    """How deep sequences nest in ``ds`` (0: no sequence; 1: items without sequences inside ...), computed
+    without recursion; stops early once ``stop_after`` is exceeded."""
+    deepest = 0
+    stack: list[tuple[Dataset, int]] = [(ds, 0)]
+    while stack:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if stop_after is not None and deepest > stop_after:
+            return deepest
+        for element in current.elements():  # raw elements stay raw (bytes): pydicom parses SQ while reading
+            value = element.value
+            if isinstance(value, Sequence):
+                stack.extend((item, depth + 1) for item in value if isinstance(item, Dataset))
+    return deepest
 
 
 def _not_file_meta(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -991,19 +1027,37 @@ def _check_encapsulated_frames(ds: Dataset, header: PixelHeader, count: int, lim
             raise UnreadableImage(f"Frame {index} of the DICOM pixel data is truncated (no end marker).")
 
 
+def decoded_bytes_per_frame(header: PixelHeader) -> int:
+    """Working memory to decode one frame, from the header: the stored samples (``BitsAllocated``), the RGB
+    uint8 output, and for monochrome the float64 modality / VOI intermediate (:mod:`service.dicom_pixels`)."""
+    pixels = header.rows * header.columns
+    stored = pixels * header.samples_per_pixel * max(1, header.bits_allocated // 8)
+    intermediate = pixels * 8 if header.photometric_interpretation.startswith("MONOCHROME") else 0
+    return stored + pixels * 3 + intermediate
+
+
 def _frames_to_decode(header: PixelHeader, limits: DecodeLimits) -> tuple[int, str | None]:
     """How many leading frames to decode under ``max_frames`` and ``max_total_pixels`` (at least one), and
     the note for the frames skipped (``None`` when none are)."""
     total = header.number_of_frames
+    per_frame = decoded_bytes_per_frame(header)
+    if per_frame > limits.max_decoded_bytes:
+        # Security: a memory budget checked from the header, before any pixel is decoded.
+        raise PayloadTooLarge(
+            f"Decoding one frame of this DICOM image needs about {per_frame} bytes; the limit is "
+            f"{limits.max_decoded_bytes} bytes."
+        )
     by_pixels = max(1, limits.max_total_pixels // (header.rows * header.columns))
-    count = min(total, max(1, limits.max_frames), by_pixels)
+    by_bytes = max(1, limits.max_decoded_bytes // per_frame)
+    count = min(total, max(1, limits.max_frames), by_pixels, by_bytes)
     if count == total:
         return count, None
-    limit = (
-        f"the limit of {limits.max_frames} frame{'s' if limits.max_frames != 1 else ''} per upload"
-        if count == max(1, limits.max_frames)
-        else f"the limit of {limits.max_total_pixels} decoded pixels per upload"
-    )
+    if count == max(1, limits.max_frames):
+        limit = f"the limit of {limits.max_frames} frame{'s' if limits.max_frames != 1 else ''} per upload"
+    elif count == by_pixels:
+        limit = f"the limit of {limits.max_total_pixels} decoded pixels per upload"
+    else:
+        limit = f"the decoding memory limit of {limits.max_decoded_bytes} bytes per upload"
     decoded = "frame 0 was" if count == 1 else f"frames 0-{count - 1} were"
     return count, f"{total - count} of {total} frames skipped past {limit} ({decoded} analysed)"
 

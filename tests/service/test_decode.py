@@ -1006,3 +1006,66 @@ def test_file_meta_written_in_implicit_vr_is_still_read() -> None:
     data = explicit[:132] + implicit_meta + explicit[dataset_start:]
     [im] = decode(data)
     np.testing.assert_array_equal(im.rgb, _quadrants())
+
+
+# ---- hardening: sequence nesting and the decoding memory budget (issue 7) --------------------------------
+
+
+def _nested_dicom(depth: int) -> bytes:
+    """A Secondary Capture Part 10 file whose ContentSequence nests ``depth`` levels (undefined lengths)."""
+    import struct
+
+    def el(group: int, elem: int, vr: str, val: bytes) -> bytes:
+        if vr in ("OB", "SQ"):
+            return struct.pack("<HH2sHI", group, elem, vr.encode(), 0, len(val)) + val
+        return struct.pack("<HH2sH", group, elem, vr.encode(), len(val)) + val
+
+    sc = b"1.2.840.10008.5.1.4.1.1.7\x00"
+    meta = (el(2, 1, "OB", b"\x00\x01") + el(2, 2, "UI", sc) + el(2, 3, "UI", b"1.2.3\x00")
+            + el(2, 0x10, "UI", b"1.2.840.10008.1.2.1\x00"))
+    head = b"\x00" * 128 + b"DICM" + el(2, 0, "UL", struct.pack("<I", len(meta))) + meta + el(8, 0x16, "UI", sc)
+    open_ = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF) + struct.pack("<HHI", 0xFFFE, 0xE000,
+                                                                                         0xFFFFFFFF)
+    close = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    return head + open_ * depth + close * depth
+
+
+@pytest.mark.parametrize("depth", [17, 60, 5000])
+def test_deeply_nested_sequences_are_refused(depth: int) -> None:
+    # 17: over the limit but parsed; 5000: pydicom's recursive reader hits RecursionError first.
+    with pytest.raises(UnreadableImage, match="nests sequences deeper than 16"):
+        decode(_nested_dicom(depth))
+
+
+def test_shallow_nesting_gets_past_the_depth_check() -> None:
+    # 16 levels is allowed: the file then fails later, for having no pixel data, not for its nesting.
+    with pytest.raises(UnsupportedDicom, match="no Pixel Data"):
+        decode(_nested_dicom(16))
+
+
+def test_sequence_depth_counts_levels() -> None:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from service.decode import sequence_depth
+
+    ds = Dataset()
+    assert sequence_depth(ds) == 0
+    inner = Dataset()
+    inner.ConceptNameCodeSequence = Sequence([Dataset()])
+    ds.ContentSequence = Sequence([Dataset(), inner])
+    assert sequence_depth(ds) == 2
+
+
+def test_decoding_memory_budget_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.decode as dec
+
+    data = _save(_dicom(_quadrants()))
+    calls: list[int] = []
+    monkeypatch.setattr(dec, "decode_frames", lambda *a, **k: calls.append(1) or ([], []))
+    # one 64x48 RGB 8-bit frame needs 64*48*(3+3) bytes
+    with pytest.raises(PayloadTooLarge, match="Decoding one frame"):
+        decode(data, limits=DecodeLimits(max_decoded_bytes=64 * 48 * 6 - 1))
+    assert not calls
+    monkeypatch.undo()
+    assert decode(data, limits=DecodeLimits(max_decoded_bytes=64 * 48 * 6))[0].rgb.shape == (48, 64, 3)
