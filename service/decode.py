@@ -444,6 +444,64 @@ def _png_chunks_complete(data: bytes) -> bool:
     return False
 
 
+def inflated_size(data: bytes, limit: int, *, wbits: int) -> int:
+    """Bytes ``data`` (a zlib / raw deflate stream) inflates to, counting at most ``limit + 1``: the output is
+    produced 1 MiB at a time and dropped, so memory stays ~1 MiB and work stops just past ``limit``. Trailing
+    bytes after the end of the stream are ignored. Raises ``zlib.error`` on a corrupt stream."""
+    inflater = zlib.decompressobj(wbits)
+    total, pending = 0, data
+    while pending and total <= limit and not inflater.eof:
+        out = inflater.decompress(pending, 1 << 20)
+        total += len(out)
+        pending = inflater.unconsumed_tail
+        if not out and not pending:
+            break
+    return total
+
+
+_PNG_CHANNELS: Final = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel (PNG spec 11.2.2)
+
+
+def _check_png_inflation(data: bytes, width: int, height: int) -> None:
+    """Refuse a PNG whose IDAT stream inflates past what its IHDR can hold (a decompression bomb).
+
+    libpng warns "Too much image data" and stops using the rows, but OpenCV still inflates the whole stream:
+    a 260 kB file inflating to 256 MB cost 1.9 s, so a 64 MB upload could cost minutes of CPU. The raw size
+    is ``height * (1 + rowbytes)``; Adam7 interlacing adds at most one filter byte and one padding byte per
+    pass row (``14 * height``). One bounded inflate (~1 MiB of memory) costs about as much as the decoder's.
+    """
+    bit_depth, colour, interlace = data[24], data[25], data[28]
+    channels = _PNG_CHANNELS.get(colour)
+    if channels is None or bit_depth not in (1, 2, 4, 8, 16):
+        raise UnreadableImage(f"The PNG header has an invalid colour type {colour} / bit depth {bit_depth}.")
+    raw = height * (1 + -(-width * channels * bit_depth // 8))
+    bound = raw + (14 * height + 64 if interlace else 0)
+    idat = b"".join(_png_chunk_data(data, b"IDAT"))
+    try:
+        size = inflated_size(idat, bound, wbits=zlib.MAX_WBITS)
+    except zlib.error as exc:
+        raise UnreadableImage("The PNG image data could not be inflated; the file is corrupt.") from exc
+    if size > bound:
+        # Security: a decompression bomb; refused before any decoder inflates it.
+        raise UnreadableImage(
+            f"The PNG image data inflates to more than its {width}x{height} header allows "
+            f"({bound} bytes); the file is corrupt or a decompression bomb."
+        )
+
+
+def _png_chunk_data(data: bytes, kind: bytes) -> list[bytes]:
+    """The payloads of every ``kind`` chunk (the structure was checked by :func:`_png_chunks_complete`)."""
+    out, i, n = [], 8, len(data)
+    while i + 12 <= n:
+        length = int.from_bytes(data[i : i + 4], "big")
+        if data[i + 4 : i + 8] == kind:
+            out.append(data[i + 8 : i + 8 + length])
+        if data[i + 4 : i + 8] == b"IEND":
+            break
+        i += 12 + length
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------------
 # JPEG / PNG
 # ------------------------------------------------------------------------------------------------------------
@@ -481,6 +539,8 @@ def _decode_raster(data: bytes, kind: str, limits: DecodeLimits, target: int | N
             "The PNG file is truncated or its chunk structure is corrupt "
             "(no IEND chunk after the image data)."
         )
+    if kind == "png":
+        _check_png_inflation(data, width, height)
 
     # 3. Decode (stored order, possibly reduced): OpenCV first, Pillow for what OpenCV cannot read.
     scale = jpeg_reduction(width, height, target) if kind == "jpeg" else 1
@@ -667,8 +727,7 @@ def _read_dataset(data: bytes, limits: DecodeLimits) -> Dataset:
 
     if meta.get("TransferSyntaxUID") == dcm_uid.DeflatedExplicitVRLittleEndian:
         try:  # pydicom inflates with an unbounded zlib.decompress: bound it first
-            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-            inflated = len(inflater.decompress(data[dataset_offset:], limits.max_inflated_bytes + 1))
+            inflated = inflated_size(data[dataset_offset:], limits.max_inflated_bytes, wbits=-zlib.MAX_WBITS)
         except zlib.error as exc:
             raise UnreadableImage("The deflated DICOM dataset could not be inflated; it is corrupt.") from exc
         if inflated > limits.max_inflated_bytes:

@@ -1069,3 +1069,34 @@ def test_decoding_memory_budget_is_checked_before_decoding(monkeypatch: pytest.M
     assert not calls
     monkeypatch.undo()
     assert decode(data, limits=DecodeLimits(max_decoded_bytes=64 * 48 * 6))[0].rgb.shape == (48, 64, 3)
+
+
+def test_png_decompression_bomb_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    import zlib
+
+    import service.decode as dec
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
+
+    def png_with(idat_raw: bytes) -> bytes:
+        ihdr = (64).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])  # 64x64 grayscale 8 bit
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(idat_raw, 9))
+                + chunk(b"IEND", b""))
+
+    monkeypatch.setattr(dec, "_cv2_decode", lambda *a, **k: pytest.fail("decoded a bomb"))
+    with pytest.raises(UnreadableImage, match="decompression bomb"):
+        decode(png_with(b"\x00" * (64 << 20)))  # 64 MiB behind a 64x64 header
+    monkeypatch.undo()
+    exact = png_with(b"\x00" * (64 * 65))  # exactly height * (1 + rowbytes): fine
+    assert decode(exact)[0].rgb.shape == (64, 64, 3)
+
+
+def test_inflated_size_stops_past_the_limit() -> None:
+    import zlib
+
+    from service.decode import inflated_size
+
+    stream = zlib.compress(b"\x00" * (50 << 20), 9)
+    assert inflated_size(stream, 10 << 20, wbits=15) <= (11 << 20)
+    assert inflated_size(stream, 100 << 20, wbits=15) == 50 << 20
