@@ -11,6 +11,8 @@ about the same); the subprocess is the faithful choice.
 from __future__ import annotations
 
 import json
+import select
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +27,14 @@ pytestmark = pytest.mark.integration
 TIME_LIMIT_S = 5.0
 
 
+MAX_UPLOAD = 2 * 1024 * 1024  # the service's per-file limit here: the body cap is 8 x 2 MiB + 1 MiB = 17 MiB
+BODY_CAP = 8 * MAX_UPLOAD + 1024 * 1024
+
+
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_service(tmp_path_factory.mktemp("hostile")) as base:
+    env = {"FOVEA_MAX_UPLOAD_BYTES": str(MAX_UPLOAD), "FOVEA_MAX_STUDY_IMAGES": "8"}
+    with running_service(tmp_path_factory.mktemp("hostile"), env=env) as base:
         yield base
 
 
@@ -100,6 +107,55 @@ def test_too_many_parts_and_chunked_bodies(url: str) -> None:
     r = httpx.post(f"{url}/analyze", content=chunks(), timeout=60,
                    headers={"content-type": "multipart/form-data; boundary=b0undary"})
     assert r.status_code == 200 and "dr_grade" in r.json()
+
+
+def test_a_chunked_body_over_the_cap_is_refused_before_it_is_all_sent(url: str) -> None:
+    """Through uvicorn and BentoML for real: a chunked upload (no Content-Length) of 64 MiB against the 17 MiB
+    cap gets its 413 while the client is still sending; the connection is closed on the rest."""
+    host, port = url.removeprefix("http://").split(":")
+    head = (f"POST /analyze HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n"
+            "Content-Type: multipart/form-data; boundary=b0undary\r\n\r\n").encode()
+    part = b'--b0undary\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
+    chunk = b"\xff" * (256 * 1024)
+    sent, reply = 0, b""
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head + f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        sock.setblocking(False)
+        try:
+            while sent < 64 * 1024 * 1024 and b"\r\n\r\n" not in reply:
+                try:
+                    reply += sock.recv(65536)
+                except BlockingIOError:
+                    pass
+                select.select([], [sock], [], 5)
+                data = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+                view = memoryview(data)
+                while view:
+                    try:
+                        view = view[sock.send(view):]
+                    except BlockingIOError:
+                        select.select([sock], [sock], [], 5)
+                        try:
+                            reply += sock.recv(65536)
+                        except BlockingIOError:
+                            pass
+                        if b"\r\n\r\n" in reply:
+                            break
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server closed the connection after its answer
+        sock.setblocking(True)
+        deadline = time.monotonic() + 20
+        while b"\r\n\r\n" not in reply and time.monotonic() < deadline:
+            try:
+                more = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not more:
+                break
+            reply += more
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert BODY_CAP <= sent + 4 * 1024 * 1024 and sent < 48 * 1024 * 1024, sent
 
 
 def test_the_service_is_still_healthy(url: str) -> None:
