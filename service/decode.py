@@ -364,6 +364,14 @@ def decode(
         return [_decode_raster(data, kind, limits, target)]
     except FoveaError:
         raise
+    except NotImplementedError as exc:
+        if kind != "dicom":
+            raise UnreadableImage(f"The {kind.upper()} file could not be decoded; it may be corrupt.") from exc
+        # pydicom converts elements lazily: a corrupt explicit VR ('0x55 0xd3', 'BS') surfaces on first access
+        # as NotImplementedError (1 in 400 fuzzed inputs); a client error, not worth a warning.
+        raise UnreadableImage(
+            "The DICOM file has a data element with an unknown value representation; it is corrupt."
+        ) from exc
     except Exception as exc:  # the contract: nothing but FoveaError escapes
         # Type only at WARNING: third-party messages may quote DICOM element values (patient data).
         logger.warning("unexpected %s while decoding a %s upload", type(exc).__name__, kind)

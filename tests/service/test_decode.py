@@ -1100,3 +1100,16 @@ def test_inflated_size_stops_past_the_limit() -> None:
     stream = zlib.compress(b"\x00" * (50 << 20), 9)
     assert inflated_size(stream, 10 << 20, wbits=15) <= (11 << 20)
     assert inflated_size(stream, 100 << 20, wbits=15) == 50 << 20
+
+
+def test_an_unknown_vr_is_unreadable_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    # Found by bench.fuzz: pydicom raises NotImplementedError when it first converts such an element.
+    # (0020,0062) ImageLaterality is first read after the pixels are decoded.
+    data = bytearray(_save(_dicom(_quadrants(), ImageLaterality="R")))
+    at = data.find(b"\x20\x00\x62\x00CS")
+    assert at > 0
+    data[at + 4 : at + 6] = b"BS"
+    with caplog.at_level(logging.WARNING, logger="service.decode"):
+        with pytest.raises(UnreadableImage, match="unknown value representation"):
+            decode(bytes(data))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
