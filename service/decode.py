@@ -118,6 +118,7 @@ import pydicom
 from PIL import Image
 from pydicom import uid as dcm_uid
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 from pydicom.encaps import get_frame
 from pydicom.filereader import read_dataset, read_preamble
 from pydicom.pixels import get_decoder
@@ -174,6 +175,11 @@ class DecodeLimits:
     the Deflated Explicit VR Little Endian transfer syntax may not inflate to more than this (zip-bomb guard).
     ``isolated_decode_timeout_s``: wall-clock limit for the child process that runs GDCM (see
     :mod:`service.dicom_pixels`); past it the child is killed and the upload is ``UnreadableImage``.
+    ``max_sequence_depth``: sequences (SQ) nested deeper than this are ``UnreadableImage`` (fundus
+    photographs nest code sequences 2-4 deep; pydicom parses, copies and writes nested sequences
+    recursively). ``max_decoded_bytes``: the decoder's working memory for the frames to decode, estimated
+    from the header before decoding (stored samples + the RGB output + float intermediates for monochrome):
+    frames past it are skipped like ``max_total_pixels``; a single frame over it is ``PayloadTooLarge``.
     """
 
     max_bytes: int = 64 * 1024 * 1024
@@ -183,6 +189,8 @@ class DecodeLimits:
     max_total_pixels: int = 200_000_000
     max_inflated_bytes: int = 256 * 1024 * 1024
     isolated_decode_timeout_s: float = 60.0
+    max_sequence_depth: int = 16
+    max_decoded_bytes: int = 2 * 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -356,6 +364,14 @@ def decode(
         return [_decode_raster(data, kind, limits, target)]
     except FoveaError:
         raise
+    except NotImplementedError as exc:
+        if kind != "dicom":
+            raise UnreadableImage(f"The {kind.upper()} file could not be decoded; it may be corrupt.") from exc
+        # pydicom converts elements lazily: a corrupt explicit VR ('0x55 0xd3', 'BS') surfaces on first access
+        # as NotImplementedError (1 in 400 fuzzed inputs); a client error, not worth a warning.
+        raise UnreadableImage(
+            "The DICOM file has a data element with an unknown value representation; it is corrupt."
+        ) from exc
     except Exception as exc:  # the contract: nothing but FoveaError escapes
         # Type only at WARNING: third-party messages may quote DICOM element values (patient data).
         logger.warning("unexpected %s while decoding a %s upload", type(exc).__name__, kind)
@@ -464,6 +480,64 @@ def _png_chunks_complete(data: bytes) -> bool:
     return False
 
 
+def inflated_size(data: bytes, limit: int, *, wbits: int) -> int:
+    """Bytes ``data`` (a zlib / raw deflate stream) inflates to, counting at most ``limit + 1``: the output is
+    produced 1 MiB at a time and dropped, so memory stays ~1 MiB and work stops just past ``limit``. Trailing
+    bytes after the end of the stream are ignored. Raises ``zlib.error`` on a corrupt stream."""
+    inflater = zlib.decompressobj(wbits)
+    total, pending = 0, data
+    while pending and total <= limit and not inflater.eof:
+        out = inflater.decompress(pending, 1 << 20)
+        total += len(out)
+        pending = inflater.unconsumed_tail
+        if not out and not pending:
+            break
+    return total
+
+
+_PNG_CHANNELS: Final = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel (PNG spec 11.2.2)
+
+
+def _check_png_inflation(data: bytes, width: int, height: int) -> None:
+    """Refuse a PNG whose IDAT stream inflates past what its IHDR can hold (a decompression bomb).
+
+    libpng warns "Too much image data" and stops using the rows, but OpenCV still inflates the whole stream:
+    a 260 kB file inflating to 256 MB cost 1.9 s, so a 64 MB upload could cost minutes of CPU. The raw size
+    is ``height * (1 + rowbytes)``; Adam7 interlacing adds at most one filter byte and one padding byte per
+    pass row (``14 * height``). One bounded inflate (~1 MiB of memory) costs about as much as the decoder's.
+    """
+    bit_depth, colour, interlace = data[24], data[25], data[28]
+    channels = _PNG_CHANNELS.get(colour)
+    if channels is None or bit_depth not in (1, 2, 4, 8, 16):
+        raise UnreadableImage(f"The PNG header has an invalid colour type {colour} / bit depth {bit_depth}.")
+    raw = height * (1 + -(-width * channels * bit_depth // 8))
+    bound = raw + (14 * height + 64 if interlace else 0)
+    idat = b"".join(_png_chunk_data(data, b"IDAT"))
+    try:
+        size = inflated_size(idat, bound, wbits=zlib.MAX_WBITS)
+    except zlib.error as exc:
+        raise UnreadableImage("The PNG image data could not be inflated; the file is corrupt.") from exc
+    if size > bound:
+        # Security: a decompression bomb; refused before any decoder inflates it.
+        raise UnreadableImage(
+            f"The PNG image data inflates to more than its {width}x{height} header allows "
+            f"({bound} bytes); the file is corrupt or a decompression bomb."
+        )
+
+
+def _png_chunk_data(data: bytes, kind: bytes) -> list[bytes]:
+    """The payloads of every ``kind`` chunk (the structure was checked by :func:`_png_chunks_complete`)."""
+    out, i, n = [], 8, len(data)
+    while i + 12 <= n:
+        length = int.from_bytes(data[i : i + 4], "big")
+        if data[i + 4 : i + 8] == kind:
+            out.append(data[i + 8 : i + 8 + length])
+        if data[i + 4 : i + 8] == b"IEND":
+            break
+        i += 12 + length
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------------
 # JPEG / PNG
 # ------------------------------------------------------------------------------------------------------------
@@ -501,6 +575,8 @@ def _decode_raster(data: bytes, kind: str, limits: DecodeLimits, target: int | N
             "The PNG file is truncated or its chunk structure is corrupt "
             "(no IEND chunk after the image data)."
         )
+    if kind == "png":
+        _check_png_inflation(data, width, height)
 
     # 3. Decode (stored order, possibly reduced): OpenCV first, Pillow for what OpenCV cannot read.
     scale = jpeg_reduction(width, height, target) if kind == "jpeg" else 1
@@ -687,8 +763,7 @@ def _read_dataset(data: bytes, limits: DecodeLimits) -> Dataset:
 
     if meta.get("TransferSyntaxUID") == dcm_uid.DeflatedExplicitVRLittleEndian:
         try:  # pydicom inflates with an unbounded zlib.decompress: bound it first
-            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-            inflated = len(inflater.decompress(data[dataset_offset:], limits.max_inflated_bytes + 1))
+            inflated = inflated_size(data[dataset_offset:], limits.max_inflated_bytes, wbits=-zlib.MAX_WBITS)
         except zlib.error as exc:
             raise UnreadableImage("The deflated DICOM dataset could not be inflated; it is corrupt.") from exc
         if inflated > limits.max_inflated_bytes:
@@ -697,9 +772,37 @@ def _read_dataset(data: bytes, limits: DecodeLimits) -> Dataset:
             )
 
     try:
-        return pydicom.dcmread(io.BytesIO(data), force=False)
+        # Security: force=False (never force=True): a file without the Part 10 header is refused, not guessed.
+        ds = pydicom.dcmread(io.BytesIO(data), force=False)
+    except RecursionError as exc:  # pydicom reads nested sequences recursively (~150 levels before this)
+        raise UnreadableImage(
+            f"The DICOM file nests sequences deeper than {limits.max_sequence_depth} levels; it is refused."
+        ) from exc
     except Exception as exc:
         raise UnreadableImage("The DICOM file could not be parsed; it is corrupt or truncated.") from exc
+    # Security: bound nesting before anything downstream (de-identification, SR, JSON) recurses into it.
+    if sequence_depth(ds, stop_after=limits.max_sequence_depth) > limits.max_sequence_depth:
+        raise UnreadableImage(
+            f"The DICOM file nests sequences deeper than {limits.max_sequence_depth} levels; it is refused."
+        )
+    return ds
+
+
+def sequence_depth(ds: Dataset, *, stop_after: int | None = None) -> int:
+    """How deep sequences nest in ``ds`` (0: no sequence; 1: items without sequences inside ...), computed
+    without recursion; stops early once ``stop_after`` is exceeded."""
+    deepest = 0
+    stack: list[tuple[Dataset, int]] = [(ds, 0)]
+    while stack:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if stop_after is not None and deepest > stop_after:
+            return deepest
+        for element in current.elements():  # raw elements stay raw (bytes): pydicom parses SQ while reading
+            value = element.value
+            if isinstance(value, Sequence):
+                stack.extend((item, depth + 1) for item in value if isinstance(item, Dataset))
+    return deepest
 
 
 def _not_file_meta(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -1019,19 +1122,37 @@ def _check_encapsulated_frames(ds: Dataset, header: PixelHeader, count: int, lim
             raise UnreadableImage(f"Frame {index} of the DICOM pixel data is truncated (no end marker).")
 
 
+def decoded_bytes_per_frame(header: PixelHeader) -> int:
+    """Working memory to decode one frame, from the header: the stored samples (``BitsAllocated``), the RGB
+    uint8 output, and for monochrome the float64 modality / VOI intermediate (:mod:`service.dicom_pixels`)."""
+    pixels = header.rows * header.columns
+    stored = pixels * header.samples_per_pixel * max(1, header.bits_allocated // 8)
+    intermediate = pixels * 8 if header.photometric_interpretation.startswith("MONOCHROME") else 0
+    return stored + pixels * 3 + intermediate
+
+
 def _frames_to_decode(header: PixelHeader, limits: DecodeLimits) -> tuple[int, str | None]:
     """How many leading frames to decode under ``max_frames`` and ``max_total_pixels`` (at least one), and
     the note for the frames skipped (``None`` when none are)."""
     total = header.number_of_frames
+    per_frame = decoded_bytes_per_frame(header)
+    if per_frame > limits.max_decoded_bytes:
+        # Security: a memory budget checked from the header, before any pixel is decoded.
+        raise PayloadTooLarge(
+            f"Decoding one frame of this DICOM image needs about {per_frame} bytes; the limit is "
+            f"{limits.max_decoded_bytes} bytes."
+        )
     by_pixels = max(1, limits.max_total_pixels // (header.rows * header.columns))
-    count = min(total, max(1, limits.max_frames), by_pixels)
+    by_bytes = max(1, limits.max_decoded_bytes // per_frame)
+    count = min(total, max(1, limits.max_frames), by_pixels, by_bytes)
     if count == total:
         return count, None
-    limit = (
-        f"the limit of {limits.max_frames} frame{'s' if limits.max_frames != 1 else ''} per upload"
-        if count == max(1, limits.max_frames)
-        else f"the limit of {limits.max_total_pixels} decoded pixels per upload"
-    )
+    if count == max(1, limits.max_frames):
+        limit = f"the limit of {limits.max_frames} frame{'s' if limits.max_frames != 1 else ''} per upload"
+    elif count == by_pixels:
+        limit = f"the limit of {limits.max_total_pixels} decoded pixels per upload"
+    else:
+        limit = f"the decoding memory limit of {limits.max_decoded_bytes} bytes per upload"
     decoded = "frame 0 was" if count == 1 else f"frames 0-{count - 1} were"
     return count, f"{total - count} of {total} frames skipped past {limit} ({decoded} analysed)"
 

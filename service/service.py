@@ -29,6 +29,7 @@ from service.http_errors import ErrorShapeMiddleware
 from service.inference import Inference, unpack
 from service.runtime import WORKERS_ENV, choose_providers, worker_count
 from service.pipeline import Analyzer
+from service.request_guard import RequestGuardMiddleware, RequestLimits
 from service.settings import load_settings
 from service.webapp import WebPageMiddleware
 
@@ -219,7 +220,11 @@ Fovea.mount_asgi_app(dicomweb_app(SETTINGS, lambda data: bentoml.get_current_ser
 # audit record for every answer the endpoints did not record themselves, and jobs kept per site (audit_http).
 Fovea.add_asgi_middleware(AuthMiddleware, keys_file=SETTINGS.api_keys_file, on_refusal=AUDIT.refusal)
 Fovea.add_asgi_middleware(AuditMiddleware, audit=AUDIT)
-Fovea.add_asgi_middleware(ErrorShapeMiddleware, max_body=SETTINGS.max_upload_bytes * SETTINGS.max_study_images
-                          + 1024 * 1024)
+_MAX_BODY = SETTINGS.max_upload_bytes * SETTINGS.max_study_images + 1024 * 1024
+Fovea.add_asgi_middleware(ErrorShapeMiddleware, max_body=_MAX_BODY)
+# Security: Content-Type allow-list (no pickle: BentoML RCE CVEs), body cap while streaming, multipart limits
+# (service/request_guard.py). Parts: the study's images plus a few form fields.
+Fovea.add_asgi_middleware(RequestGuardMiddleware, limits=RequestLimits(
+    max_body=_MAX_BODY, max_parts=SETTINGS.max_study_images + 8))
 # The reader's web page at / (assets under /ui/); BentoML's own API page moves to /docs (service/webapp.py).
 Fovea.add_asgi_middleware(WebPageMiddleware)

@@ -1006,3 +1006,110 @@ def test_file_meta_written_in_implicit_vr_is_still_read() -> None:
     data = explicit[:132] + implicit_meta + explicit[dataset_start:]
     [im] = decode(data)
     np.testing.assert_array_equal(im.rgb, _quadrants())
+
+
+# ---- hardening: sequence nesting and the decoding memory budget (issue 7) --------------------------------
+
+
+def _nested_dicom(depth: int) -> bytes:
+    """A Secondary Capture Part 10 file whose ContentSequence nests ``depth`` levels (undefined lengths)."""
+    import struct
+
+    def el(group: int, elem: int, vr: str, val: bytes) -> bytes:
+        if vr in ("OB", "SQ"):
+            return struct.pack("<HH2sHI", group, elem, vr.encode(), 0, len(val)) + val
+        return struct.pack("<HH2sH", group, elem, vr.encode(), len(val)) + val
+
+    sc = b"1.2.840.10008.5.1.4.1.1.7\x00"
+    meta = (el(2, 1, "OB", b"\x00\x01") + el(2, 2, "UI", sc) + el(2, 3, "UI", b"1.2.3\x00")
+            + el(2, 0x10, "UI", b"1.2.840.10008.1.2.1\x00"))
+    head = b"\x00" * 128 + b"DICM" + el(2, 0, "UL", struct.pack("<I", len(meta))) + meta + el(8, 0x16, "UI", sc)
+    open_ = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF) + struct.pack("<HHI", 0xFFFE, 0xE000,
+                                                                                         0xFFFFFFFF)
+    close = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    return head + open_ * depth + close * depth
+
+
+@pytest.mark.parametrize("depth", [17, 60, 5000])
+def test_deeply_nested_sequences_are_refused(depth: int) -> None:
+    # 17: over the limit but parsed; 5000: pydicom's recursive reader hits RecursionError first.
+    with pytest.raises(UnreadableImage, match="nests sequences deeper than 16"):
+        decode(_nested_dicom(depth))
+
+
+def test_shallow_nesting_gets_past_the_depth_check() -> None:
+    # 16 levels is allowed: the file then fails later, for having no pixel data, not for its nesting.
+    with pytest.raises(UnsupportedDicom, match="no Pixel Data"):
+        decode(_nested_dicom(16))
+
+
+def test_sequence_depth_counts_levels() -> None:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from service.decode import sequence_depth
+
+    ds = Dataset()
+    assert sequence_depth(ds) == 0
+    inner = Dataset()
+    inner.ConceptNameCodeSequence = Sequence([Dataset()])
+    ds.ContentSequence = Sequence([Dataset(), inner])
+    assert sequence_depth(ds) == 2
+
+
+def test_decoding_memory_budget_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.decode as dec
+
+    data = _save(_dicom(_quadrants()))
+    calls: list[int] = []
+    monkeypatch.setattr(dec, "decode_frames", lambda *a, **k: calls.append(1) or ([], []))
+    # one 64x48 RGB 8-bit frame needs 64*48*(3+3) bytes
+    with pytest.raises(PayloadTooLarge, match="Decoding one frame"):
+        decode(data, limits=DecodeLimits(max_decoded_bytes=64 * 48 * 6 - 1))
+    assert not calls
+    monkeypatch.undo()
+    assert decode(data, limits=DecodeLimits(max_decoded_bytes=64 * 48 * 6))[0].rgb.shape == (48, 64, 3)
+
+
+def test_png_decompression_bomb_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    import zlib
+
+    import service.decode as dec
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
+
+    def png_with(idat_raw: bytes) -> bytes:
+        ihdr = (64).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])  # 64x64 grayscale 8 bit
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(idat_raw, 9))
+                + chunk(b"IEND", b""))
+
+    monkeypatch.setattr(dec, "_cv2_decode", lambda *a, **k: pytest.fail("decoded a bomb"))
+    with pytest.raises(UnreadableImage, match="decompression bomb"):
+        decode(png_with(b"\x00" * (64 << 20)))  # 64 MiB behind a 64x64 header
+    monkeypatch.undo()
+    exact = png_with(b"\x00" * (64 * 65))  # exactly height * (1 + rowbytes): fine
+    assert decode(exact)[0].rgb.shape == (64, 64, 3)
+
+
+def test_inflated_size_stops_past_the_limit() -> None:
+    import zlib
+
+    from service.decode import inflated_size
+
+    stream = zlib.compress(b"\x00" * (50 << 20), 9)
+    assert inflated_size(stream, 10 << 20, wbits=15) <= (11 << 20)
+    assert inflated_size(stream, 100 << 20, wbits=15) == 50 << 20
+
+
+def test_an_unknown_vr_is_unreadable_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    # Found by bench.fuzz: pydicom raises NotImplementedError when it first converts such an element.
+    # (0020,0062) ImageLaterality is first read after the pixels are decoded.
+    data = bytearray(_save(_dicom(_quadrants(), ImageLaterality="R")))
+    at = data.find(b"\x20\x00\x62\x00CS")
+    assert at > 0
+    data[at + 4 : at + 6] = b"BS"
+    with caplog.at_level(logging.WARNING, logger="service.decode"):
+        with pytest.raises(UnreadableImage, match="unknown value representation"):
+            decode(bytes(data))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
