@@ -288,6 +288,7 @@ def analysis_process_memory(grader: Path, detector: Path | None, image: Path) ->
 
 @dataclass
 class HttpResult:
+    label: str
     workers: int
     ready_s: float
     rss_mb: float
@@ -309,21 +310,44 @@ def _tree_rss(pid: int) -> tuple[float, float, int]:
     return sum(rss), max(rss), len(rss)
 
 
-def http_bench(image: bytes, name: str, *, workers: Sequence[int], clients: int, requests: int) -> list[HttpResult]:
-    """Start the service (fresh model store) per worker count; cold start, RSS, throughput and latency."""
+def _register(card: Path, home: str) -> str:
+    """``python -m training register --card`` into the model store at ``home``; the tag."""
+    out = subprocess.run([sys.executable, "-m", "training", "register", "--card", str(card)], cwd=REPO,
+                         env={**os.environ, "BENTOML_HOME": home, "BENTOML_DO_NOT_TRACK": "true"},
+                         capture_output=True, text=True, check=True, timeout=300)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def http_bench(image: bytes, name: str, *, workers: Sequence[int], clients: int, requests: int,
+               int8: Path | None = None) -> list[HttpResult]:
+    """Start the service (fresh model store) per worker count; cold start, RSS, throughput and latency. With
+    ``int8`` (a card), one more 1-worker run serves it (registered, ``FOVEA_GRADER_TAG``), and every response
+    is checked to name its version."""
+    import httpx
+
     from bench.load import ServedFovea, run_load
 
+    configs: list[tuple[str, int, Path | None]] = [(f"{n} worker{'s' if n > 1 else ''}, fp32", n, None) for n in workers]
+    if int8 is not None:
+        configs.append(("1 worker, int8", 1, int8))
     rows = []
-    for n in workers:
-        with tempfile.TemporaryDirectory(prefix="fovea-bench-") as home, \
-                ServedFovea(workers=n, inference="local", home=Path(home)) as svc:
-            asyncio.run(run_load(svc.url, image, name, clients=n, requests=2 * n, progress=False))
-            assert svc.proc is not None
-            r = asyncio.run(run_load(svc.url, image, name, clients=clients, requests=requests, progress=False))
-            rss, largest, count = _tree_rss(svc.proc.pid)
-            rows.append(HttpResult(workers=n, ready_s=svc.ready_seconds, rss_mb=rss, rss_largest_mb=largest,
-                                   processes=count, clients=clients, requests=requests, errors=r.errors,
-                                   throughput=r.throughput, p50=r.percentile(50), p99=r.percentile(99)))
+    for label, n, card in configs:
+        with tempfile.TemporaryDirectory(prefix="fovea-bench-") as home:
+            env = {"FOVEA_GRADER_TAG": _register(card, home)} if card else {}
+            with ServedFovea(workers=n, inference="local", home=Path(home), env=env) as svc:
+                asyncio.run(run_load(svc.url, image, name, clients=n, requests=2 * n, progress=False))
+                if card is not None:  # the service really serves the int8 version
+                    got = httpx.post(f"{svc.url}/analyze", files={"image": (name, image)}, timeout=300).json()
+                    version = got["models"][0]["version"]
+                    if f"dr-grader:{version}" != env["FOVEA_GRADER_TAG"]:
+                        raise RuntimeError(f"the service answered with {version}, not {env['FOVEA_GRADER_TAG']}")
+                assert svc.proc is not None
+                r = asyncio.run(run_load(svc.url, image, name, clients=clients, requests=requests, progress=False))
+                rss, largest, count = _tree_rss(svc.proc.pid)
+                rows.append(HttpResult(label=label, workers=n, ready_s=svc.ready_seconds, rss_mb=rss,
+                                       rss_largest_mb=largest, processes=count, clients=clients, requests=requests,
+                                       errors=r.errors, throughput=r.throughput, p50=r.percentile(50),
+                                       p99=r.percentile(99)))
     return rows
 
 
@@ -488,10 +512,10 @@ def write_markdown(path: Path, *, results: Sequence[InputResult], meta: dict[str
                   f"{meta['http_image']} after warm-up. Cold start = process start to `/readyz` 200 with all models "
                   f"(target ≤ {TARGET_COLD_S:.0f} s). RSS = the whole process tree (supervisor + workers), after the load.",
                   "",
-                  "| workers | cold start s | RSS MB (tree) | largest process MB | processes | requests | errors | "
+                  "| configuration | cold start s | RSS MB (tree) | largest process MB | processes | requests | errors | "
                   "req/s | p50 ms | p99 ms |", "|---|---|---|---|---|---|---|---|---|---|"]
         for h in cold:  # type: ignore[union-attr]
-            lines.append(f"| {h.workers} | {h.ready_s:.1f} | {h.rss_mb:.0f} | {h.rss_largest_mb:.0f} | {h.processes} | "
+            lines.append(f"| {h.label} | {h.ready_s:.1f} | {h.rss_mb:.0f} | {h.rss_largest_mb:.0f} | {h.processes} | "
                          f"{h.requests} | {h.errors} | {h.throughput:.2f} | {h.p50:.0f} | {h.p99:.0f} |")
         lines.append("")
     int8 = meta.get("int8")
@@ -610,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "and the QDQ graph adds (de)quantisation around depthwise convolutions); fp32 "
                                   "stays the default.")}
         http = [] if args.no_http else http_bench(first, "photo.jpg", workers=(1, 2), clients=args.clients,
-                                                  requests=args.requests)
+                                                  requests=args.requests, int8=args.int8)
     meta: dict[str, object] = {
         "machine": machine_description(),
         "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
