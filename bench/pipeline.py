@@ -40,9 +40,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:  # torch and the service load lazily: `--from-json` needs neither
+    from bench.baseline import NaiveBaseline
+    from service.pipeline import Analyzer
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = REPO / "models" / "default"
@@ -171,7 +176,7 @@ def make_inputs(workdir: Path, *, scale: float = 1.0) -> dict[str, bytes]:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _render_parts(analyzer: object, data: bytes) -> dict[str, float]:
+def _render_parts(analyzer: Analyzer, data: bytes) -> dict[str, float]:
     """The render stage split into its parts by direct calls on one analysis's data."""
     from models.grading import softmax
     from models.preprocess import preprocess
@@ -180,43 +185,43 @@ def _render_parts(analyzer: object, data: bytes) -> dict[str, float]:
     from service.quality import ANALYSIS_SIZE
     from service.render import caption_for, cam_to_heatmap, heat_to_u8, overlay, png_base64
 
-    card = analyzer.grader_card  # type: ignore[attr-defined]
-    img = decode(data, limits=analyzer.limits, target=max(card.input.size, ANALYSIS_SIZE))[0]  # type: ignore[attr-defined]
+    card = analyzer.grader_card
+    img = decode(data, limits=analyzer.limits, target=max(card.input.size, ANALYSIS_SIZE))[0]
     pre = preprocess(img.rgb, card.input.size)
-    out = analyzer.run_grader(pre.tensor[None])  # type: ignore[attr-defined]
+    out = analyzer.run_grader(pre.tensor[None])
     probs = softmax(out["logits"][0])
     target = saliency_target(int(np.argmax(probs)), probs)
     t: dict[str, float] = {}
 
-    def timed(name: str, fn: Callable[[], object]) -> object:
+    def timed(name: str, fn: Callable[[], np.ndarray | str]) -> np.ndarray:
         t0 = time.perf_counter()
         r = fn()
         t[name] = 1000 * (time.perf_counter() - t0)
-        return r
+        return r  # type: ignore[return-value]
 
     heat = timed("cam_to_heatmap", lambda: heat_to_u8(cam_to_heatmap(out["cam"][0, target], pre.transform)))
-    pic = timed("overlay", lambda: overlay(img.rgb, heat, caption=caption_for(card)))  # type: ignore[arg-type]
-    timed("png_heatmap", lambda: png_base64(heat))  # type: ignore[arg-type]
-    timed("png_overlay", lambda: png_base64(pic))  # type: ignore[arg-type]
+    pic = timed("overlay", lambda: overlay(img.rgb, heat, caption=caption_for(card)))
+    timed("png_heatmap", lambda: png_base64(heat))
+    timed("png_overlay", lambda: png_base64(pic))
     return t
 
 
-def measure_input(name: str, data: bytes, *, baseline: object, analyzer: object, repeats: int,
-                  analyzer_detector: object | None = None, warmup: int = 1) -> InputResult:
+def measure_input(name: str, data: bytes, *, baseline: NaiveBaseline, analyzer: Analyzer, repeats: int,
+                  analyzer_detector: Analyzer | None = None, warmup: int = 1) -> InputResult:
     """Run ``data`` through both pipelines ``warmup + repeats`` times (interleaved, so drifting load hits
     both alike) and keep the timed repeats."""
     from service.decode import sniff
 
     res: InputResult | None = None
     for i in range(warmup + repeats):
-        b = baseline.run(data)  # type: ignore[attr-defined]
+        b = baseline.run(data)
         t0 = time.perf_counter()
-        f = analyzer.analyze(data)  # type: ignore[attr-defined]
+        f = analyzer.analyze(data)
         wall = 1000 * (time.perf_counter() - t0)
         fd = None
         if analyzer_detector is not None:
             t1 = time.perf_counter()
-            fd = analyzer_detector.analyze(data)  # type: ignore[attr-defined]
+            fd = analyzer_detector.analyze(data)
             fd_wall = 1000 * (time.perf_counter() - t1)
         parts = _render_parts(analyzer, data)
         if res is None:
