@@ -3,7 +3,8 @@
 FLOPs here are 2 x multiply-accumulates of the ops that carry the arithmetic: ``Conv`` (grouped and
 depthwise included), ``Gemm``/``MatMul`` and ``Einsum`` (the in-graph CAM), at batch 1 and the card's input
 size, from ONNX shape inference. Element-wise ops (activations, adds, pools) are left out, as is usual for
-"GFLOPs" of a CNN; they are a few percent of a MobileNet's arithmetic.
+"GFLOPs" of a CNN; they are a few percent of a MobileNet's arithmetic. Shapes that static inference cannot
+resolve are read from one ONNX Runtime run on zeros.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 
 import numpy as np
 import onnx
-from onnx import shape_inference
+from onnx import TensorProto, helper, shape_inference
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
@@ -27,6 +28,29 @@ def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+_COUNTED = ("Conv", "Gemm", "MatMul", "Einsum")
+
+
+def _run_shapes(model: onnx.ModelProto, known: dict[str, tuple[int, ...]], size: int) -> dict[str, tuple[int, ...]]:
+    """Shapes static inference left open (e.g. behind a ``Resize`` with computed scales), by running the graph
+    once in ONNX Runtime on zeros with those tensors exposed as outputs."""
+    missing = sorted({name for node in model.graph.node if node.op_type in _COUNTED
+                      for name in (*node.input, *node.output) if name and name not in known})
+    if not missing:
+        return {}
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    present = {o.name for o in probe.graph.output}
+    for name in missing:
+        if name not in present:
+            probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = sess.run(missing, {probe.graph.input[0].name: np.zeros((1, 3, size, size), np.float32)})
+    return {name: tuple(a.shape) for name, a in zip(missing, outs, strict=True)}
+
+
 def model_flops(onnx_bytes: bytes, size: int) -> int:
     """FLOPs of one forward pass at batch 1 and a ``size`` x ``size`` input (module docstring).
     ``ValueError`` when a counted op's shapes cannot be inferred."""
@@ -37,9 +61,10 @@ def model_flops(onnx_bytes: bytes, size: int) -> int:
         d.ClearField("dim_param")
         d.dim_value = v
     shapes = _shapes(model)
+    shapes.update(_run_shapes(model, shapes, size))
     total = 0
     for node in model.graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul", "Einsum"):
+        if node.op_type not in _COUNTED:
             continue
         try:
             if node.op_type == "Conv":

@@ -110,3 +110,24 @@ def test_measure_a_tiny_input_and_report(tiny: tuple[ModelCard, bytes], tiny_exp
     plot(results, out)
     assert out.stat().st_size > 1000
     json.dumps([r.__dict__ for r in results])
+
+
+def test_a_detector_adds_its_column_and_flops(tiny: tuple[ModelCard, bytes], tiny_export: Path,
+                                              tiny_detector_run: tuple[Path, Path], tmp_path: Path) -> None:
+    from bench.baseline import NaiveBaseline
+    from service.pipeline import Analyzer
+
+    card, onnx_bytes = tiny
+    _, det_dir = tiny_detector_run
+    det_card = det_dir / "tiny-detector.card.json"
+    det = ModelCard.load(det_card)
+    assert model_flops((det_dir / det.file).read_bytes(), det.input.size) > 0
+    baseline = NaiveBaseline(torch_grader(onnx_bytes, card.architecture, len(card.classes)), card.input.size)
+    grader = tiny_export / "tiny-grader.card.json"
+    name, data = list(make_inputs(tmp_path, scale=0.06).items())[-1]
+    r = measure_input(name, data, baseline=baseline, analyzer=Analyzer.load(grader), repeats=1, warmup=0,
+                      analyzer_detector=Analyzer.load(grader, detector=det_card))
+    assert "detection" in r.fovea_detector and "detection" not in r.fovea
+    assert 0 < r.model_share("fovea_detector") <= 1
+    rows = summary_table([r])
+    assert rows[0].endswith("Fovea + detector ms |") and rows[2].count("|") == rows[0].count("|")
