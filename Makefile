@@ -9,7 +9,7 @@ DEV_STAMP := $(VENV)/.fovea-dev
 # glibc malloc settings that make PyTorch CPU training ~1.8x faster here (DESIGN.md, measured facts).
 TRAIN_ENV := MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736
 
-.PHONY: serve test venv default-model bento bench clean
+.PHONY: serve test venv default-model bento bench bench-backbones clean
 
 $(PY):
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -41,7 +41,11 @@ default-model: $(DEV_STAMP)
 bento: $(SERVE_STAMP)
 	$(VENV)/bin/bentoml build
 
+# Fovea against the naive PyTorch + Grad-CAM stack (docs/performance.md; ~10 minutes on 2 cores).
 bench: $(DEV_STAMP)
+	$(PY) -m bench.pipeline
+
+bench-backbones: $(DEV_STAMP)
 	$(TRAIN_ENV) $(PY) -m bench.backbones
 
 clean:

@@ -95,13 +95,14 @@ def _free_port() -> int:
 
 
 class ServedFovea:
-    """``bentoml serve`` in a subprocess on a free loopback port (context manager); ready when entered."""
+    """``bentoml serve`` in a subprocess on a free loopback port (context manager); ready when entered.
+    ``env``: extra environment for the service (e.g. ``FOVEA_GRADER_TAG``)."""
 
-    def __init__(self, *, workers: int, inference: str, home: Path) -> None:
+    def __init__(self, *, workers: int, inference: str, home: Path, env: dict[str, str] | None = None) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true",
-                    "FOVEA_WORKERS": str(workers), "FOVEA_INFERENCE": inference}
+                    "FOVEA_WORKERS": str(workers), "FOVEA_INFERENCE": inference, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready_seconds = float("nan")
 

@@ -96,6 +96,23 @@ class TrainingProvenance(_Frozen):
     seconds: float | None = None
 
 
+class Quantization(_Frozen):
+    """How an int8 model was derived from its fp32 parent, and what the clinical-metric gate measured
+    (``python -m training quantize``): both metric sets on the same held-out data, their deltas (int8 - fp32),
+    and median batch-1 latency of both on the quantizing machine."""
+
+    method: str
+    calibration: str
+    parent_version: str
+    parent_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    metrics_fp32: dict[str, float]
+    metrics_int8: dict[str, float]
+    metric_deltas: dict[str, float]
+    gate: str
+    latency_ms: dict[str, float]
+    command: str = ""
+
+
 class ModelCard(_Frozen):
     """A versioned ONNX model and everything needed to use it correctly."""
 
@@ -118,6 +135,8 @@ class ModelCard(_Frozen):
     training: TrainingProvenance
     intended_use: str = SYNTHETIC_WARNING
     created: str
+    #: Set on an int8 model derived from an fp32 parent (``training.quantize``); ``None`` for trained models.
+    quantization: Quantization | None = None
 
     @property
     def tag(self) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
-from bentoml.exceptions import NotFound
+from bentoml.exceptions import BentoMLException, NotFound
 
 from models.card import CardError, ModelCard, read_verified, verify
 
@@ -26,6 +26,27 @@ DEFAULT_MODELS = ("dr-grader", "lesion-detector", "image-quality")
 REQUIRED_MODELS = ("dr-grader",)
 
 
+def get_exact(tag: str) -> bentoml.Model | None:
+    """The stored model of ``tag`` (``name:version``, or ``name`` / ``name:latest`` for the latest), ``None``
+    when the store has no such version.
+
+    BentoML's own ``models.get`` also accepts a unique version *prefix*: ``dr-grader:0.1.0`` finds
+    ``dr-grader:0.1.0-int8`` when only the int8 model is stored. A model store must never hand out another
+    version than the one asked for, so an explicit version must match exactly."""
+    version = bentoml.Tag.from_taglike(tag).version
+    try:
+        model = bentoml.models.get(tag)
+    except NotFound:
+        return None
+    except BentoMLException:  # several versions share the prefix: none of them is the one asked for
+        if version in (None, "latest"):
+            raise
+        return None
+    if version not in (None, "latest") and model.tag.version != version:
+        return None
+    return model
+
+
 def import_model(card_path: Path) -> str:
     """Copy ``<name>.onnx`` + card into the store as ``name:version``; return the tag.
 
@@ -34,10 +55,7 @@ def import_model(card_path: Path) -> str:
     """
     card = ModelCard.load(card_path)
     src = verify(card, card_path.parent)
-    try:
-        existing = bentoml.models.get(card.tag)
-    except NotFound:
-        existing = None
+    existing = get_exact(card.tag)
     if existing is not None:
         stored = ModelCard.load(Path(existing.path) / "card.json")
         if stored.sha256 != card.sha256:
@@ -89,11 +107,7 @@ def ensure_defaults(default_dir: Path = DEFAULT_DIR) -> list[str]:
         if name not in REQUIRED_MODELS and not card_path.is_file():
             continue
         tag = ModelCard.load(card_path).tag
-        try:
-            bentoml.models.get(tag)
-            present = True
-        except NotFound:
-            present = False
+        present = get_exact(tag) is not None
         import_model(card_path)
         if not present:
             imported.append(tag)

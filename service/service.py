@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse
 
-from models.store import load_verified
+from models.store import get_exact, load_verified
 from service.audit import AuditLog
 from service.audit_http import AuditMiddleware
 from service.auth import AuthMiddleware
@@ -155,10 +155,8 @@ class Fovea:
 
 def _installed(tag: str) -> Path | None:
     """The model-store folder of ``tag``, or ``None`` when the store has no such model."""
-    try:
-        return Path(bentoml.models.get(tag).path)
-    except bentoml.exceptions.NotFound:
-        return None
+    model = get_exact(tag)  # exact versions: BentoML alone would accept a version prefix
+    return Path(model.path) if model is not None else None
 
 
 def _read(image: Path) -> bytes:

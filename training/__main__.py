@@ -1,4 +1,4 @@
-"""``python -m training {train,evaluate,export,register}`` — see README "Training"."""
+"""``python -m training {train,evaluate,export,quantize,register}`` — see README "Training"."""
 
 from __future__ import annotations
 
@@ -51,6 +51,17 @@ def _parser() -> argparse.ArgumentParser:
     _add_format(x, "the held-out data")
     _add_split(x)
     x.add_argument("--out", type=Path, default=Path("models/default"))
+    q = sub.add_parser("quantize", help="static int8 (ONNX Runtime QDQ) of an exported model, gated on QWK/mAP")
+    q.add_argument("--card", type=Path, required=True, help="the fp32 model's card")
+    q.add_argument("--data", type=Path, required=True, help="held-out labelled data for the metric gate")
+    _add_format(q, "the held-out data")
+    _add_split(q)
+    q.add_argument("--out", type=Path, required=True, help="folder for <name>-int8.onnx and its card")
+    q.add_argument("--calibration", type=Path, help="calibration images (default: generated synthetic photographs)")
+    q.add_argument("--calibration-count", type=int, default=64)
+    q.add_argument("--calibration-seed", type=int, default=11)
+    q.add_argument("--max-qwk-drop", type=float, default=0.01)
+    q.add_argument("--max-map-drop", type=float, default=0.02)
     r = sub.add_parser("register", help="import an exported model (ONNX + card) into the BentoML model store")
     r.add_argument("--card", type=Path, required=True)
     return p
@@ -64,6 +75,23 @@ def main(argv: list[str] | None = None) -> int:
             from models.store import import_model
 
             print(import_model(args.card))
+            return 0
+        if args.cmd == "quantize":
+            from training.data import held_out_split
+            from training.quantize import quantize
+
+            from models.card import ModelCard
+
+            # The held-out layout defaults to the one the parent was trained and evaluated on.
+            parent_data = ModelCard.load(args.card).training.config.get("data")
+            fmt = args.format or (parent_data.get("format") if isinstance(parent_data, dict) else None) or "eyepacs"
+            card = quantize(args.card, args.data, args.out, fmt=fmt, split=args.split or held_out_split(fmt),
+                            calibration=args.calibration, calibration_count=args.calibration_count,
+                            calibration_seed=args.calibration_seed, max_qwk_drop=args.max_qwk_drop,
+                            max_map_drop=args.max_map_drop, command=command)
+            assert card.quantization is not None
+            print(json.dumps({"tag": card.tag, "file": card.file, "gate": card.quantization.gate,
+                              "latency_ms": card.quantization.latency_ms}, indent=2))
             return 0
         from training.config import load_config
         from training.train import ensure_data

@@ -96,3 +96,27 @@ def test_register_stores_onnx_card_labels_and_metadata(fixture: str, card_name: 
         assert set(meta["operating_points"]) == {"gradable"}
     if task == "lesion-detection":
         assert set(meta["score_thresholds"]) == set(card.classes)
+
+
+def test_an_explicit_version_is_never_matched_by_prefix(export_copy: Path) -> None:
+    # BentoML's get() accepts a unique version prefix: with only "0.0.1-int8" stored, "tiny-grader:0.0.1" would
+    # resolve to it, and importing the fp32 0.0.1 would then be refused as "a different file".
+    from models.card import ModelCard, sha256_file
+    from models.store import get_exact
+
+    d = export_copy.parent
+    card = ModelCard.load(export_copy)
+    q = d / "q"
+    q.mkdir()
+    (q / "tiny-grader-int8.onnx").write_bytes((d / card.file).read_bytes() + b"\0")
+    int8 = card.model_copy(update={"version": "9.9.9-int8", "file": "tiny-grader-int8.onnx",
+                                   "sha256": sha256_file(q / "tiny-grader-int8.onnx")})
+    int8.save(q / "tiny-grader-int8.card.json")
+    assert import_model(q / "tiny-grader-int8.card.json") == "tiny-grader:9.9.9-int8"
+    assert get_exact("tiny-grader:9.9.9") is None
+    assert get_exact("tiny-grader:9.9.9-int8") is not None
+    fp32 = card.model_copy(update={"version": "9.9.9"})
+    fp32.save(export_copy)
+    assert import_model(export_copy) == "tiny-grader:9.9.9"
+    model = get_exact("tiny-grader:9.9.9")
+    assert model is not None and str(model.tag) == "tiny-grader:9.9.9"
