@@ -1,22 +1,30 @@
-"""The gradability decision when an image-quality model is installed: the model decides, the classic measures
-(:mod:`service.quality`) stay in the answer and guard what the model has never seen.
+"""The gradability decision when an image-quality model is installed: the model and the classic measures
+(:mod:`service.quality`) vote, and the classic measures guard what the model has never seen.
 
 Contract of the model (its card, task ``image-quality``): one output ``probabilities`` ``(N, len(classes))``,
 ``classes`` = ``gradable`` then reason groups named as :data:`service.quality.REASONS`; operating point
-``gradable`` (gradable iff ``p_gradable >= threshold``, chosen on validation for an ungradable sensitivity of at
-least 0.90).
+``gradable`` (the model alone calls a photograph gradable iff ``p_gradable >= threshold``, chosen on validation
+for an ungradable sensitivity of at least 0.90).
 
 Rules (:func:`combine`):
 
-- ``gradable`` is the model's verdict at the card's threshold, except that a photograph in which the classic
-  measures find no imaged fundus at all (``coverage`` below :data:`NO_FIELD_COVERAGE`: black frames, a document,
-  a face) is ungradable with reason ``field`` whatever the model says — the default model was trained on
-  synthetic fundus photographs only, and out-of-distribution inputs must not pass the gate on its word.
-- ``reasons`` of an ungradable photograph are the reason groups whose probability is at least
-  :data:`REASON_THRESHOLD`; when none reaches it, the most probable one (an ungradable verdict always says why).
-- ``score`` is the model's ``p_gradable`` moved so that 0.5 is the card's threshold (a shift in logit space:
-  monotone in ``p_gradable``), keeping the :class:`service.findings.Quality` meaning "0.5 = the gate's boundary".
-- ``measures`` holds the classic measures and ``p_<class>`` for each model output.
+- Each method gives a score with 0.5 at its own boundary: the model's ``p_gradable`` shifted in logit space so
+  that its card's threshold maps to 0.5, and the classic gate's score. ``score`` is their mean and the
+  photograph is gradable iff ``score >= 0.5``: a photograph one method finds clearly fine and the other finds
+  borderline passes; one that either finds clearly bad does not.
+- Why a vote and not the model alone: the default model is trained on synthetic photographs only. On 400
+  held-out synthetic photographs (145 ungradable; ``data/synthetic-quality-test``) the model alone flags 95.2 %
+  of the ungradable ones at 85.5 % specificity, the classic gate 84.1 % / 91.4 %, the vote 93.8 % / 88.6 %
+  (score AUC 0.975, 0.927, 0.964) — but the model alone calls scikit-image's real, sharp ``retina.jpg``
+  ungradable (p_gradable 0.864 against a threshold of 0.881), which the vote does not (score 0.67). The
+  rule was chosen with both facts in view, so those held-out figures are not an unbiased estimate for it.
+- A photograph in which the classic measures find no imaged fundus at all (``coverage`` below
+  :data:`NO_FIELD_COVERAGE`: black frames, a document, a face) is ungradable with reason ``field`` whatever
+  the model says, with score 0.
+- ``reasons`` of an ungradable photograph: the model's reason groups whose probability is at least
+  :data:`REASON_THRESHOLD` together with the classic gate's reasons, in :data:`service.quality.REASONS` order;
+  when there are none, the model's most probable one (an ungradable verdict always says why).
+- ``measures`` holds the classic measures, ``p_<class>`` for each model output, and both methods' scores.
 """
 
 from __future__ import annotations
@@ -57,19 +65,19 @@ def combine(probabilities: np.ndarray, card: ModelCard, classic: QualityVerdict)
     classic verdict (see the module docstring for the rules)."""
     threshold = check_quality_card(card)
     probs = {name: float(p) for name, p in zip(card.classes, probabilities, strict=True)}
-    p_gradable = probs["gradable"]
+    model_score = 1.0 / (1.0 + math.exp(-(_logit(probs["gradable"]) - _logit(threshold))))
     no_field = classic.measures.coverage < NO_FIELD_COVERAGE
-    gradable = p_gradable >= threshold and not no_field
+    score = 0.0 if no_field else (model_score + classic.score) / 2.0
+    gradable = score >= 0.5
     reasons: list[str] = []
     if not gradable:
         candidates = {r: probs[r] for r in card.classes[1:]}
-        reasons = [r for r in REASONS if candidates.get(r, 0.0) >= REASON_THRESHOLD]
-        if no_field and "field" not in reasons:
-            reasons.insert(0, "field")
-        if not reasons:
-            reasons = [max(candidates, key=candidates.__getitem__)]
-    score = 0.0 if no_field else 1.0 / (1.0 + math.exp(-(_logit(p_gradable) - _logit(threshold))))
-    measures = {**classic.measures.as_dict(), **{f"p_{k}": round(v, 5) for k, v in probs.items()}}
+        flagged = {r for r, p in candidates.items() if p >= REASON_THRESHOLD} | set(classic.reasons)
+        if no_field:
+            flagged.add("field")
+        reasons = [r for r in REASONS if r in flagged] or [max(candidates, key=candidates.__getitem__)]
+    measures = {**classic.measures.as_dict(), **{f"p_{k}": round(v, 5) for k, v in probs.items()},
+                "model_score": round(model_score, 4), "classic_score": round(classic.score, 4)}
     return Quality(gradable=gradable, score=round(score, 4), reasons=reasons,
-                   method=f"{card.name}:{card.version} (model at threshold {threshold:.3f}; classic measures reported)",
-                   measures=measures)
+                   method=f"{card.name}:{card.version} with classic measures (mean of both scores; model threshold "
+                          f"{threshold:.3f})", measures=measures)

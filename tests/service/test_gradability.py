@@ -29,31 +29,43 @@ def _card(threshold: float = 0.3, **changes: object) -> ModelCard:
     return ModelCard(**fields)  # type: ignore[arg-type]
 
 
-def _classic(coverage: float = 0.95) -> QualityVerdict:
+def _classic(coverage: float = 0.95, score: float = 0.9, reasons: tuple[str, ...] = ()) -> QualityVerdict:
     m = QualityMeasures(coverage=coverage, brightness=0.4, clipped=0.0, sharpness=0.5, contrast=0.05, illumination=0.5)
-    return QualityVerdict(gradable=True, score=0.9, reasons=(), measures=m)
+    return QualityVerdict(gradable=score >= 0.5, score=score, reasons=reasons, measures=m)
 
 
 def _probs(gradable: float, **reasons: float) -> np.ndarray:
     return np.array([gradable] + [reasons.get(c, 0.0) for c in CLASSES[1:]], np.float32)
 
 
-def test_the_cards_threshold_decides_and_the_score_boundary_is_one_half() -> None:
+def test_model_score_is_one_half_at_the_cards_threshold_and_the_vote_is_the_mean() -> None:
     card = _card(threshold=0.3)
-    at = combine(_probs(0.3), card, _classic())
-    assert at.gradable and at.score == pytest.approx(0.5, abs=1e-3)
-    above, below = combine(_probs(0.8), card, _classic()), combine(_probs(0.1, blur=0.9), card, _classic())
-    assert above.gradable and above.score > 0.5 and above.reasons == []
-    assert not below.gradable and below.score < 0.5 and below.reasons == ["blur"]
-    assert "iq:1.0" in below.method and below.measures["p_blur"] == pytest.approx(0.9)
-    assert below.measures["coverage"] == pytest.approx(0.95)  # the classic measures stay in the answer
+    at = combine(_probs(0.3), card, _classic(score=0.5))
+    assert at.measures["model_score"] == pytest.approx(0.5, abs=1e-3)
+    assert at.score == pytest.approx(0.5, abs=1e-3) and at.gradable
+    q = combine(_probs(0.8), card, _classic(score=0.7))
+    assert q.gradable and q.reasons == []
+    assert q.score == pytest.approx((q.measures["model_score"] + 0.7) / 2, abs=1e-4)
+    assert "iq:1.0" in q.method and q.measures["p_gradable"] == pytest.approx(0.8)
+    assert q.measures["coverage"] == pytest.approx(0.95)  # the classic measures stay in the answer
+
+
+def test_a_borderline_model_is_outvoted_by_a_clear_classic_pass_and_vice_versa() -> None:
+    card = _card(threshold=0.88)
+    # The real retina.jpg case: the model just below its threshold, the classic gate clearly satisfied.
+    assert combine(_probs(0.86), card, _classic(score=0.88)).gradable
+    # The model clearly failing outvotes a classic pass; a classic clear failure outvotes a model pass.
+    clear_fail = combine(_probs(0.01, blur=0.9), card, _classic(score=0.8))
+    assert not clear_fail.gradable and clear_fail.reasons == ["blur"]
+    q = combine(_probs(0.9), card, _classic(score=0.0, reasons=("underexposed",)))
+    assert not q.gradable and q.reasons == ["underexposed"]
 
 
 def test_ungradable_always_says_why() -> None:
-    q = combine(_probs(0.05, haze=0.3, uneven=0.4), _card(), _classic())
-    assert not q.gradable and q.reasons == ["uneven"]  # none reaches 0.5: the most probable reason
-    q = combine(_probs(0.05, field=0.7, underexposed=0.6), _card(), _classic())
-    assert q.reasons == ["field", "underexposed"]  # service order
+    q = combine(_probs(0.01, haze=0.3, uneven=0.4), _card(), _classic(score=0.3))
+    assert not q.gradable and q.reasons == ["uneven"]  # none reaches 0.5, classic names none: the most probable
+    q = combine(_probs(0.01, underexposed=0.6), _card(), _classic(score=0.2, reasons=("field",)))
+    assert q.reasons == ["field", "underexposed"]  # both methods' reasons, in service order
 
 
 def test_no_fundus_at_all_is_ungradable_whatever_the_model_says() -> None:
@@ -82,8 +94,8 @@ def test_pipeline_uses_the_installed_quality_model(tiny_export: Path, tiny_quali
     assert f.quality.method.startswith("tiny-quality:0.0.1")
     assert {"p_gradable", "p_blur", "coverage"} <= set(f.quality.measures)
     assert [m.name for m in f.models] == ["tiny-grader", "tiny-quality"]
-    # The decision is the model's at its card's threshold (the tiny model's own verdict is arbitrary): with the
-    # threshold moved to either end, the same photograph passes or fails the gate, and the referral follows.
+    # The model's threshold takes part in the decision (the tiny model's own verdict is arbitrary): moved to either
+    # end, it decides the vote for the same photograph, and the referral follows.
     qm = analyzer.quality_model
     assert qm is not None
     for threshold, gradable in ((0.0, True), (1.0, False)):
