@@ -95,8 +95,10 @@ def test_an_installed_detector_adds_lesions(tiny_detector_run: tuple[Path, Path]
         info = httpx.post(f"{url}/info", json={}, timeout=30).json()
         body = httpx.post(f"{url}/analyze", files={"image": ("r.jpg", retina_path.read_bytes(), "image/jpeg")},
                           timeout=120).json()
-    assert [m["task"] for m in info["models"]] == ["dr-grading", "lesion-detection"]
-    assert isinstance(body["lesions"], list) and [m["name"] for m in body["models"]] == ["dr-grader", "tiny-detector"]
+    by_task = {m["task"]: m["name"] for m in info["models"]}
+    assert by_task["dr-grading"] == "dr-grader" and by_task["lesion-detection"] == "tiny-detector"
+    assert isinstance(body["lesions"], list)
+    assert {m["task"]: m["name"] for m in body["models"]} == by_task  # every loaded model is named in the result
     for les in body["lesions"]:
         x0, y0, x1, y1 = les["box"]
         assert 0 <= x0 <= x1 <= 1411 and 0 <= y0 <= y1 <= 1411 and 0 <= les["score"] <= 1

@@ -48,9 +48,12 @@ def test_load_verified_refuses_pickles_and_tampering(export_copy: Path) -> None:
 
 
 def test_ensure_defaults_imports_once() -> None:
+    from models.store import DEFAULT_DIR, DEFAULT_MODELS
+
     first = ensure_defaults()
     assert ensure_defaults() == []
-    assert all(t.startswith("dr-grader:") for t in first)
+    embedded = [n for n in DEFAULT_MODELS if (DEFAULT_DIR / f"{n}.card.json").is_file()]
+    assert first[0].startswith("dr-grader:") and [t.split(":")[0] for t in first] == embedded
 
 
 @pytest.mark.parametrize("fixture,card_name,task", [
