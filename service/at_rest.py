@@ -70,29 +70,40 @@ class Sealer:
                             "another key") from exc
 
     def write(self, path: Path, data: bytes, purpose: bytes = b"") -> None:
-        """Seal ``data`` into ``path`` durably: written to a temporary file beside it, fsynced, renamed over
-        ``path`` (atomic on POSIX), and the folder fsynced, so a crash leaves the old file or the new one."""
+        """Seal ``data`` into ``path`` durably (:func:`atomic_write`)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(self.seal(data, purpose))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(path, self.seal(data, purpose))
 
     def read(self, path: Path, purpose: bytes = b"") -> bytes:
         """The plaintext of a file written by :meth:`write`."""
         return self.open(path.read_bytes(), purpose)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename or a new file in it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably, mode 0600: written to a temporary file beside it,
+    fsynced, renamed over ``path`` (atomic on POSIX), and the folder fsynced, so a crash leaves the old file or
+    the new one, never a mix."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def data_dir(environ: dict[str, str] | None = None) -> Path:

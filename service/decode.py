@@ -396,9 +396,15 @@ def read_dicom_header(data: bytes, *, limits: DecodeLimits = DecodeLimits()) -> 
     if kind != "dicom":
         raise UnsupportedMediaType(f"The part is a {kind.upper()} image, not a DICOM Part 10 instance.")
     ds = _read_dataset(data, limits)
+    _checked_header(ds, data, limits)
+    return ds
+
+
+def _checked_header(ds: Dataset, data: bytes, limits: DecodeLimits) -> tuple[PixelHeader, int, str | None]:
+    """Every pre-pixel check of a parsed dataset: ``(header, frames to decode, note on frames skipped)``."""
     try:
         header = _check_header(ds, limits, data)
-        count, _ = _frames_to_decode(header, limits)
+        count, skipped = _frames_to_decode(header, limits)
         _check_encapsulated_frames(ds, header, count, limits)
     except FoveaError:
         raise
@@ -406,7 +412,7 @@ def read_dicom_header(data: bytes, *, limits: DecodeLimits = DecodeLimits()) -> 
         raise UnreadableImage(
             f"The DICOM header could not be interpreted ({type(exc).__name__}); the file is corrupt."
         ) from exc
-    return ds
+    return header, count, skipped
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -1159,17 +1165,7 @@ def _frames_to_decode(header: PixelHeader, limits: DecodeLimits) -> tuple[int, s
 
 def _decode_dicom(data: bytes, limits: DecodeLimits, target: int | None) -> list[DecodedImage]:
     ds = _read_dataset(data, limits)
-    try:
-        header = _check_header(ds, limits, data)
-        count, skipped = _frames_to_decode(header, limits)
-        _check_encapsulated_frames(ds, header, count, limits)
-    except FoveaError:
-        raise
-    except Exception as exc:
-        raise UnreadableImage(
-            f"The DICOM header could not be interpreted ({type(exc).__name__}); the file is corrupt."
-        ) from exc
-
+    header, count, skipped = _checked_header(ds, data, limits)
     notes: list[str] = [skipped] if skipped else []
     if header.bits_stored > 8 or header.bits_allocated > 8:
         notes.append(f"{header.bits_stored}-bit pixel data scaled to 8 bit")

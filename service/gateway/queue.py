@@ -43,6 +43,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Literal, Protocol
 
+from service.at_rest import atomic_write, fsync_dir
+
 __all__ = ["Backoff", "DurableQueue", "Item", "QueueLocked", "Sealer", "item_key"]
 
 Stage = Literal["analyse", "forward"]
@@ -109,28 +111,9 @@ class Item:
     history: list[str] = field(default_factory=list)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, data: dict[str, object]) -> None:
-    """Replace ``path`` atomically and durably (temp file, fsync, rename, fsync the folder)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """Replace ``path`` atomically and durably (:func:`service.at_rest.atomic_write`)."""
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
 
 
 class DurableQueue:
@@ -205,7 +188,7 @@ class DurableQueue:
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
             return key, False
 
     # --------------------------------------------------------------------------------------------- read
@@ -328,5 +311,5 @@ class DurableQueue:
         if target.exists():  # an older delivery of the same instance: the newer record replaces it
             shutil.rmtree(target)
         os.rename(self._dir(src, key), target)
-        _fsync_dir(target.parent)
-        _fsync_dir(self.root / src)
+        fsync_dir(target.parent)
+        fsync_dir(self.root / src)
