@@ -102,16 +102,10 @@ def f1_threshold(curve: FrocCurve, default: float = 0.5) -> tuple[float, float, 
             float(curve.false_positives[i] / max(curve.images, 1)))
 
 
-def mean_average_precision(detections: Sequence[Sequence[Lesion]], truths: Sequence[Truth],
-                           classes: Sequence[str]) -> dict[str, float]:
-    """``map_50`` and ``ap50_<class>`` (classes with lesions only) with torchmetrics'
-    ``MeanAveragePrecision`` at IoU 0.5 (COCO's 101-point interpolation); ``classes`` gives the label ids."""
+def torchmetrics_inputs(detections: Sequence[Sequence[Lesion]], truths: Sequence[Truth], classes: Sequence[str]
+                        ) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
+    """``(preds, target)`` for torchmetrics' ``MeanAveragePrecision`` (xyxy boxes, label ids by ``classes``)."""
     index = {c: i for i, c in enumerate(classes)}
-    # COCO's default caps (1, 10, 100 detections per image and class); the summary reads the last, which
-    # matches models.detection.TOP_K. Other caps make torchmetrics report -1 for "map".
-    metric = MeanAveragePrecision(iou_thresholds=[0.5], class_metrics=True, box_format="xyxy", backend="pycocotools")
-    # Its warning counts detections per image over all classes; pycocotools caps them per image *and class*.
-    metric.warn_on_many_detections = False
 
     def pack(boxes: Sequence[Box], types: Sequence[str], scores: Sequence[float] | None) -> dict[str, torch.Tensor]:
         d = {"boxes": torch.tensor(list(boxes), dtype=torch.float32).reshape(-1, 4),
@@ -121,8 +115,20 @@ def mean_average_precision(detections: Sequence[Sequence[Lesion]], truths: Seque
         return d
 
     preds = [pack([d.box for d in dets], [d.type for d in dets], [d.score for d in dets]) for dets in detections]
-    target = [pack(t.boxes, t.types, None) for t in truths]
-    metric.update(preds, target)
+    return preds, [pack(t.boxes, t.types, None) for t in truths]
+
+
+def mean_average_precision(detections: Sequence[Sequence[Lesion]], truths: Sequence[Truth],
+                           classes: Sequence[str]) -> dict[str, float]:
+    """``map_50`` and ``ap50_<class>`` (classes with lesions only) with torchmetrics'
+    ``MeanAveragePrecision`` at IoU 0.5 (COCO's 101-point interpolation); ``classes`` gives the label ids."""
+    # COCO's default caps (1, 10, 100 detections per image and class); the summary reads the last, which
+    # matches models.detection.TOP_K. Other caps make torchmetrics report -1 for "map".
+    metric = MeanAveragePrecision(iou_thresholds=[0.5], class_metrics=True, box_format="xyxy", backend="pycocotools")
+    # Its warning counts detections per image over all classes; pycocotools caps them per image *and class*.
+    metric.warn_on_many_detections = False
+
+    metric.update(*torchmetrics_inputs(detections, truths, classes))
     res = metric.compute()
     out = {"map_50": float(res["map"])}
     present = {t for tr in truths for t in tr.types}

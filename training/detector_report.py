@@ -20,7 +20,8 @@ from datasets.readers import FundusRecord
 from models.detection import LESION_CLASSES, Lesion
 from training.config import TrainConfig
 from training.detection import LesionDataset, collate, predict
-from training.detection_metrics import FROC_RATES, Truth, detection_metrics, froc_curve, froc_sensitivities
+from training.detection_metrics import (FROC_RATES, Truth, detection_metrics, froc_curve, froc_sensitivities,
+                                        torchmetrics_inputs)
 from training.report import DETECTOR_CURVES, Curve, froc_figure, history_figure, pr_figure
 from training.report_html import Page
 
@@ -55,21 +56,11 @@ def pr_curves(detections: Sequence[Sequence[Lesion]], truths: Sequence[Truth],
     """Per class with ground-truth lesions, the interpolated precision at COCO's 101 recall points (IoU 0.5,
     all areas, 100 detections per image) from torchmetrics' ``MeanAveragePrecision`` extended summary; recall
     points the detector never reaches are left out."""
-    index = {c: i for i, c in enumerate(classes)}
     metric = MeanAveragePrecision(iou_thresholds=[0.5], extended_summary=True, box_format="xyxy",
                                   backend="pycocotools")
     metric.warn_on_many_detections = False
 
-    def pack(boxes: Sequence[tuple[float, ...]], types: Sequence[str], scores: Sequence[float] | None
-             ) -> dict[str, torch.Tensor]:
-        d = {"boxes": torch.tensor(list(boxes), dtype=torch.float32).reshape(-1, 4),
-             "labels": torch.tensor([index[t] for t in types], dtype=torch.int64)}
-        if scores is not None:
-            d["scores"] = torch.tensor(list(scores), dtype=torch.float32)
-        return d
-
-    preds = [pack([d.box for d in dets], [d.type for d in dets], [d.score for d in dets]) for dets in detections]
-    target = [pack(t.boxes, t.types, None) for t in truths]
+    preds, target = torchmetrics_inputs(detections, truths, classes)
     metric.update(preds, target)
     res = metric.compute()
     if "precision" not in res:  # no image at all
