@@ -94,7 +94,7 @@ class Settings(BaseModel):
     database_url: str | None = None
     audit_path: Path | None = None
     audit_salt: str | None = Field(None, min_length=16, repr=False)
-    job_retention_hours: float = Field(24.0, ge=0, allow_inf_nan=False)
+    job_retention_hours: float = Field(24.0, gt=0, allow_inf_nan=False)
 
 
 class SettingsError(ValueError):

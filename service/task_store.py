@@ -1,30 +1,31 @@
 """BentoML's background-job store, sealed at rest and purged after a configurable retention (issue 7).
 
 What BentoML 1.4 does on its own (``_bentoml_impl/tasks/result.py``, ``serde.py``, ``server/app.py``): every
-``@bentoml.task`` submission is written to one SQLite file, ``$BENTOML_RESULT_STORE`` or
-``$BENTOML_HOME/task_result.db`` (WAL mode, shared by all workers, deleted and re-created when ``bentoml serve``
-starts), table ``result``: ``input`` is the whole HTTP request as JSON -- the ASGI scope with **every header
-(the caller's ``Authorization: Bearer`` key included)** and the **complete body, base64** (for Fovea: the
-uploaded photographs and every DICOM header with the patient's name, ID, birth date...); ``result`` is the
-whole response (the findings JSON), base64 too. Rows are deleted only when *another* job completes, and only
-those completed more than 24 h before (a class constant, ``RESULT_RETENTION``; not configurable); rows of a job
-that never completed are never deleted. The stored input serves ``/retry`` only: the job itself runs on the
-request object in memory.
+``@bentoml.task`` submission goes into one SQLite file, ``$BENTOML_RESULT_STORE`` or
+``$BENTOML_HOME/task_result.db`` (WAL mode, shared by all workers, deleted and re-created when
+``bentoml serve`` starts), table ``result``: ``input`` is the whole HTTP request as JSON -- the ASGI scope
+with **every header (the caller's ``Authorization: Bearer`` key included)** and the **complete body,
+base64** (for Fovea: the uploaded photographs and every DICOM header with the patient's name, ID, birth
+date...); ``result`` is the whole response (the findings JSON), base64 too. Rows are deleted only when
+*another* job completes, and only those completed more than 24 h before (a class constant,
+``RESULT_RETENTION``, not configurable); a job that never completed is never deleted. The stored input serves
+``/retry`` only: the job itself runs on the request object in memory.
 
-What this module changes, through BentoML's own extension point (the ``Serde`` of :class:`Sqlite3Store`):
+What this module changes, through BentoML's own extension point (the ``Serde`` of ``Sqlite3Store``):
 
-* ``input`` and ``result`` are sealed with :mod:`service.at_rest` (AES-256-GCM, key ``FOVEA_STORAGE_KEY`` or
-  ``<FOVEA_DATA_DIR>/storage.key``), each with its own purpose; credentials (``Authorization``, ``X-API-Key``,
-  ``Cookie``) are dropped from the stored headers first -- ``/retry`` does not need them.
-* Retention ``FOVEA_JOB_RETENTION_HOURS`` (setting ``job_retention_hours``, default 24 as BentoML's): every new job and every completed one
-  purges rows older than that, completed or not; ``python -m service.task_store purge`` does it on demand (cron),
-  ``--older-than-hours 0`` empties the store. ``PRAGMA secure_delete`` overwrites deleted rows.
+* ``input`` and ``result`` are sealed with :mod:`service.at_rest` (AES-256-GCM, key ``FOVEA_STORAGE_KEY``
+  or ``<FOVEA_DATA_DIR>/storage.key``), each with its own purpose; credentials (``Authorization``,
+  ``X-API-Key``, ``Cookie``) are dropped from the stored headers first -- ``/retry`` does not need them.
+* Retention ``FOVEA_JOB_RETENTION_HOURS`` (setting ``job_retention_hours``, default 24 as BentoML's): every
+  new and every completed job purges the rows older than that, completed or not;
+  ``python -m service.task_store purge`` does it on demand (cron), ``--older-than-hours 0`` empties the
+  store. ``PRAGMA secure_delete`` overwrites deleted rows.
 * The database file is made mode 0600.
 
 :func:`install` puts :class:`SealedTaskStore` in place of BentoML's class; it refuses (``RuntimeError``) to
 run against a BentoML whose task store is not the one described above, so an upgrade cannot silently bring
 back clear-text persistence. An in-memory store (``BENTOML_RESULT_STORE=:memory:``) is no alternative: each
-worker would get its own empty database without the table.
+worker would get its own empty database, without the table.
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ class SealedTaskStore(_BentoStore):  # type: ignore[misc,valid-type]
 
     async def __aenter__(self) -> SealedTaskStore:
         await super().__aenter__()
-        await self._conn.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, not left in free pages
+        # Deleted rows are overwritten, not left in free pages (they are sealed anyway: defence in depth).
+        await self._conn.execute("PRAGMA secure_delete=ON")
         if self._db_file != ":memory:" and os.path.exists(self._db_file):
             os.chmod(self._db_file, 0o600)
         await self._purge()
@@ -134,19 +136,21 @@ class SealedTaskStore(_BentoStore):  # type: ignore[misc,valid-type]
 
 
 def install(retention_hours: float = DEFAULT_RETENTION_HOURS) -> None:
-    """Make BentoML create :class:`SealedTaskStore`, keeping jobs ``retention_hours``, wherever it would create
-    its own store (the server app of every worker, and the ``init_db`` of ``bentoml serve``). ``RuntimeError`` if
-    BentoML's layout differs from the one this module was written against."""
-    if not 0 <= retention_hours < float("inf"):
-        raise ValueError("the job retention must be a finite number of hours >= 0")
+    """Make BentoML create :class:`SealedTaskStore`, keeping jobs ``retention_hours`` (> 0: a result must
+    outlive its job long enough to be fetched), wherever it would create its own store (the server app of
+    every worker, and the ``init_db`` of ``bentoml serve``). ``RuntimeError`` if BentoML's layout differs
+    from the one this module was written against."""
+    if not 0 < retention_hours < float("inf"):
+        raise ValueError("the job retention must be a finite number of hours > 0")
     import _bentoml_impl.server.app as app
     import _bentoml_impl.tasks as tasks
 
     expected = ("new_entry", "get", "get_status", "set_status", "set_result", "init_db")
-    if (not all(hasattr(_BentoStore, m) for m in expected) or getattr(app, "Sqlite3Store", None)
-            not in (_BentoStore, SealedTaskStore) or "serializer" not in _BentoStore.__init__.__code__.co_varnames):
-        raise RuntimeError("this BentoML's task store is not the one service/task_store.py seals: refusing to "
-                           "store background jobs in clear (pin bentoml to a tested version)")
+    if (not all(hasattr(_BentoStore, m) for m in expected)
+            or getattr(app, "Sqlite3Store", None) not in (_BentoStore, SealedTaskStore)
+            or "serializer" not in _BentoStore.__init__.__code__.co_varnames):
+        raise RuntimeError("this BentoML's task store is not the one service/task_store.py seals: refusing "
+                           "to store background jobs in clear (pin bentoml to a tested version)")
     SealedTaskStore.retention_hours = float(retention_hours)
     app.Sqlite3Store = SealedTaskStore  # type: ignore[attr-defined,misc]
     tasks.Sqlite3Store = SealedTaskStore  # type: ignore[attr-defined,misc]
@@ -161,11 +165,11 @@ def store_file() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m service.task_store purge [--older-than-hours N]`` (default: the ``FOVEA_JOB_RETENTION_HOURS``
-    setting)."""
+    """``python -m service.task_store purge [--older-than-hours N] [--db FILE]``; N defaults to the
+    ``FOVEA_JOB_RETENTION_HOURS`` setting, FILE to BentoML's store."""
     parser = argparse.ArgumentParser(prog="python -m service.task_store")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("purge", help="delete background jobs (sealed inputs and results) older than N hours")
+    p = sub.add_parser("purge", help="delete background jobs (sealed uploads, results) older than N hours")
     p.add_argument("--older-than-hours", type=float, default=None)
     p.add_argument("--db", type=Path, default=None, help="the store (default: BentoML's task_result.db)")
     args = parser.parse_args(argv)

@@ -19,8 +19,10 @@ from service.at_rest import SealError, Sealer
 from service.settings import SettingsError, load_settings
 from service.task_store import PURPOSE_INPUT, SealedSerde, SealedTaskStore, install, main, purge
 
-BODY = b"--B\r\nContent-Disposition: form-data; name=images; filename=r.dcm\r\n\r\nDICM ZQPHIMARKER-ID-40417\r\n--B--\r\n"
+BODY = (b"--B\r\nContent-Disposition: form-data; name=images; filename=r.dcm\r\n\r\n"
+        b"DICM ZQPHIMARKER-ID-40417\r\n--B--\r\n")
 KEY = "fov_abcdef12_" + "k" * 30
+COMPLETED = task_store._result.ResultStatus.COMPLETED
 
 
 def _request(body: bytes = BODY) -> Request:
@@ -62,7 +64,7 @@ def test_request_is_sealed_and_credentials_dropped(sealer: Sealer) -> None:
 
 def test_response_round_trip_and_tamper(sealer: Sealer) -> None:
     serde = SealedSerde(sealer)
-    blob = anyio.run(serde.serialize_response, JSONResponse({"patient": {"referable": True}}, status_code=200))
+    blob = anyio.run(serde.serialize_response, JSONResponse({"patient": {"referable": True}}))
     assert blob.startswith(b"FVA1") and not _contains(blob, b"referable")
     back: Response = anyio.run(serde.deserialize_response, blob)
     assert back.status_code == 200 and json.loads(back.body) == {"patient": {"referable": True}}
@@ -75,7 +77,8 @@ def test_response_round_trip_and_tamper(sealer: Sealer) -> None:
 def _age(db: Path, task_id: str, hours: float, *, completed: bool) -> None:
     when = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours))
     with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE result SET created_at = ? WHERE task_id = ?", (when.strftime("%Y-%m-%d %H:%M:%S"), task_id))
+        conn.execute("UPDATE result SET created_at = ? WHERE task_id = ?",
+                     (when.strftime("%Y-%m-%d %H:%M:%S"), task_id))  # as SQLite's CURRENT_TIMESTAMP writes it
         if completed:
             conn.execute("UPDATE result SET completed_at = ? WHERE task_id = ?", (str(when), task_id))
     conn.close()
@@ -91,10 +94,10 @@ def test_store_seals_purges_and_keeps_the_file_private(tmp_path: Path, sealer: S
     async def scenario() -> dict[str, object]:
         async with SealedTaskStore(str(db), SealedSerde(sealer)) as store:
             old_done = await store.new_entry("job", _request())
-            await store.set_result(old_done, JSONResponse({"n": 1}), task_store._result.ResultStatus.COMPLETED)
+            await store.set_result(old_done, JSONResponse({"n": 1}), COMPLETED)
             old_stuck = await store.new_entry("job", _request())  # never completes (worker died)
             fresh = await store.new_entry("job", _request())
-            await store.set_result(fresh, JSONResponse({"n": 3}), task_store._result.ResultStatus.COMPLETED)
+            await store.set_result(fresh, JSONResponse({"n": 3}), COMPLETED)
             _age(db, old_done, 3, completed=True)
             _age(db, old_stuck, 3, completed=False)
             newest = await store.new_entry("job", _request())  # a new job purges what is past retention
@@ -113,7 +116,8 @@ def test_store_seals_purges_and_keeps_the_file_private(tmp_path: Path, sealer: S
     assert not _contains(raw, b"ZQPHIMARKER-ID-40417") and not _contains(raw, KEY.encode())
 
 
-def test_purge_function_and_command(tmp_path: Path, sealer: Sealer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_purge_function_and_command(tmp_path: Path, sealer: Sealer,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "t.db"
     SealedTaskStore.init_db(str(db))
 
@@ -141,9 +145,10 @@ def test_install_replaces_bentomls_store(monkeypatch: pytest.MonkeyPatch) -> Non
     install(6)
     assert app.Sqlite3Store is SealedTaskStore and task_store._result.Sqlite3Store is SealedTaskStore
     assert SealedTaskStore.retention_hours == 6
-    with pytest.raises(ValueError):
-        install(-1)
-    monkeypatch.setattr(app, "Sqlite3Store", object)  # a BentoML laid out otherwise: refuse, do not run in clear
+    for bad in (0, -1, float("inf")):
+        with pytest.raises(ValueError):
+            install(bad)
+    monkeypatch.setattr(app, "Sqlite3Store", object)  # another BentoML layout: refuse, never run in clear
     with pytest.raises(RuntimeError, match="refusing"):
         install(6)
 
@@ -151,6 +156,6 @@ def test_install_replaces_bentomls_store(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_retention_setting() -> None:
     assert load_settings({}).job_retention_hours == 24
     assert load_settings({"FOVEA_JOB_RETENTION_HOURS": "0.5"}).job_retention_hours == 0.5
-    for bad in ("-1", "inf", "soon"):
+    for bad in ("0", "-1", "inf", "soon"):
         with pytest.raises(SettingsError, match="job_retention_hours"):
             load_settings({"FOVEA_JOB_RETENTION_HOURS": bad})
