@@ -20,7 +20,7 @@ What this module changes, through BentoML's own extension point (the ``Serde`` o
   new and every completed job purges the rows older than that, completed or not;
   ``python -m service.task_store purge`` does it on demand (cron), ``--older-than-hours 0`` empties the
   store. ``PRAGMA secure_delete`` overwrites deleted rows.
-* The database file is made mode 0600.
+* The database file (and its WAL and shared-memory files) is made mode 0600.
 
 :func:`install` puts :class:`SealedTaskStore` in place of BentoML's class; it refuses (``RuntimeError``) to
 run against a BentoML whose task store is not the one described above, so an upgrade cannot silently bring
@@ -111,9 +111,11 @@ class SealedTaskStore(_BentoStore):  # type: ignore[misc,valid-type]
         await super().__aenter__()
         # Deleted rows are overwritten, not left in free pages (they are sealed anyway: defence in depth).
         await self._conn.execute("PRAGMA secure_delete=ON")
-        if self._db_file != ":memory:" and os.path.exists(self._db_file):
-            os.chmod(self._db_file, 0o600)
         await self._purge()
+        if self._db_file != ":memory:":
+            for path in (self._db_file, f"{self._db_file}-wal", f"{self._db_file}-shm"):
+                if os.path.exists(path):
+                    os.chmod(path, 0o600)  # the WAL holds recent pages (sealed) until a checkpoint
         return self
 
     @classmethod

@@ -103,7 +103,7 @@ def test_job_uploads_and_results_are_sealed_at_rest(tmp_path: Path) -> None:
         conn.close()
         assert [row[0] for row in rows] == [task]
         assert rows[0][1][:4] == b"FVA1" and rows[0][2][:4] == b"FVA1"
-        assert db.stat().st_mode & 0o077 == 0
+        assert all(p.stat().st_mode & 0o077 == 0 for p in db.parent.glob("task_result.db*"))
 
         # Every file the service wrote: no marker, no API key, no UID of the findings; in clear or base64.
         time.sleep(1.0)

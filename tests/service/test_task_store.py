@@ -112,6 +112,7 @@ def test_store_seals_purges_and_keeps_the_file_private(tmp_path: Path, sealer: S
     conn.close()
     assert set(rows) == {out["fresh"], out["newest"]}
     assert all(blob.startswith(b"FVA1") for blob in rows.values())
+    assert all(p.stat().st_mode & 0o077 == 0 for p in tmp_path.glob("task_result.db*"))
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("task_result.db*"))
     assert not _contains(raw, b"ZQPHIMARKER-ID-40417") and not _contains(raw, KEY.encode())
 
