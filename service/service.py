@@ -31,6 +31,7 @@ from service.runtime import WORKERS_ENV, choose_providers, worker_count
 from service.pipeline import Analyzer
 from service.request_guard import RequestGuardMiddleware, RequestLimits
 from service.settings import load_settings
+from service import task_store
 from service.webapp import WebPageMiddleware
 
 log = logging.getLogger("fovea")
@@ -42,6 +43,8 @@ INFERENCE_MODE = SETTINGS.inference if SETTINGS.inference != "auto" else (
     "service" if "CUDAExecutionProvider" in choose_providers() else "local")
 WORKERS = worker_count(WORKERS_ENV)
 AUDIT = AuditLog.from_settings(SETTINGS)  # one append-only record per API call (service/audit.py)
+# BentoML keeps each job's whole request (uploads, headers) and response in a SQLite file: sealed, purged.
+task_store.install(SETTINGS.job_retention_hours)
 
 
 class _ClientErrorLogFilter(logging.Filter):

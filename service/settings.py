@@ -25,6 +25,8 @@ FOVEA_DATABASE_URL             SQLAlchemy URL of the audit trail (e.g.          
 FOVEA_AUDIT_PATH audit_path    SQLite file of the audit trail (WAL mode)               $BENTOML_HOME/fovea-audit.sqlite
 FOVEA_AUDIT_SALT audit_salt    secret salt of the source-UID hashes in the audit       a random salt kept
                                trail (set it to keep it out of the database)           in the database
+FOVEA_JOB_RETENTION_HOURS      hours a background job (its sealed upload and result)   24
+  job_retention_hours          stays in BentoML's task store (service/task_store.py)
 ``quality:`` (YAML only)       overrides of :class:`service.quality.QualityRules`      calibrated rules
 =============================  ======================================================  =================
 """
@@ -54,6 +56,7 @@ _ENV = {
     "database_url": "FOVEA_DATABASE_URL",
     "audit_path": "FOVEA_AUDIT_PATH",
     "audit_salt": "FOVEA_AUDIT_SALT",
+    "job_retention_hours": "FOVEA_JOB_RETENTION_HOURS",
 }
 
 
@@ -91,6 +94,7 @@ class Settings(BaseModel):
     database_url: str | None = None
     audit_path: Path | None = None
     audit_salt: str | None = Field(None, min_length=16, repr=False)
+    job_retention_hours: float = Field(24.0, gt=0, allow_inf_nan=False)
 
 
 class SettingsError(ValueError):
