@@ -446,8 +446,23 @@ def plot(results: Sequence[InputResult], path: Path) -> None:
     plt.close(fig)
 
 
+#: In docs/performance.md, this line and everything after it are hand-written notes (measurements made outside
+#: this benchmark) that a rerun keeps.
+KEEP_MARKER = "<!-- Hand-written below this line; bench/pipeline.py keeps it when it rewrites the page. -->"
+
+
+def kept_notes(path: Path) -> list[str]:
+    """The lines of ``path`` from :data:`KEEP_MARKER` on (none when the file or the marker is missing)."""
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    at = text.find(KEEP_MARKER)
+    return text[at:].rstrip("\n").split("\n") if at >= 0 else []
+
+
 def write_markdown(path: Path, *, results: Sequence[InputResult], meta: dict[str, object]) -> None:
-    """docs/performance.md from the measurements (``meta``: machine, command, compute, service, int8)."""
+    """docs/performance.md from the measurements (``meta``: machine, command, compute, service, int8); the
+    hand-written notes after :data:`KEEP_MARKER` in the old page are kept at the end."""
     from bench.baseline import STAGES
 
     cold = meta.get("http") or []
@@ -472,7 +487,7 @@ def write_markdown(path: Path, *, results: Sequence[InputResult], meta: dict[str
         f"ONNX grader's weights mapped into its `models.architectures` module; logits agree within "
         f"{meta['same_weights_diff']:.1e} (checked, the run fails beyond 1e-3). Fovea = "
         "`service.pipeline.Analyzer.analyze` (reduced JPEG decode, quality gate, disc crop, ONNX Runtime "
-        "logits + in-graph CAM, OpenCV overlay, two PNGs: heatmap and overlay at the decoded scale).",
+        "logits + in-graph CAM, OpenCV overlay, two PNGs: heatmap and overlay at the decoded scale, at most 1024 px on the long side).",
         "",
         "## End to end (median [interquartile range], ms per photograph)",
         "",
@@ -538,6 +553,9 @@ def write_markdown(path: Path, *, results: Sequence[InputResult], meta: dict[str
     notes = meta.get("notes")
     if notes:
         lines += ["## Reading these numbers", "", *[f"- {n}" for n in notes], ""]  # type: ignore[union-attr]
+    kept = kept_notes(path)
+    if kept:
+        lines += [*kept, ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines), encoding="utf-8")
 

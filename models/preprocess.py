@@ -103,7 +103,7 @@ def locate_field(rgb: np.ndarray) -> tuple[float, float, float]:
     f = min(1.0, _DETECT_SIDE / max(h, w))
     small = cv2.resize(rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA) if f < 1 else rgb
     fx, fy = small.shape[1] / w, small.shape[0] / h  # the factors cv2.resize actually applied
-    bright = small.max(axis=2)
+    bright = cv2.max(cv2.max(small[:, :, 0], small[:, :, 1]), small[:, :, 2])  # = max(axis=2), ~15x faster
     ref = float(np.percentile(bright, 99))
     whole = (w / 2.0, h / 2.0, max(w, h) / 2.0)
     if ref <= 0:

@@ -26,7 +26,9 @@ from service.findings import (
     DrGrade, Findings, ImageInfo, LesionFinding, ModelRef, Quality, ReferableDr, Saliency, StudyFindings,
 )
 from service.quality import ANALYSIS_SIZE, QualityRules, assess, measure
-from service.render import caption_for, cam_to_heatmap, draw_lesions, heat_to_u8, overlay, png_base64
+from service.render import (
+    caption_for, cam_to_heatmap, coarser, draw_lesions, heat_to_u8, overlay, png_base64, reduce_by, render_factor,
+)
 from service.runtime import OnnxModel
 from service.study import eye_results, patient_result
 
@@ -196,12 +198,15 @@ class Analyzer:
         probs = softmax(out["logits"][0])
         grade = int(np.argmax(probs))
         target = saliency_target(grade, probs)
-        heat = cam_to_heatmap(out["cam"][0, target], pre.transform)
+        # The maps are drawn at most RENDER_MAX_SIDE px on the long side, k decoded pixels per map pixel.
+        k = render_factor(*img.rgb.shape[:2])
+        heat = cam_to_heatmap(out["cam"][0, target], coarser(pre.transform, k))
         heat_u8 = heat_to_u8(heat)
-        picture = overlay(img.rgb, heat_u8, caption=caption_for(card))
+        picture = overlay(reduce_by(img.rgb, k), heat_u8, caption=caption_for(card))
+        scale = img.scale * k
         if lesions:
-            draw_lesions(picture, [(les.type, les.score, tuple(les.box)) for les in lesions], scale=img.scale)
-        saliency = Saliency(target_grade=target, scale=img.scale, heatmap_png=png_base64(heat_u8),
+            draw_lesions(picture, [(les.type, les.score, tuple(les.box)) for les in lesions], scale=scale)
+        saliency = Saliency(target_grade=target, scale=scale, heatmap_png=png_base64(heat_u8),
                             overlay_png=png_base64(picture))
         t = lap("render", t)
 

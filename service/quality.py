@@ -101,7 +101,8 @@ def measure(rgb: np.ndarray, field: tuple[float, float, float] | None = None) ->
     field = locate_field(rgb) if field is None else field
     crop, _ = crop_field(rgb, ANALYSIS_SIZE, field=field)
     disc = _disc_mask(ANALYSIS_SIZE, 0.92)
-    lum = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
+    lum = grey.astype(np.float32) / 255.0
     green = crop[:, :, 1].astype(np.float32) / 255.0
 
     # Imaged part of the disc: not black padding / surround. 4 % is far below any exposed retina.
@@ -115,7 +116,7 @@ def measure(rgb: np.ndarray, field: tuple[float, float, float] | None = None) ->
     if inner.sum() < 100:
         inner = imaged
 
-    brightness = float(np.median(lum[imaged]))
+    brightness = _median_u8(grey[imaged]) / 255.0
     clipped = float((peak[imaged] >= 250).mean())
 
     # Fine detail over coarser detail of the same photo: defocus lowers the ratio, a veil or a gain does not.
@@ -151,6 +152,15 @@ def assess(m: QualityMeasures, rules: QualityRules = QualityRules()) -> QualityV
     worst = min(margins.values())
     score = 1.0 / (1.0 + math.exp(-8.0 * max(-5.0, min(5.0, worst))))
     return QualityVerdict(gradable=not reasons, score=round(score, 4), reasons=reasons, measures=m)
+
+
+def _median_u8(values: np.ndarray) -> float:
+    """``np.median`` of a non-empty uint8 array from its histogram (the mean of the two middle values for an even
+    count): ~3x faster than sorting the ~150 000 field pixels."""
+    c = np.cumsum(np.bincount(values, minlength=256))
+    n = int(c[-1])
+    lo, hi = np.searchsorted(c, [(n - 1) // 2, n // 2], side="right")
+    return (int(lo) + int(hi)) / 2.0
 
 
 @lru_cache(maxsize=4)

@@ -15,7 +15,9 @@ from onnx import TensorProto, helper  # noqa: E402
 
 from bench.flops import matmul_ceiling, model_flops  # noqa: E402
 from bench.onnx_torch import WeightMappingError, check_same_weights, max_logit_difference, torch_grader  # noqa: E402
-from bench.pipeline import InputResult, Stat, make_inputs, measure_input, plot, stage_table, summary_table  # noqa: E402
+from bench.pipeline import (  # noqa: E402
+    KEEP_MARKER, InputResult, Stat, kept_notes, make_inputs, measure_input, plot, stage_table, summary_table,
+)
 from models.card import ModelCard  # noqa: E402
 from models.preprocess import preprocess  # noqa: E402
 
@@ -131,3 +133,12 @@ def test_a_detector_adds_its_column_and_flops(tiny: tuple[ModelCard, bytes], tin
     assert 0 < r.model_share("fovea_detector") <= 1
     rows = summary_table([r])
     assert rows[0].endswith("Fovea + detector ms |") and rows[2].count("|") == rows[0].count("|")
+
+
+def test_hand_written_notes_after_the_marker_are_kept(tmp_path: Path) -> None:
+    page = tmp_path / "performance.md"
+    assert kept_notes(page) == []
+    page.write_text("# Performance\n\ngenerated\n", encoding="utf-8")
+    assert kept_notes(page) == []
+    page.write_text(f"# Performance\n\ngenerated\n\n{KEEP_MARKER}\n\n## Notes\n\nby hand\n", encoding="utf-8")
+    assert kept_notes(page) == [KEEP_MARKER, "", "## Notes", "", "by hand"]

@@ -29,11 +29,15 @@ def test_unpack_refuses_a_non_square_cam() -> None:
 
 def test_threads_are_shared_among_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FOVEA_ORT_THREADS", raising=False)
-    assert session_threads(workers=1, cores=8) == (8, True)
+    monkeypatch.delenv("FOVEA_ORT_SPINNING", raising=False)
+    # Spinning is off unless asked for: the analysis does CPU work between and after the model runs.
+    assert session_threads(workers=1, cores=8) == (8, False)
     assert session_threads(workers=2, cores=8) == (4, False)
     assert session_threads(workers=4, cores=2) == (1, False)
     monkeypatch.setenv("FOVEA_ORT_THREADS", "3")
     assert session_threads(workers=2, cores=8) == (3, False)
+    monkeypatch.setenv("FOVEA_ORT_SPINNING", "1")
+    assert session_threads(workers=1, cores=8) == (3, True)
 
 
 def test_workers_setting(monkeypatch: pytest.MonkeyPatch) -> None:

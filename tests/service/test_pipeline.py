@@ -161,3 +161,11 @@ def test_a_grader_is_not_a_detector(tiny_export: Path) -> None:
 
     with pytest.raises(CardError, match="not a lesion detector"):
         Analyzer.load(tiny_export / "tiny-grader.card.json", detector=tiny_export / "tiny-grader.card.json")
+
+
+def test_maps_of_a_large_lossless_photo_are_drawn_at_most_1024_px(analyzer: Analyzer, retina_path: Path) -> None:
+    # A PNG is decoded at full size (no DCT scaling), so the cap is what keeps its overlay small.
+    rgb = cv2.resize(cv2.imread(str(retina_path)), (2100, 1500))
+    f = analyzer.analyze(cv2.imencode(".png", rgb, [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].tobytes())
+    assert (f.image.width, f.image.height) == (2100, 1500) and f.saliency.scale == 3.0
+    assert _png_size(f.saliency.overlay_png) == _png_size(f.saliency.heatmap_png) == (700, 500)

@@ -69,3 +69,13 @@ def test_rules_and_reason_order() -> None:
     assert v.reasons == tuple(r for r in REASONS if r in {"field", "underexposed", "blur", "haze"})
     lenient = QualityRules(coverage_min=0.01, brightness_min=0.001, sharpness_min=0.01, contrast_min=0.0001)
     assert assess(m, lenient).gradable
+
+
+def test_histogram_median_equals_numpy_median() -> None:
+    from service.quality import _median_u8
+
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 3, 10, 1001, 150_000):
+        v = rng.integers(0, 256, n).astype(np.uint8)
+        assert _median_u8(v) == float(np.median(v))
+    assert _median_u8(np.array([0, 255], np.uint8)) == 127.5

@@ -68,3 +68,37 @@ def test_lesion_boxes_and_legend_are_drawn() -> None:
     # The legend (top-left) holds one swatch per type present, in order.
     assert (img[8:40, 8:20] == he).all(axis=2).any() and (img[8:40, 8:20] == ma).all(axis=2).any()
     assert not (img[150:180, 150:180] != 0).any()  # nothing drawn where there is no lesion
+
+
+def test_render_factor_caps_the_long_side() -> None:
+    from service.render import RENDER_MAX_SIDE, render_factor
+
+    assert RENDER_MAX_SIDE == 1024
+    assert render_factor(648, 972) == 1 and render_factor(1024, 1024) == 1
+    assert render_factor(1411, 1411) == 2 and render_factor(1536, 2048) == 2 and render_factor(2049, 100) == 3
+    assert all(-(-max(h, w) // render_factor(h, w)) <= 1024 for h, w in [(1025, 3), (4000, 3000), (5000, 5000)])
+
+
+def test_reduce_by_is_the_exact_block_mean() -> None:
+    from service.render import reduce_by
+
+    img = (np.random.default_rng(1).random((7, 10, 3)) * 255).astype(np.uint8)
+    assert reduce_by(img, 1) is img
+    small = reduce_by(img, 3)
+    assert small.shape == (3, 4, 3)  # ceil(7 / 3), ceil(10 / 3)
+    np.testing.assert_allclose(small[1, 2], img[3:6, 6:9].reshape(-1, 3).mean(axis=0), atol=0.5)
+    # The partial corner block: its own pixels, edge replicated (so their mean).
+    np.testing.assert_allclose(small[2, 3], img[6:7, 9:10].reshape(-1, 3).mean(axis=0), atol=0.5)
+
+
+def test_coarser_transform_draws_the_same_heatmap_on_the_coarse_grid() -> None:
+    from service.render import coarser, reduce_by
+
+    t = FundusTransform(x0=-20.0, y0=35.0, scale=3.5, size=64, original_width=301, original_height=250)
+    cam = np.random.default_rng(2).random((8, 8)).astype(np.float32)
+    fine = cam_to_heatmap(cam, t)
+    coarse = cam_to_heatmap(cam, coarser(t, 2))
+    assert coarse.shape == (125, 151)
+    # Point-sampled at the coarse pixel centres vs block means of the fine map: equal up to the smoothing.
+    assert np.abs(coarse - reduce_by(fine, 2)).mean() < 0.01
+    assert coarser(t, 1) is t
