@@ -9,7 +9,7 @@ DEV_STAMP := $(VENV)/.fovea-dev
 # glibc malloc settings that make PyTorch CPU training ~1.8x faster here (DESIGN.md, measured facts).
 TRAIN_ENV := MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736
 
-.PHONY: serve test venv default-model bento bench bench-backbones clean
+.PHONY: serve test venv default-model default-models bento bench bench-backbones clean
 
 $(PY):
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -33,10 +33,15 @@ serve: $(SERVE_STAMP)
 test: $(DEV_STAMP)
 	$(PY) -m pytest
 
-# Retrain and re-export the embedded default grader (about 30-40 minutes on 2 CPU cores).
-default-model: $(DEV_STAMP)
-	$(TRAIN_ENV) $(PY) -m training train --config training/configs/grader.yaml
-	$(PY) -m training export --config training/configs/grader.yaml --out models/default
+# Retrain and re-export the embedded defaults (models/default/): the grader, the lesion detector and the
+# image-quality model, each with the command recorded in its card (README "Models and the model store").
+DEFAULT_CONFIGS := grader detector quality
+default-models: $(addprefix default-,$(DEFAULT_CONFIGS))
+default-model: default-grader
+	@:
+default-%: $(DEV_STAMP)
+	$(TRAIN_ENV) $(PY) -m training train --config training/configs/$*.yaml
+	$(PY) -m training export --config training/configs/$*.yaml --out models/default
 
 bento: $(SERVE_STAMP)
 	$(VENV)/bin/bentoml build
