@@ -50,10 +50,16 @@ def test_load_verified_refuses_pickles_and_tampering(export_copy: Path) -> None:
 def test_ensure_defaults_imports_once() -> None:
     from models.store import DEFAULT_DIR, DEFAULT_MODELS
 
-    first = ensure_defaults()
+    from models.card import ModelCard
+    from models.store import get_exact
+
+    first = ensure_defaults()  # empty when an earlier test of this session already imported them
     assert ensure_defaults() == []
-    embedded = [n for n in DEFAULT_MODELS if (DEFAULT_DIR / f"{n}.card.json").is_file()]
-    assert first[0].startswith("dr-grader:") and [t.split(":")[0] for t in first] == embedded
+    embedded = [ModelCard.load(DEFAULT_DIR / f"{n}.card.json") for n in DEFAULT_MODELS
+                if (DEFAULT_DIR / f"{n}.card.json").is_file()]
+    assert embedded[0].name == "dr-grader" and set(first) <= {c.tag for c in embedded}
+    for card in embedded:  # every embedded default, at its exact version, with its own file
+        assert ModelCard.load(Path(get_exact(card.tag).path) / "card.json").sha256 == card.sha256
 
 
 @pytest.mark.parametrize("fixture,card_name,task", [
