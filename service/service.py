@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,14 +23,16 @@ from service.audit_http import AuditMiddleware
 from service.auth import AuthMiddleware
 from service.decode import DecodeLimits
 from service.dicomweb import create_service_app as dicomweb_app
-from service.errors import BadRequest, FoveaError, PayloadTooLarge
+from service.errors import FoveaError
+from service.form_inputs import laterality as _laterality
+from service.form_inputs import read_upload, study_uploads
 from service.http_errors import ErrorShapeMiddleware
 from service.inference import Inference, unpack
 from service.runtime import WORKERS_ENV, choose_providers, worker_count
 from service.pipeline import Analyzer
 from service.request_guard import RequestGuardMiddleware, RequestLimits
 from service.settings import load_settings
-from service import task_store
+from service import log_policy, task_store
 from service.webapp import WebPageMiddleware
 
 log = logging.getLogger("fovea")
@@ -47,26 +48,8 @@ AUDIT = AuditLog.from_settings(SETTINGS)  # one append-only record per API call 
 task_store.install(SETTINGS.job_retention_hours)
 
 
-class _ClientErrorLogFilter(logging.Filter):
-    """BentoML logs a full traceback for every request that fails input validation. Those are client
-    errors, and pydantic's traceback quotes the submitted value (which may be patient data), so such records
-    are reduced to one line without the exception."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from pydantic import BaseModel, ValidationError
-
-        if record.exc_info and isinstance(record.exc_info[1], ValidationError):
-            record.exc_info, record.exc_text = None, None
-            record.levelno, record.levelname = logging.INFO, "INFO"
-            record.msg, record.args = "request rejected: input validation failed (%s)", (record.args or ("?",))[0]
-        return True
-
-
-logging.getLogger("bentoml._internal.server.http_app").addFilter(_ClientErrorLogFilter())
-# pydicom's warnings quote raw element values of malformed files (possibly a patient's name): keep them out of
-# the service log; decoding problems reach the client as typed errors instead.
-logging.getLogger("pydicom").setLevel(logging.ERROR)
-warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
+# No patient data in the service log: BentoML's validation tracebacks and pydicom's warnings are reduced.
+log_policy.install()
 
 
 @bentoml.service(name="fovea", workers=WORKERS, traffic={"timeout": 300}, http={"port": 3000})
@@ -112,7 +95,8 @@ class Fovea:
         referral, saliency. Errors are ``{"error": {"code", "message"}}`` with a 4xx."""
         request_id = uuid.uuid4().hex
         return _respond(request_id, "/analyze", [image], lambda: self.analyzer.analyze(
-            _read(image), request_id=request_id, laterality=_laterality(laterality)))
+            read_upload(image, SETTINGS.max_upload_bytes), request_id=request_id,
+            laterality=_laterality(laterality)))
 
     @bentoml.api(route="/analyze_study")
     def analyze_study(self, images: list[Path], laterality: str = "") -> Any:
@@ -121,7 +105,7 @@ class Fovea:
         per-image findings, a per-eye result and the patient-level referral (the worse eye decides)."""
         request_id = uuid.uuid4().hex
         return _respond(request_id, "/analyze_study", images, lambda: self.analyzer.analyze_study(
-            _uploads(images, laterality), request_id=request_id))
+            _study(images, laterality), request_id=request_id))
 
     @bentoml.task(route="/jobs/analyze_study")
     def analyze_study_job(self, images: list[Path], laterality: str = "") -> Any:
@@ -130,7 +114,7 @@ class Fovea:
         end even if the client disconnects."""
         request_id = uuid.uuid4().hex
         return _respond(request_id, "/jobs/analyze_study", images, lambda: self.analyzer.analyze_study(
-            _uploads(images, laterality), request_id=request_id))
+            _study(images, laterality), request_id=request_id))
 
     @bentoml.api(route="/info")
     def info(self) -> dict[str, Any]:
@@ -162,37 +146,9 @@ def _installed(tag: str) -> Path | None:
     return Path(model.path) if model is not None else None
 
 
-def _read(image: Path) -> bytes:
-    """The upload's bytes, refusing oversize ones before reading them."""
-    size = image.stat().st_size
-    if size > SETTINGS.max_upload_bytes:
-        raise PayloadTooLarge(f"the file is {size} bytes; the limit is {SETTINGS.max_upload_bytes} bytes")
-    return image.read_bytes()
-
-
-def _laterality(value: str | None) -> str | None:
-    """A form field's laterality: "L"/"R" (also "left"/"right", any case), empty for none."""
-    v = (value or "").strip().upper()
-    if not v:
-        return None
-    if v in {"L", "LEFT", "OS"}:
-        return "L"
-    if v in {"R", "RIGHT", "OD"}:
-        return "R"
-    raise BadRequest(f"laterality must be L or R (or left/right, OS/OD), not {value[:16]!r}")
-
-
-def _uploads(images: list[Path], laterality: str) -> list[tuple[bytes, str | None]]:
-    lateralities = [v for v in laterality.split(",")] if laterality.strip() else []
-    if not images:
-        raise BadRequest("send at least one photograph in the 'images' field")
-    if len(images) > SETTINGS.max_study_images:
-        raise PayloadTooLarge(f"{len(images)} images in one study; the limit is {SETTINGS.max_study_images}")
-    if lateralities and len(lateralities) != len(images):
-        raise BadRequest(f"{len(lateralities)} laterality values for {len(images)} images: send one per image, "
-                         "in the same order, or none")
-    lats = [_laterality(v) for v in lateralities] or [None] * len(images)
-    return [(_read(p), lat) for p, lat in zip(images, lats, strict=True)]
+def _study(images: list[Path], laterality: str) -> list[tuple[bytes, str | None]]:
+    return study_uploads(images, laterality, max_images=SETTINGS.max_study_images,
+                         max_bytes=SETTINGS.max_upload_bytes)
 
 
 def _respond(request_id: str, endpoint: str, inputs: list[Path], work: Callable[[], BaseModel]) -> Any:
