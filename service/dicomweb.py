@@ -63,7 +63,8 @@ from service.at_rest import data_dir
 from service.auth import current_site
 from service.decode import DecodeLimits, read_dicom_header
 from service.dicomweb_worker import Analyze, AnalysisWorker, BuildResults, default_build_results
-from service.errors import BadRequest, FoveaError, PayloadTooLarge, UnsupportedDicom, UnsupportedMediaType
+from service.errors import (BadRequest, FoveaError, NotAcceptable, NotFound, PayloadTooLarge, UnsupportedDicom,
+                            UnsupportedMediaType)
 from service.multipart import MultipartLimits, encode_related, new_boundary, parse_media_type, read_related
 from service.result_store import InstanceQuery, ResultStore, StoredInstance, is_uid
 from service.settings import Settings
@@ -177,18 +178,6 @@ def create_service_app(settings: Settings, analyze: Analyze) -> Starlette:
 
 def _error(exc: FoveaError, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)
-
-
-class NotAcceptable(FoveaError):
-    """The ``Accept`` header names no representation this resource has."""
-
-    status = 406
-    code = "not_acceptable"
-
-
-class NotFound(FoveaError):
-    status = 404
-    code = "not_found"
 
 
 def _warning(text: str) -> str:

@@ -64,3 +64,17 @@ class ImageTooSmall(FoveaError):
 
     status = 422
     code = "image_too_small"
+
+
+class NotFound(FoveaError):
+    """The URL names nothing Fovea holds (e.g. a DICOMweb result not produced yet, or another site's)."""
+
+    status = 404
+    code = "not_found"
+
+
+class NotAcceptable(FoveaError):
+    """The ``Accept`` header names no representation this resource has."""
+
+    status = 406
+    code = "not_acceptable"
