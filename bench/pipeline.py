@@ -242,26 +242,9 @@ def measure_input(name: str, data: bytes, *, baseline: NaiveBaseline, analyzer: 
 
 def ort_latency_ms(onnx_bytes: bytes, size: int, *, runs: int = 20, providers: list[str] | None = None) -> Stat:
     """Latency of one ``(1, 3, size, size)`` forward through ONNX Runtime with the service's session options."""
-    import onnxruntime as ort
+    from service.runtime import latency_samples
 
-    from service.runtime import choose_providers, session_threads
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    threads, spinning = session_threads(1)
-    so.intra_op_num_threads = threads
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    sess = ort.InferenceSession(onnx_bytes, so, providers=providers or choose_providers())
-    x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
-    name = sess.get_inputs()[0].name
-    for _ in range(3):
-        sess.run(None, {name: x})
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, {name: x})
-        times.append(1000 * (time.perf_counter() - t))
-    return Stat.of(times)
+    return Stat.of(latency_samples(onnx_bytes, size, runs=runs, providers=providers))
 
 
 _RSS_PROBE = """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +66,33 @@ def choose_providers(available: list[str] | None = None, device: str | None = No
     return [*gpu, "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+def session_options(workers: int = 1) -> ort.SessionOptions:
+    """The service's ONNX Runtime session options for one of ``workers`` processes sharing the cores: full graph
+    optimisation, :func:`session_threads` threads and spinning."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    threads, spinning = session_threads(workers)
+    so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return so
+
+
+def latency_samples(onnx: bytes, size: int, *, runs: int = 20, providers: list[str] | None = None) -> list[float]:
+    """Milliseconds of ``runs`` batch-1 ``(1, 3, size, size)`` forwards with the service's session options,
+    after 3 warm-up runs (for benchmarks and the int8 report; never asserted in tests)."""
+    sess = ort.InferenceSession(onnx, session_options(1), providers=providers or choose_providers())
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
+    name = sess.get_inputs()[0].name
+    for _ in range(3):
+        sess.run(None, {name: x})
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, {name: x})
+        times.append(1000 * (time.perf_counter() - t))
+    return times
+
+
 @dataclass
 class OnnxModel:
     """A verified ONNX model and its session; ``provider`` is the one actually in use."""
@@ -79,12 +107,7 @@ class OnnxModel:
         """Create the session from ``onnx`` bytes already verified against ``card`` (see
         :func:`models.store.load_verified`); :class:`models.card.CardError` if the graph's input or outputs are
         not the ones the card declares. ``workers``: processes sharing the cores (see :func:`session_threads`)."""
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        threads, spinning = session_threads(workers)
-        so.intra_op_num_threads = threads
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        session = ort.InferenceSession(onnx, so, providers=providers or choose_providers())
+        session = ort.InferenceSession(onnx, session_options(workers), providers=providers or choose_providers())
         inputs, outputs = session.get_inputs(), [o.name for o in session.get_outputs()]
         if [i.name for i in inputs] != [card.input.name] or inputs[0].shape[1:] != [3, card.input.size, card.input.size]:
             raise CardError(f"model {card.tag}: graph input {[(i.name, i.shape) for i in inputs]} does not match "

@@ -29,17 +29,16 @@ import datetime as dt
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from models import preprocess
 from models.card import ModelCard, Quantization, sha256_file
 from models.store import load_verified
+from service.runtime import latency_samples
 
 MAX_QWK_DROP = 0.01
 MAX_MAP_DROP = 0.02
@@ -147,20 +146,8 @@ def gate(card: ModelCard, fp32: dict[str, float], int8: dict[str, float], *, max
 
 
 def latency_ms(onnx_bytes: bytes, size: int, runs: int = 20) -> float:
-    """Median batch-1 CPU latency with all cores, after warm-up."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
-    for _ in range(3):
-        sess.run(None, {name: x})
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, {name: x})
-        times.append(1000 * (time.perf_counter() - t))
-    return float(statistics.median(times))
+    """Median batch-1 CPU latency with the service's session options, after warm-up."""
+    return float(statistics.median(latency_samples(onnx_bytes, size, runs=runs, providers=["CPUExecutionProvider"])))
 
 
 def quantize(card_path: Path, data: Path, out_dir: Path, *, fmt: str, split: str | None = None,
