@@ -4,29 +4,18 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
 
 from bench.load import LoadResult, main, run_load
+from tests.bench.fake_service import FakeService
 
 
 def test_errors_are_counted_and_concurrency_is_bounded() -> None:
-    state = {"inflight": 0, "peak": 0, "n": 0}
-
-    async def handler(request: httpx.Request) -> httpx.Response:
-        state["inflight"] += 1
-        state["peak"] = max(state["peak"], state["inflight"])
-        await asyncio.sleep(0.01)
-        state["inflight"] -= 1
-        state["n"] += 1
-        if state["n"] % 4 == 0:
-            return httpx.Response(400, json={"error": {"code": "x", "message": "y"}})
-        return httpx.Response(200, json={"dr_grade": {"grade": 0}})
-
+    fake = FakeService(fail_every=4, fail_status=400)
     r = asyncio.run(run_load("http://fovea.test", b"img", "a.jpg", clients=3, requests=12, progress=False,
-                             transport=httpx.MockTransport(handler)))
+                             transport=fake.transport()))
     assert r.requests == 12 and r.errors == 3 and len(r.latencies) == 9
-    assert state["peak"] == 3
+    assert fake.peak == 3
     assert r.throughput > 0
 
 

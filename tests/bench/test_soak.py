@@ -8,32 +8,21 @@ import subprocess
 import sys
 import time
 
-import httpx
 import pytest
 
 from bench.load import LoadResult
 from bench.soak import SoakResult, main, report, run_soak, tree_rss
+from tests.bench.fake_service import FakeService
 
 
 def test_soak_runs_for_its_time_with_bounded_concurrency_and_counts_errors() -> None:
-    state = {"inflight": 0, "peak": 0, "n": 0}
-
-    async def handler(request: httpx.Request) -> httpx.Response:
-        state["inflight"] += 1
-        state["peak"] = max(state["peak"], state["inflight"])
-        await asyncio.sleep(0.01)
-        state["inflight"] -= 1
-        state["n"] += 1
-        if state["n"] % 5 == 0:
-            return httpx.Response(500, json={"error": {"code": "internal_error", "message": "x"}})
-        return httpx.Response(200, json={"dr_grade": {"grade": 1}})
-
+    fake = FakeService(fail_every=5, fail_status=500)
     rss_values = iter(range(100, 10_000, 1))
     r = asyncio.run(run_soak("http://fovea.test", b"img", "a.jpg", clients=3, seconds=0.5,
-                             rss=lambda: next(rss_values), sample_s=0.1, transport=httpx.MockTransport(handler)))
+                             rss=lambda: next(rss_values), sample_s=0.1, transport=fake.transport()))
     assert 0.5 <= r.load.seconds < 1.5
-    assert state["peak"] == 3 and r.load.requests == state["n"] >= 20
-    assert r.load.errors == state["n"] // 5 and len(r.load.latencies) == r.load.requests - r.load.errors
+    assert fake.peak == 3 and r.load.requests == fake.n >= 20
+    assert r.load.errors == fake.n // 5 and len(r.load.latencies) == r.load.requests - r.load.errors
     assert len(r.rss) >= 4 and not r.ok  # errors make it fail
     text = report(r, label="mock", image="a.jpg")
     assert "| errors |" in text and "FAIL" in text
