@@ -206,10 +206,19 @@ def _check_digest(card: ModelCard, digest: str) -> None:
 
 
 def _check_preprocessing(card: ModelCard) -> None:
-    if (card.preprocessing.name, card.preprocessing.version) != (preprocess.NAME, preprocess.VERSION):
+    recipe = preprocess.RECIPES.get(card.preprocessing.name)
+    if recipe is None or recipe.version != card.preprocessing.version:
+        provides = ", ".join(f"{r.name} v{r.version}" for r in preprocess.RECIPES.values())
         raise CardError(
             f"model {card.tag} needs preprocessing {card.preprocessing.name} v{card.preprocessing.version}; "
-            f"this code provides {preprocess.NAME} v{preprocess.VERSION}"
+            f"this code provides {provides}"
         )
-    if (tuple(card.input.mean), tuple(card.input.std)) != (tuple(preprocess.MEAN.tolist()), tuple(preprocess.STD.tolist())):
+    if (tuple(card.input.mean), tuple(card.input.std)) != (recipe.mean, recipe.std):
         raise CardError(f"model {card.tag} was trained with a normalisation this code does not apply")
+
+
+def recipe_of(card: ModelCard) -> preprocess.Recipe:
+    """The :class:`models.preprocess.Recipe` a verified card's model expects (its input tensors must come
+    from ``preprocess(..., recipe=recipe_of(card))``)."""
+    _check_preprocessing(card)
+    return preprocess.recipe_for(card.preprocessing.name)

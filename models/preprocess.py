@@ -15,6 +15,17 @@ Steps: (1) locate the circular field of view by thresholding the dark surround o
 image border); (3) resize it to ``size`` in one step (area averaging when reducing). The model card records :data:`NAME` and
 :data:`VERSION`; serving refuses a model whose preprocessing version differs. Change the numbers here and
 you must bump :data:`VERSION` and retrain.
+
+Two recipes share steps 1-3 (:data:`RECIPES`, looked up by the card's preprocessing name):
+
+* ``fovea.fundus-disc-crop`` (:data:`DISC_CROP`): the crop as photographed, ImageNet mean/std — the
+  synthetic-trained models;
+* ``fovea.fundus-contrast`` (:data:`CONTRAST`): step (4) *local contrast normalisation inside the field*
+  (:func:`normalise_contrast`): subtract the field-masked local mean (Gaussian, σ = size/30), scale each
+  channel to a fixed contrast, set everything outside the field to mid-grey; then ``(x - 0.5) / 0.5``. It
+  brings raw camera photographs (dark surround, uneven light, colour casts, low contrast) and publisher-
+  enhanced copies (the 256-px EyePACS set) to one appearance: what is left is vessels, lesions, disc and
+  macula at a standard contrast. The real-photograph models use it.
 """
 
 from __future__ import annotations
@@ -86,11 +97,13 @@ class FundusTransform:
 
 @dataclass(frozen=True)
 class Preprocessed:
-    """Output of :func:`preprocess`: see the module docstring."""
+    """Output of :func:`preprocess`: see the module docstring. ``image`` is what the model sees before
+    mean/std (``crop`` itself for :data:`DISC_CROP`, the contrast-normalised crop for :data:`CONTRAST`)."""
 
     tensor: np.ndarray
     crop: np.ndarray
     transform: FundusTransform
+    image: np.ndarray
 
 
 def locate_field(rgb: np.ndarray) -> tuple[float, float, float]:
@@ -124,14 +137,18 @@ def locate_field(rgb: np.ndarray) -> tuple[float, float, float]:
     return (x + bw / 2.0) / fx, (y + bh / 2.0) / fy, max(bw / fx, bh / fy) / 2.0
 
 
-def preprocess(rgb: np.ndarray, size: int, *, field: tuple[float, float, float] | None = None) -> Preprocessed:
-    """Crop the fundus field, resize to ``size``×``size`` and normalise (see module docstring).
+def preprocess(rgb: np.ndarray, size: int, *, field: tuple[float, float, float] | None = None,
+               recipe: Recipe | None = None) -> Preprocessed:
+    """Crop the fundus field, resize to ``size``×``size``, apply ``recipe``'s appearance step and normalise
+    (see module docstring; default :data:`DISC_CROP`).
 
     ``field`` is a ``(cx, cy, radius)`` already found by :func:`locate_field` on this image (several crops of
     one image then share one detection); by default it is located here.
     """
+    recipe = recipe or DISC_CROP
     crop, transform = crop_field(rgb, size, field=field)
-    return Preprocessed(tensor=normalize(crop), crop=crop, transform=transform)
+    image = recipe.model_image(crop)
+    return Preprocessed(tensor=recipe.to_tensor(image), crop=crop, transform=transform, image=image)
 
 
 def crop_field(rgb: np.ndarray, size: int, *, field: tuple[float, float, float] | None = None
@@ -166,9 +183,104 @@ def _padded_square(rgb: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
     return out
 
 
-def normalize(crop: np.ndarray) -> np.ndarray:
-    """``(S, S, 3)`` uint8 RGB → ``(3, S, S)`` float32 normalised with :data:`MEAN`/:data:`STD`."""
+def normalize(crop: np.ndarray, mean: np.ndarray = MEAN, std: np.ndarray = STD) -> np.ndarray:
+    """``(S, S, 3)`` uint8 RGB → ``(3, S, S)`` float32 normalised with ``mean``/``std`` (default ImageNet's)."""
     x = crop.astype(np.float32) * np.float32(1.0 / 255.0)
-    x -= MEAN
-    x /= STD
+    x -= mean
+    x /= std
     return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+#: Local contrast normalisation (:func:`normalise_contrast`): σ of the local-mean Gaussian as a fraction of
+#: the crop side (Graham's Kaggle-DR recipe used radius/30 at radius 300: vessels and lesions pass, the
+#: illumination gradient and the colour cast do not) ...
+_CONTRAST_SIGMA = 1.0 / 30.0
+#: ... and the standard deviation (grey levels) each channel's detail is scaled to inside the field.
+_CONTRAST_TARGET_STD = 40.0
+#: The field's rim is dropped by this fraction of the side (the lens edge's bright ring and the blur's
+#: boundary are not retina).
+_CONTRAST_RIM = 1.0 / 64.0
+
+
+def field_mask(crop: np.ndarray) -> np.ndarray:
+    """``(S, S)`` uint8 0/1 mask of the imaged field in a field crop: everything but the dark surround
+    connected to the crop's border (dark lesions and a dark macula inside the field stay in), its rim eroded
+    by :data:`_CONTRAST_RIM`."""
+    s = crop.shape[0]
+    bright = cv2.max(cv2.max(crop[:, :, 0], crop[:, :, 1]), crop[:, :, 2])
+    ref = float(np.percentile(bright, 99))
+    dark = (bright <= max(ref * _FIELD_THRESHOLD, 4.0)).astype(np.uint8)
+    n, labels = cv2.connectedComponents(dark, connectivity=4)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    surround = np.isin(labels, border[border > 0]) if n > 1 else np.zeros(dark.shape, bool)
+    mask = (~surround).astype(np.uint8)
+    e = max(1, round(s * _CONTRAST_RIM))
+    return cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * e + 1, 2 * e + 1)))
+
+
+def normalise_contrast(crop: np.ndarray) -> np.ndarray:
+    """Step (4) of :data:`CONTRAST`: ``(S, S, 3)`` uint8 field crop → uint8 image of the same shape where,
+    inside the field, each channel is ``128 + k_c (x - local mean)`` with ``k_c`` chosen so the channel's
+    standard deviation is :data:`_CONTRAST_TARGET_STD`, and the surround is mid-grey (128).
+
+    The local mean is a Gaussian average over the field only (``blur(x·m) / blur(m)``), so the dark surround
+    does not pull the rim down into a bright ring. Illumination, vignetting, colour cast and exposure vanish;
+    per-channel contrast scaling makes a low-contrast raw photograph and a strongly enhanced copy alike.
+    """
+    s = crop.shape[0]
+    m = field_mask(crop).astype(np.float32)
+    x = crop.astype(np.float32)
+    # The local mean is smooth (σ ≈ 8 px at 256): computed on a copy reduced 4×, then enlarged, it is the
+    # same to < 1 grey level and ~5× cheaper than the full-size blur.
+    r = max(16, s // 4)
+    sigma = max(0.5, r * _CONTRAST_SIGMA)
+    small_m = cv2.resize(m, (r, r), interpolation=cv2.INTER_AREA)
+    small_x = cv2.resize(x * m[:, :, None], (r, r), interpolation=cv2.INTER_AREA)
+    weight = cv2.GaussianBlur(small_m, (0, 0), sigma)
+    local = cv2.GaussianBlur(small_x, (0, 0), sigma) / np.maximum(weight, 1e-3)[:, :, None]
+    local = cv2.resize(local, (s, s), interpolation=cv2.INTER_LINEAR)
+    detail = (x - local) * m[:, :, None]
+    n = max(float(m.sum()), 1.0)
+    std = np.sqrt((detail * detail).sum(axis=(0, 1)) / n) + 1.0  # +1: a flat channel is not amplified to noise
+    out = 128.0 + detail * (_CONTRAST_TARGET_STD / std)
+    out[m == 0] = 128.0
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One named, versioned preprocessing: steps 1-3, an optional appearance step, then ``mean``/``std``.
+    A model card names one (``preprocessing.name``/``version``, ``input.mean``/``std``); serving looks it up
+    with :func:`recipe_for` and refuses a model whose recipe or version this code does not implement."""
+
+    name: str
+    version: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    contrast: bool = False
+
+    def model_image(self, crop: np.ndarray) -> np.ndarray:
+        """The uint8 image the model sees (before mean/std) from a :func:`crop_field` crop."""
+        return normalise_contrast(crop) if self.contrast else crop
+
+    def to_tensor(self, image: np.ndarray) -> np.ndarray:
+        """:meth:`model_image` output → ``(3, S, S)`` float32 model input."""
+        return normalize(image, np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32))
+
+
+#: The crop as photographed, ImageNet statistics: the synthetic-trained models.
+DISC_CROP = Recipe(name=NAME, version=VERSION, mean=tuple(MEAN.tolist()), std=tuple(STD.tolist()))
+#: Crop + local contrast normalisation inside the field, ``(x - 0.5) / 0.5`` (EfficientNet-Lite's convention):
+#: the real-photograph models. Version 1.
+CONTRAST = Recipe(name="fovea.fundus-contrast", version="1", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                  contrast=True)
+#: Every recipe this code implements, by name (one version each).
+RECIPES: dict[str, Recipe] = {r.name: r for r in (DISC_CROP, CONTRAST)}
+
+
+def recipe_for(name: str) -> Recipe:
+    """The recipe called ``name``; ``KeyError`` naming the known ones otherwise."""
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise KeyError(f"unknown preprocessing {name!r}; this code implements {', '.join(RECIPES)}") from None

@@ -9,6 +9,8 @@ from typing import Any, Literal, get_args
 
 import yaml
 
+from models.preprocess import RECIPES
+
 
 @dataclass(frozen=True, kw_only=True)
 class SyntheticSpec:
@@ -51,6 +53,8 @@ class TrainConfig:
     version: str = "0.1.0"
     architecture: str = "mobilenet_v3_large_rt"
     input_size: int = 384
+    #: the :data:`models.preprocess.RECIPES` entry the model is trained and served with
+    preprocessing: str = "fovea.fundus-disc-crop"
     num_classes: int = 5
     dropout: float = 0.2
     epochs: int = 10
@@ -74,6 +78,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.task not in get_args(Task):
             raise ValueError(f"unknown task {self.task!r}; known: {', '.join(get_args(Task))}")
+        if self.preprocessing not in RECIPES:
+            raise ValueError(f"unknown preprocessing {self.preprocessing!r}; known: {', '.join(RECIPES)}")
         if self.objective not in get_args(Objective):
             raise ValueError(f"unknown objective {self.objective!r}; known: {', '.join(get_args(Objective))}")
 

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from datasets.readers import READERS, SPLITS, DatasetError, FundusRecord, read_dataset
-from models.preprocess import normalize, preprocess
+from models.preprocess import DISC_CROP, Recipe, preprocess
 
 __all__ = ["READERS", "FundusDataset", "GradedSelection", "augment", "held_out_split", "is_synthetic_folder",
            "load_graded", "load_rgb", "read_records", "select_graded", "split_by_patient"]
@@ -134,17 +134,18 @@ class FundusDataset(Dataset[tuple[torch.Tensor, int]]):
     """
 
     def __init__(self, records: Sequence[FundusRecord], size: int, *, train: bool, seed: int = 0,
-                 desc: str = "preprocess") -> None:
+                 desc: str = "preprocess", recipe: Recipe = DISC_CROP) -> None:
         ungraded = [r.image for r in records if r.grade is None]
         if ungraded:
             raise ValueError(f"{len(ungraded)} records have no grade (first: {ungraded[0]}); select graded "
                              f"records with select_graded() first")
         self.size = size
         self.train = train
+        self.recipe = recipe
         self.labels = np.array([r.grade for r in records], dtype=np.int64)
         self.crops = np.empty((len(records), size, size, 3), dtype=np.uint8)
         for i, record in enumerate(tqdm(records, desc=desc, unit="img", leave=False)):
-            self.crops[i] = preprocess(load_rgb(record.image), size).crop
+            self.crops[i] = preprocess(load_rgb(record.image), size, recipe=recipe).image
         self._seed = seed
         self._epoch = 0
 
@@ -160,7 +161,7 @@ class FundusDataset(Dataset[tuple[torch.Tensor, int]]):
         if self.train:
             rng = np.random.default_rng([self._seed, self._epoch, index])
             crop = augment(crop, rng)
-        return torch.from_numpy(normalize(crop)), int(self.labels[index])
+        return torch.from_numpy(self.recipe.to_tensor(crop)), int(self.labels[index])
 
 
 def augment(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:

