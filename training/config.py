@@ -65,6 +65,14 @@ class TrainConfig:
     #: grader training objective (:mod:`training.losses`): cross-entropy, + squared EMD, or soft ordinal labels
     objective: Objective = "ce+emd"
     early_stopping_patience: int = 4
+    #: grader: ``shuffle`` (each photograph once per epoch) or ``sqrt-balanced`` (drawn with replacement,
+    #: weight count(grade)^-0.5: rare grades are seen often enough that the first epochs do not collapse to
+    #: the majority grade on real, imbalanced data)
+    sampler: Literal["shuffle", "sqrt-balanced"] = "shuffle"
+    #: grader augmentation: largest rotation in degrees
+    max_rotation: float = 20.0
+    #: train and run in channels-last memory layout (1.7x faster for EfficientNet on these CPUs)
+    channels_last: bool = False
     seed: int = 0
     workers: int = 0
     out: str = "runs/grader"

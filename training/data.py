@@ -18,7 +18,7 @@ from tqdm import tqdm
 from datasets.readers import READERS, SPLITS, DatasetError, FundusRecord, read_dataset
 from models.preprocess import DISC_CROP, Recipe, preprocess
 
-__all__ = ["READERS", "FundusDataset", "GradedSelection", "augment", "held_out_split", "is_synthetic_folder",
+__all__ = ["READERS", "EpochSampler", "FundusDataset", "balanced_weights", "GradedSelection", "augment", "held_out_split", "is_synthetic_folder",
            "load_graded", "load_rgb", "read_records", "select_graded", "split_by_patient"]
 
 
@@ -134,7 +134,7 @@ class FundusDataset(Dataset[tuple[torch.Tensor, int]]):
     """
 
     def __init__(self, records: Sequence[FundusRecord], size: int, *, train: bool, seed: int = 0,
-                 desc: str = "preprocess", recipe: Recipe = DISC_CROP) -> None:
+                 desc: str = "preprocess", recipe: Recipe = DISC_CROP, max_angle: float = 20.0) -> None:
         ungraded = [r.image for r in records if r.grade is None]
         if ungraded:
             raise ValueError(f"{len(ungraded)} records have no grade (first: {ungraded[0]}); select graded "
@@ -142,6 +142,7 @@ class FundusDataset(Dataset[tuple[torch.Tensor, int]]):
         self.size = size
         self.train = train
         self.recipe = recipe
+        self.max_angle = max_angle
         self.labels = np.array([r.grade for r in records], dtype=np.int64)
         self.crops = np.empty((len(records), size, size, 3), dtype=np.uint8)
         for i, record in enumerate(tqdm(records, desc=desc, unit="img", leave=False)):
@@ -160,20 +161,23 @@ class FundusDataset(Dataset[tuple[torch.Tensor, int]]):
         crop = self.crops[index]
         if self.train:
             rng = np.random.default_rng([self._seed, self._epoch, index])
-            crop = augment(crop, rng)
+            crop = augment(crop, rng, max_angle=self.max_angle, border=128 if self.recipe.contrast else 0)
         return torch.from_numpy(self.recipe.to_tensor(crop)), int(self.labels[index])
 
 
-def augment(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def augment(crop: np.ndarray, rng: np.random.Generator, *, max_angle: float = 20.0, border: int = 0) -> np.ndarray:
     """Photometric and geometric jitter that a camera or a technician could cause; labels are unchanged.
 
-    Flip (left/right eye), rotation ±20°, scale ±8 %, brightness/contrast ±15 %, gamma 0.8–1.25.
+    Flip (left/right eye), rotation ±``max_angle``° (a fundus has no "up" a grader relies on: 180 is fine for
+    grading), scale ±8 %, brightness/contrast ±15 %, gamma 0.8–1.25. ``border`` fills what rotation uncovers
+    (the recipe's surround: black as photographed, mid-grey after contrast normalisation).
     """
     s = crop.shape[0]
-    angle = rng.uniform(-20, 20)
+    angle = rng.uniform(-max_angle, max_angle)
     scale = rng.uniform(0.92, 1.08)
     m = cv2.getRotationMatrix2D((s / 2, s / 2), angle, scale)
-    out = cv2.warpAffine(crop, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    out = cv2.warpAffine(crop, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                         borderValue=(border, border, border))
     if rng.random() < 0.5:
         out = out[:, ::-1]
     gain = rng.uniform(0.85, 1.15)
@@ -181,3 +185,34 @@ def augment(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     gamma = math.exp(rng.uniform(math.log(0.8), math.log(1.25)))
     lut = np.clip(255.0 * (np.arange(256) / 255.0) ** gamma * gain + bias, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(cv2.LUT(np.ascontiguousarray(out), lut))
+
+
+def balanced_weights(labels: np.ndarray, power: float = 0.5) -> np.ndarray:
+    """Per-item sampling weights ``count(label) ** -power``, normalised to sum to 1: ``power`` 0.5 (square-root
+    balancing) draws a rare grade far more often than its share without repeating its few photographs as
+    often as full balancing (``power`` 1) would."""
+    counts = np.bincount(labels)
+    w = counts[labels].astype(np.float64) ** -power
+    return w / w.sum()
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """Indices drawn with replacement by ``weights``, a fresh draw per epoch (a function of ``seed`` and
+    :meth:`set_epoch`, identical in every process), of which process ``rank`` of ``world`` takes every
+    ``world``-th: :class:`torch.utils.data.WeightedRandomSampler` for one or several processes."""
+
+    def __init__(self, weights: np.ndarray, *, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.weights = np.asarray(weights, np.float64)
+        self.seed, self.rank, self.world, self.epoch = seed, rank, world, 0
+        self.per_rank = len(self.weights) // world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        rng = np.random.default_rng([self.seed, self.epoch, 7])
+        draw = rng.choice(len(self.weights), size=self.per_rank * self.world, replace=True, p=self.weights)
+        return iter(draw[self.rank::self.world].tolist())

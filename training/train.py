@@ -23,7 +23,7 @@ from models.architectures import build
 from models.preprocess import recipe_for
 from training.config import SyntheticSpec, TrainConfig
 from training.distributed import World, barrier, broadcast, setup, teardown
-from training.data import FundusDataset, load_graded, split_by_patient
+from training.data import EpochSampler, FundusDataset, balanced_weights, load_graded, split_by_patient
 from training.losses import build_loss
 from training.report import plot_history
 from training.metrics import choose_operating_point, grader_metrics, referable_probability
@@ -79,12 +79,15 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optim
     returns the mean training loss (of this process's shard). ``scaler``: see :func:`make_scaler`."""
     model.train()
     device = next(model.parameters()).device
+    channels_last = _is_channels_last(model)
     amp = use_amp(device)
     scaler = scaler if scaler is not None else make_scaler(device)
     total, n = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
     for x, y in bar:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, enabled=amp):
             loss = loss_fn(model(x), y)
@@ -98,14 +101,24 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optim
     return total / max(n, 1)
 
 
+def _is_channels_last(model: nn.Module) -> bool:
+    """Whether ``model``'s first 4-D weight is stored channels-last (inputs should then be too)."""
+    for p in model.parameters():
+        if p.dim() == 4:
+            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+    return False
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities ``(N, C)`` and labels ``(N,)`` over ``loader``."""
     model.eval()
     device = next(model.parameters()).device
     probs, labels = [], []
+    memory_format = torch.channels_last if _is_channels_last(model) else torch.contiguous_format
     for x, y in loader:
-        probs.append(torch.softmax(model(x.to(device)).float(), dim=1).cpu().numpy())
+        x = x.to(device).contiguous(memory_format=memory_format)
+        probs.append(torch.softmax(model(x).float(), dim=1).cpu().numpy())
         labels.append(y.numpy())
     return np.concatenate(probs), np.concatenate(labels)
 
@@ -166,11 +179,17 @@ def _train(cfg: TrainConfig, world: World, *, resume: bool, command: str) -> Pat
         raise ValueError(f"need images for both training and validation; got {len(train_items)} and {len(val_items)}")
     recipe = recipe_for(cfg.preprocessing)
     train_ds = FundusDataset(train_items, cfg.input_size, train=True, seed=cfg.seed, desc="preprocess train",
-                             recipe=recipe)
+                             recipe=recipe, max_angle=cfg.max_rotation)
     batch = max(1, cfg.batch_size // world.size)
     g = torch.Generator().manual_seed(cfg.seed)
-    sampler = (DistributedSampler(train_ds, num_replicas=world.size, rank=world.rank, shuffle=True, seed=cfg.seed,
-                                  drop_last=True) if world.distributed else None)
+    sampler: DistributedSampler | EpochSampler | None
+    if cfg.sampler == "sqrt-balanced":
+        sampler = EpochSampler(balanced_weights(train_ds.labels), seed=cfg.seed, rank=world.rank, world=world.size)
+    elif world.distributed:
+        sampler = DistributedSampler(train_ds, num_replicas=world.size, rank=world.rank, shuffle=True, seed=cfg.seed,
+                                     drop_last=True)
+    else:
+        sampler = None
     train_dl = DataLoader(train_ds, batch_size=batch, shuffle=sampler is None, sampler=sampler, generator=g,
                           num_workers=cfg.workers, drop_last=len(train_ds) // world.size > batch)
     val_dl = None
@@ -180,6 +199,8 @@ def _train(cfg: TrainConfig, world: World, *, resume: bool, command: str) -> Pat
 
     device = training_device()
     core = build(cfg.architecture, num_classes=cfg.num_classes, dropout=cfg.dropout).to(device)
+    if cfg.channels_last:
+        core = core.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * len(train_dl)))
     scaler = make_scaler(device)
@@ -199,7 +220,7 @@ def _train(cfg: TrainConfig, world: World, *, resume: bool, command: str) -> Pat
     ddp_devices = [device.index] if device.type == "cuda" else None
     model: nn.Module = DistributedDataParallel(core, device_ids=ddp_devices) if world.distributed else core
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for epoch in range(start, cfg.epochs):
         # Shuffle order and augmentation are functions of (seed, epoch): a resumed run replays the same epochs.
         g.manual_seed(cfg.seed + epoch)
@@ -212,7 +233,7 @@ def _train(cfg: TrainConfig, world: World, *, resume: bool, command: str) -> Pat
         if world.is_main:
             assert val_dl is not None
             stop, best_kappa, stale = _validate_and_save(cfg, core, opt, sched, scaler, val_dl, epoch, loss,
-                                                         history, best_kappa, stale, command, t0)
+                                                         history, best_kappa, stale, command, t0, cpu0)
         if broadcast(stop, world):
             break
     if world.is_main:
@@ -223,15 +244,19 @@ def _train(cfg: TrainConfig, world: World, *, resume: bool, command: str) -> Pat
 def _validate_and_save(cfg: TrainConfig, core: nn.Module, opt: torch.optim.Optimizer,
                        sched: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
                        val_dl: DataLoader, epoch: int, loss: float,
-                       history: list[dict[str, float]], best_kappa: float, stale: int, command: str, t0: float
-                       ) -> tuple[bool, float, int]:
+                       history: list[dict[str, float]], best_kappa: float, stale: int, command: str, t0: float,
+                       cpu0: float = 0.0) -> tuple[bool, float, int]:
     """Rank 0's end of epoch: metrics, checkpoints, history; returns ``(stop, best_kappa, stale)``."""
     out = Path(cfg.out)
     probs, labels = predict(core, val_dl)
     op = choose_operating_point(referable_probability(probs), (labels >= 2).astype(np.int64),
                                 cfg.referable_min_sensitivity)
     metrics = grader_metrics(probs, labels, op.threshold)
-    history.append({"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in metrics.items()}})
+    # Wall minutes and CPU minutes (this process, all threads): on a shared machine the CPU time divided by the
+    # cores is what the run would have taken alone, which learning curves against time should show.
+    history.append({"epoch": epoch, "train_loss": loss, "minutes": (time.perf_counter() - t0) / 60,
+                    "cpu_minutes": (time.process_time() - cpu0) / 60,
+                    **{f"val_{k}": v for k, v in metrics.items()}})
     kappa = metrics["quadratic_weighted_kappa"]
     if not math.isfinite(kappa):  # e.g. a validation split with one grade only
         kappa = -1.0
