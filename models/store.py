@@ -92,6 +92,7 @@ def store_metadata(card: ModelCard) -> dict[str, Any]:
         "metrics_data": card.metrics_data,
         "training_data": card.training.data, "training_command": card.training.command,
         "code_commit": card.training.code_commit, "created": card.created, "intended_use": card.intended_use,
+        **({"data_terms": card.training.data_terms} if card.training.data_terms else {}),
     }
 
 
