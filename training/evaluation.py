@@ -32,7 +32,8 @@ class Evaluation:
     report: Path | None
 
 
-def evaluate_checkpoint(checkpoint: Path, *, task: str, test_root: Path | None, test_format: str, test_split: str | None,
+def evaluate_checkpoint(checkpoint: Path, *, task: str, test_root: Path | None, test_format: str,
+                        test_split: str | None,
                         report_dir: Path | None = None, write_report: bool = True, command: str = ""
                         ) -> Evaluation:
     """Evaluate the ``task`` model (the config's) ``checkpoint`` on the dataset at ``test_root`` (layout

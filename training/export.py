@@ -103,7 +103,8 @@ class OnnxEvaluation:
 def onnx_evaluate(onnx_bytes: bytes, items: list[FundusRecord], size: int, *,
                   recipe: preprocess.Recipe = preprocess.DISC_CROP) -> OnnxEvaluation:
     """Run the exported model through ONNX Runtime on the graded records ``items`` with the serving
-    preprocessing (``recipe``: the model card's, :func:`models.card.recipe_of`); play the pointing game on the referable ones that have lesion boxes: the CAM of the grade
+    preprocessing (``recipe``: the model card's, :func:`models.card.recipe_of`); play the pointing game on the
+    referable ones that have lesion boxes: the CAM of the grade
     serving shows (:func:`service.pipeline.saliency_target`) must peak within :data:`POINTING_TOLERANCE`
     of the input side (in original pixels) of a lesion."""
     from service.pipeline import saliency_target  # the serving rule itself; service imports no torch

@@ -112,7 +112,8 @@ def quantize_bytes(onnx_bytes: bytes, calibration: Sequence[Path], size: int, in
         src, pre, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(onnx_bytes)
         quant_pre_process(str(src), str(pre))
-        quantize_static(str(pre), str(dst), _Reader(calibration, size, input_name, recipe), quant_format=QuantFormat.QDQ,
+        quantize_static(str(pre), str(dst), _Reader(calibration, size, input_name, recipe),
+                        quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
         return dst.read_bytes()

@@ -76,7 +76,8 @@ def test_intended_use_statements() -> None:
     plain = intended_use_for(False)
     assert plain.startswith(RESEARCH_USE) and plain.endswith(RESEARCH_WARNING) and "synthetic" not in plain.lower()
     assert "not for diagnostic use" in RESEARCH_WARNING.lower()
-    real = intended_use_for(False, data="EyePACS photographs", terms="non-commercial research use only (Kaggle EyePACS terms)")
+    real = intended_use_for(False, data="EyePACS photographs",
+                            terms="non-commercial research use only (Kaggle EyePACS terms)")
     assert real.startswith("Research use, not for clinical use. Trained on EyePACS photographs")
     assert "non-commercial research use only (Kaggle EyePACS terms)" in real
     assert intended_use_for(True, data="x", terms="y") == SYNTHETIC_WARNING

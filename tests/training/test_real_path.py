@@ -66,7 +66,7 @@ def test_real_path_end_to_end(real_dev: Path, tmp_path: Path, monkeypatch: pytes
 
     from models.card import RESEARCH_USE, ModelCard, recipe_of, verify
     from models.preprocess import CONTRAST
-    from models.store import get_exact
+    from models.store import exact_dir, get_exact
     from service.dicom_out import AI_STATEMENT_RESEARCH, ai_statement
     from service.pipeline import Analyzer
     from service.render import CAPTION_RESEARCH, caption_for
@@ -108,9 +108,9 @@ def test_real_path_end_to_end(real_dev: Path, tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("FOVEA_GRADER_TAG", tag)
     settings = load_settings()
     assert settings.grader_tag == tag
-    # What service.service.Fovea does with the setting: a BentoModel reference, its store directory verified.
+    # What service.service.Fovea does with the setting: a BentoModel reference, its exact store folder verified.
     ref = bentoml.models.BentoModel(settings.grader_tag)
-    analyzer = Analyzer.load(Path(ref.stored.path))
+    analyzer = Analyzer.load(exact_dir(str(ref.tag)))
     assert analyzer.grader_card.sha256 == card.sha256
 
     photo = sorted(DRIVE.glob("*.png"))[0]  # a raw camera photograph, another domain than the training copies
