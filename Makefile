@@ -9,7 +9,7 @@ DEV_STAMP := $(VENV)/.fovea-dev
 # glibc malloc settings that make PyTorch CPU training ~1.8x faster here (DESIGN.md, measured facts).
 TRAIN_ENV := MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736
 
-.PHONY: serve test venv default-model default-models bento bench bench-backbones clean
+.PHONY: serve test venv default-model default-models real-grader bento bench bench-backbones clean
 
 $(PY):
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -42,6 +42,20 @@ default-model: default-grader
 default-%: $(DEV_STAMP)
 	$(TRAIN_ENV) $(PY) -m training train --config training/configs/$*.yaml
 	$(PY) -m training export --config training/configs/$*.yaml --out models/default
+
+# The research grader on real photographs (README "Real photographs (research model)"): train on the EyePACS
+# folder DATA (non-commercial research use only), export with the parity check, measured on the patient-disjoint
+# validation split, and register it in the model store as dr-grader:0.3.0-eyepacs.
+DATA ?= ../shared/real-dev/eyepacs256
+REAL_CONFIG := training/configs/real-grader.yaml
+REAL_EXPORT := runs/real-grader/export
+REAL_TAG := dr-grader:0.3.0-eyepacs
+real-grader: $(DEV_STAMP)
+	$(TRAIN_ENV) $(PY) -m training train --config $(REAL_CONFIG) --data $(DATA)
+	$(PY) -m training export --config $(REAL_CONFIG) --out $(REAL_EXPORT)
+	$(PY) -m training register --card $(REAL_EXPORT)/dr-grader.card.json
+	@echo "registered $(REAL_TAG) (research use, not for clinical use); serve it with:"
+	@echo "  FOVEA_GRADER_TAG=$(REAL_TAG) make serve"
 
 bento: $(SERVE_STAMP)
 	$(VENV)/bin/bentoml build

@@ -178,6 +178,7 @@ def make_inputs(workdir: Path, *, scale: float = 1.0) -> dict[str, bytes]:
 
 def _render_parts(analyzer: Analyzer, data: bytes) -> dict[str, float]:
     """The render stage split into its parts by direct calls on one analysis's data."""
+    from models.card import recipe_of
     from models.grading import softmax
     from models.preprocess import preprocess
     from service.decode import decode
@@ -187,7 +188,7 @@ def _render_parts(analyzer: Analyzer, data: bytes) -> dict[str, float]:
 
     card = analyzer.grader_card
     img = decode(data, limits=analyzer.limits, target=max(card.input.size, ANALYSIS_SIZE))[0]
-    pre = preprocess(img.rgb, card.input.size)
+    pre = preprocess(img.rgb, card.input.size, recipe=recipe_of(card))
     out = analyzer.run_grader(pre.tensor[None])
     probs = softmax(out["logits"][0])
     target = saliency_target(int(np.argmax(probs)), probs)
@@ -607,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.baseline import NaiveBaseline
     from bench.flops import matmul_ceiling, model_flops
     from bench.onnx_torch import check_same_weights, torch_grader
+    from models.card import recipe_of
     from models.preprocess import preprocess
     from models.store import load_verified
     from service.decode import decode
@@ -623,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fovea-bench-") as tmp:
         inputs = make_inputs(Path(tmp), scale=args.scale)
         first = next(iter(inputs.values()))
-        tensor = preprocess(decode(first)[0].rgb, card.input.size).tensor[None]
+        tensor = preprocess(decode(first)[0].rgb, card.input.size, recipe=recipe_of(card)).tensor[None]
         diff = check_same_weights(model, onnx, tensor)
         print(f"same weights: max |logit diff| {diff:.2e}", file=sys.stderr)
         baseline = NaiveBaseline(model, card.input.size, device=device)

@@ -30,10 +30,38 @@ RESEARCH_WARNING = (
 )
 
 
-def intended_use_for(trained_on_synthetic: bool) -> str:
-    """The card's ``intended_use`` for a model trained on synthetic data or not. Serving keys the overlay
-    caption on the word "synthetic" in it (:func:`service.render.caption_for`)."""
-    return SYNTHETIC_WARNING if trained_on_synthetic else RESEARCH_WARNING
+#: How the statement of a model trained on real (published) data begins: serving keys its short statements
+#: (overlay caption, DICOM, FHIR) on this phrase (:func:`statement_kind`).
+RESEARCH_USE = "Research use, not for clinical use"
+
+#: What an intended-use statement says about the model, for the short statements serving derives from it.
+StatementKind = Literal["synthetic", "research", "unstated"]
+
+
+def intended_use_for(trained_on_synthetic: bool, *, data: str | None = None, terms: str | None = None) -> str:
+    """The card's ``intended_use`` for a model trained on synthetic data or not.
+
+    Synthetic: :data:`SYNTHETIC_WARNING`. Otherwise :data:`RESEARCH_USE`, then what it was trained on
+    (``data``) and under which terms (``terms``, e.g. a dataset's non-commercial licence) when known, then
+    :data:`RESEARCH_WARNING`. Never contains the word "synthetic" unless ``data`` does (which errs on the
+    side of the stronger warning).
+    """
+    if trained_on_synthetic:
+        return SYNTHETIC_WARNING
+    source = f"Trained on {data}" if data else "Trained on data outside a clinical quality system"
+    if terms:
+        source += f" under its terms: {terms}"
+    return f"{RESEARCH_USE}. {source}. {RESEARCH_WARNING}"
+
+
+def statement_kind(intended_use: str) -> StatementKind:
+    """``"synthetic"`` when the statement says the model was trained on synthetic data, ``"research"`` when it
+    is a :func:`intended_use_for` research-use statement, ``"unstated"`` otherwise (cards written before
+    :data:`RESEARCH_USE` existed). The overlay caption and the DICOM/FHIR AI-output statement follow it."""
+    text = intended_use.lower()
+    if "synthetic" in text:
+        return "synthetic"
+    return "research" if RESEARCH_USE.lower() in text else "unstated"
 
 
 class CardError(ValueError):
@@ -94,6 +122,9 @@ class TrainingProvenance(_Frozen):
     config: dict[str, object]
     torch_version: str
     seconds: float | None = None
+    #: The terms the training data were published under (e.g. "non-commercial research use only (Kaggle
+    #: EyePACS terms)"); the model inherits them. ``None``: not stated (synthetic data, or older cards).
+    data_terms: str | None = None
 
 
 class Quantization(_Frozen):

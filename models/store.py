@@ -47,6 +47,16 @@ def get_exact(tag: str) -> bentoml.Model | None:
     return model
 
 
+def exact_dir(tag: str) -> Path:
+    """The store folder of ``tag`` exactly (:func:`get_exact`); :class:`CardError` naming the tag when the store
+    has no such version. What a service serves: ``FOVEA_GRADER_TAG=dr-grader:0.3.0-eyepacs`` must not fall
+    back on ``dr-grader:0.3.0-eyepacs-int8`` when only that one is stored, as BentoML's prefix lookup would."""
+    model = get_exact(tag)
+    if model is None:
+        raise CardError(f"the model store has no {tag} (python -m training register --card ... puts it there)")
+    return Path(model.path)
+
+
 def import_model(card_path: Path) -> str:
     """Copy ``<name>.onnx`` + card into the store as ``name:version``; return the tag.
 
@@ -92,6 +102,7 @@ def store_metadata(card: ModelCard) -> dict[str, Any]:
         "metrics_data": card.metrics_data,
         "training_data": card.training.data, "training_command": card.training.command,
         "code_commit": card.training.code_commit, "created": card.created, "intended_use": card.intended_use,
+        **({"data_terms": card.training.data_terms} if card.training.data_terms else {}),
     }
 
 

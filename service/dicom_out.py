@@ -110,6 +110,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from models.card import statement_kind
 from service.findings import Findings, LesionFinding, ModelRef, model_for
 
 #: The private coding scheme of Fovea's own concepts (declared in every SR).
@@ -118,8 +119,10 @@ PRIVATE_SCHEME_UID = "2.25.145924320050632522397734969310487631069"
 PRIVATE_SCHEME_NAME = "Fovea AI diabetic-retinopathy screening concepts"
 SR_SERIES_NUMBER = 9001
 SC_SERIES_NUMBER = 9002
-#: Stated wherever a result is shown when the model card says the models were trained on synthetic data.
+#: Stated wherever a result is shown, chosen by the model card's intended use (:func:`ai_statement`): trained
+#: on synthetic data; a research model trained on real data; or a card that states neither.
 AI_STATEMENT_SYNTHETIC = "AI output - trained on synthetic data, not for diagnosis"
+AI_STATEMENT_RESEARCH = "AI output - research use only, not for clinical use"
 AI_STATEMENT_REAL = "AI output - to be confirmed by a qualified reader"
 _UID_SALT = "fovea-dicom-results-v1"
 
@@ -172,8 +175,11 @@ class DicomResults:
 
 
 def ai_statement(findings: Findings) -> str:
-    """The AI-output statement that fits the model card's intended use (as the overlay's caption does)."""
-    return AI_STATEMENT_SYNTHETIC if "synthetic" in findings.disclaimer.lower() else AI_STATEMENT_REAL
+    """The AI-output statement that fits the model card's intended use, ``findings.disclaimer`` (as the
+    overlay's caption does, :func:`models.card.statement_kind`)."""
+    kind = statement_kind(findings.disclaimer)
+    return (AI_STATEMENT_SYNTHETIC if kind == "synthetic" else AI_STATEMENT_RESEARCH if kind == "research"
+            else AI_STATEMENT_REAL)
 
 
 def result_uid(role: str, findings: Findings, source: Dataset | None = None) -> str:

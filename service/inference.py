@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import bentoml
 import numpy as np
 
-from models.store import ensure_defaults, load_verified
+from models.store import ensure_defaults, exact_dir, load_verified
 from service.runtime import INFERENCE_WORKERS_ENV, OnnxModel, worker_count
 from service.settings import load_settings
 
@@ -61,7 +60,7 @@ class Inference:
     grader_ref = bentoml.models.BentoModel(load_settings().grader_tag)
 
     def __init__(self) -> None:
-        card, onnx = load_verified(Path(self.grader_ref.path))
+        card, onnx = load_verified(exact_dir(str(self.grader_ref.tag)))
         self.grader = OnnxModel.load(card, onnx, workers=WORKERS)
 
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)

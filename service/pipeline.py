@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.card import CardError, ModelCard
+from models.card import CardError, ModelCard, recipe_of
 from models.detection import LESION_CLASSES, to_original
 from models.detection import decode as decode_lesions
 from models.grading import is_referable, referable_probability, softmax
@@ -179,13 +179,14 @@ class Analyzer:
         verdict = assess(measure(img.rgb, field_), self.rules)
         if self.quality_model is not None:
             qcard = self.quality_model.card
-            q_in = preprocess(img.rgb, qcard.input.size, field=field_).tensor[None]
+            q_in = preprocess(img.rgb, qcard.input.size, field=field_, recipe=recipe_of(qcard)).tensor[None]
             quality = combine(self.quality_model.run(q_in)["probabilities"][0], qcard, verdict)
         else:
             quality = Quality(gradable=verdict.gradable, score=verdict.score, reasons=list(verdict.reasons),
                               method=QUALITY_METHOD, measures=verdict.measures.as_dict())
         t = lap("quality", t0)
-        pre = preprocess(img.rgb, card.input.size, field=field_)
+        # The model's own recipe (its card's); the heatmap is drawn on the photograph through pre.transform.
+        pre = preprocess(img.rgb, card.input.size, field=field_, recipe=recipe_of(card))
         t = lap("preprocess", t)
         out = self.run_grader(pre.tensor[None])
         t = lap("inference", t)
@@ -231,7 +232,7 @@ class Analyzer:
         """The detector's lesions, boxes in original pixels (the decoded grid times ``img.scale``)."""
         assert self.detector is not None
         card = self.detector.card
-        pre = preprocess(img.rgb, card.input.size, field=field_)
+        pre = preprocess(img.rgb, card.input.size, field=field_, recipe=recipe_of(card))
         thresholds = {t.name: t.threshold for t in card.score_thresholds}
         (found,) = decode_lesions(self.detector.run(pre.tensor[None]), input_size=card.input.size,
                                   classes=card.classes, thresholds=thresholds)

@@ -9,12 +9,14 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from models.card import ModelCard
+from models.card import ModelCard, statement_kind
 from models.preprocess import FundusTransform
 
-#: Burned into every overlay (a picture travels without its JSON); the second when the model card does not say
-#: it was trained on synthetic data.
+#: Burned into every overlay (a picture travels without its JSON), chosen by the model card's intended use
+#: (:func:`models.card.statement_kind`): trained on synthetic data; a research model trained on real data
+#: (research use, not for clinical use); or a card that states neither.
 CAPTION = "AI output - model trained on synthetic images - not for diagnosis"
+CAPTION_RESEARCH = "AI output - research use only - not for clinical use"
 CAPTION_REAL = "AI output - to be confirmed by a qualified reader"
 #: PNG compression 1: ~3x faster than the default 3 on photographs, files ~10 % larger. One fixed "Up" row filter
 #: instead of libpng's per-row trial of all five: the overlay PNG was the largest single cost of an analysis
@@ -95,7 +97,13 @@ def _field_mask(size: int) -> np.ndarray:
 
 def caption_for(card: ModelCard) -> str:
     """The overlay caption that fits the model's intended-use statement."""
-    return CAPTION if "synthetic" in card.intended_use.lower() else CAPTION_REAL
+    return caption_for_use(card.intended_use)
+
+
+def caption_for_use(intended_use: str) -> str:
+    """The overlay caption for a card's ``intended_use`` statement (see :data:`CAPTION`)."""
+    kind = statement_kind(intended_use)
+    return CAPTION if kind == "synthetic" else CAPTION_RESEARCH if kind == "research" else CAPTION_REAL
 
 
 def heat_to_u8(heat: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse
 
-from models.store import get_exact, load_verified
+from models.store import exact_dir, get_exact, load_verified
 from service.audit import AuditLog
 from service.audit_http import AuditMiddleware
 from service.auth import AuthMiddleware
@@ -71,13 +71,13 @@ class Fovea:
             # The card is verified here too (the front trusts nothing it did not check); the session lives in
             # the inference service, which can only be asked for its provider once it is up. The detector (if
             # any) runs in this process.
-            card, _ = load_verified(Path(self.grader_ref.path))
+            card, _ = load_verified(exact_dir(str(self.grader_ref.tag)))
             self.analyzer = Analyzer(grader_card=card, run_grader=self._grade_remote,
                                      provider=lambda: str(self.inference.provider()),
                                      detector=Analyzer.load_detector(detector) if detector else None,
                                      quality_model=Analyzer.load_detector(quality) if quality else None, **common)
         else:
-            self.analyzer = Analyzer.load(Path(self.grader_ref.path), workers=WORKERS, detector=detector,
+            self.analyzer = Analyzer.load(exact_dir(str(self.grader_ref.tag)), workers=WORKERS, detector=detector,
                                           quality=quality, **common)
         if detector is None:
             log.info("no lesion detector %s in the model store: findings carry no lesions", SETTINGS.detector_tag)

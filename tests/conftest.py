@@ -58,6 +58,45 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory, tiny_config: Path) -> 
     assert main(["export", "--config", str(tiny_config), "--out", str(out)]) == 0
     return out
 
+#: The data description and terms of :func:`tiny_research_export` (as a real dataset's config states them).
+TINY_RESEARCH_DATA = "tiny published fundus set"
+TINY_RESEARCH_TERMS = "non-commercial research use only (test terms)"
+
+
+@pytest.fixture(scope="session")
+def tiny_research_run(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Path) -> tuple[Path, Path]:
+    """A grader as the real-photograph model is made, in miniature: ``tiny_dataset``'s photographs as a plain
+    EyePACS folder (labels and images only: not the generator's output), ``preprocessing:
+    fovea.fundus-contrast``, the data's description and terms, no test folder (the card is measured on the
+    validation patients). Trained one epoch and exported; returns the config and the export folder holding
+    ``tiny-research.onnx`` and its card."""
+    pytest.importorskip("torch", reason="training extras (torch) are not installed")
+    from training.__main__ import main
+
+    root = tmp_path_factory.mktemp("research")
+    plain = root / "eyepacs"
+    plain.mkdir()
+    shutil.copy(tiny_dataset / "trainLabels.csv", plain)
+    for jpeg in tiny_dataset.glob("*.jpeg"):
+        shutil.copy(jpeg, plain)
+    cfg = root / "research.yaml"
+    cfg.write_text(
+        "name: tiny-research\nversion: 0.0.1-test\narchitecture: mobilenet_v3_small\ninput_size: 64\n"
+        f"preprocessing: fovea.fundus-contrast\nepochs: 1\nbatch_size: 8\nout: {root / 'run'}\n"
+        f"data: {{format: eyepacs, train: {plain}, val_fraction: 0.3, description: {TINY_RESEARCH_DATA}, "
+        f"terms: {TINY_RESEARCH_TERMS}}}\n"
+    )
+    assert main(["train", "--config", str(cfg)]) == 0
+    assert main(["export", "--config", str(cfg), "--out", str(root / "export")]) == 0
+    return cfg, root / "export"
+
+
+@pytest.fixture(scope="session")
+def tiny_research_export(tiny_research_run: tuple[Path, Path]) -> Path:
+    """The export folder of :func:`tiny_research_run`."""
+    return tiny_research_run[1]
+
+
 @pytest.fixture(scope="session")
 def tiny_detector_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Train one epoch of a 128-px lesion detector on 12 synthetic photographs and export it; returns the

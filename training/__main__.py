@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="metrics of a checkpoint on held-out data")
     e.add_argument("--config", type=Path, required=True)
     e.add_argument("--checkpoint", type=Path)
-    e.add_argument("--data", help="held-out data folder (default: the config's test split)")
+    e.add_argument("--data", help="held-out data folder (default: the config's data.test; without one, the "
+                                  "patient-disjoint validation split training held out)")
     _add_format(e, "the held-out data")
     _add_split(e)
     e.add_argument("--report", type=Path, metavar="DIR",
@@ -47,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export a checkpoint to ONNX + model card (after a parity check)")
     x.add_argument("--config", type=Path, required=True)
     x.add_argument("--checkpoint", type=Path)
-    x.add_argument("--data", help="held-out data folder for the card's metrics (default: the config's test split)")
+    x.add_argument("--data", help="held-out data folder for the card's metrics (default: the config's data.test; "
+                                  "without one, the patient-disjoint validation split training held out)")
     _add_format(x, "the held-out data")
     _add_split(x)
     x.add_argument("--out", type=Path, default=Path("models/default"))
@@ -117,9 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = args.checkpoint or Path(cfg.out) / "best.pt"
         if not checkpoint.is_file():
             raise FileNotFoundError(f"no checkpoint at {checkpoint}: train first or pass --checkpoint")
-        test_root = Path(args.data or cfg.data.test)
-        if args.data is None:
+        # A config without a test folder (data with no separate test split) is measured on the validation
+        # patients training held out; export and evaluate say so in what they write.
+        held_out_validation = args.data is None and cfg.data.test is None
+        test_root = None if held_out_validation else Path(args.data or cfg.data.test)
+        if args.data is None and test_root is not None:
             ensure_data(test_root, cfg.data.synthetic_test)
+        if held_out_validation and (detector or quality):
+            raise ValueError(f"{args.config} names no held-out data (data.test): pass --data")
         from training.data import held_out_split
 
         test_format = args.format or cfg.data.format
@@ -139,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from training.export import export
 
+        extra = {"held_out_validation": True} if held_out_validation else {}
         card = export(checkpoint, args.out, test_root=test_root, command=command, test_format=test_format,
-                      test_split=test_split)
+                      test_split=test_split, **extra)
         print(json.dumps(card.metrics, indent=2))
         return 0
     except (ValueError, FileNotFoundError, KeyError) as exc:

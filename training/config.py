@@ -25,11 +25,19 @@ class SyntheticSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    """Where images and labels come from. ``format`` names a reader in :mod:`training.data`."""
+    """Where images and labels come from. ``format`` names a reader in :mod:`training.data`.
+
+    ``test`` is the held-out folder; ``None`` when the data has no separate test split: ``evaluate`` and
+    ``export`` then measure on the patient-disjoint validation split training held out (the card says so).
+    ``description`` names the data for the model card (default: the folder and format); ``terms`` are the
+    terms it was published under, which the model inherits (its card's intended use and ``data_terms``).
+    """
 
     train: str
-    test: str
+    test: str | None = None
     format: str = "eyepacs"
+    description: str | None = None
+    terms: str | None = None
     val_fraction: float = 0.15
     synthetic_train: SyntheticSpec | None = None
     synthetic_test: SyntheticSpec | None = None

@@ -25,13 +25,12 @@ from tqdm import tqdm
 from datasets.readers import FundusRecord
 from models import preprocess
 from models.architectures.detector import DetectorExport
-from models.card import (InputSpec, ModelCard, PreprocessingSpec, ScoreThreshold, TrainingProvenance, intended_use_for,
-                         sha256_file)
+from models.card import InputSpec, ModelCard, PreprocessingSpec, ScoreThreshold, TrainingProvenance, sha256_file
 from models.detection import LESION_CLASSES, Lesion, decode, to_original
-from training.data import is_synthetic_folder, load_rgb, split_by_patient
+from training.data import load_rgb, split_by_patient
 from training.detection import CANDIDATE_FLOOR, load_annotated
 from training.detection_metrics import Truth, detection_metrics, f1_threshold, froc_curve
-from training.export import OPSET, PARITY_ATOL, ParityError, load_checkpoint
+from training.export import OPSET, PARITY_ATOL, ParityError, intended_use, load_checkpoint, training_data
 
 OUTPUTS = DetectorExport.output_names
 
@@ -64,14 +63,14 @@ def check_parity(model: torch.nn.Module, onnx_bytes: bytes, inputs: np.ndarray) 
     return diffs
 
 
-def onnx_detections(onnx_bytes: bytes, records: list[FundusRecord], size: int
-                    ) -> tuple[list[list[Lesion]], list[Truth]]:
-    """Candidate detections (score ≥ the training candidate floor) of the exported model on ``records``, in
-    original pixels, with each record's lesions as truth."""
+def onnx_detections(onnx_bytes: bytes, records: list[FundusRecord], size: int, *,
+                    recipe: preprocess.Recipe = preprocess.DISC_CROP) -> tuple[list[list[Lesion]], list[Truth]]:
+    """Candidate detections (score ≥ the training candidate floor) of the exported model on ``records``
+    preprocessed with ``recipe`` (the card's), in original pixels, with each record's lesions as truth."""
     sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     detections, truths = [], []
     for record in tqdm(records, desc="evaluate onnx", unit="img", leave=False):
-        pre = preprocess.preprocess(load_rgb(record.image), size)
+        pre = preprocess.preprocess(load_rgb(record.image), size, recipe=recipe)
         outputs = dict(zip(OUTPUTS, sess.run(list(OUTPUTS), {"image": pre.tensor[None]})))
         (found,) = decode(outputs, input_size=size, thresholds=CANDIDATE_FLOOR)
         detections.append(to_original(found, pre.transform))
@@ -121,14 +120,16 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
     card = ModelCard(
         name=cfg.name, version=cfg.version, task="lesion-detection", architecture=cfg.architecture,
         file=onnx_path.name, sha256=sha256_file(onnx_path), opset=OPSET,
-        input=InputSpec(size=cfg.input_size, mean=tuple(preprocess.MEAN.tolist()), std=tuple(preprocess.STD.tolist())),
+        # The detector trains on DISC_CROP crops (training.detection): its card names that recipe.
+        input=InputSpec(size=cfg.input_size, mean=preprocess.DISC_CROP.mean, std=preprocess.DISC_CROP.std),
         outputs=OUTPUTS,
-        preprocessing=PreprocessingSpec(name=preprocess.NAME, version=preprocess.VERSION),
+        preprocessing=PreprocessingSpec(name=preprocess.DISC_CROP.name, version=preprocess.DISC_CROP.version),
         classes=LESION_CLASSES, score_thresholds=thresholds, metrics=metrics, metrics_data=metrics_data,
-        training=TrainingProvenance(data=f"{cfg.data.train} ({cfg.data.format})", command=ck["command"],
+        training=TrainingProvenance(data=training_data(cfg), command=ck["command"],
                                     code_commit=ck["code_commit"], config=json.loads(ck["config"]),
-                                    torch_version=ck["torch_version"], seconds=ck["seconds"]),
-        intended_use=intended_use_for(is_synthetic_folder(cfg.data.train, cfg.data.format)),
+                                    torch_version=ck["torch_version"], seconds=ck["seconds"],
+                                    data_terms=cfg.data.terms),
+        intended_use=intended_use(cfg),
         created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     )
     card.save(out_dir / f"{cfg.name}.card.json")

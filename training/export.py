@@ -100,9 +100,11 @@ class OnnxEvaluation:
     centre_hits: list[bool]
 
 
-def onnx_evaluate(onnx_bytes: bytes, items: list[FundusRecord], size: int) -> OnnxEvaluation:
+def onnx_evaluate(onnx_bytes: bytes, items: list[FundusRecord], size: int, *,
+                  recipe: preprocess.Recipe = preprocess.DISC_CROP) -> OnnxEvaluation:
     """Run the exported model through ONNX Runtime on the graded records ``items`` with the serving
-    preprocessing; play the pointing game on the referable ones that have lesion boxes: the CAM of the grade
+    preprocessing (``recipe``: the model card's, :func:`models.card.recipe_of`); play the pointing game on the
+    referable ones that have lesion boxes: the CAM of the grade
     serving shows (:func:`service.pipeline.saliency_target`) must peak within :data:`POINTING_TOLERANCE`
     of the input side (in original pixels) of a lesion."""
     from service.pipeline import saliency_target  # the serving rule itself; service imports no torch
@@ -110,7 +112,7 @@ def onnx_evaluate(onnx_bytes: bytes, items: list[FundusRecord], size: int) -> On
     sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     probs, hits, centre = [], [], []
     for record in tqdm(items, desc="evaluate onnx", unit="img", leave=False):
-        pre = preprocess.preprocess(load_rgb(record.image), size)
+        pre = preprocess.preprocess(load_rgb(record.image), size, recipe=recipe)
         logits, cam = sess.run(["logits", "cam"], {"image": pre.tensor[None]})
         p = softmax(logits[0])
         probs.append(p)
@@ -123,19 +125,47 @@ def onnx_evaluate(onnx_bytes: bytes, items: list[FundusRecord], size: int) -> On
     return OnnxEvaluation(np.stack(probs), np.array([r.grade for r in items]), hits, centre)
 
 
-def onnx_probabilities(onnx_bytes: bytes, items: list[FundusRecord], size: int) -> tuple[np.ndarray, np.ndarray]:
+def onnx_probabilities(onnx_bytes: bytes, items: list[FundusRecord], size: int, *,
+                       recipe: preprocess.Recipe = preprocess.DISC_CROP) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities and labels of :func:`onnx_evaluate`."""
-    ev = onnx_evaluate(onnx_bytes, items, size)
+    ev = onnx_evaluate(onnx_bytes, items, size, recipe=recipe)
     return ev.probs, ev.labels
 
 
+def training_data(cfg: TrainConfig) -> str:
+    """The card's ``training.data``: the config's description of the data (when it has one) and the folder."""
+    where = f"{cfg.data.train} ({cfg.data.format})"
+    return f"{cfg.data.description}: {where}" if cfg.data.description else where
+
+
+def intended_use(cfg: TrainConfig) -> str:
+    """The card's intended-use statement for a model trained per ``cfg`` (:func:`models.card.intended_use_for`):
+    synthetic, or research use naming the data and the terms it was published under."""
+    synthetic = is_synthetic_folder(cfg.data.train, cfg.data.format)
+    return intended_use_for(synthetic, data=cfg.data.description or f"{cfg.data.train} ({cfg.data.format})",
+                            terms=cfg.data.terms)
+
+
+def validation_description(cfg: TrainConfig, items: list[FundusRecord]) -> str:
+    """What the patient-disjoint validation split ``items`` of ``cfg``'s training data is, for a card's
+    ``metrics_data`` or a report (see :func:`training.data.split_by_patient`)."""
+    patients = len({r.group for r in items})
+    return (f"patient-disjoint validation split ({cfg.data.val_fraction:.0%}, seed {cfg.seed}) of "
+            f"{cfg.data.train} ({cfg.data.format}), {len(items)} photographs of {patients} patients")
+
+
 def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: str, test_format: str | None = None,
-           test_split: str | None = None) -> ModelCard:
+           test_split: str | None = None, held_out_validation: bool = False) -> ModelCard:
     """Export ``checkpoint`` into ``out_dir`` as ``<name>.onnx`` + ``<name>.card.json``; return the card.
 
     The held-out data at ``test_root`` is read in layout ``test_format`` (default: the training config's) and
-    split ``test_split`` (see :func:`training.data.held_out_split`)."""
+    split ``test_split`` (see :func:`training.data.held_out_split`). With ``held_out_validation`` (and no
+    ``test_root``) the card's metrics are measured on the patient-disjoint validation split training held
+    out, recomputed from the checkpoint's config, and ``metrics_data`` says so."""
+    if held_out_validation and test_root is not None:
+        raise ValueError("give held-out data or measure on the validation split, not both")
     model, cfg, ck = load_checkpoint(checkpoint)
+    recipe = preprocess.recipe_for(cfg.preprocessing)
     # Checkpoints from before TrainConfig.objective existed were trained with plain cross-entropy.
     objective = json.loads(ck["config"]).get("objective", "ce")
     onnx_bytes = to_onnx(model, cfg.input_size)
@@ -148,15 +178,24 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
     # training held out) with the ONNX model itself, then measure it on the test split.
     train_items = load_graded(Path(cfg.data.train), cfg.data.format, verbose=False)
     _, val_items = split_by_patient(train_items, cfg.data.val_fraction, cfg.seed)
-    val_probs, val_labels = onnx_probabilities(onnx_bytes, val_items, cfg.input_size)
+    val_ev = onnx_evaluate(onnx_bytes, val_items, cfg.input_size, recipe=recipe)
+    val_probs, val_labels = val_ev.probs, val_ev.labels
     choice = choose_operating_point(referable_probability(val_probs), (val_labels >= REFERABLE_MIN_GRADE).astype(np.int64),
                                     cfg.referable_min_sensitivity)
     op = {"threshold": choice.threshold, "sensitivity": choice.sensitivity, "specificity": choice.specificity}
     metrics: dict[str, float] = {}
     metrics_data = "none (no held-out data given)"
-    if test_root is not None:
-        items = load_graded(test_root, test_format or cfg.data.format, split=test_split)
-        ev = onnx_evaluate(onnx_bytes, items, cfg.input_size)
+    if test_root is not None or held_out_validation:
+        if test_root is not None:
+            items = load_graded(test_root, test_format or cfg.data.format, split=test_split)
+            ev = onnx_evaluate(onnx_bytes, items, cfg.input_size, recipe=recipe)
+            held_out = f"{test_root} ({len(items)} images, held out from training and validation)"
+        else:
+            # No separate test split: the validation patients were never trained on, but the operating point
+            # was chosen on them too, so its sensitivity/specificity here are optimistic; the card says so.
+            items, ev = val_items, val_ev
+            held_out = (f"{validation_description(cfg, items)}; the operating point was chosen on the same "
+                        f"split (its sensitivity/specificity are optimistic)")
         probs, labels = ev.probs, ev.labels
         metrics = grader_metrics(probs, labels, op["threshold"])
         metrics.update(grader_intervals(probs, labels))
@@ -167,7 +206,7 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
                 f"the shown grade within {POINTING_TOLERANCE * cfg.input_size:.1f} model pixels of a lesion box; "
                 f"centre baseline: the field centre as the point"
                 if with_lesions else "pointing game: no lesion ground truth in these records")
-        metrics_data = (f"{test_root} ({len(items)} images, held out from training and validation); 95 % "
+        metrics_data = (f"{held_out}; 95 % "
                         f"intervals: percentile bootstrap over images, {BOOTSTRAP_RESAMPLES} resamples, seed "
                         f"{BOOTSTRAP_SEED}; {game}")
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -182,9 +221,9 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
     card = ModelCard(
         name=cfg.name, version=cfg.version, task="dr-grading", architecture=cfg.architecture,
         file=onnx_path.name, sha256=sha256_file(onnx_path), opset=OPSET,
-        input=InputSpec(size=cfg.input_size, mean=tuple(preprocess.MEAN.tolist()), std=tuple(preprocess.STD.tolist())),
+        input=InputSpec(size=cfg.input_size, mean=recipe.mean, std=recipe.std),
         outputs=("logits", "cam"),
-        preprocessing=PreprocessingSpec(name=preprocess.NAME, version=preprocess.VERSION),
+        preprocessing=PreprocessingSpec(name=recipe.name, version=recipe.version),
         classes=ICDR_LABELS,
         operating_points=(OperatingPoint(name="referable_dr", threshold=op["threshold"],
                                          sensitivity=op["sensitivity"], specificity=op["specificity"],
@@ -192,10 +231,11 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
                                                    f"from training): best Youden index with sensitivity >= "
                                                    f"{cfg.referable_min_sensitivity}"),),
         metrics=metrics, metrics_data=metrics_data,
-        training=TrainingProvenance(data=f"{cfg.data.train} ({cfg.data.format})", command=ck["command"],
+        training=TrainingProvenance(data=training_data(cfg), command=ck["command"],
                                     code_commit=ck["code_commit"], config=json.loads(ck["config"]),
-                                    torch_version=ck["torch_version"], seconds=ck["seconds"]),
-        intended_use=intended_use_for(is_synthetic_folder(cfg.data.train, cfg.data.format)),
+                                    torch_version=ck["torch_version"], seconds=ck["seconds"],
+                                    data_terms=cfg.data.terms),
+        intended_use=intended_use(cfg),
         created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     )
     card.save(out_dir / f"{cfg.name}.card.json")

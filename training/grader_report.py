@@ -29,7 +29,7 @@ from datasets.readers import FundusRecord
 from models.architectures.classifier import WithCam
 from models.card import ICDR_LABELS
 from models.grading import REFERABLE_MIN_GRADE, referable_probability
-from models.preprocess import FundusTransform, preprocess
+from models.preprocess import DISC_CROP, FundusTransform, Recipe, preprocess
 from training.config import TrainConfig
 from training.data import load_rgb
 from training.metrics import (POINTING_TOLERANCE, cam_peak, confusion_matrix, field_centre, grader_intervals,
@@ -84,15 +84,15 @@ class Pointing:
 
 @torch.inference_mode()
 def predict_with_cam(model: torch.nn.Module, records: Sequence[FundusRecord], size: int, *,
-                     batch_size: int = BATCH) -> GraderOutputs:
-    """Run ``WithCam(model)`` over ``records`` in batches on the serving preprocessing (on the GPU if there
-    is one); a tqdm bar shows progress."""
+                     batch_size: int = BATCH, recipe: Recipe = DISC_CROP) -> GraderOutputs:
+    """Run ``WithCam(model)`` over ``records`` in batches on the serving preprocessing with the model's
+    ``recipe`` (on the GPU if there is one); a tqdm bar shows progress."""
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     wrapper = WithCam(model).eval().to(device)
     probs, cams, transforms = [], [], []
     bar = tqdm(total=len(records), desc="evaluate", unit="img", leave=False)
     for start in range(0, len(records), batch_size):
-        pres = [preprocess(load_rgb(r.image), size) for r in records[start:start + batch_size]]
+        pres = [preprocess(load_rgb(r.image), size, recipe=recipe) for r in records[start:start + batch_size]]
         x = torch.from_numpy(np.stack([p.tensor for p in pres])).to(device)
         logits, cam = wrapper(x)
         probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
@@ -188,9 +188,10 @@ def grid_order(out: GraderOutputs, pointing: Sequence[Pointing | None]) -> list[
 
 def report(out: GraderOutputs, metrics: dict[str, float], *, cfg: TrainConfig, ck: dict, threshold: float | None,
            pointing: Sequence[Pointing | None], page: Page, grid_images: int = GRID_IMAGES,
-           synthetic_caption: bool = True) -> Page:
-    """Fill ``page`` with the grader's sections (module docstring); returns it."""
-    from service.render import CAPTION, CAPTION_REAL
+           caption: str | None = None) -> Page:
+    """Fill ``page`` with the grader's sections (module docstring); returns it. ``caption`` is burned into the
+    saliency overlays (default: the synthetic-model caption, :data:`service.render.CAPTION`)."""
+    from service.render import CAPTION
 
     page.section("Metrics", "Held-out images; 95 % intervals are percentile bootstrap intervals over images "
                             "(1000 resamples, seed 0). The operating point is the checkpoint's, chosen on the "
@@ -228,7 +229,7 @@ def report(out: GraderOutputs, metrics: dict[str, float], *, cfg: TrainConfig, c
                              "lesion boxes. Referable images with lesion boxes come first, marked hit or miss: the "
                              "cross is the CAM peak, the ring the pointing-game tolerance "
                              f"({POINTING_TOLERANCE * cfg.input_size:.1f} model pixels).")
-    caption = CAPTION if synthetic_caption else CAPTION_REAL
+    caption = caption or CAPTION
     tiles = []
     chosen = grid_order(out, pointing)[:grid_images]
     for i in tqdm(chosen, desc="saliency grid", unit="img", leave=False):

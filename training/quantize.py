@@ -6,7 +6,7 @@
 1. Calibration: ``--calibration DIR`` (every JPEG/PNG/DICOM under it) or, by default, ``--calibration-count``
    synthetic photographs generated with ``--calibration-seed`` (a seed no training or test set uses), so the
    calibration images are held out from the test set the gate reads. Each goes through
-   :func:`models.preprocess.preprocess`, exactly as serving feeds the model.
+   :func:`models.preprocess.preprocess` with the parent card's recipe, exactly as serving feeds the model.
 2. ``onnxruntime.quantization.quantize_static``: QDQ format, per-channel int8 weights, uint8 activations
    with ``reduce_range`` (7-bit weights: AVX2 without VNNI computes u8 x s8 with a 16-bit intermediate that
    saturates at full range), MinMax calibration. The graph is pre-processed first (shape inference and
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from models import preprocess
-from models.card import ModelCard, Quantization, sha256_file
+from models.card import ModelCard, Quantization, recipe_of, sha256_file
 from models.store import load_verified
 from service.runtime import latency_samples
 
@@ -76,8 +76,9 @@ class GateResult:
 class _Reader:
     """``CalibrationDataReader``: one preprocessed ``(1, 3, S, S)`` tensor per calibration image."""
 
-    def __init__(self, paths: Sequence[Path], size: int, input_name: str) -> None:
-        self._paths, self._size, self._name = list(paths), size, input_name
+    def __init__(self, paths: Sequence[Path], size: int, input_name: str,
+                 recipe: preprocess.Recipe = preprocess.DISC_CROP) -> None:
+        self._paths, self._size, self._name, self._recipe = list(paths), size, input_name, recipe
         self._it: Iterator[Path] = iter(self._paths)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -86,7 +87,7 @@ class _Reader:
         path = next(self._it, None)
         if path is None:
             return None
-        return {self._name: preprocess.preprocess(load_rgb(path), self._size).tensor[None]}
+        return {self._name: preprocess.preprocess(load_rgb(path), self._size, recipe=self._recipe).tensor[None]}
 
     def rewind(self) -> None:
         self._it = iter(self._paths)
@@ -100,8 +101,10 @@ def calibration_images(folder: Path) -> list[Path]:
     return paths
 
 
-def quantize_bytes(onnx_bytes: bytes, calibration: Sequence[Path], size: int, input_name: str) -> bytes:
-    """The QDQ int8 model of ``onnx_bytes`` calibrated on ``calibration`` (module docstring, step 2)."""
+def quantize_bytes(onnx_bytes: bytes, calibration: Sequence[Path], size: int, input_name: str, *,
+                   recipe: preprocess.Recipe = preprocess.DISC_CROP) -> bytes:
+    """The QDQ int8 model of ``onnx_bytes`` calibrated on ``calibration`` through ``recipe`` (module
+    docstring, step 2)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -109,7 +112,8 @@ def quantize_bytes(onnx_bytes: bytes, calibration: Sequence[Path], size: int, in
         src, pre, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(onnx_bytes)
         quant_pre_process(str(src), str(pre))
-        quantize_static(str(pre), str(dst), _Reader(calibration, size, input_name), quant_format=QuantFormat.QDQ,
+        quantize_static(str(pre), str(dst), _Reader(calibration, size, input_name, recipe),
+                        quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
         return dst.read_bytes()
@@ -123,7 +127,8 @@ def evaluate(card: ModelCard, onnx_bytes: bytes, data: Path, fmt: str, split: st
         from training.metrics import grader_metrics
 
         op = card.operating_point("referable_dr")
-        ev = onnx_evaluate(onnx_bytes, load_graded(data, fmt, split=split, verbose=False), card.input.size)
+        ev = onnx_evaluate(onnx_bytes, load_graded(data, fmt, split=split, verbose=False), card.input.size,
+                           recipe=recipe_of(card))
         return grader_metrics(ev.probs, ev.labels, op.threshold if op else None)
     if card.task == "lesion-detection":
         from models.detection import LESION_CLASSES
@@ -132,7 +137,8 @@ def evaluate(card: ModelCard, onnx_bytes: bytes, data: Path, fmt: str, split: st
         from training.detection_metrics import detection_metrics
 
         records = load_annotated(data, fmt, split=split, verbose=False)
-        return detection_metrics(*onnx_detections(onnx_bytes, records, card.input.size), LESION_CLASSES)
+        return detection_metrics(*onnx_detections(onnx_bytes, records, card.input.size, recipe=recipe_of(card)),
+                                 LESION_CLASSES)
     raise ValueError(f"{card.tag}: quantization is gated on QWK (dr-grading) or mAP (lesion-detection), "
                      f"not on task {card.task}")
 
@@ -157,6 +163,7 @@ def quantize(card_path: Path, data: Path, out_dir: Path, *, fmt: str, split: str
     """Quantize the verified model of ``card_path``, gate it on ``data``, write the int8 model + card (module
     docstring); return the new card. :class:`QuantizationRefused` when the gate fails (nothing written)."""
     parent, onnx_bytes = load_verified(card_path)
+    recipe = recipe_of(parent)
     with tempfile.TemporaryDirectory(prefix="fovea-calib-") as tmp:
         if calibration is None:
             from datasets.synthetic.writer import generate
@@ -164,13 +171,13 @@ def quantize(card_path: Path, data: Path, out_dir: Path, *, fmt: str, split: str
             generate(Path(tmp), count=calibration_count, seed=calibration_seed, size=calibration_size, progress=False)
             images = calibration_images(Path(tmp))
             described = (f"{len(images)} synthetic photographs ({calibration_size} px, generator seed "
-                         f"{calibration_seed}; held out from the test set) through {preprocess.NAME} "
-                         f"v{preprocess.VERSION}")
+                         f"{calibration_seed}; held out from the test set) through {recipe.name} "
+                         f"v{recipe.version}")
         else:
             images = calibration_images(calibration)
-            described = f"{len(images)} images under {calibration} through {preprocess.NAME} v{preprocess.VERSION}"
+            described = f"{len(images)} images under {calibration} through {recipe.name} v{recipe.version}"
         print(f"calibrating on {described}", file=sys.stderr)
-        int8_bytes = quantize_bytes(onnx_bytes, images, parent.input.size, parent.input.name)
+        int8_bytes = quantize_bytes(onnx_bytes, images, parent.input.size, parent.input.name, recipe=recipe)
     fp32_metrics = evaluate(parent, onnx_bytes, data, fmt, split)
     int8_metrics = evaluate(parent, int8_bytes, data, fmt, split)
     result = gate(parent, fp32_metrics, int8_metrics, max_qwk_drop=max_qwk_drop, max_map_drop=max_map_drop)

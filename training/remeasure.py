@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from models.card import ICDR_LABELS, CardError, ModelCard
+from models.card import ICDR_LABELS, CardError, ModelCard, recipe_of
 from models.store import load_verified
 from training.data import load_graded
 from training.export import onnx_evaluate
@@ -46,7 +46,7 @@ def remeasure(card_path: Path, data: Path, data_format: str, split: str | None =
         raise CardError(f"{card.tag} is a {card.task} model: only graders are re-measured here")
     op = card.operating_point("referable_dr")
     items = load_graded(data, data_format, split=split)
-    ev = onnx_evaluate(onnx_bytes, items, card.input.size)
+    ev = onnx_evaluate(onnx_bytes, items, card.input.size, recipe=recipe_of(card))
     metrics = grader_metrics(ev.probs, ev.labels, op.threshold if op else None)
     metrics.update(grader_intervals(ev.probs, ev.labels))
     with_lesions = sum(r.lesions is not None for r in items)

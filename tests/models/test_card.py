@@ -70,8 +70,44 @@ def test_malformed_card_is_a_card_error(tmp_path: Path) -> None:
 
 
 def test_intended_use_statements() -> None:
-    from models.card import RESEARCH_WARNING, SYNTHETIC_WARNING, intended_use_for
+    from models.card import RESEARCH_USE, RESEARCH_WARNING, SYNTHETIC_WARNING, intended_use_for, statement_kind
 
     assert intended_use_for(True) == SYNTHETIC_WARNING and "synthetic" in SYNTHETIC_WARNING.lower()
-    assert intended_use_for(False) == RESEARCH_WARNING and "synthetic" not in RESEARCH_WARNING.lower()
+    plain = intended_use_for(False)
+    assert plain.startswith(RESEARCH_USE) and plain.endswith(RESEARCH_WARNING) and "synthetic" not in plain.lower()
     assert "not for diagnostic use" in RESEARCH_WARNING.lower()
+    real = intended_use_for(False, data="EyePACS photographs",
+                            terms="non-commercial research use only (Kaggle EyePACS terms)")
+    assert real.startswith("Research use, not for clinical use. Trained on EyePACS photographs")
+    assert "non-commercial research use only (Kaggle EyePACS terms)" in real
+    assert intended_use_for(True, data="x", terms="y") == SYNTHETIC_WARNING
+    assert [statement_kind(t) for t in (SYNTHETIC_WARNING, real, plain, RESEARCH_WARNING)] == [
+        "synthetic", "research", "research", "unstated"]
+
+
+def test_cards_without_data_terms_still_load() -> None:
+    """``training.data_terms`` came later: a card that lacks it (the embedded default) loads with ``None``."""
+    raw = json.loads((DEFAULT_DIR / "dr-grader.card.json").read_text())
+    assert "data_terms" not in raw["training"]
+    assert ModelCard.load(DEFAULT_DIR / "dr-grader.card.json").training.data_terms is None
+
+
+def test_unknown_recipe_or_foreign_normalisation_is_refused(tmp_path: Path) -> None:
+    from models.card import recipe_of
+    from models.preprocess import CONTRAST, DISC_CROP
+
+    card, d = _copy_default(tmp_path)
+    assert recipe_of(card) == DISC_CROP
+    unknown = card.model_copy(update={"preprocessing": card.preprocessing.model_copy(
+        update={"name": "acme.fundus-magic"})})
+    with pytest.raises(CardError, match="acme.fundus-magic"):
+        verify(unknown, d)
+    with pytest.raises(CardError, match="preprocessing"):
+        recipe_of(unknown)
+    # The contrast recipe's name with ImageNet statistics: a model trained with other numbers than serving's.
+    foreign = card.model_copy(update={"preprocessing": card.preprocessing.model_copy(
+        update={"name": CONTRAST.name, "version": CONTRAST.version})})
+    with pytest.raises(CardError, match="normalisation"):
+        verify(foreign, d)
+    with pytest.raises(CardError, match="normalisation"):
+        recipe_of(card.model_copy(update={"input": card.input.model_copy(update={"std": (0.5, 0.5, 0.5)})}))

@@ -124,6 +124,12 @@ def test_an_explicit_version_is_never_matched_by_prefix(export_copy: Path) -> No
     assert import_model(q / "tiny-grader-int8.card.json") == "tiny-grader:9.9.9-int8"
     assert get_exact("tiny-grader:9.9.9") is None
     assert get_exact("tiny-grader:9.9.9-int8") is not None
+    # What the service serves for FOVEA_GRADER_TAG: the version asked for, or a clear refusal.
+    from models.store import exact_dir
+
+    with pytest.raises(CardError, match="no tiny-grader:9.9.9 "):
+        exact_dir("tiny-grader:9.9.9")
+    assert exact_dir("tiny-grader:9.9.9-int8").name == "9.9.9-int8"
     fp32 = card.model_copy(update={"version": "9.9.9"})
     fp32.save(export_copy)
     assert import_model(export_copy) == "tiny-grader:9.9.9"

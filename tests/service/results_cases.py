@@ -68,3 +68,10 @@ def header(data: bytes) -> pydicom.Dataset:
 @pytest.fixture(scope="module")
 def jpeg_upload(fundus: np.ndarray) -> bytes:
     return cv2.imencode(".jpg", cv2.cvtColor(fundus, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+@pytest.fixture(scope="module")
+def research_analyzer(tiny_research_export: Path) -> Analyzer:
+    """The real Analyzer serving a grader whose card says research use on published data under its terms
+    (``tiny_research_run``: contrast recipe, not synthetic data)."""
+    return Analyzer.load(tiny_research_export / "tiny-research.card.json")

@@ -16,7 +16,7 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from service.dicom_out import (
-    AI_STATEMENT_SYNTHETIC, GRADE_CODES, ICDR_SEVERITY, LESION_CODES, LESION_SCORE, PRIVATE_SCHEME,
+    AI_STATEMENT_RESEARCH, AI_STATEMENT_SYNTHETIC, GRADE_CODES, ICDR_SEVERITY, LESION_CODES, LESION_SCORE, PRIVATE_SCHEME,
     PRIVATE_SCHEME_UID, QUALITY_PROBLEM, QUALITY_REASON_CODES, QUALITY_SCORE, REFERABLE_DR, SC_SERIES_NUMBER,
     SR_SERIES_NUMBER, DicomResults, build_results,
 )
@@ -280,3 +280,23 @@ def test_multi_frame_source_references_the_analysed_frame(analyzer: Analyzer, py
     assert item.ReferencedSOPSequence[0].ReferencedFrameNumber == 2
     # Each frame's results are their own instances.
     assert build_results(f, source).sr.SOPInstanceUID != results.sr.SOPInstanceUID
+
+
+def test_research_grader_states_research_use_and_data_terms(research_analyzer: Analyzer, op_dicom: bytes,
+                                                            tmp_path: Path) -> None:
+    """A grader trained on published real data: the SR's statement and both series descriptions say research
+    use, not for clinical use (not the synthetic warning), and the SR and the SC carry the card's full
+    statement with the data's terms."""
+    from tests.conftest import TINY_RESEARCH_TERMS
+
+    f = research_analyzer.analyze(op_dicom)
+    assert TINY_RESEARCH_TERMS in f.disclaimer
+    sr_path, sc_path = _write(build_results(f, header(op_dicom)), tmp_path)
+    sr, sc = pydicom.dcmread(sr_path), pydicom.dcmread(sc_path)
+    for ds in (sr, sc):
+        assert "research use only" in ds.SeriesDescription and "synthetic" not in ds.SeriesDescription.lower()
+    assert AI_STATEMENT_RESEARCH in sc.ImageComments and TINY_RESEARCH_TERMS in sc.ImageComments
+    texts = [item.TextValue for item in sr.ContentSequence if "ContentSequence" in item
+             for item in item.ContentSequence if getattr(item, "ValueType", "") == "TEXT"]
+    (statement,) = [t for t in texts if t.startswith(AI_STATEMENT_RESEARCH)]
+    assert f.disclaimer in statement and "synthetic" not in statement.lower()

@@ -129,3 +129,14 @@ def test_identities_are_deterministic(analyzer: Analyzer, op_dicom: bytes) -> No
     b = fhir_report(analyzer.analyze(op_dicom), source)
     assert [e["fullUrl"] for e in a["entry"]] == [e["fullUrl"] for e in b["entry"]]
     assert len({e["fullUrl"] for e in a["entry"]}) == len(a["entry"])
+
+
+def test_research_grader_conclusion_states_research_use(research_analyzer: Analyzer, op_dicom: bytes) -> None:
+    from service.dicom_out import AI_STATEMENT_RESEARCH
+    from tests.conftest import TINY_RESEARCH_TERMS
+
+    f = research_analyzer.analyze(op_dicom)
+    bundle = _validate(fhir_report(f, header(op_dicom)))
+    (report,) = _resources(bundle, "DiagnosticReport")
+    assert AI_STATEMENT_RESEARCH in report["conclusion"] and TINY_RESEARCH_TERMS in report["conclusion"]
+    assert "synthetic" not in report["conclusion"].lower()

@@ -169,3 +169,40 @@ def test_maps_of_a_large_lossless_photo_are_drawn_at_most_1024_px(analyzer: Anal
     f = analyzer.analyze(cv2.imencode(".png", rgb, [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].tobytes())
     assert (f.image.width, f.image.height) == (2100, 1500) and f.saliency.scale == 3.0
     assert _png_size(f.saliency.overlay_png) == _png_size(f.saliency.heatmap_png) == (700, 500)
+
+
+def test_a_contrast_recipe_grader_gets_its_recipe_and_the_overlay_stays_on_the_photograph(
+        tiny_research_export: Path, retina_png: Path) -> None:
+    """The grader's input is its card's recipe (fovea.fundus-contrast: contrast-normalised, mean/std 0.5), not
+    the disc crop; the overlay is still the photograph (where the heatmap is empty, its pixels are the
+    photograph's, not the model's grey-surround view); the findings carry the card's research statement."""
+    from models.preprocess import CONTRAST, DISC_CROP, locate_field, preprocess
+    from service.decode import decode
+    from service.quality import ANALYSIS_SIZE
+    from service.render import CAPTION_RESEARCH, caption_for
+    from tests.conftest import TINY_RESEARCH_TERMS
+
+    a = Analyzer.load(tiny_research_export / "tiny-research.card.json")
+    seen: list[np.ndarray] = []
+    run = a.run_grader
+    a.run_grader = lambda batch: (seen.append(batch.copy()), run(batch))[1]
+    data = retina_png.read_bytes()
+    f = a.analyze(data)
+    size = a.grader_card.input.size
+    (img,) = decode(data, limits=a.limits, target=max(size, ANALYSIS_SIZE))
+    field = locate_field(img.rgb)
+    expected = preprocess(img.rgb, size, field=field, recipe=CONTRAST).tensor[None]
+    np.testing.assert_array_equal(seen[0], expected)
+    assert not np.allclose(seen[0], preprocess(img.rgb, size, field=field, recipe=DISC_CROP).tensor[None])
+
+    overlay = cv2.cvtColor(cv2.imdecode(np.frombuffer(base64.b64decode(f.saliency.overlay_png), np.uint8),
+                                        cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    heat = cv2.imdecode(np.frombuffer(base64.b64decode(f.saliency.heatmap_png), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert f.saliency.scale == 1.0 and overlay.shape[:2] == img.rgb.shape[:2]
+    cold = heat == 0
+    assert cold.mean() > 0.1  # the dark surround at least
+    diff = np.abs(overlay.astype(np.int16) - img.rgb.astype(np.int16)).max(axis=2)
+    assert np.median(diff[cold]) == 0  # the photograph itself (only the caption band differs)
+    assert caption_for(a.grader_card) == CAPTION_RESEARCH
+    assert f.disclaimer == a.grader_card.intended_use and TINY_RESEARCH_TERMS in f.disclaimer
+    assert f.disclaimer.startswith("Research use, not for clinical use") and "synthetic" not in f.disclaimer.lower()

@@ -102,3 +102,13 @@ def test_coarser_transform_draws_the_same_heatmap_on_the_coarse_grid() -> None:
     # Point-sampled at the coarse pixel centres vs block means of the fine map: equal up to the smoothing.
     assert np.abs(coarse - reduce_by(fine, 2)).mean() < 0.01
     assert coarser(t, 1) is t
+
+
+def test_caption_follows_the_cards_intended_use() -> None:
+    from models.card import RESEARCH_WARNING, SYNTHETIC_WARNING, intended_use_for
+    from service.render import CAPTION_REAL, CAPTION_RESEARCH, caption_for_use
+
+    real = intended_use_for(False, data="EyePACS photographs", terms="non-commercial research use only")
+    assert caption_for_use(real) == CAPTION_RESEARCH and "not for clinical use" in CAPTION_RESEARCH
+    assert caption_for_use(SYNTHETIC_WARNING) == CAPTION
+    assert caption_for_use(RESEARCH_WARNING) == CAPTION_REAL  # a card that states neither

@@ -83,3 +83,16 @@ def test_page_loads_nothing_from_another_origin() -> None:
         text = (WEB_DIR / name).read_text()
         assert not re.search(r"https?://", text), name
         assert "@import" not in text and "innerHTML" not in text, name
+
+
+def test_page_states_the_served_models_own_intended_use() -> None:
+    """The statement a reader sees is the served grader's card's (``/info``'s ``intended_use`` on top, each
+    result's ``disclaimer`` on its card), whatever the model was trained on: the page hard-codes no
+    training-data statement of its own (a research model trained on real photographs must not be shown as
+    synthetic, nor the reverse)."""
+    js = (WEB_DIR / "app.js").read_text(encoding="utf-8")
+    assert "model.intended_use" in js
+    assert "disclaimer(f.disclaimer)" in js and "disclaimer(study.disclaimer)" in js
+    for name in ("app.js", "index.html"):
+        text = (WEB_DIR / name).read_text(encoding="utf-8").lower()
+        assert "synthetic" not in text and "eyepacs" not in text and "research use" not in text, name

@@ -121,7 +121,7 @@ def test_card_intended_use_follows_the_training_data(tiny_config: Path, tiny_exp
     word "synthetic" (serving keys the overlay caption on it); the synthetic one keeps the synthetic warning."""
     import shutil
 
-    from models.card import RESEARCH_WARNING, SYNTHETIC_WARNING
+    from models.card import RESEARCH_USE, RESEARCH_WARNING, SYNTHETIC_WARNING, statement_kind
     from training.export import export
 
     assert ModelCard.load(tiny_export / "tiny-grader.card.json").intended_use == SYNTHETIC_WARNING
@@ -136,4 +136,40 @@ def test_card_intended_use_follows_the_training_data(tiny_config: Path, tiny_exp
     ck["config"] = json.dumps(cfg)
     torch.save(ck, tmp_path / "best.pt")
     card = export(tmp_path / "best.pt", tmp_path / "out", test_root=None, command="test")
-    assert card.intended_use == RESEARCH_WARNING and "synthetic" not in card.intended_use.lower()
+    assert card.intended_use.startswith(RESEARCH_USE) and card.intended_use.endswith(RESEARCH_WARNING)
+    assert str(plain) in card.intended_use and statement_kind(card.intended_use) == "research"
+    assert card.training.data_terms is None  # the config names no terms
+
+
+def test_contrast_recipe_research_card(tiny_research_run: tuple[Path, Path]) -> None:
+    """A config naming fovea.fundus-contrast, its data and their terms, without a test folder: the card names
+    the recipe with its mean/std, carries the terms and the research-use statement, and says its metrics come
+    from the patient-disjoint validation split (the same patients training held out)."""
+    from models.card import RESEARCH_USE, recipe_of
+    from models.preprocess import CONTRAST
+    from tests.conftest import TINY_RESEARCH_DATA, TINY_RESEARCH_TERMS
+    from training.config import load_config
+    from training.data import load_graded, split_by_patient
+
+    cfg_path, export_dir = tiny_research_run
+    card = ModelCard.load(export_dir / "tiny-research.card.json")
+    verify(card, export_dir)
+    assert recipe_of(card) == CONTRAST
+    assert (card.preprocessing.name, card.preprocessing.version) == (CONTRAST.name, CONTRAST.version)
+    assert (tuple(card.input.mean), tuple(card.input.std)) == (CONTRAST.mean, CONTRAST.std)
+    assert card.training.data_terms == TINY_RESEARCH_TERMS and card.training.data.startswith(TINY_RESEARCH_DATA)
+    assert card.intended_use.startswith(RESEARCH_USE)
+    assert TINY_RESEARCH_DATA in card.intended_use and TINY_RESEARCH_TERMS in card.intended_use
+    cfg = load_config(cfg_path)
+    _, val = split_by_patient(load_graded(Path(cfg.data.train), "eyepacs", verbose=False), 0.3, cfg.seed)
+    assert card.metrics["n"] == len(val)
+    assert card.metrics_data.startswith(f"patient-disjoint validation split (30%, seed 0) of {cfg.data.train} "
+                                        f"(eyepacs), {len(val)} photographs of ")
+
+
+def test_evaluate_without_a_test_folder_reads_the_validation_split(tiny_research_run: tuple[Path, Path],
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    cfg_path, export_dir = tiny_research_run
+    assert main(["evaluate", "--config", str(cfg_path), "--no-report"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n"] == ModelCard.load(export_dir / "tiny-research.card.json").metrics["n"]
