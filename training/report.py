@@ -39,12 +39,21 @@ def png_bytes(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+#: The validation curves also drawn against training time (the grader's recipe is judged on a time budget).
+TIMED_CURVES: tuple[str, ...] = ("val_quadratic_weighted_kappa", "val_referable_auc")
+
+
 def history_figure(history: Sequence[Mapping[str, float]],
                    curves: Sequence[tuple[str, str]] = GRADER_CURVES) -> bytes:
     """Training loss and the validation ``curves`` (history keys present in every epoch) per epoch, side by
-    side, as PNG bytes."""
+    side, as PNG bytes. When the history records training time (``minutes``, and ``cpu_minutes`` with the
+    ``threads`` that spent them), a third panel draws the curves among :data:`TIMED_CURVES` against minutes:
+    wall-clock (solid) and CPU time divided by the threads (dashed; what the run takes with the cores to
+    itself, which is what wall-clock shows when the machine was not shared)."""
     epochs = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    timed = bool(history) and all("minutes" in h for h in history)
+    fig, axes = plt.subplots(1, 3 if timed else 2, figsize=(15 if timed else 10, 4))
+    a, b = axes[0], axes[1]
     a.plot(epochs, [h["train_loss"] for h in history], marker="o")
     a.set(title="training loss", xlabel="epoch", ylabel="loss")
     for key, label in curves:
@@ -53,6 +62,20 @@ def history_figure(history: Sequence[Mapping[str, float]],
     b.set(title="validation", xlabel="epoch", ylim=(0, 1))
     if b.get_legend_handles_labels()[0]:
         b.legend(loc="lower right")
+    if timed:
+        c = axes[2]
+        for key, label in curves:
+            if key not in TIMED_CURVES or not all(key in h for h in history):
+                continue
+            line, = c.plot([h["minutes"] for h in history], [h[key] for h in history], marker="o",
+                           label=f"{label} (wall clock)")
+            if all("cpu_minutes" in h for h in history):
+                c.plot([h["cpu_minutes"] / max(1.0, h.get("threads", 1.0)) for h in history],
+                       [h[key] for h in history], marker=".", ls="--", color=line.get_color(),
+                       label=f"{label} (CPU time / threads)")
+        c.set(title="validation against training time", xlabel="minutes", ylim=(0, 1))
+        if c.get_legend_handles_labels()[0]:
+            c.legend(loc="lower right", fontsize="small")
     return png_bytes(fig)
 
 

@@ -255,7 +255,7 @@ def _validate_and_save(cfg: TrainConfig, core: nn.Module, opt: torch.optim.Optim
     # Wall minutes and CPU minutes (this process, all threads): on a shared machine the CPU time divided by the
     # cores is what the run would have taken alone, which learning curves against time should show.
     history.append({"epoch": epoch, "train_loss": loss, "minutes": (time.perf_counter() - t0) / 60,
-                    "cpu_minutes": (time.process_time() - cpu0) / 60,
+                    "cpu_minutes": (time.process_time() - cpu0) / 60, "threads": torch.get_num_threads(),
                     **{f"val_{k}": v for k, v in metrics.items()}})
     kappa = metrics["quadratic_weighted_kappa"]
     if not math.isfinite(kappa):  # e.g. a validation split with one grade only

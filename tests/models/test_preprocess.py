@@ -79,3 +79,49 @@ def test_preprocess_rejects_wrong_input() -> None:
         pp.preprocess(np.zeros((10, 10), np.uint8), 32)
     with pytest.raises(ValueError):
         pp.preprocess(np.zeros((10, 10, 3), np.float32), 32)
+
+
+def _lit_fundus(gain: float, gradient: float, cast: tuple[float, float, float], h: int = 600, w: int = 700,
+                r: float = 270) -> np.ndarray:
+    """A field with a vessel-like dark line and a bright dot, lit by ``gain`` with a left-to-right
+    illumination ``gradient`` and a colour ``cast``: the same retina photographed differently."""
+    rng = np.random.default_rng(0)
+    base = np.full((h, w, 3), 0.55, np.float32) + rng.normal(0, 0.01, (h, w, 3)).astype(np.float32)
+    cv2.line(base, (200, 150), (500, 450), (0.25, 0.25, 0.25), 6)
+    cv2.circle(base, (420, 220), 8, (0.9, 0.9, 0.9), -1)
+    light = gain * (1 + gradient * (np.linspace(-1, 1, w, dtype=np.float32)[None, :]))
+    img = base * light[:, :, None] * np.array(cast, np.float32)
+    mask = np.zeros((h, w), np.uint8)
+    cv2.circle(mask, (w // 2, h // 2), round(r), 1, -1)
+    return (np.clip(img, 0, 1) * 255 * mask[:, :, None]).astype(np.uint8)
+
+
+def test_contrast_recipe_makes_differently_lit_photographs_alike() -> None:
+    a = pp.preprocess(_lit_fundus(1.0, 0.0, (1.0, 1.0, 1.0)), 128, recipe=pp.CONTRAST)
+    b = pp.preprocess(_lit_fundus(0.45, 0.5, (1.3, 0.8, 0.5)), 128, recipe=pp.CONTRAST)
+    inner = cv2.erode(pp.field_mask(a.crop), np.ones((9, 9), np.uint8)).astype(bool)
+    # As photographed the two differ by tens of grey levels; after the recipe by a few.
+    raw_gap = np.abs(a.crop.astype(int) - b.crop.astype(int))[inner].mean()
+    norm_gap = np.abs(a.image.astype(int) - b.image.astype(int))[inner].mean()
+    assert raw_gap > 40 and norm_gap < 0.25 * raw_gap
+    # The vessel stays dark and the dot bright, the surround is mid-grey, the mean/std are (0.5, 0.5).
+    assert a.image[64, 64].mean() < 110 and a.image[2, 2].tolist() == [128, 128, 128]
+    np.testing.assert_allclose(a.tensor, (a.image.transpose(2, 0, 1) / 255.0 - 0.5) / 0.5, atol=1e-5)
+    assert a.crop.shape == a.image.shape == (128, 128, 3)
+
+
+def test_field_mask_keeps_dark_lesions_inside_the_field() -> None:
+    img = _fundus(400, 400, 200, 200, 180)
+    cv2.circle(img, (200, 200), 30, (0, 0, 0), -1)  # a large dark haemorrhage in the middle of the field
+    crop, _ = pp.crop_field(img, 128)
+    mask = pp.field_mask(crop)
+    assert mask[64, 64] == 1 and mask[1, 1] == 0
+
+
+def test_recipes_are_looked_up_by_name_and_disc_crop_stays_the_default() -> None:
+    assert pp.recipe_for("fovea.fundus-contrast") is pp.CONTRAST
+    assert pp.DISC_CROP.name == pp.NAME and pp.DISC_CROP.mean == tuple(pp.MEAN.tolist())
+    with pytest.raises(KeyError, match="fovea.fundus-disc-crop"):
+        pp.recipe_for("nope")
+    img = _fundus(300, 300, 150, 150, 140)
+    np.testing.assert_array_equal(pp.preprocess(img, 64).image, pp.preprocess(img, 64).crop)

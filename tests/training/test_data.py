@@ -66,3 +66,38 @@ def test_load_rgb_decodes_dicom_exactly(tmp_path: Path) -> None:
         load_rgb(tmp_path / "bad.dcm")
     with pytest.raises(ValueError, match="cannot read image .*absent.png"):
         load_rgb(tmp_path / "absent.png")
+
+
+def test_balanced_weights_draw_rare_grades_by_the_square_root_of_their_rarity() -> None:
+    from training.data import balanced_weights
+
+    labels = np.array([0] * 900 + [2] * 100)
+    w = balanced_weights(labels)
+    assert w.sum() == pytest.approx(1.0)
+    share = w[labels == 2].sum()
+    assert share == pytest.approx(0.1 * 3 / (0.9 + 0.1 * 3))  # 10 % of the photographs, drawn 3x as often
+
+
+def test_epoch_sampler_is_deterministic_per_epoch_and_shards_without_overlap() -> None:
+    from training.data import EpochSampler, balanced_weights
+
+    w = balanced_weights(np.array([0] * 90 + [1] * 10))
+    one = EpochSampler(w, seed=3)
+    first, again = list(one), list(one)
+    assert first == again and len(first) == 100
+    one.set_epoch(1)
+    assert list(one) != first
+    one.set_epoch(0)
+    ranks = [EpochSampler(w, seed=3, rank=r, world=2) for r in (0, 1)]
+    assert sorted(list(ranks[0]) + list(ranks[1])) == sorted(first)
+    assert sum(i >= 90 for i in first) > 20  # the rare class: 10 % of items, ~25 % of draws
+
+
+def test_augment_fills_what_rotation_uncovers_with_the_recipes_surround() -> None:
+    from training.data import augment
+
+    crop = np.full((64, 64, 3), 200, np.uint8)
+    rng = np.random.default_rng(0)
+    out = augment(crop, rng, max_angle=45, border=128)
+    corner_values = {int(out[0, 0, 0]), int(out[0, -1, 0]), int(out[-1, 0, 0]), int(out[-1, -1, 0])}
+    assert all(abs(v - 128) < 60 for v in corner_values)  # mid-grey after the photometric jitter, not black
