@@ -29,6 +29,11 @@ def test_history_and_confusion_pictures(tmp_path: Path) -> None:
              "val_referable_auc": 0.5 + 0.1 * e, "val_accuracy": 0.3 + 0.1 * e} for e in range(4)]
     img = cv2.imread(str(plot_history(hist, tmp_path / "h.png")))
     assert img is not None and img.shape[1] >= 800 and img.std() > 5
+    # With training time recorded, a third panel draws QWK and AUC against minutes (wall and CPU / threads).
+    timed = [{**h, "minutes": 5.0 * (h["epoch"] + 1), "cpu_minutes": 8.0 * (h["epoch"] + 1), "threads": 2}
+             for h in hist]
+    wide = cv2.imread(str(plot_history(timed, tmp_path / "t.png")))
+    assert wide is not None and wide.shape[1] >= 1.4 * img.shape[1]
     cm = np.array([[5, 1, 0, 0, 0], [1, 4, 1, 0, 0], [0, 1, 6, 1, 0], [0, 0, 1, 5, 1], [0, 0, 0, 0, 7]])
     img = cv2.imread(str(plot_confusion(cm, ["a", "b", "c", "d", "e"], tmp_path / "c.png", "t")))
     assert img is not None and img.shape[0] >= 400
