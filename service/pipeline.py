@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.card import CardError, ModelCard
+from models.card import CardError, ModelCard, recipe_of
 from models.detection import LESION_CLASSES, to_original
 from models.detection import decode as decode_lesions
 from models.grading import is_referable, referable_probability, softmax
@@ -179,7 +179,7 @@ class Analyzer:
         verdict = assess(measure(img.rgb, field_), self.rules)
         if self.quality_model is not None:
             qcard = self.quality_model.card
-            q_in = preprocess(img.rgb, qcard.input.size, field=field_).tensor[None]
+            q_in = preprocess(img.rgb, qcard.input.size, field=field_, recipe=recipe_of(qcard)).tensor[None]
             quality = combine(self.quality_model.run(q_in)["probabilities"][0], qcard, verdict)
         else:
             quality = Quality(gradable=verdict.gradable, score=verdict.score, reasons=list(verdict.reasons),

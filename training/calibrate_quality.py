@@ -4,10 +4,11 @@ artefacts and gradability are known (:mod:`datasets.synthetic.quality`).
     python -m training.calibrate_quality --count 600 --seed 7 [--size 768] [--out runs/quality-gate]
 
 Six measures each reject on their own, so their false rejections add up: each threshold is therefore set so
-that ``--pass-rate`` (99 %) of the gradable photographs pass that measure, or at the best separation
+that ``--pass-rate`` (98 %) of the gradable photographs pass that measure, or at the best separation
 (Youden's J) of the photographs its target artefacts spoilt from the gradable ones when that is more lenient.
 The field coverage is capped at :data:`COVERAGE_CAP`: real cameras' masks routinely cut the top and bottom
-of the field, and such photographs are gradable. The rules are then scored on a second, independent sample:
+of the field, and such photographs are gradable. Sharpness is raised to :data:`REAL_SHARPNESS_MIN`, the line
+people draw on real photographs. The rules are then scored on a second, independent sample:
 sensitivity/specificity for "ungradable", the ROC AUC of the gate's score and the recall per artefact.
 Writes ``report.json``.
 """
@@ -43,6 +44,10 @@ LOW_IS_BAD = {"coverage": True, "brightness": True, "clipped": False, "sharpness
               "illumination": False}
 #: Normal camera masks hide up to ~15 % of the field disc (top/bottom chords on 4:3 sensors).
 COVERAGE_CAP = 0.85
+#: Fine over coarse detail below which people grading real photographs call them ungradable: EyeQ "Reject"
+#: EyePACS photographs mostly fall below it, "Good" ones above (python -m training.quality_real). The synthetic
+#: generator's defocus threshold is milder, so its fit alone would pass most of the real rejects.
+REAL_SHARPNESS_MIN = 0.40
 RULE_NAMES = {"coverage": "coverage_min", "brightness": "brightness_min", "clipped": "clipped_max",
               "sharpness": "sharpness_min", "contrast": "contrast_min", "illumination": "illumination_max"}
 
@@ -86,7 +91,7 @@ def _youden_threshold(good: np.ndarray, bad: np.ndarray, low_is_bad: bool) -> fl
     return best
 
 
-def fit_rules(samples: list[Sample], pass_rate: float = 0.99) -> QualityRules:
+def fit_rules(samples: list[Sample], pass_rate: float = 0.98) -> QualityRules:
     """One threshold per measure (see the module docstring)."""
     clean = [s for s in samples if s.gradable]
     values: dict[str, float] = {}
@@ -103,6 +108,8 @@ def fit_rules(samples: list[Sample], pass_rate: float = 0.99) -> QualityRules:
             t = max(youden, float(np.quantile(good_v, pass_rate)))
         if name == "coverage":
             t = min(t, COVERAGE_CAP)
+        if name == "sharpness":
+            t = max(t, REAL_SHARPNESS_MIN)
         values[RULE_NAMES[name]] = round(t, 4)
     return QualityRules(**values)
 
@@ -132,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=600)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--size", type=int, default=768)
-    p.add_argument("--pass-rate", type=float, default=0.99, help="gradable photographs passing each measure")
+    p.add_argument("--pass-rate", type=float, default=0.98, help="gradable photographs passing each measure")
     p.add_argument("--out", type=Path, default=Path("runs/quality-gate"))
     args = p.parse_args(argv)
     if args.count < 20 or args.size < 256:
