@@ -3,8 +3,8 @@
 
 Contract of the model (its card, task ``image-quality``): one output ``probabilities`` ``(N, len(classes))``,
 ``classes`` = ``gradable`` then reason groups named as :data:`service.quality.REASONS`; operating point
-``gradable`` (the model alone calls a photograph gradable iff ``p_gradable >= threshold``, chosen on validation
-for an ungradable sensitivity of at least 0.90).
+``gradable`` (the model alone calls a photograph gradable iff ``p_gradable >= threshold``, chosen on validation;
+the card says how).
 
 Rules (:func:`combine`):
 
@@ -39,9 +39,9 @@ from models.card import CardError, ModelCard
 from service.findings import Quality
 from service.quality import REASONS, QualityVerdict
 
-#: A classic score at least this (every measure at least ~17 % clear of its threshold) is gradable whatever the
+#: A classic score at least this (every measure at least ~22 % clear of its threshold) is gradable whatever the
 #: model says (see the module docstring).
-CLASSIC_CLEAR = 0.8
+CLASSIC_CLEAR = 0.85
 #: A reason group is reported when its probability reaches this.
 REASON_THRESHOLD = 0.5
 #: Below this imaged fraction of the field-of-view disc there is no fundus to grade (the classic gate's own

@@ -4,7 +4,7 @@ artefacts and gradability are known (:mod:`datasets.synthetic.quality`).
     python -m training.calibrate_quality --count 600 --seed 7 [--size 768] [--out runs/quality-gate]
 
 Six measures each reject on their own, so their false rejections add up: each threshold is therefore set so
-that ``--pass-rate`` (98 %) of the gradable photographs pass that measure, or at the best separation
+that ``--pass-rate`` (99 %) of the gradable photographs pass that measure, or at the best separation
 (Youden's J) of the photographs its target artefacts spoilt from the gradable ones when that is more lenient.
 The field coverage is capped at :data:`COVERAGE_CAP`: real cameras' masks routinely cut the top and bottom
 of the field, and such photographs are gradable. Sharpness is raised to :data:`REAL_SHARPNESS_MIN`, the line
@@ -91,7 +91,7 @@ def _youden_threshold(good: np.ndarray, bad: np.ndarray, low_is_bad: bool) -> fl
     return best
 
 
-def fit_rules(samples: list[Sample], pass_rate: float = 0.98) -> QualityRules:
+def fit_rules(samples: list[Sample], pass_rate: float = 0.99) -> QualityRules:
     """One threshold per measure (see the module docstring)."""
     clean = [s for s in samples if s.gradable]
     values: dict[str, float] = {}
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=600)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--size", type=int, default=768)
-    p.add_argument("--pass-rate", type=float, default=0.98, help="gradable photographs passing each measure")
+    p.add_argument("--pass-rate", type=float, default=0.99, help="gradable photographs passing each measure")
     p.add_argument("--out", type=Path, default=Path("runs/quality-gate"))
     args = p.parse_args(argv)
     if args.count < 20 or args.size < 256:

@@ -17,8 +17,9 @@ from training.data import load_rgb  # noqa: E402
 
 REAL_DEV = Path(__file__).resolve().parents[2] / ".." / "shared" / "real-dev"
 CARD = Path(__file__).resolve().parents[2] / "models" / "default" / "image-quality.card.json"
-#: Photographs per EyeQ class in the sample: the first of the validation patients' photographs by name.
-PER_CLASS = 40
+#: Most photographs per EyeQ class taken from the validation patients (by name): all their Rejects (66), as many
+#: Goods; a smaller sample's binomial noise (±6 % at 40) would swamp the margin to the 80 % bar.
+PER_CLASS = 70
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +34,14 @@ def real_dev() -> Path:
 def test_gate_passes_good_and_stops_reject_eyeq_photographs(real_dev: Path) -> None:
     val = validation_names(real_dev, 0.15, 0)  # the patients training.quality_refit held out
     images = sorted((n, p, q) for n, p, q in eyeq_images(real_dev) if n in val)
-    good = [p for _, p, q in images if q == 0][:PER_CLASS]
     reject = [p for _, p, q in images if q == 2][:PER_CLASS]
-    assert len(good) == len(reject) == PER_CLASS
+    good = [p for _, p, q in images if q == 0][:len(reject)]
+    assert len(good) == len(reject) >= 40
     g = gate(CARD)
     good_fail = sum(not g(load_rgb(p)).gradable for p in good)
     reject_caught = sum(not g(load_rgb(p)).gradable for p in reject)
-    assert good_fail <= 0.10 * PER_CLASS, f"{good_fail} of {PER_CLASS} Good photographs called ungradable"
-    assert reject_caught >= 0.80 * PER_CLASS, f"only {reject_caught} of {PER_CLASS} Reject photographs stopped"
+    assert good_fail <= 0.10 * len(good), f"{good_fail} of {len(good)} Good photographs called ungradable"
+    assert reject_caught >= 0.80 * len(reject), f"only {reject_caught} of {len(reject)} Reject photographs stopped"
 
 
 def test_gate_passes_raw_camera_photographs(real_dev: Path, retina_path: Path) -> None:
