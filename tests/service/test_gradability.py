@@ -11,7 +11,7 @@ import pytest
 
 from models.card import CardError, InputSpec, ModelCard, OperatingPoint, PreprocessingSpec, TrainingProvenance
 from service.gradability import CLASSIC_CLEAR, NO_FIELD_COVERAGE, check_quality_card, combine
-from service.quality import QualityMeasures, QualityVerdict
+from service.quality import QualityMeasures, QualityRules, QualityVerdict
 
 CLASSES = ("gradable", "field", "underexposed", "overexposed", "blur", "haze", "uneven")
 
@@ -106,13 +106,19 @@ def test_pipeline_uses_the_installed_quality_model(tiny_export: Path, tiny_quali
     assert f.quality.method.startswith("tiny-quality:0.0.1")
     assert {"p_gradable", "p_blur", "coverage"} <= set(f.quality.measures)
     assert [m.name for m in f.models] == ["tiny-grader", "tiny-quality"]
-    # The model's threshold takes part in the decision (the tiny model's own verdict is arbitrary): moved to either
-    # end, it decides the vote for the same photograph, and the referral follows.
+    # The model's threshold takes part in the decision where the classic measures are borderline (the tiny model's
+    # own verdict is arbitrary): with a sharpness threshold just below the photograph's, moved to either end, it
+    # decides for the same photograph, and the referral follows. With the default rules retina.jpg is a clear
+    # classic pass, which stands whatever the model says.
     qm = analyzer.quality_model
     assert qm is not None
-    for threshold, gradable in ((0.0, True), (1.0, False)):
+    sharpness = f.quality.measures["sharpness"]
+    for rules, threshold, gradable in ((QualityRules(sharpness_min=sharpness / 1.1), 0.0, True),
+                                       (QualityRules(sharpness_min=sharpness / 1.1), 1.0, False),
+                                       (QualityRules(), 1.0, True)):
         op = qm.card.operating_points[0].model_copy(update={"threshold": threshold})
         analyzer.quality_model = dataclasses.replace(qm, card=qm.card.model_copy(update={"operating_points": (op,)}))
+        analyzer.rules = rules
         g = analyzer.analyze(retina_path.read_bytes())
         assert g.quality.gradable is gradable and (g.referable_dr.value is None) is (not gradable)  # type: ignore[union-attr]
         assert g.quality.measures["p_gradable"] == f.quality.measures["p_gradable"]
