@@ -9,7 +9,7 @@ DEV_STAMP := $(VENV)/.fovea-dev
 # glibc malloc settings that make PyTorch CPU training ~1.8x faster here (DESIGN.md, measured facts).
 TRAIN_ENV := MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736
 
-.PHONY: serve test venv default-model default-models real-grader bento bench bench-backbones clean
+.PHONY: serve test venv default-model default-models default-quality quality-real real-grader bento bench bench-backbones clean
 
 $(PY):
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -56,6 +56,16 @@ real-grader: $(DEV_STAMP)
 	$(PY) -m training register --card $(REAL_EXPORT)/dr-grader.card.json
 	@echo "registered $(REAL_TAG) (research use, not for clinical use); serve it with:"
 	@echo "  FOVEA_GRADER_TAG=$(REAL_TAG) make serve"
+
+# The image-quality default: the synthetic trunk, then its head refitted on real EyeQ-graded photographs
+# (../shared/real-dev, docs/quality-gate.md); `make quality-real` writes the real-photograph report.
+default-quality: $(DEV_STAMP)
+	$(TRAIN_ENV) $(PY) -m training train --config training/configs/quality.yaml
+	$(PY) -m training export --config training/configs/quality.yaml --out models/default
+	$(PY) -m training.quality_refit --version 0.2.0 --min-sensitivity 0.8 --out models/default
+
+quality-real: $(DEV_STAMP)
+	$(PY) -m training.quality_real --report runs/quality-real
 
 bento: $(SERVE_STAMP)
 	$(VENV)/bin/bentoml build

@@ -3,21 +3,23 @@
 
 Contract of the model (its card, task ``image-quality``): one output ``probabilities`` ``(N, len(classes))``,
 ``classes`` = ``gradable`` then reason groups named as :data:`service.quality.REASONS`; operating point
-``gradable`` (the model alone calls a photograph gradable iff ``p_gradable >= threshold``, chosen on validation
-for an ungradable sensitivity of at least 0.90).
+``gradable`` (the model alone calls a photograph gradable iff ``p_gradable >= threshold``, chosen on validation;
+the card says how).
 
 Rules (:func:`combine`):
 
 - Each method gives a score with 0.5 at its own boundary: the model's ``p_gradable`` shifted in logit space so
-  that its card's threshold maps to 0.5, and the classic gate's score. ``score`` is their mean and the
-  photograph is gradable iff ``score >= 0.5``: a photograph one method finds clearly fine and the other finds
-  borderline passes; one that either finds clearly bad does not.
-- Why a vote and not the model alone: the default model is trained on synthetic photographs only. On 400
-  held-out synthetic photographs (145 ungradable; ``data/synthetic-quality-test``) the model alone flags 95.2 %
-  of the ungradable ones at 85.5 % specificity, the classic gate 84.1 % / 91.4 %, the vote 93.8 % / 88.6 %
-  (score AUC 0.975, 0.927, 0.964) — but the model alone calls scikit-image's real, sharp ``retina.jpg``
-  ungradable (p_gradable 0.864 against a threshold of 0.881), which the vote does not (score 0.67). The
-  rule was chosen with both facts in view, so those held-out figures are not an unbiased estimate for it.
+  that its card's threshold maps to 0.5, and the classic gate's score.
+- The classic measures decide alone when they fail (any measure on the wrong side of its threshold) and when
+  they pass clearly (classic score at least :data:`CLASSIC_CLEAR`); in between, where they are borderline, the
+  model decides. Why not a plain mean of the two scores: the model has seen synthetic photographs and
+  256-px enhanced real copies, never a raw camera photograph (dark surround, vignetting, colour casts); on
+  those it can be confidently wrong, and a mean let it fail every raw photograph. The classic measures are
+  ratios that do not depend on resolution, illumination gradients or colour casts; a photograph they find
+  clearly fine is gradable whatever the model says, and the model catches what they only half see (mild
+  defocus, compression, haze at the edge of their thresholds). ``score`` = ``min(classic, max(model,
+  guard))`` where ``guard`` maps the classic score onto [0, 1] with :data:`CLASSIC_CLEAR` at 0.5, so
+  ``score >= 0.5`` is exactly the rule above and the score still ranks photographs.
 - A photograph in which the classic measures find no imaged fundus at all (``coverage`` below
   :data:`NO_FIELD_COVERAGE`: black frames, a document, a face) is ungradable with reason ``field`` whatever
   the model says, with score 0.
@@ -37,6 +39,9 @@ from models.card import CardError, ModelCard
 from service.findings import Quality
 from service.quality import REASONS, QualityVerdict
 
+#: A classic score at least this (every measure at least ~22 % clear of its threshold) is gradable whatever the
+#: model says (see the module docstring).
+CLASSIC_CLEAR = 0.85
 #: A reason group is reported when its probability reaches this.
 REASON_THRESHOLD = 0.5
 #: Below this imaged fraction of the field-of-view disc there is no fundus to grade (the classic gate's own
@@ -67,7 +72,9 @@ def combine(probabilities: np.ndarray, card: ModelCard, classic: QualityVerdict)
     probs = {name: float(p) for name, p in zip(card.classes, probabilities, strict=True)}
     model_score = 1.0 / (1.0 + math.exp(-(_logit(probs["gradable"]) - _logit(threshold))))
     no_field = classic.measures.coverage < NO_FIELD_COVERAGE
-    score = 0.0 if no_field else (model_score + classic.score) / 2.0
+    c = classic.score
+    guard = 0.5 * c / CLASSIC_CLEAR if c < CLASSIC_CLEAR else 0.5 + 0.5 * (c - CLASSIC_CLEAR) / (1.0 - CLASSIC_CLEAR)
+    score = 0.0 if no_field else min(c, max(model_score, guard))
     gradable = score >= 0.5
     reasons: list[str] = []
     if not gradable:
@@ -79,5 +86,5 @@ def combine(probabilities: np.ndarray, card: ModelCard, classic: QualityVerdict)
     measures = {**classic.measures.as_dict(), **{f"p_{k}": round(v, 5) for k, v in probs.items()},
                 "model_score": round(model_score, 4), "classic_score": round(classic.score, 4)}
     return Quality(gradable=gradable, score=round(score, 4), reasons=reasons,
-                   method=f"{card.name}:{card.version} with classic measures (mean of both scores; model threshold "
-                          f"{threshold:.3f})", measures=measures)
+                   method=f"{card.name}:{card.version} with classic measures (the model decides where the classic "
+                          f"score is in [0.5, {CLASSIC_CLEAR}); model threshold {threshold:.3f})", measures=measures)

@@ -41,6 +41,12 @@ class DataConfig:
     val_fraction: float = 0.15
     synthetic_train: SyntheticSpec | None = None
     synthetic_test: SyntheticSpec | None = None
+    #: image quality: human quality grades of real photographs (an EyeQ-style CSV ``image,quality`` with 0 Good,
+    #: 1 Usable, 2 Reject), trained on beside ``train``; the images are read from ``real_images`` (``format``
+    #: ``real_format``). Missing files are an error.
+    real_quality: str | None = None
+    real_images: str | None = None
+    real_format: str = "eyepacs"
 
 
 #: What a config trains: the DR grader (:mod:`training.train`), the lesion detector (:mod:`training.detection`)

@@ -118,7 +118,7 @@ def _evaluate(model: Any, cfg: TrainConfig, ck: dict, records: list, *, checkpoi
     elif task == "image-quality":
         from training import quality_report as r
 
-        qual = r.predict_quality(model, records, cfg.input_size)
+        qual = r.predict_quality(model, records, cfg.input_size, cfg.preprocessing)
         metrics = r.quality_evaluation_metrics(qual, threshold)
         if write_report:
             r.report(qual, metrics, cfg=cfg, ck=ck, threshold=threshold, page=page)

@@ -32,7 +32,7 @@ from models.card import (InputSpec, ModelCard, OperatingPoint, PreprocessingSpec
 from training.data import is_synthetic_folder, load_rgb
 from training.export import OPSET, PARITY_ATOL, ParityError, load_checkpoint
 from training.quality_metrics import choose_gradable_threshold, quality_metrics
-from training.quality_model import QUALITY_CLASSES, QualityItem, check_config, load_quality, quality_targets, split_items
+from training.quality_model import QUALITY_CLASSES, QualityItem, check_config, load_quality, load_training_items, split_items
 
 OUTPUTS = ("probabilities",)
 
@@ -72,15 +72,16 @@ def check_parity(model: nn.Module, onnx_bytes: bytes, inputs: np.ndarray) -> dic
     return {"max_abs_probability_diff": diff}
 
 
-def onnx_probabilities(onnx_bytes: bytes, items: list[QualityItem], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities of the exported model on ``items`` (serving preprocessing) and their targets."""
+def onnx_probabilities(onnx_bytes: bytes, items: list[QualityItem], size: int,
+                       recipe: preprocess.Recipe = preprocess.DISC_CROP) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities of the exported model on ``items`` (serving preprocessing, ``recipe``) and their targets."""
     sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     probs = []
     for it in tqdm(items, desc="evaluate onnx", unit="img", leave=False):
-        x = preprocess.preprocess(load_rgb(it.record.image), size).tensor[None]
+        x = preprocess.preprocess(load_rgb(it.record.image), size, recipe=recipe).tensor[None]
         (p,) = sess.run(list(OUTPUTS), {"image": x})
         probs.append(p[0])
-    return np.stack(probs), np.stack([quality_targets(it.truth) for it in items])
+    return np.stack(probs), np.stack([it.targets for it in items])
 
 
 def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: str, test_format: str | None = None,
@@ -93,9 +94,10 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
     parity = check_parity(model, onnx_bytes, probe)
     print(f"parity: {parity}", file=sys.stderr)
 
-    items = load_quality(Path(cfg.data.train), cfg.data.format)
+    recipe = preprocess.recipe_for(cfg.preprocessing)
+    items = load_training_items(cfg)
     _, val_items = split_items(items, cfg.data.val_fraction, cfg.seed)
-    val_probs, val_targets = onnx_probabilities(onnx_bytes, val_items, cfg.input_size)
+    val_probs, val_targets = onnx_probabilities(onnx_bytes, val_items, cfg.input_size, recipe)
     n_bad = int((val_targets[:, 0] < 0.5).sum())
     if not 0 < n_bad < len(val_items):  # a threshold needs both kinds of photograph to be chosen on
         raise ValueError(f"the validation split of {cfg.data.train} has {n_bad} ungradable of {len(val_items)} "
@@ -105,7 +107,7 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
     metrics_data = "none (no held-out data given)"
     if test_root is not None:
         test_items = load_quality(test_root, test_format or cfg.data.format, split=test_split)
-        probs, targets = onnx_probabilities(onnx_bytes, test_items, cfg.input_size)
+        probs, targets = onnx_probabilities(onnx_bytes, test_items, cfg.input_size, recipe)
         metrics = quality_metrics(probs, targets, QUALITY_CLASSES, op.threshold)
         metrics_data = f"{test_root} ({len(test_items)} images, held out from training and validation)"
     metrics.update(parity)
@@ -116,9 +118,9 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
     card = ModelCard(
         name=cfg.name, version=cfg.version, task="image-quality", architecture=cfg.architecture,
         file=onnx_path.name, sha256=sha256_file(onnx_path), opset=OPSET,
-        input=InputSpec(size=cfg.input_size, mean=tuple(preprocess.MEAN.tolist()), std=tuple(preprocess.STD.tolist())),
+        input=InputSpec(size=cfg.input_size, mean=recipe.mean, std=recipe.std),
         outputs=OUTPUTS,
-        preprocessing=PreprocessingSpec(name=preprocess.NAME, version=preprocess.VERSION),
+        preprocessing=PreprocessingSpec(name=recipe.name, version=recipe.version),
         classes=QUALITY_CLASSES,
         operating_points=(OperatingPoint(
             name="gradable", threshold=op.threshold, sensitivity=op.sensitivity, specificity=op.specificity,
@@ -126,10 +128,14 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
                       f"p_gradable >= threshold; sensitivity/specificity of 'ungradable', best Youden index with "
                       f"sensitivity >= {cfg.ungradable_min_sensitivity}"),),
         metrics=metrics, metrics_data=metrics_data,
-        training=TrainingProvenance(data=f"{cfg.data.train} ({cfg.data.format})", command=ck["command"],
+        training=TrainingProvenance(data=f"{cfg.data.train} ({cfg.data.format})" + (
+                                        f" + {cfg.data.real_quality} grades of {cfg.data.real_images}"
+                                        if cfg.data.real_quality else ""), command=ck["command"],
                                     code_commit=ck["code_commit"], config=json.loads(ck["config"]),
                                     torch_version=ck["torch_version"], seconds=ck["seconds"]),
-        intended_use=intended_use_for(is_synthetic_folder(cfg.data.train, cfg.data.format)),
+        intended_use=(intended_use_for(False) + " Trained on real EyePACS photographs graded by EyeQ (Kaggle "
+                      "competition data): non-commercial research use only. Research use, not for clinical use."
+                      if cfg.data.real_quality else intended_use_for(is_synthetic_folder(cfg.data.train, cfg.data.format))),
         created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     )
     card.save(out_dir / f"{cfg.name}.card.json")

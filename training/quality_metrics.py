@@ -64,9 +64,11 @@ def quality_metrics(probs: np.ndarray, targets: np.ndarray, classes: Sequence[st
     # float64 in [0, 1]: torchmetrics applies a sigmoid to everything if one value leaves that range.
     if 0 < bad.sum() < len(bad):
         out["quality_auc"] = float(binary_auroc(torch.from_numpy(1.0 - p[:, 0]), torch.from_numpy(bad).long()))
+    known = np.asarray(targets) >= 0  # a negative target is an output the data does not label
     for j, name in enumerate(classes[1:], start=1):
-        if 0 < y[:, j].sum() < len(y):
-            out[f"auc_{name}"] = float(binary_auroc(torch.from_numpy(p[:, j]), torch.from_numpy(y[:, j]).long()))
+        k = known[:, j]
+        if 0 < y[k, j].sum() < k.sum():
+            out[f"auc_{name}"] = float(binary_auroc(torch.from_numpy(p[k, j]), torch.from_numpy(y[k, j]).long()))
     if threshold is not None:
         flagged = torch.from_numpy(~is_gradable(p[:, 0], threshold)).long()
         truth = torch.from_numpy(bad).long()

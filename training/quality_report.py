@@ -49,9 +49,12 @@ class QualityOutputs:
     targets: np.ndarray
 
 
-def predict_quality(model: torch.nn.Module, items: Sequence[QualityItem], size: int) -> QualityOutputs:
-    """Preprocess ``items`` once (serving preprocessing) and run the model over them."""
-    ds = QualityDataset(items, size, train=False, desc="preprocess held-out")
+def predict_quality(model: torch.nn.Module, items: Sequence[QualityItem], size: int,
+                    preprocessing: str = "fovea.fundus-disc-crop") -> QualityOutputs:
+    """Preprocess ``items`` once (serving preprocessing, the recipe called ``preprocessing``) and run the model."""
+    from models.preprocess import recipe_for
+
+    ds = QualityDataset(items, size, train=False, desc="preprocess held-out", recipe=recipe_for(preprocessing))
     probs, targets = predict(model, DataLoader(ds, batch_size=BATCH))
     return QualityOutputs(list(items), probs, targets)
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from models.card import CardError, InputSpec, ModelCard, OperatingPoint, PreprocessingSpec, TrainingProvenance
-from service.gradability import NO_FIELD_COVERAGE, check_quality_card, combine
-from service.quality import QualityMeasures, QualityVerdict
+from service.gradability import CLASSIC_CLEAR, NO_FIELD_COVERAGE, check_quality_card, combine
+from service.quality import QualityMeasures, QualityRules, QualityVerdict
 
 CLASSES = ("gradable", "field", "underexposed", "overexposed", "blur", "haze", "uneven")
 
@@ -38,27 +38,39 @@ def _probs(gradable: float, **reasons: float) -> np.ndarray:
     return np.array([gradable] + [reasons.get(c, 0.0) for c in CLASSES[1:]], np.float32)
 
 
-def test_model_score_is_one_half_at_the_cards_threshold_and_the_vote_is_the_mean() -> None:
+def test_model_score_is_one_half_at_the_cards_threshold_and_decides_where_the_classic_gate_is_borderline() -> None:
     card = _card(threshold=0.3)
-    at = combine(_probs(0.3), card, _classic(score=0.5))
+    at = combine(_probs(0.3), card, _classic(score=0.6))
     assert at.measures["model_score"] == pytest.approx(0.5, abs=1e-3)
     assert at.score == pytest.approx(0.5, abs=1e-3) and at.gradable
     q = combine(_probs(0.8), card, _classic(score=0.7))
     assert q.gradable and q.reasons == []
-    assert q.score == pytest.approx((q.measures["model_score"] + 0.7) / 2, abs=1e-4)
+    assert q.score == pytest.approx(0.7, abs=1e-4)  # min(classic, max(model, guard)): the classic score caps it
     assert "iq:1.0" in q.method and q.measures["p_gradable"] == pytest.approx(0.8)
     assert q.measures["coverage"] == pytest.approx(0.95)  # the classic measures stay in the answer
+    below = combine(_probs(0.1), card, _classic(score=0.7))
+    assert not below.gradable and below.score < 0.5
 
 
-def test_a_borderline_model_is_outvoted_by_a_clear_classic_pass_and_vice_versa() -> None:
+def test_a_clear_classic_pass_stands_and_a_classic_failure_stands() -> None:
     card = _card(threshold=0.88)
-    # The real retina.jpg case: the model just below its threshold, the classic gate clearly satisfied.
-    assert combine(_probs(0.86), card, _classic(score=0.88)).gradable
-    # The model clearly failing outvotes a classic pass; a classic clear failure outvotes a model pass.
-    clear_fail = combine(_probs(0.01, blur=0.9), card, _classic(score=0.8))
+    # A raw camera photograph the model has never seen the like of: the model fails it, the classic gate finds it
+    # clearly fine -> gradable.
+    assert combine(_probs(0.05), card, _classic(score=CLASSIC_CLEAR + 0.01)).gradable
+    # Just below the classic gate's "clear" line the model's verdict counts.
+    clear_fail = combine(_probs(0.01, blur=0.9), card, _classic(score=CLASSIC_CLEAR - 0.01))
     assert not clear_fail.gradable and clear_fail.reasons == ["blur"]
-    q = combine(_probs(0.9), card, _classic(score=0.0, reasons=("underexposed",)))
+    # A classic failure is ungradable whatever the model says.
+    q = combine(_probs(0.99), card, _classic(score=0.0, reasons=("underexposed",)))
     assert not q.gradable and q.reasons == ["underexposed"]
+
+
+@pytest.mark.parametrize("classic", [0.1, 0.49, 0.5, 0.6, 0.79, 0.8, 0.9, 1.0])
+@pytest.mark.parametrize("p", [0.01, 0.3, 0.5, 0.9])
+def test_score_is_on_the_side_of_one_half_the_rule_says(classic: float, p: float) -> None:
+    q = combine(_probs(p), _card(threshold=0.5), _classic(score=classic))
+    expected = classic >= 0.5 and (p >= 0.5 or classic >= CLASSIC_CLEAR)
+    assert q.gradable is expected and (q.score >= 0.5) is expected
 
 
 def test_ungradable_always_says_why() -> None:
@@ -94,13 +106,19 @@ def test_pipeline_uses_the_installed_quality_model(tiny_export: Path, tiny_quali
     assert f.quality.method.startswith("tiny-quality:0.0.1")
     assert {"p_gradable", "p_blur", "coverage"} <= set(f.quality.measures)
     assert [m.name for m in f.models] == ["tiny-grader", "tiny-quality"]
-    # The model's threshold takes part in the decision (the tiny model's own verdict is arbitrary): moved to either
-    # end, it decides the vote for the same photograph, and the referral follows.
+    # The model's threshold takes part in the decision where the classic measures are borderline (the tiny model's
+    # own verdict is arbitrary): with a sharpness threshold just below the photograph's, moved to either end, it
+    # decides for the same photograph, and the referral follows. With the default rules retina.jpg is a clear
+    # classic pass, which stands whatever the model says.
     qm = analyzer.quality_model
     assert qm is not None
-    for threshold, gradable in ((0.0, True), (1.0, False)):
+    sharpness = f.quality.measures["sharpness"]
+    for rules, threshold, gradable in ((QualityRules(sharpness_min=sharpness / 1.1), 0.0, True),
+                                       (QualityRules(sharpness_min=sharpness / 1.1), 1.0, False),
+                                       (QualityRules(), 1.0, True)):
         op = qm.card.operating_points[0].model_copy(update={"threshold": threshold})
         analyzer.quality_model = dataclasses.replace(qm, card=qm.card.model_copy(update={"operating_points": (op,)}))
+        analyzer.rules = rules
         g = analyzer.analyze(retina_path.read_bytes())
         assert g.quality.gradable is gradable and (g.referable_dr.value is None) is (not gradable)  # type: ignore[union-attr]
         assert g.quality.measures["p_gradable"] == f.quality.measures["p_gradable"]

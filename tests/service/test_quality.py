@@ -64,7 +64,7 @@ def test_black_and_blank_images_are_ungradable() -> None:
 
 
 def test_rules_and_reason_order() -> None:
-    m = QualityMeasures(coverage=0.5, brightness=0.01, clipped=0.0, sharpness=0.1, contrast=0.001, illumination=0.1)
+    m = QualityMeasures(coverage=0.5, brightness=0.01, clipped=0.0, sharpness=0.1, contrast=0.001, illumination=0.01)
     v = assess(m)
     assert v.reasons == tuple(r for r in REASONS if r in {"field", "underexposed", "blur", "haze"})
     lenient = QualityRules(coverage_min=0.01, brightness_min=0.001, sharpness_min=0.01, contrast_min=0.0001)

@@ -22,3 +22,11 @@ def test_cli_writes_a_report(tmp_path: Path) -> None:
     assert main(["--count", "20", "--size", "256", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report) == {"rules", "held_out", "default_rules_held_out"}
+
+
+def test_sharpness_never_falls_below_the_real_graders_line() -> None:
+    from training.calibrate_quality import REAL_SHARPNESS_MIN
+
+    rules = fit_rules(make_samples(24, seed=3, size=256, p_degraded=0.6))
+    assert rules.sharpness_min >= REAL_SHARPNESS_MIN
+    assert QualityRules().sharpness_min >= REAL_SHARPNESS_MIN

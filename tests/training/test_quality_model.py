@@ -133,3 +133,27 @@ def test_quality_evaluate_cli(quality_run: tuple[Path, Path], capsys: pytest.Cap
     assert main(["evaluate", "--config", str(cfg)]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["n"] == 16 and "quality_auc" in metrics and "ungradable_sensitivity" in metrics
+
+
+def test_real_grades_give_gradable_or_reject_with_unknown_reasons(tmp_path: Path) -> None:
+    from training.quality_model import UNKNOWN, read_eyeq
+
+    assert quality_targets(None, 0).tolist() == [1.0] + [0.0] * 6
+    assert quality_targets(None, 1).tolist() == [1.0] + [0.0] * 6
+    assert quality_targets(None, 2).tolist() == [0.0] + [UNKNOWN] * 6
+    with pytest.raises(ValueError):
+        quality_targets(None, None)
+    csv = tmp_path / "q.csv"
+    csv.write_text("image,quality,quality_label\n1_left,0,Good\n1_right,2,Reject\n")
+    assert read_eyeq(csv) == {"1_left": 0, "1_right": 2}
+    csv.write_text("image,quality\n1_left,7\n")
+    with pytest.raises(DatasetError, match="q.csv"):
+        read_eyeq(csv)
+
+
+def test_loss_ignores_unknown_reasons() -> None:
+    y = torch.tensor([[0.0, -1, -1, -1, -1, -1, -1]])
+    right = torch.tensor([[-6.0, 0, 0, 0, 0, 0, 0]])
+    wild = torch.tensor([[-6.0, 9, -9, 9, -9, 9, -9]])  # the reasons' logits do not matter when unknown
+    assert float(quality_loss(right, y)) == pytest.approx(float(quality_loss(wild, y)))
+    assert float(quality_loss(right, y)) < 0.01
