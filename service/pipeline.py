@@ -159,7 +159,7 @@ class Analyzer:
         eyes = eye_results(images)
         card = self.grader_card
         return StudyFindings(
-            request_id=request_id, disclaimer=card.intended_use, images=images, eyes=eyes,
+            request_id=request_id, disclaimer=self.disclaimer, images=images, eyes=eyes,
             patient=patient_result(images, eyes), notes=notes,
             timing_ms={"total": round(1000 * (time.perf_counter() - t0), 2)},
         )
@@ -215,7 +215,7 @@ class Analyzer:
         timing["total"] = round(decode_ms + 1000 * (time.perf_counter() - t0), 2)
         return Findings(
             request_id=request_id,
-            disclaimer=card.intended_use,
+            disclaimer=self.disclaimer,
             image=ImageInfo(source=img.source, width=img.width, height=img.height, laterality=lat,
                             laterality_source=lat_source, frame=frame, frames=frames, notes=list(img.notes),
                             sop_instance_uid=img.sop_instance_uid, study_instance_uid=img.study_instance_uid),
@@ -240,6 +240,19 @@ class Analyzer:
         return [LesionFinding(type=les.type, score=round(float(les.score), 4),  # type: ignore[arg-type]
                               box=[round(v * s, 1) for v in les.box])
                 for les in to_original(found, pre.transform)]
+
+    @property
+    def disclaimer(self) -> str:
+        """What every result says about the served models: the grader's intended-use statement, then, for each
+        other model trained on data with terms of its own (an image-quality model refitted on research-only
+        photographs), which model and those terms — a result depends on all of them."""
+        parts = [self.grader_card.intended_use]
+        for model in (self.quality_model, self.detector):
+            terms = model.card.training.data_terms if model is not None else None
+            if model is not None and terms and terms not in parts[0]:
+                parts.append(f"The {model.card.task} model {model.card.tag} was trained on data under these "
+                             f"terms: {terms}.")
+        return " ".join(parts)
 
     def _model_refs(self) -> list[ModelRef]:
         card = self.grader_card

@@ -52,6 +52,8 @@ from training.train import code_commit
 #: The terms the real data brings with it (EyePACS via Kaggle; EyeQ's grades).
 REAL_DATA_TERMS = ("Head refitted on real EyePACS photographs graded by EyeQ (Kaggle competition data): "
                    "non-commercial research use only. Research use, not for clinical use.")
+#: The same terms in the card's ``training.data_terms`` (what results served with this model repeat).
+DATA_TERMS = "non-commercial research use only (Kaggle EyePACS terms; EyeQ quality grades)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +192,7 @@ def refit(card_path: Path, *, real_quality: Path, real_images: Path, real_format
                   f"({real_quality}, Good+Usable gradable, Reject ungradable) and {len(train) - n_real} synthetic "
                   f"({synthetic})"),
             command=command, code_commit=code_commit(), config=config, torch_version=str(torch.__version__),
-            seconds=time.perf_counter() - t0),
+            seconds=time.perf_counter() - t0, data_terms=DATA_TERMS),
         intended_use=f"{RESEARCH_WARNING} {REAL_DATA_TERMS}",
         created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     ))

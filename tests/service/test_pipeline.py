@@ -13,6 +13,7 @@ import pytest
 from service.errors import FoveaError, UnsupportedMediaType
 from models.grading import softmax
 from service.decode import DecodeLimits
+from models.card import ModelCard
 from service.pipeline import Analyzer, saliency_target
 
 
@@ -206,3 +207,17 @@ def test_a_contrast_recipe_grader_gets_its_recipe_and_the_overlay_stays_on_the_p
     assert caption_for(a.grader_card) == CAPTION_RESEARCH
     assert f.disclaimer == a.grader_card.intended_use and TINY_RESEARCH_TERMS in f.disclaimer
     assert f.disclaimer.startswith("Research use, not for clinical use") and "synthetic" not in f.disclaimer.lower()
+
+
+def test_results_state_the_terms_of_every_served_model(tiny_export: Path, retina_path: Path) -> None:
+    from models.store import DEFAULT_DIR
+
+    quality_card = DEFAULT_DIR / "image-quality.card.json"
+    terms = ModelCard.load(quality_card).training.data_terms
+    assert terms  # the embedded quality model was refitted on research-only photographs
+    plain = Analyzer.load(tiny_export / "tiny-grader.card.json")
+    assert plain.disclaimer == plain.grader_card.intended_use
+    with_quality = Analyzer.load(tiny_export / "tiny-grader.card.json", quality=quality_card)
+    f = with_quality.analyze(retina_path.read_bytes())
+    assert f.disclaimer.startswith(plain.grader_card.intended_use) and terms in f.disclaimer
+    assert "image-quality" in f.disclaimer
