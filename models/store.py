@@ -117,11 +117,15 @@ def ensure_defaults(default_dir: Path = DEFAULT_DIR) -> list[str]:
         card_path = default_dir / f"{name}{CARD_SUFFIX}"
         if name not in REQUIRED_MODELS and not card_path.is_file():
             continue
-        tag = ModelCard.load(card_path).tag
-        present = get_exact(tag) is not None
-        import_model(card_path)
-        if not present:
-            imported.append(tag)
+        # Second tags of a name (``<name>-<what>.card.json``, e.g. the synthetic grader beside a real one) go in
+        # first, so that on a fresh store the primary default is the newest, i.e. what ``name:latest`` serves.
+        alternates = sorted(default_dir.glob(f"{name}-*{CARD_SUFFIX}"))
+        for path in [*alternates, card_path]:
+            tag = ModelCard.load(path).tag
+            present = get_exact(tag) is not None
+            import_model(path)
+            if not present:
+                imported.append(tag)
     return imported
 
 

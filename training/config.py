@@ -85,6 +85,9 @@ class TrainConfig:
     sampler: Literal["shuffle", "sqrt-balanced"] = "shuffle"
     #: grader augmentation: largest rotation in degrees
     max_rotation: float = 20.0
+    #: learning rate of the trunk (``features``) relative to ``lr``, which the head gets: below 1 fine-tunes
+    #: pretrained features gently while the new head learns fast
+    backbone_lr_scale: float = 1.0
     #: train and run in channels-last memory layout (1.7x faster for EfficientNet on these CPUs)
     channels_last: bool = False
     seed: int = 0

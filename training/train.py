@@ -101,6 +101,17 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optim
     return total / max(n, 1)
 
 
+def param_groups(model: nn.Module, lr: float, backbone_scale: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: the trunk (``model.features``) at ``lr * backbone_scale``, the rest (the head)
+    at ``lr``; one group when the scale is 1 or the model has no ``features``."""
+    features = getattr(model, "features", None)
+    if backbone_scale == 1.0 or not isinstance(features, nn.Module):
+        return [{"params": list(model.parameters()), "lr": lr}]
+    trunk = {id(p) for p in features.parameters()}
+    return [{"params": list(features.parameters()), "lr": lr * backbone_scale},
+            {"params": [p for p in model.parameters() if id(p) not in trunk], "lr": lr}]
+
+
 def _is_channels_last(model: nn.Module) -> bool:
     """Whether ``model``'s first 4-D weight is stored channels-last (inputs should then be too)."""
     for p in model.parameters():
@@ -201,7 +212,8 @@ def _train(cfg: TrainConfig, world: World, *, resume: bool, command: str) -> Pat
     core = build(cfg.architecture, num_classes=cfg.num_classes, dropout=cfg.dropout).to(device)
     if cfg.channels_last:
         core = core.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(core, cfg.lr, cfg.backbone_lr_scale), lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * len(train_dl)))
     scaler = make_scaler(device)
     loss_fn = build_loss(cfg.objective, label_smoothing=cfg.label_smoothing)

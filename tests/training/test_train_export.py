@@ -173,3 +173,16 @@ def test_evaluate_without_a_test_folder_reads_the_validation_split(tiny_research
     assert main(["evaluate", "--config", str(cfg_path), "--no-report"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["n"] == ModelCard.load(export_dir / "tiny-research.card.json").metrics["n"]
+
+
+def test_param_groups_fine_tune_the_trunk_gently() -> None:
+    from models.architectures import build
+    from training.train import param_groups
+
+    model = build("mobilenet_v3_small", num_classes=5)
+    [one] = param_groups(model, 1e-3, 1.0)
+    assert len(one["params"]) == len(list(model.parameters()))
+    trunk, head = param_groups(model, 1e-3, 0.1)
+    assert trunk["lr"] == pytest.approx(1e-4) and head["lr"] == 1e-3
+    assert len(trunk["params"]) + len(head["params"]) == len(list(model.parameters()))
+    assert {id(p) for p in head["params"]} == {id(p) for p in model.head.parameters()}
