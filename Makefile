@@ -52,7 +52,7 @@ REAL_EXPORT := runs/real-grader/export
 REAL_TAG := dr-grader:0.3.0-eyepacs
 real-grader: $(DEV_STAMP)
 	$(TRAIN_ENV) $(PY) -m training train --config $(REAL_CONFIG) --data $(DATA)
-	$(PY) -m training export --config $(REAL_CONFIG) --out $(REAL_EXPORT)
+	$(PY) -m training export --config $(REAL_CONFIG) --checkpoint runs/real-grader/last.pt --out $(REAL_EXPORT)
 	$(PY) -m training register --card $(REAL_EXPORT)/dr-grader.card.json
 	@echo "registered $(REAL_TAG) (research use, not for clinical use); serve it with:"
 	@echo "  FOVEA_GRADER_TAG=$(REAL_TAG) make serve"

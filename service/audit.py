@@ -421,6 +421,23 @@ def _engine_options(url: str) -> dict[str, Any]:
     return {"pool_pre_ping": True}
 
 
+def _switch_to_wal(cur: Any, deadline_s: float = 30.0) -> None:
+    """``PRAGMA journal_mode = WAL``, retried: switching a database's journal mode needs an exclusive lock, and
+    SQLite answers "database is locked" at once, without its busy handler, when several processes (BentoML
+    workers starting together) open a new database at the same moment."""
+    import sqlite3
+
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _sqlite_setup(engine: Engine) -> None:
     """WAL (readers never block the writer; one writer at a time), FULL sync (a committed record survives a
     power cut, not only a process kill), and SQLAlchemy's own BEGIN IMMEDIATE, taking the write lock before
@@ -431,7 +448,7 @@ def _sqlite_setup(engine: Engine) -> None:
         dbapi_connection.isolation_level = None  # sqlite3 must not emit its own BEGIN
         cur = dbapi_connection.cursor()
         cur.execute("PRAGMA busy_timeout = 30000")
-        cur.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(cur)
         cur.execute("PRAGMA synchronous = FULL")
         cur.close()
 

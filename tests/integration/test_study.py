@@ -23,7 +23,7 @@ def _check_study(body: dict) -> None:
     assert [len(body["images"]), [e["laterality"] for e in body["eyes"]]] == [2, ["R", "L"]]
     assert body["images"][0]["image"]["laterality_source"] == "form"
     assert body["patient"]["referable"] in (True, False, None) and body["patient"]["reason"]
-    assert "synthetic" in body["disclaimer"]
+    assert body["disclaimer"].startswith("Research use, not for clinical use")  # the real-data default grader
 
 
 def test_study_per_eye_and_patient(server: str, retina_path: Path) -> None:

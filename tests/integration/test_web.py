@@ -100,7 +100,7 @@ def test_single_photograph(page: Any, server: str, retina_path: Path) -> None:
                           timeout=60).json()
     _open(page)
     intended = page.locator("#intended-use")
-    assert intended.is_visible() and "synthetic" in intended.inner_text()
+    assert intended.is_visible() and "research use, not for clinical use" in intended.inner_text().lower()
     _analyse(page, [retina_path])
     card = page.locator("article.finding")
     card.wait_for()
@@ -108,7 +108,7 @@ def test_single_photograph(page: Any, server: str, retina_path: Path) -> None:
 
     # What a reader reads: disclaimer, referral, quality, grade with probabilities, model.
     assert expected["disclaimer"] in card.locator(".warning").inner_text()
-    assert "synthetic" in card.locator(".warning").inner_text().lower()
+    assert "non-commercial research use only" in card.locator(".warning").inner_text().lower()
     assert card.locator(".verdict-title").inner_text().endswith(_referral_words(expected["referable_dr"]["value"]))
     quality = card.locator(".quality").inner_text()
     assert ("✓ Gradable" if expected["quality"]["gradable"] else "✗ Ungradable") in quality
@@ -234,7 +234,7 @@ def test_two_photograph_study(page: Any, server: str, retina_path: Path, dark_re
     outcome = expected["patient"]
     assert patient.locator(".verdict-title").inner_text().endswith(_referral_words(outcome["referable"]))
     assert outcome["reason"].lower() in patient.locator(".verdict").inner_text().lower()
-    assert "synthetic" in patient.locator(".warning").inner_text()
+    assert "research use, not for clinical use" in patient.locator(".warning").inner_text().lower()
     rows = patient.locator("tbody tr")
     assert rows.count() == len(expected["eyes"]) == 2
     for row, eye in zip(rows.all(), expected["eyes"], strict=True):

@@ -57,9 +57,29 @@ def test_ensure_defaults_imports_once() -> None:
     assert ensure_defaults() == []
     embedded = [ModelCard.load(DEFAULT_DIR / f"{n}.card.json") for n in DEFAULT_MODELS
                 if (DEFAULT_DIR / f"{n}.card.json").is_file()]
-    assert embedded[0].name == "dr-grader" and set(first) <= {c.tag for c in embedded}
-    for card in embedded:  # every embedded default, at its exact version, with its own file
+    # Second tags of a name (the synthetic grader beside the real-data default) are imported too.
+    alternates = [ModelCard.load(p) for n in DEFAULT_MODELS for p in sorted(DEFAULT_DIR.glob(f"{n}-*.card.json"))]
+    assert [c.tag for c in alternates] == ["dr-grader:0.2.0"]
+    assert embedded[0].name == "dr-grader" and set(first) <= {c.tag for c in embedded + alternates}
+    for card in embedded + alternates:  # every embedded model, at its exact version, with its own file
         assert ModelCard.load(Path(get_exact(card.tag).path) / "card.json").sha256 == card.sha256
+
+
+def test_a_fresh_store_serves_the_primary_default_as_latest(tmp_path: Path) -> None:
+    """The alternates go in first, so on a new store ``dr-grader:latest`` is the embedded default, not the
+    second tag (a separate process: BentoML's store is a process-wide singleton)."""
+    import os
+    import subprocess
+    import sys
+
+    from models.card import ModelCard
+    from models.store import DEFAULT_DIR
+
+    code = ("import bentoml; from models.store import ensure_defaults; ensure_defaults(); "
+            "print(bentoml.models.get('dr-grader:latest').tag.version)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
+                         env={**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")})
+    assert out.stdout.strip().splitlines()[-1] == ModelCard.load(DEFAULT_DIR / "dr-grader.card.json").version
 
 
 @pytest.mark.parametrize("fixture,card_name,task", [
