@@ -49,7 +49,7 @@ default-%: $(DEV_STAMP)
 DATA ?= ../shared/real-dev/eyepacs256
 REAL_CONFIG := training/configs/real-grader.yaml
 REAL_EXPORT := runs/real-grader/export
-REAL_TAG := dr-grader:0.3.0-eyepacs
+REAL_TAG := dr-grader:$(shell sed -n 's/^version: *//p' $(REAL_CONFIG))
 real-grader: $(DEV_STAMP)
 	$(TRAIN_ENV) $(PY) -m training train --config $(REAL_CONFIG) --data $(DATA)
 	$(PY) -m training export --config $(REAL_CONFIG) --checkpoint runs/real-grader/last.pt --out $(REAL_EXPORT)
