@@ -197,6 +197,8 @@ def normalize(crop: np.ndarray, mean: np.ndarray = MEAN, std: np.ndarray = STD) 
 _CONTRAST_SIGMA = 1.0 / 30.0
 #: ... and the standard deviation (grey levels) each channel's detail is scaled to inside the field.
 _CONTRAST_TARGET_STD = 40.0
+#: The level the field's detail is centred on and the surround is set to (mid-grey: 0 after (x - 0.5) / 0.5).
+_CONTRAST_SURROUND = 128
 #: The field's rim is dropped by this fraction of the side (the lens edge's bright ring and the blur's
 #: boundary are not retina).
 _CONTRAST_RIM = 1.0 / 64.0
@@ -242,8 +244,8 @@ def normalise_contrast(crop: np.ndarray) -> np.ndarray:
     detail = (x - local) * m[:, :, None]
     n = max(float(m.sum()), 1.0)
     std = np.sqrt((detail * detail).sum(axis=(0, 1)) / n) + 1.0  # +1: a flat channel is not amplified to noise
-    out = 128.0 + detail * (_CONTRAST_TARGET_STD / std)
-    out[m == 0] = 128.0
+    out = _CONTRAST_SURROUND + detail * (_CONTRAST_TARGET_STD / std)
+    out[m == 0] = _CONTRAST_SURROUND
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
@@ -258,6 +260,12 @@ class Recipe:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     contrast: bool = False
+
+    @property
+    def surround(self) -> int:
+        """The grey level outside the field in :meth:`model_image` (what augmentation fills uncovered corners
+        with): black as photographed, mid-grey after contrast normalisation."""
+        return _CONTRAST_SURROUND if self.contrast else 0
 
     def model_image(self, crop: np.ndarray) -> np.ndarray:
         """The uint8 image the model sees (before mean/std) from a :func:`crop_field` crop."""

@@ -18,7 +18,8 @@ from tqdm import tqdm
 from datasets.readers import READERS, SPLITS, DatasetError, FundusRecord, read_dataset
 from models.preprocess import DISC_CROP, Recipe, preprocess
 
-__all__ = ["READERS", "EpochSampler", "FundusDataset", "balanced_weights", "GradedSelection", "augment", "held_out_split", "is_synthetic_folder",
+__all__ = ["READERS", "EpochSampler", "FundusDataset", "GradedSelection", "augment", "balanced_weights",
+           "held_out_split", "is_synthetic_folder",
            "load_graded", "load_rgb", "read_records", "select_graded", "split_by_patient"]
 
 
@@ -161,7 +162,7 @@ class FundusDataset(Dataset[tuple[torch.Tensor, int]]):
         crop = self.crops[index]
         if self.train:
             rng = np.random.default_rng([self._seed, self._epoch, index])
-            crop = augment(crop, rng, max_angle=self.max_angle, border=128 if self.recipe.contrast else 0)
+            crop = augment(crop, rng, max_angle=self.max_angle, border=self.recipe.surround)
         return torch.from_numpy(self.recipe.to_tensor(crop)), int(self.labels[index])
 
 

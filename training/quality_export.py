@@ -32,7 +32,8 @@ from models.card import (InputSpec, ModelCard, OperatingPoint, PreprocessingSpec
 from training.data import is_synthetic_folder, load_rgb
 from training.export import OPSET, PARITY_ATOL, ParityError, load_checkpoint
 from training.quality_metrics import choose_gradable_threshold, quality_metrics
-from training.quality_model import QUALITY_CLASSES, QualityItem, check_config, load_quality, load_training_items, split_items
+from training.quality_model import (EYEQ_DATA, EYEQ_TERMS, QUALITY_CLASSES, QualityItem, check_config, load_quality,
+                                    load_training_items, split_items)
 
 OUTPUTS = ("probabilities",)
 
@@ -132,9 +133,10 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
                                         f" + {cfg.data.real_quality} grades of {cfg.data.real_images}"
                                         if cfg.data.real_quality else ""), command=ck["command"],
                                     code_commit=ck["code_commit"], config=json.loads(ck["config"]),
-                                    torch_version=ck["torch_version"], seconds=ck["seconds"]),
-        intended_use=(intended_use_for(False) + " Trained on real EyePACS photographs graded by EyeQ (Kaggle "
-                      "competition data): non-commercial research use only. Research use, not for clinical use."
+                                    torch_version=ck["torch_version"], seconds=ck["seconds"],
+                                    data_terms=EYEQ_TERMS if cfg.data.real_quality else cfg.data.terms),
+        intended_use=(intended_use_for(False, data=f"{EYEQ_DATA} and {cfg.data.train} ({cfg.data.format})",
+                                       terms=EYEQ_TERMS)
                       if cfg.data.real_quality else intended_use_for(is_synthetic_folder(cfg.data.train, cfg.data.format))),
         created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     )

@@ -74,6 +74,10 @@ QUALITY_CSV = "quality.csv"
 UNKNOWN = -1.0
 #: EyeQ's grades: 0 Good, 1 Usable (both gradable), 2 Reject.
 EYEQ_REJECT = 2
+#: What real EyeQ-graded photographs are, and the terms they bring (a model fitted on them inherits both: its
+#: card's ``intended_use`` via :func:`models.card.intended_use_for` and ``training.data_terms``).
+EYEQ_DATA = "real EyePACS photographs graded by EyeQ (Kaggle competition data)"
+EYEQ_TERMS = "non-commercial research use only (Kaggle EyePACS terms; EyeQ quality grades)"
 
 
 def _check_groups() -> None:

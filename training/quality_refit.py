@@ -42,18 +42,13 @@ import torch
 from onnx import numpy_helper
 from tqdm import tqdm
 
-from models.card import RESEARCH_WARNING, ModelCard, OperatingPoint, TrainingProvenance, recipe_of, sha256_file
+from models.card import ModelCard, OperatingPoint, TrainingProvenance, intended_use_for, recipe_of, sha256_file
 from models.preprocess import preprocess
 from training.data import load_rgb
 from training.quality_metrics import choose_gradable_threshold, quality_metrics
-from training.quality_model import (QUALITY_CLASSES, QualityItem, load_quality, load_real_quality, split_items)
+from training.quality_model import (EYEQ_DATA, EYEQ_TERMS, QUALITY_CLASSES, QualityItem, load_quality,
+                                    load_real_quality, split_items)
 from training.train import code_commit
-
-#: The terms the real data brings with it (EyePACS via Kaggle; EyeQ's grades).
-REAL_DATA_TERMS = ("Head refitted on real EyePACS photographs graded by EyeQ (Kaggle competition data): "
-                   "non-commercial research use only. Research use, not for clinical use.")
-#: The same terms in the card's ``training.data_terms`` (what results served with this model repeat).
-DATA_TERMS = "non-commercial research use only (Kaggle EyePACS terms; EyeQ quality grades)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,8 +187,9 @@ def refit(card_path: Path, *, real_quality: Path, real_images: Path, real_format
                   f"({real_quality}, Good+Usable gradable, Reject ungradable) and {len(train) - n_real} synthetic "
                   f"({synthetic})"),
             command=command, code_commit=code_commit(), config=config, torch_version=str(torch.__version__),
-            seconds=time.perf_counter() - t0, data_terms=DATA_TERMS),
-        intended_use=f"{RESEARCH_WARNING} {REAL_DATA_TERMS}",
+            seconds=time.perf_counter() - t0, data_terms=EYEQ_TERMS),
+        intended_use=intended_use_for(False, data=f"{EYEQ_DATA} (its last layer)",
+                                      terms=EYEQ_TERMS),
         created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     ))
     new.save(out_dir / card_path.name)

