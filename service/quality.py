@@ -48,7 +48,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from models.preprocess import crop_field, locate_field
+from models.preprocess import crop_field, locate_field, masked_local_mean
 
 #: Side of the square crop the measures are taken on.
 ANALYSIS_SIZE = 512
@@ -145,9 +145,7 @@ def measure(rgb: np.ndarray, field: tuple[float, float, float] | None = None) ->
     # not pull the rim down): real cameras' illumination gradients, vignetting and dark maculas scale vessels
     # and background alike and cancel, a veil (haze) adds to the background only and does not.
     tophat = cv2.morphologyEx(green, cv2.MORPH_BLACKHAT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
-    weight = inner.astype(np.float32)
-    local = cv2.GaussianBlur(green * weight, (0, 0), _LOCAL_SIGMA) / np.maximum(
-        cv2.GaussianBlur(weight, (0, 0), _LOCAL_SIGMA), 1e-3)
+    local = masked_local_mean(green, inner.astype(np.float32), _LOCAL_SIGMA)
     contrast = float((tophat[inner] / np.maximum(local[inner], _LOCAL_FLOOR)).mean())
 
     # Only regions too dark to grade count: a bright disc, a bright rim (vignetting correction, a publisher's
