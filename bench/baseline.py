@@ -24,7 +24,7 @@ from torchvision import transforms
 
 from models.architectures.classifier import FundusClassifier
 from models.preprocess import MEAN, STD
-from service.pipeline import saliency_target
+from analysis.pipeline import saliency_target
 
 #: Stage names in order; the model-compute stages are ``forward`` and ``gradcam``.
 STAGES = ("decode", "transforms", "forward", "gradcam", "overlay", "encode")

@@ -1,4 +1,4 @@
-"""Mutation fuzzing of :func:`service.decode.decode`: only :class:`service.errors.FoveaError` may escape.
+"""Mutation fuzzing of :func:`analysis.decode.decode`: only :class:`analysis.errors.FoveaError` may escape.
 
     python -m bench.fuzz --count 10000 --seed 1 --out fuzz-out/
 
@@ -10,7 +10,7 @@ counts per outcome (decoded, each error class) and every escape (any other excep
 than ``--slow`` seconds), whose reproducer is saved under ``--out`` as ``<kind>-<sha256[:16]>.bin``. The input
 being decoded is written to ``--out/current.bin`` first, so a crash of the interpreter leaves its reproducer.
 
-The same mutators drive the fixed-seed Hypothesis test (tests/service/test_decode_fuzz.py).
+The same mutators drive the fixed-seed Hypothesis test (tests/analysis/test_decode_fuzz.py).
 """
 
 from __future__ import annotations
@@ -155,8 +155,8 @@ class _WrappedCounter(logging.Handler):
 
 def run(count: int, seed: int, out: Path, slow_s: float = 10.0) -> dict[str, object]:
     """Decode ``count`` mutated inputs; see the module docstring for what is recorded."""
-    from service.decode import decode
-    from service.errors import FoveaError
+    from analysis.decode import decode
+    from analysis.errors import FoveaError
 
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -209,7 +209,7 @@ def _save(out: Path, kind: str, data: bytes, why: str) -> tuple[str, str, str]:
 def report(result: dict[str, object]) -> str:
     outcomes: dict[str, int] = result["outcomes"]  # type: ignore[assignment]
     escapes: list[tuple[str, str, str]] = result["escapes"]  # type: ignore[assignment]
-    lines = [f"Fuzzed service.decode.decode with {result['count']} mutated inputs (seed {result['seed']}) in "
+    lines = [f"Fuzzed analysis.decode.decode with {result['count']} mutated inputs (seed {result['seed']}) in "
              f"{result['seconds']:.1f} s ({result['count'] / result['seconds']:.0f}/s); slowest input "
              f"{result['slowest'][0]:.2f} s ({result['slowest'][1]}).",  # type: ignore[index]
              "", "| outcome | inputs |", "|---|---|"]
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.simplefilter("ignore")
     wrapped = _WrappedCounter()
-    for name in ("service.decode", "service.dicom_pixels"):
+    for name in ("analysis.decode", "analysis.dicom_pixels"):
         logging.getLogger(name).addHandler(wrapped)
         logging.getLogger(name).propagate = False
     import os

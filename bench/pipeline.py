@@ -8,7 +8,7 @@ What it measures (see docs/performance.md for the tables it writes):
 
 * per input (10 MP synthetic JPEG, scikit-image's real ``retina.jpg`` upscaled to 10 MP, a 3 MP JPEG-baseline
   DICOM, a 1024² PNG): every stage of the baseline (:mod:`bench.baseline`) and of Fovea's
-  :class:`service.pipeline.Analyzer` (its own ``timing_ms``), medians with quartiles and min/max, the
+  :class:`analysis.pipeline.Analyzer` (its own ``timing_ms``), medians with quartiles and min/max, the
   end-to-end ratio, and the share of end-to-end time spent in model compute;
 * the render stage split by direct calls (CAM → heatmap, overlay, the two PNG encodings);
 * the grader's FLOPs from its ONNX graph, the achieved GFLOP/s of ONNX Runtime, and a numpy float32 matmul
@@ -47,7 +47,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # torch and the service load lazily: `--from-json` needs neither
     from bench.baseline import NaiveBaseline
-    from service.pipeline import Analyzer
+    from analysis.pipeline import Analyzer
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = REPO / "models" / "default"
@@ -181,10 +181,10 @@ def _render_parts(analyzer: Analyzer, data: bytes) -> dict[str, float]:
     from models.card import recipe_of
     from models.grading import softmax
     from models.preprocess import preprocess
-    from service.decode import decode
-    from service.pipeline import saliency_target
-    from service.quality import ANALYSIS_SIZE
-    from service.render import caption_for, cam_to_heatmap, heat_to_u8, overlay, png_base64
+    from analysis.decode import decode
+    from analysis.pipeline import saliency_target
+    from analysis.quality import ANALYSIS_SIZE
+    from analysis.render import caption_for, cam_to_heatmap, heat_to_u8, overlay, png_base64
 
     card = analyzer.grader_card
     img = decode(data, limits=analyzer.limits, target=max(card.input.size, ANALYSIS_SIZE))[0]
@@ -211,7 +211,7 @@ def measure_input(name: str, data: bytes, *, baseline: NaiveBaseline, analyzer: 
                   analyzer_detector: Analyzer | None = None, warmup: int = 1) -> InputResult:
     """Run ``data`` through both pipelines ``warmup + repeats`` times (interleaved, so drifting load hits
     both alike) and keep the timed repeats."""
-    from service.decode import sniff
+    from analysis.decode import sniff
 
     res: InputResult | None = None
     for i in range(warmup + repeats):
@@ -243,7 +243,7 @@ def measure_input(name: str, data: bytes, *, baseline: NaiveBaseline, analyzer: 
 
 def ort_latency_ms(onnx_bytes: bytes, size: int, *, runs: int = 20, providers: list[str] | None = None) -> Stat:
     """Latency of one ``(1, 3, size, size)`` forward through ONNX Runtime with the service's session options."""
-    from service.runtime import latency_samples
+    from analysis.runtime import latency_samples
 
     return Stat.of(latency_samples(onnx_bytes, size, runs=runs, providers=providers))
 
@@ -256,7 +256,7 @@ def hwm():  # VmHWM: this process's own peak (ru_maxrss would carry the forking 
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
     return int(line.split()[1]) / 1024
 t0 = time.perf_counter()
-from service.pipeline import Analyzer
+from analysis.pipeline import Analyzer
 det = Path(sys.argv[2]) if sys.argv[2] else None
 a = Analyzer.load(Path(sys.argv[1]), detector=det)
 loaded = time.perf_counter() - t0
@@ -470,7 +470,7 @@ def write_markdown(path: Path, *, results: Sequence[InputResult], meta: dict[str
         "own forward + backward) → PIL/matplotlib overlay at full size → PIL PNG. The torch model is the "
         f"ONNX grader's weights mapped into its `models.architectures` module; logits agree within "
         f"{meta['same_weights_diff']:.1e} (checked, the run fails beyond 1e-3). Fovea = "
-        "`service.pipeline.Analyzer.analyze` (reduced JPEG decode, quality gate, disc crop, ONNX Runtime "
+        "`analysis.pipeline.Analyzer.analyze` (reduced JPEG decode, quality gate, disc crop, ONNX Runtime "
         "logits + in-graph CAM, OpenCV overlay, two PNGs: heatmap and overlay at the decoded scale, at most 1024 px on the long side).",
         "",
         "## End to end (median [interquartile range], ms per photograph)",
@@ -531,7 +531,7 @@ def write_markdown(path: Path, *, results: Sequence[InputResult], meta: dict[str
     lines += ["## On a GPU", "",
               "Install `onnxruntime-gpu` in place of `onnxruntime` (same version) and a CUDA build of torch, then "
               "`FOVEA_DEVICE=cuda python -m bench.pipeline`: Fovea's sessions then use the CUDA execution provider "
-              "(`service.runtime.choose_providers`; TensorRT first when ONNX Runtime has it) and the baseline runs "
+              "(`analysis.runtime.choose_providers`; TensorRT first when ONNX Runtime has it) and the baseline runs "
               "torch on `cuda`; `FOVEA_DEVICE=cuda make serve` and `python -m bench.load --serve --workers 1` give "
               "the HTTP numbers (one worker: the GPU is shared through the session, not through processes).", ""]
     notes = meta.get("notes")
@@ -611,8 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     from models.card import recipe_of
     from models.preprocess import preprocess
     from models.store import load_verified
-    from service.decode import decode
-    from service.pipeline import Analyzer
+    from analysis.decode import decode
+    from analysis.pipeline import Analyzer
 
     t_start, load_before = time.perf_counter(), os.getloadavg()[0]
     device = "cuda" if os.environ.get("FOVEA_DEVICE", "").lower() == "cuda" else "cpu"

@@ -81,7 +81,7 @@ def import_model(card_path: Path) -> str:
 def store_labels(card: ModelCard) -> dict[str, str]:
     """The BentoML labels of a stored model (strings, for ``bentoml models list`` filters): task,
     architecture, preprocessing version and what it was trained on (``synthetic`` when the card's
-    intended-use statement says so, as :func:`service.render.caption_for` decides the overlay caption)."""
+    intended-use statement says so, as :func:`analysis.render.caption_for` decides the overlay caption)."""
     return {"task": card.task, "architecture": card.architecture,
             "preprocessing": f"{card.preprocessing.name}-v{card.preprocessing.version}",
             "trained-on": "synthetic" if "synthetic" in card.intended_use.lower() else "other"}

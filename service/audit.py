@@ -49,8 +49,8 @@ from sqlalchemy import (BigInteger, Column, Connection, Engine, Index, Integer, 
                         create_engine, delete, event, func, insert, select, text)
 
 from service.auth import current_site
-from service.errors import FoveaError
-from service.findings import Findings, StudyFindings
+from analysis.errors import FoveaError
+from analysis.findings import Findings, StudyFindings
 from service.settings import Settings
 
 log = logging.getLogger("fovea.audit")

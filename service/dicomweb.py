@@ -16,7 +16,7 @@ relative to the mount):
                                                                    instance (202 while pending or running)
 =================================================================  ===============================================
 
-STOW-RS checks every part with the decoder's header checks (:func:`service.decode.read_dicom_header`: Part
+STOW-RS checks every part with the decoder's header checks (:func:`analysis.decode.read_dicom_header`: Part
 10, a fundus SOP class, pixel data present, a supported transfer syntax and pixel module, the size limits),
 stores the accepted ones sealed (:mod:`service.result_store`) and answers with the Store Instances Response
 (PS3.18 Annex I): ``ReferencedSOPSequence`` for the stored, ``FailedSOPSequence`` with a ``FailureReason``
@@ -61,9 +61,9 @@ from starlette.routing import Route
 
 from service.at_rest import data_dir
 from service.auth import current_site
-from service.decode import DecodeLimits, read_dicom_header
+from analysis.decode import DecodeLimits, read_dicom_header
 from service.dicomweb_worker import Analyze, AnalysisWorker, BuildResults, default_build_results
-from service.errors import (BadRequest, FoveaError, NotAcceptable, NotFound, PayloadTooLarge, UnsupportedDicom,
+from analysis.errors import (BadRequest, FoveaError, NotAcceptable, NotFound, PayloadTooLarge, UnsupportedDicom,
                             UnsupportedMediaType)
 from service.multipart import MultipartLimits, encode_related, new_boundary, parse_media_type, read_related
 from service.result_store import InstanceQuery, ResultStore, StoredInstance, is_uid
@@ -120,7 +120,7 @@ def create_app(analyze: Analyze, store: ResultStore | Callable[[], ResultStore],
     """The DICOMweb app (module docstring). ``analyze``: bytes -> Findings (the service's analyzer);
     ``store``: the result store, or a function that opens it (called once, at start-up or first use, so
     importing the service creates nothing on disk); ``build_results``: Findings + source dataset -> SR and SC
-    (default :func:`service.dicom_out.build_results`); ``limits``: of a STOW-RS body (default: 8 parts of
+    (default :func:`analysis.dicom_out.build_results`); ``limits``: of a STOW-RS body (default: 8 parts of
     64 MiB); ``decode_limits``: the decoder's header limits; ``start_worker=False`` leaves the analyses to the
     caller (``app.state.dicomweb.worker.drain()`` in tests); ``open_at_start()`` false: the store is opened
     on the first DICOMweb request instead of at start-up (nothing is created on disk for a service that is

@@ -5,11 +5,11 @@ threads of the service process, so a PACS is never kept waiting on the models. T
 ``analyses`` table (durable, bounded by ``ResultStore.max_pending``): a restart loses nothing, and several
 service processes on one data folder share it (each analysis is claimed atomically by one worker).
 
-For each claimed instance: ``analyze(bytes) -> Findings`` (the service's :class:`~service.pipeline.Analyzer`),
-then ``build_results(findings, source_dataset) -> DicomResults`` (:func:`service.dicom_out.build_results`:
+For each claimed instance: ``analyze(bytes) -> Findings`` (the service's :class:`~analysis.pipeline.Analyzer`),
+then ``build_results(findings, source_dataset) -> DicomResults`` (:func:`analysis.dicom_out.build_results`:
 TID 1500 SR + Secondary Capture in the source's study; one pair per analysed frame of a multi-frame
 photograph), then both are stored and the analysis is ``done``.
-A :class:`~service.errors.FoveaError` (e.g. the pixel data cannot be decoded) ends it ``failed`` with that
+A :class:`~analysis.errors.FoveaError` (e.g. the pixel data cannot be decoded) ends it ``failed`` with that
 error's code and message; any other exception ``failed`` with ``internal_error`` (the log names the exception
 type only: third-party messages may quote element values).
 """
@@ -26,9 +26,9 @@ from typing import Protocol
 import pydicom
 from pydicom.dataset import Dataset
 
-from service.dicom_out import build_results
-from service.errors import FoveaError
-from service.findings import Findings
+from analysis.dicom_out import build_results
+from analysis.errors import FoveaError
+from analysis.findings import Findings
 from service.result_store import ResultStore
 
 log = logging.getLogger("fovea.dicomweb")
@@ -38,7 +38,7 @@ Analyze = Callable[[bytes], Findings]
 
 
 class DicomResultsLike(Protocol):
-    """What :func:`service.dicom_out.build_results` returns: the SR and the Secondary Capture."""
+    """What :func:`analysis.dicom_out.build_results` returns: the SR and the Secondary Capture."""
 
     sr: Dataset
     sc: Dataset
@@ -49,7 +49,7 @@ BuildResults = Callable[[Findings, Dataset], DicomResultsLike]
 
 
 def default_build_results(findings: Findings, source: Dataset) -> DicomResultsLike:
-    """:func:`service.dicom_out.build_results`."""
+    """:func:`analysis.dicom_out.build_results`."""
     return build_results(findings, source)
 
 

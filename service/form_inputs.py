@@ -1,7 +1,7 @@
 """The service's form fields, checked: uploaded files (size first) and laterality values.
 
 Pure functions of the request's fields and the limits, so they are unit-tested without a server; every
-problem is a :class:`service.errors.FoveaError` (a JSON 4xx naming what to change), never an exception
+problem is a :class:`analysis.errors.FoveaError` (a JSON 4xx naming what to change), never an exception
 BentoML would turn into a 500.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.errors import BadRequest, PayloadTooLarge
+from analysis.errors import BadRequest, PayloadTooLarge
 
 
 def read_upload(image: Path, max_bytes: int) -> bytes:

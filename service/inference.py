@@ -4,7 +4,7 @@
 here through ``bentoml.depends``. Under ``bentoml serve`` this service runs in its own worker process(es), so
 on a GPU concurrent requests are grouped into batches (``max_batch_size``, ``max_latency_ms`` below); on a CPU,
 where batching does not lower the cost per image (DESIGN.md), throughput comes from workers
-(``FOVEA_INFERENCE_WORKERS``) with ONNX Runtime threads divided among them (:mod:`service.runtime`).
+(``FOVEA_INFERENCE_WORKERS``) with ONNX Runtime threads divided among them (:mod:`analysis.runtime`).
 
 Wire format: BentoML splits a batchable API's input and output along axis 0, so both must be single arrays.
 The grader's two outputs are packed into one ``(N, C, 1 + h*w)`` float32 array — ``[..., 0]`` the logits,
@@ -20,7 +20,7 @@ import bentoml
 import numpy as np
 
 from models.store import ensure_defaults, exact_dir, load_verified
-from service.runtime import INFERENCE_WORKERS_ENV, OnnxModel, worker_count
+from analysis.runtime import INFERENCE_WORKERS_ENV, OnnxModel, worker_count
 from service.settings import load_settings
 
 #: Images per batch: 16 × 3 × 320² float32 is 20 MB of input and fits any GPU; CPU batches stay small anyway.

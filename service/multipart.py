@@ -7,8 +7,8 @@ client cannot make the server hold more than ``max_total_bytes``. The byte-level
 (the parser Starlette uses for form uploads); this module adds what RFC 2046 allows and that parser does not
 (a preamble before the first boundary), the limits, and typed errors.
 
-Errors: a malformed or truncated body is :class:`~service.errors.BadRequest` (400), a body over a limit
-:class:`~service.errors.PayloadTooLarge` (413). Messages describe the body's structure, never its content.
+Errors: a malformed or truncated body is :class:`~analysis.errors.BadRequest` (400), a body over a limit
+:class:`~analysis.errors.PayloadTooLarge` (413). Messages describe the body's structure, never its content.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from service.errors import BadRequest, PayloadTooLarge
+from analysis.errors import BadRequest, PayloadTooLarge
 
 # python-multipart logs every parse error at WARNING with a byte offset; the client gets the error instead.
 logging.getLogger("python_multipart.multipart").setLevel(logging.ERROR)

@@ -1,4 +1,4 @@
-"""The Fovea BentoML service: HTTP adapter only; the logic lives in :mod:`service.pipeline`.
+"""The Fovea BentoML service: HTTP adapter only; the logic lives in :mod:`analysis.pipeline`.
 
 Run: ``make serve`` (or ``bentoml serve service.service:Fovea``). Models are loaded by tag from the BentoML
 model store; the embedded defaults are imported into the store first if it has none.
@@ -21,15 +21,15 @@ from models.store import exact_dir, get_exact, load_verified
 from service.audit import AuditLog
 from service.audit_http import AuditMiddleware
 from service.auth import AuthMiddleware
-from service.decode import DecodeLimits
+from analysis.decode import DecodeLimits
 from service.dicomweb import create_service_app as dicomweb_app
-from service.errors import FoveaError
+from analysis.errors import FoveaError
 from service.form_inputs import laterality as _laterality
 from service.form_inputs import read_upload, study_uploads
 from service.http_errors import ErrorShapeMiddleware
 from service.inference import Inference, unpack
-from service.runtime import WORKERS_ENV, choose_providers, worker_count
-from service.pipeline import Analyzer
+from analysis.runtime import WORKERS_ENV, choose_providers, worker_count
+from analysis.pipeline import Analyzer
 from service.request_guard import RequestGuardMiddleware, RequestLimits
 from service.settings import load_settings
 from service import log_policy, task_store

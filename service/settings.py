@@ -27,7 +27,7 @@ FOVEA_AUDIT_SALT audit_salt    secret salt of the source-UID hashes in the audit
                                trail (set it to keep it out of the database)           in the database
 FOVEA_JOB_RETENTION_HOURS      hours a background job (its sealed upload and result)   24
   job_retention_hours          stays in BentoML's task store (service/task_store.py)
-``quality:`` (YAML only)       overrides of :class:`service.quality.QualityRules`      calibrated rules
+``quality:`` (YAML only)       overrides of :class:`analysis.quality.QualityRules`      calibrated rules
 =============================  ======================================================  =================
 """
 
@@ -40,7 +40,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.quality import QualityRules
+from analysis.quality import QualityRules
 
 CONFIG_ENV = "FOVEA_CONFIG"
 _ENV = {

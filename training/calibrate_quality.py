@@ -1,4 +1,4 @@
-"""Calibrate the service's classic quality gate (:mod:`service.quality`) on synthetic photographs whose
+"""Calibrate the service's classic quality gate (:mod:`analysis.quality`) on synthetic photographs whose
 artefacts and gradability are known (:mod:`datasets.synthetic.quality`).
 
     python -m training.calibrate_quality --count 600 --seed 7 [--size 768] [--out runs/quality-gate]
@@ -28,7 +28,7 @@ from tqdm import tqdm
 from datasets.synthetic import quality as artefacts
 from datasets.synthetic.fundus import render_fundus
 from models.preprocess import locate_field
-from service.quality import QualityMeasures, QualityRules, assess, measure
+from analysis.quality import QualityMeasures, QualityRules, assess, measure
 
 #: Which synthetic artefacts each gate measure is meant to catch ("field" loss has several causes).
 TARGETS: dict[str, tuple[str, ...]] = {

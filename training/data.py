@@ -103,8 +103,8 @@ def _is_dicom(path: Path) -> bool:
 def _load_dicom(path: Path) -> np.ndarray:
     """The first frame of a DICOM photograph as RGB, through the service's own decoder: training sees exactly
     the pixels serving will see (YBR→RGB, palette, MONOCHROME handling, the same codecs)."""
-    from service.decode import DecodeLimits, decode
-    from service.errors import FoveaError
+    from analysis.decode import DecodeLimits, decode
+    from analysis.errors import FoveaError
 
     try:  # local files the user chose: the upload size limit does not apply, one frame is enough
         return decode(path.read_bytes(), limits=DecodeLimits(max_bytes=1 << 31, max_frames=1))[0].rgb

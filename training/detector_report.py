@@ -83,7 +83,7 @@ def pr_curves(detections: Sequence[Sequence[Lesion]], truths: Sequence[Truth],
 def report(out: DetectorOutputs, metrics: dict[str, float], *, cfg: TrainConfig, ck: dict, page: Page,
            grid_images: int = GRID_IMAGES, caption: str) -> Page:
     """Fill ``page`` with the detector's sections; returns it."""
-    from service.render import draw_lesions, overlay
+    from analysis.render import draw_lesions, overlay
 
     counts = {c: sum(t.types.count(c) for t in out.truths) for c in LESION_CLASSES}
     page.section("Metrics", "Held-out images, boxes in model-input pixels. AP at IoU 0.5 (COCO 101-point "

@@ -87,7 +87,7 @@ def _evaluate(model: Any, cfg: TrainConfig, ck: dict, records: list, *, checkpoi
               synthetic_data: bool, report_dir: Path | None, write_report: bool, command: str) -> Evaluation:
     """Predict, measure and write the report page for ``records`` (``held_out`` describes them)."""
     from models.preprocess import recipe_for
-    from service.render import caption_for_use
+    from analysis.render import caption_for_use
     from training.export import intended_use
 
     task = cfg.task

@@ -105,9 +105,9 @@ def onnx_evaluate(onnx_bytes: bytes, items: list[FundusRecord], size: int, *,
     """Run the exported model through ONNX Runtime on the graded records ``items`` with the serving
     preprocessing (``recipe``: the model card's, :func:`models.card.recipe_of`); play the pointing game on the
     referable ones that have lesion boxes: the CAM of the grade
-    serving shows (:func:`service.pipeline.saliency_target`) must peak within :data:`POINTING_TOLERANCE`
+    serving shows (:func:`analysis.pipeline.saliency_target`) must peak within :data:`POINTING_TOLERANCE`
     of the input side (in original pixels) of a lesion."""
-    from service.pipeline import saliency_target  # the serving rule itself; service imports no torch
+    from analysis.pipeline import saliency_target  # the serving rule itself; service imports no torch
 
     sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     probs, hits, centre = [], [], []

@@ -4,7 +4,7 @@ report page beside the run (:mod:`training.report_html`).
 One pass over the records computes logits *and* CAM (``WithCam``, the exported graph's two outputs; ONNX
 Runtime reproduces them within the export's parity tolerance), with :func:`models.preprocess.preprocess` —
 the serving function — so the saliency overlays are drawn exactly as serving draws them
-(:func:`service.render.cam_to_heatmap`, :func:`service.render.overlay`) over the original photograph.
+(:func:`analysis.render.cam_to_heatmap`, :func:`analysis.render.overlay`) over the original photograph.
 
 The page: metrics with their bootstrap 95 % intervals (:func:`training.metrics.grader_intervals`), the ROC
 curve of referable DR with the checkpoint's operating point, the confusion matrix, the reliability diagram
@@ -107,7 +107,7 @@ def predict_with_cam(model: torch.nn.Module, records: Sequence[FundusRecord], si
 def play_pointing_game(out: GraderOutputs) -> list[Pointing | None]:
     """Per record, the pointing game of :func:`training.export.onnx_evaluate` (the card's protocol) on
     referable images with at least one lesion box; ``None`` for the others."""
-    from service.pipeline import saliency_target  # the serving rule itself; service imports no torch
+    from analysis.pipeline import saliency_target  # the serving rule itself; service imports no torch
 
     results: list[Pointing | None] = []
     for record, p, cam, t in zip(out.records, out.probs, out.cams, out.transforms):
@@ -156,8 +156,8 @@ def saliency_tile(record: FundusRecord, probs: np.ndarray, cam: np.ndarray, tran
     """One grid image as PNG bytes: the served overlay (heatmap of the grade serving shows over the
     photograph, the AI caption burned in) at ``width`` pixels, the ground-truth lesion boxes, and for a
     pointing-game image the CAM peak with its tolerance circle (white ring: hit; red: miss)."""
-    from service.pipeline import saliency_target
-    from service.render import cam_to_heatmap, draw_lesions, heat_to_u8, overlay
+    from analysis.pipeline import saliency_target
+    from analysis.render import cam_to_heatmap, draw_lesions, heat_to_u8, overlay
 
     rgb = load_rgb(record.image)
     h, w = rgb.shape[:2]
@@ -190,8 +190,8 @@ def report(out: GraderOutputs, metrics: dict[str, float], *, cfg: TrainConfig, c
            pointing: Sequence[Pointing | None], page: Page, grid_images: int = GRID_IMAGES,
            caption: str | None = None) -> Page:
     """Fill ``page`` with the grader's sections (module docstring); returns it. ``caption`` is burned into the
-    saliency overlays (default: the synthetic-model caption, :data:`service.render.CAPTION`)."""
-    from service.render import CAPTION
+    saliency overlays (default: the synthetic-model caption, :data:`analysis.render.CAPTION`)."""
+    from analysis.render import CAPTION
 
     page.section("Metrics", "Held-out images; 95 % intervals are percentile bootstrap intervals over images "
                             "(1000 resamples, seed 0). The operating point is the checkpoint's, chosen on the "

@@ -158,7 +158,7 @@ def cam_peak(cam: np.ndarray, transform: FundusTransform) -> tuple[float, float]
     """Where the heatmap serving draws from ``cam`` (one grade's ``(h, w)`` map) peaks, as ``(x, y)`` original
     pixel indices; ``None`` when that heatmap is flat (serving then shows nothing, so nothing is pointed at).
 
-    Mirrors :func:`service.render.cam_to_heatmap`: negative evidence cut, bicubic upsampling to the model
+    Mirrors :func:`analysis.render.cam_to_heatmap`: negative evidence cut, bicubic upsampling to the model
     input, the fundus field (the inscribed circle) only; the maximum pixel is then mapped to the original."""
     size = transform.size
     grid = cv2.resize(np.maximum(np.asarray(cam, dtype=np.float32), 0.0), (size, size), interpolation=cv2.INTER_CUBIC)

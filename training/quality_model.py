@@ -4,7 +4,7 @@ Task
 ----
 One multi-label classifier (a registry backbone + global-average-pool + linear head, e.g.
 ``mobilenet_v3_small``) outputs :data:`QUALITY_CLASSES` logits: ``gradable`` and one per reason group, the
-reasons being named as the service's classic gate names them (:data:`service.quality.REASONS`). Labels come
+reasons being named as the service's classic gate names them (:data:`analysis.quality.REASONS`). Labels come
 from the synthetic generator's ``quality.csv`` (:class:`datasets.synthetic.quality.QualityTruth`): an image is
 gradable iff no artefact reached its threshold, and a reason group is positive iff one of its artefacts
 (:data:`REASON_GROUPS`) did. A visible but sub-threshold artefact is a negative everywhere: the model must learn
@@ -54,7 +54,7 @@ from training.data import load_rgb, read_records, split_by_patient
 from training.quality_metrics import choose_gradable_threshold, quality_metrics
 from training.train import _save_atomic, code_commit, ensure_data, warmup_cosine
 
-#: Reason groups of the model, in the service's reporting order (:data:`service.quality.REASONS`), each with
+#: Reason groups of the model, in the service's reporting order (:data:`analysis.quality.REASONS`), each with
 #: the generator artefacts it stands for. ``jpeg_artefacts`` is a loss of fine detail, as defocus is; a lid
 #: shadow is a dark region, as uneven illumination is.
 REASON_GROUPS: Mapping[str, tuple[str, ...]] = {

@@ -4,8 +4,8 @@
     python -m training.quality_real [--real-dev ../shared/real-dev] [--card models/default/image-quality.card.json]
                                     [--no-model] [--synthetic data/synthetic-quality-test] [--report runs/quality-real]
 
-The gate is the serving one (:func:`gate`: :func:`service.quality.measure` + :func:`~service.quality.assess`,
-and with a model, its recipe's preprocessing + :func:`service.gradability.combine`), so these are the
+The gate is the serving one (:func:`gate`: :func:`analysis.quality.measure` + :func:`~analysis.quality.assess`,
+and with a model, its recipe's preprocessing + :func:`analysis.gradability.combine`), so these are the
 verdicts ``POST /analyze`` returns. Writes ``report.json`` (every figure), ``roc.png`` and ``index.html``.
 
 - EyeQ (``eyeq_quality.csv``, 256-px enhanced EyePACS copies): the ungradable rate per class (Good, Usable,
@@ -33,9 +33,9 @@ from tqdm import tqdm
 
 from models.card import ModelCard, recipe_of
 from models.preprocess import locate_field, preprocess
-from service.findings import Quality
-from service.gradability import combine
-from service.quality import QualityRules, assess, measure
+from analysis.findings import Quality
+from analysis.gradability import combine
+from analysis.quality import QualityRules, assess, measure
 from training.data import load_rgb
 from training.quality_model import load_quality, load_real_quality, split_items
 from training.report import Curve, Point, roc_figure
@@ -58,7 +58,7 @@ def gate(card_path: Path | None, rules: QualityRules = QualityRules()) -> Gate:
     import onnxruntime as ort
 
     from models.card import read_verified
-    from service.runtime import session_options
+    from analysis.runtime import session_options
 
     card = ModelCard.load(card_path)
     sess = ort.InferenceSession(read_verified(card, card_path.parent), session_options(),

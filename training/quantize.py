@@ -38,7 +38,7 @@ import numpy as np
 from models import preprocess
 from models.card import ModelCard, Quantization, recipe_of, sha256_file
 from models.store import load_verified
-from service.runtime import latency_samples
+from analysis.runtime import latency_samples
 
 MAX_QWK_DROP = 0.01
 MAX_MAP_DROP = 0.02

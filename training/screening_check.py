@@ -1,6 +1,6 @@
 """``python -m training.screening_check``: how a grader behaves, served, on a folder of screening photographs.
 
-Runs every photograph of ``--images`` through the serving pipeline (:class:`service.pipeline.Analyzer`: decode,
+Runs every photograph of ``--images`` through the serving pipeline (:class:`analysis.pipeline.Analyzer`: decode,
 quality gate, the grader's own preprocessing recipe, grade, referral at the card's operating point) with the
 given grader and the embedded quality model, and tabulates what a screening programme would see: how many
 photographs were gradable, the grade distribution, how many were referred. For a folder of unlabelled photographs
@@ -24,7 +24,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")
 
 def screen(grader_card: Path, images: list[Path], *, quality_card: Path | None) -> dict[str, object]:
     """Analyse ``images`` and summarise: counts of gradable, grades (of gradable photographs), referable."""
-    from service.pipeline import Analyzer
+    from analysis.pipeline import Analyzer
 
     analyzer = Analyzer.load(grader_card, quality=quality_card)
     grades: Counter[int] = Counter()

@@ -3,7 +3,7 @@
 A PACS (or a fundus camera) sends photographs to the gateway's AE title (``FOVEA``, port 11112) with C-STORE;
 the gateway writes each accepted instance durably to its queue (sealed at rest, :mod:`service.at_rest`) before
 it answers *Success*, analyses it through the Fovea service's HTTP API (``POST /analyze``), builds the DICOM
-results (TID 1500 SR + Secondary Capture overlay, :mod:`service.dicom_out`) and C-STOREs them to a configured
+results (TID 1500 SR + Secondary Capture overlay, :mod:`analysis.dicom_out`) and C-STOREs them to a configured
 destination (or sends them with STOW-RS). Failures are retried with exponential backoff; an item that keeps
 failing moves to a dead-letter folder with its reason. A restart resumes the queue.
 

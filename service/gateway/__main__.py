@@ -63,7 +63,7 @@ def _serve_parser() -> argparse.ArgumentParser:
 def serve(argv: list[str]) -> int:
     """Run the gateway until SIGINT/SIGTERM (module docstring)."""
     from service.at_rest import load_sealer
-    from service.decode import DecodeLimits
+    from analysis.decode import DecodeLimits
     from service.gateway.analyse import ServiceClient, auth_headers
     from service.gateway.forward import DimseSender, Sender, StowSender
     from service.gateway.queue import Backoff

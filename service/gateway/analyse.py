@@ -7,7 +7,7 @@ Failures are classified for the store-and-forward loop:
   instance's): retried with backoff for as long as it takes, never dead-lettered (the instance is fine).
 * :class:`Rejected` - the service refused the instance (HTTP 4xx, e.g. 422 unsupported DICOM): permanent,
   dead-lettered at once with the service's error code and message (which by the service's contract carry no
-  patient data, :mod:`service.errors`).
+  patient data, :mod:`analysis.errors`).
 * :class:`AnalysisFailed` - anything else (HTTP 500, a timeout, an answer that is not ``Findings``): retried,
   counted towards the dead-letter limit.
 """
@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import httpx
 from pydantic import ValidationError
 
-from service.findings import Findings
+from analysis.findings import Findings
 
 __all__ = ["TOKEN_ENV", "AnalysisFailed", "Rejected", "ServiceClient", "ServiceUnavailable", "auth_headers"]
 

@@ -4,7 +4,7 @@ STOW-RS (PS3.18 10.5).
 A sender's :meth:`send` takes the results as Part 10 files and either delivers all of them or raises
 :class:`ForwardFailed` with a reason that names the destination's answer (association rejected, a C-STORE
 status, an HTTP status) and never an element value. Re-sending after a partial failure is safe: the results'
-UIDs are deterministic (:mod:`service.dicom_out`), so the destination receives the same instances again.
+UIDs are deterministic (:mod:`analysis.dicom_out`), so the destination receives the same instances again.
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """The gateway's DICOM listener: Verification SCP (C-ECHO) and Storage SCP (C-STORE, PS3.4 Annex B).
 
 Association negotiation (PS3.8 7.1.1.13, PS3.7 D.3.3.2): the gateway supports exactly the SOP classes the
-decoder analyses (:data:`service.decode.FUNDUS_SOP_CLASSES`: Ophthalmic Photography 8/16-bit, VL
+decoder analyses (:data:`analysis.decode.FUNDUS_SOP_CLASSES`: Ophthalmic Photography 8/16-bit, VL
 Photographic, Wide-Field OP, Secondary Capture incl. multi-frame) in the transfer syntaxes it decodes
-(:data:`service.decode.ACCEPTED_TRANSFER_SYNTAXES`: uncompressed, deflated, JPEG baseline/extended/lossless,
+(:data:`analysis.decode.ACCEPTED_TRANSFER_SYNTAXES`: uncompressed, deflated, JPEG baseline/extended/lossless,
 JPEG-LS, JPEG 2000, RLE), plus Verification. A presentation context for any other SOP class (a CT, an SR) is
 rejected with *abstract syntax not supported*, so the sender knows before it sends a byte of pixel data. The
 called AE title must be the gateway's; the calling AE titles may be restricted (``allowed_calling``).
 
 C-STORE (PS3.4 B.2.3): an instance that gets through negotiation is checked by decoding it once at low
-resolution with :func:`service.decode.decode` (the same code the service runs, so what is queued can be
+resolution with :func:`analysis.decode.decode` (the same code the service runs, so what is queued can be
 analysed); an unusable one is refused with a failure status and an Error Comment (0000,0902) naming why
 (never an element value):
 
@@ -37,8 +37,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from service.decode import ACCEPTED_TRANSFER_SYNTAXES, FUNDUS_SOP_CLASSES, DecodeLimits, decode
-from service.errors import FoveaError, PayloadTooLarge, UnreadableImage
+from analysis.decode import ACCEPTED_TRANSFER_SYNTAXES, FUNDUS_SOP_CLASSES, DecodeLimits, decode
+from analysis.errors import FoveaError, PayloadTooLarge, UnreadableImage
 from service.gateway.queue import DurableQueue
 
 __all__ = ["ScpConfig", "build_ae", "check_instance", "store_handler"]

@@ -4,7 +4,7 @@ Each pending item goes through two stages, each saved before the next starts, so
 the stage it interrupted:
 
 1. ``analyse``: the sealed instance is sent to ``POST /analyze``; the findings and the source dataset become
-   the results (:func:`service.dicom_out.build_results`: TID 1500 SR + Secondary Capture, per analysed frame),
+   the results (:func:`analysis.dicom_out.build_results`: TID 1500 SR + Secondary Capture, per analysed frame),
    which are sealed into the item (stage ``forward``). An unreachable service (:class:`ServiceUnavailable`) is waited for with
    backoff and never dead-letters (and holds back every other analysis until the wait is over); a refusal
    (:class:`Rejected`) or results that cannot be built dead-letter at once; other failures are retried up to
@@ -26,7 +26,7 @@ from collections.abc import Callable
 import pydicom
 from pydicom.dataset import Dataset
 
-from service.findings import Findings
+from analysis.findings import Findings
 from service.gateway.analyse import AnalysisFailed, Rejected, ServiceUnavailable
 from service.gateway.forward import ForwardFailed, Sender
 from service.gateway.queue import Backoff, DurableQueue, Item
@@ -40,10 +40,10 @@ Build = Callable[[Findings, Dataset], list[bytes]]
 
 
 def default_builder(*, manufacturer: str = "Fovea", device_serial: str | None = None) -> Build:
-    """Results as Part 10 files from :func:`service.dicom_out.build_results`: for every analysed frame (frame
+    """Results as Part 10 files from :func:`analysis.dicom_out.build_results`: for every analysed frame (frame
     0, then ``findings.additional_frames`` of a multi-frame instance) its SR, then its SC. Each frame's
     results have their own deterministic UIDs (the frame is part of them)."""
-    from service.dicom_out import build_results
+    from analysis.dicom_out import build_results
     from service.gateway.forward import to_part10
 
     def build(findings: Findings, source: Dataset) -> list[bytes]:

@@ -86,7 +86,7 @@ def test_stat_ratio_and_model_share() -> None:
 
 def test_measure_a_tiny_input_and_report(tiny: tuple[ModelCard, bytes], tiny_export: Path, tmp_path: Path) -> None:
     from bench.baseline import STAGES, NaiveBaseline
-    from service.pipeline import Analyzer
+    from analysis.pipeline import Analyzer
 
     card, onnx_bytes = tiny
     model = torch_grader(onnx_bytes, card.architecture, len(card.classes))
@@ -117,7 +117,7 @@ def test_measure_a_tiny_input_and_report(tiny: tuple[ModelCard, bytes], tiny_exp
 def test_a_detector_adds_its_column_and_flops(tiny: tuple[ModelCard, bytes], tiny_export: Path,
                                               tiny_detector_run: tuple[Path, Path], tmp_path: Path) -> None:
     from bench.baseline import NaiveBaseline
-    from service.pipeline import Analyzer
+    from analysis.pipeline import Analyzer
 
     card, onnx_bytes = tiny
     _, det_dir = tiny_detector_run

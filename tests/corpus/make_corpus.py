@@ -13,7 +13,7 @@ Each entry states the expected HTTP answer of ``POST /analyze`` with the file as
 status and error code, or 200 for files that are legitimate photographs in an unusual encoding (CMYK,
 progressive, arithmetic coding, a DICOM preamble holding another format's magic: PS3.10 7.1 leaves the
 preamble to the application, the decoder ignores it, and Fovea never stores or serves the upload itself;
-:mod:`service.deid` zeroes the preamble of anything it writes, CVE-2019-11687). pydicom's malformed test
+:mod:`analysis.deid` zeroes the preamble of anything it writes, CVE-2019-11687). pydicom's malformed test
 files (those shipped in its wheel) are part of the corpus by name, read through
 ``pydicom.data.get_testdata_file``.
 """

@@ -75,9 +75,9 @@ def test_same_pixels_as_jpeg(runs: tuple[Path, Path]) -> None:
 
 
 def test_service_decode(tmp_path: Path) -> None:
-    if not (Path(__file__).resolve().parents[2] / "service" / "decode.py").is_file():
-        pytest.skip("no service/decode.py")
-    from service.decode import decode
+    if not (Path(__file__).resolve().parents[2] / "analysis" / "decode.py").is_file():
+        pytest.skip("no analysis/decode.py")
+    from analysis.decode import decode
 
     rgb = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
     for lat in ("L", "R"):

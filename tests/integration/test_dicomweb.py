@@ -27,8 +27,8 @@ def _code_items(ds: pydicom.Dataset) -> Iterator[pydicom.Dataset]:
 
 
 def _sr_grade(sr: pydicom.Dataset) -> int | None:
-    """The ICDR grade an SR states (its coded value among service.dicom_out's grade codes), None if none."""
-    from service.dicom_out import GRADE_CODES
+    """The ICDR grade an SR states (its coded value among analysis.dicom_out's grade codes), None if none."""
+    from analysis.dicom_out import GRADE_CODES
 
     values = {(c.ConceptCodeSequence[0].CodeValue, c.ConceptCodeSequence[0].CodingSchemeDesignator)
               for c in _code_items(sr)}

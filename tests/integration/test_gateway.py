@@ -251,7 +251,7 @@ def _round_trip(orthanc: Orthanc, source_file: Path, server: str) -> tuple[Datas
 
 
 def _check_results(source: Dataset, results: list[Dataset], server: str, source_file: Path) -> None:
-    from service.dicom_out import GRADE_CODES
+    from analysis.dicom_out import GRADE_CODES
 
     by_class = {str(ds.SOPClassUID): ds for ds in results}
     assert set(by_class) == {COMPREHENSIVE_SR, SECONDARY_CAPTURE}, [ds.SOPClassUID for ds in results]

@@ -18,8 +18,8 @@ import sqlalchemy as sa
 
 from service import auth
 from service.audit import GENESIS, AuditLog, database_url, record_hash
-from service.errors import UnsupportedMediaType
-from service.findings import DrGrade, Findings, ImageInfo, ModelRef, Quality, ReferableDr, Saliency
+from analysis.errors import UnsupportedMediaType
+from analysis.findings import DrGrade, Findings, ImageInfo, ModelRef, Quality, ReferableDr, Saliency
 from service.settings import Settings
 from tests.pg import fresh_database, postgres_server
 

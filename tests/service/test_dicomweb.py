@@ -18,10 +18,10 @@ from starlette.testclient import TestClient
 from datasets.synthetic.dicom import write_op_dicom
 from datasets.synthetic.fundus import render_fundus
 from service.at_rest import Sealer
-from service.decode import DecodeLimits
+from analysis.decode import DecodeLimits
 from service.dicomweb import create_app
 from service.multipart import MultipartLimits, encode_related, parse_media_type
-from service.pipeline import Analyzer
+from analysis.pipeline import Analyzer
 from service.result_store import ResultStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ def analyzer(fundus_files: list[Path]) -> Analyzer:
     # One analysis and result build in this (the main) thread first, so the libraries' lazy imports do not
     # first happen in a worker thread: CPython 3.11.7's ast.parse is not thread-safe (cpython issue 106905,
     # fixed in 3.11.8), and an import can parse source.
-    from service.dicom_out import build_results
+    from analysis.dicom_out import build_results
 
     data = fundus_files[0].read_bytes()
     build_results(a.analyze(data), pydicom.dcmread(BytesIO(data)))
@@ -302,7 +302,7 @@ def test_wado_accept_negotiation(analyzer, store, fundus_files) -> None:
 
 def test_failed_analysis_is_reported(store, fundus_files) -> None:
     def broken(data: bytes):
-        from service.errors import UnreadableImage
+        from analysis.errors import UnreadableImage
 
         raise UnreadableImage("The JPEG pixel data could not be decoded.")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import BadRequest, PayloadTooLarge
+from analysis.errors import BadRequest, PayloadTooLarge
 from service.form_inputs import laterality, read_upload, study_uploads
 
 

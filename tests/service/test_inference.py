@@ -1,4 +1,4 @@
-"""service.inference wire format and service.runtime thread sharing."""
+"""service.inference wire format and analysis.runtime thread sharing."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.inference import pack, unpack
-from service.runtime import session_threads, worker_count
+from analysis.runtime import session_threads, worker_count
 
 
 def test_pack_unpack_round_trip() -> None:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from service.errors import BadRequest, PayloadTooLarge
+from analysis.errors import BadRequest, PayloadTooLarge
 from service.multipart import (
     MultipartLimits, RelatedReader, encode_related, new_boundary, parse_media_type, read_related,
 )

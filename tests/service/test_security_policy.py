@@ -3,6 +3,7 @@ dependency floors above the known CVEs."""
 
 from __future__ import annotations
 
+import ast
 import re
 import tomllib
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-SERVICE = sorted((REPO / "service").rglob("*.py"))
+SERVICE = sorted((REPO / "service").rglob("*.py")) + sorted((REPO / "analysis").rglob("*.py"))
 
 
 def _code(path: Path) -> str:
@@ -18,9 +19,29 @@ def _code(path: Path) -> str:
     return "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
 
 
+def forced_reads(source: str) -> list[int]:
+    """Line numbers of every call that passes ``force=`` anything but a literal ``False`` (``dcmread``,
+    ``pydicom.dcmread``, ``read_file``, ``Dataset``-level helpers alike: any call at all may not force)."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            for kw in node.keywords:
+                if kw.arg == "force" and not (isinstance(kw.value, ast.Constant) and kw.value.value is False):
+                    lines.append(node.lineno)
+    return lines
+
+
+def test_the_force_check_catches_every_call_form() -> None:
+    planted = ("ds = dcmread(BytesIO(data), force=True)\n"
+               "ds = pydicom.dcmread(\n    io.BytesIO(b), stop_before_pixels=True, force=True)\n"
+               "ds = dcmread(fp, force=flag)\n"
+               "ds = dcmread(fp, force=False)\n")
+    assert forced_reads(planted) == [1, 2, 4]
+
+
 def test_dicom_is_never_read_with_force_true() -> None:
-    offenders = [p.name for p in SERVICE if re.search(r"dcmread\([^)]*force\s*=\s*True", _code(p))]
-    assert offenders == []
+    offenders = {p.relative_to(REPO).as_posix(): lines for p in SERVICE if (lines := forced_reads(p.read_text()))}
+    assert offenders == {}
 
 
 def test_no_pickle_in_the_serving_path() -> None:

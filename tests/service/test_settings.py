@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.quality import QualityRules
+from analysis.quality import QualityRules
 from service.settings import Settings, SettingsError, load_settings
 
 

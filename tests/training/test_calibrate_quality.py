@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from service.quality import QualityRules
+from analysis.quality import QualityRules
 from training.calibrate_quality import COVERAGE_CAP, fit_rules, main, make_samples, score
 
 

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch", reason="training extras (torch) are not ins
 from datasets.readers import DatasetError  # noqa: E402
 from datasets.synthetic.quality import ARTEFACTS, ArtefactPlan, judge  # noqa: E402
 from models.card import ModelCard, verify  # noqa: E402
-from service.quality import REASONS  # noqa: E402
+from analysis.quality import REASONS  # noqa: E402
 from training.__main__ import main  # noqa: E402
 from training.quality_model import (QUALITY_CLASSES, REASON_GROUPS, QualityDataset, QualityItem,  # noqa: E402
                                     load_quality, quality_loss, quality_targets, read_quality_truth)

@@ -36,7 +36,7 @@ def test_tiny_grader_int8_passes_the_gate_and_is_servable(tiny_export: Path, tin
     ops = {n.op_type for n in onnx.load(str(out / card.file)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     # The service's loader accepts the int8 card and runs it (outputs logits + cam).
-    from service.pipeline import Analyzer
+    from analysis.pipeline import Analyzer
 
     analyzer = Analyzer.load(out / "tiny-grader-int8.card.json")
     photo = next(tiny_dataset.rglob("*.jpeg"), None) or next(tiny_dataset.rglob("*.jpg"))

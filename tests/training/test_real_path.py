@@ -67,9 +67,9 @@ def test_real_path_end_to_end(real_dev: Path, tmp_path: Path, monkeypatch: pytes
     from models.card import RESEARCH_USE, ModelCard, recipe_of, verify
     from models.preprocess import CONTRAST
     from models.store import exact_dir, get_exact
-    from service.dicom_out import AI_STATEMENT_RESEARCH, ai_statement
-    from service.pipeline import Analyzer
-    from service.render import CAPTION_RESEARCH, caption_for
+    from analysis.dicom_out import AI_STATEMENT_RESEARCH, ai_statement
+    from analysis.pipeline import Analyzer
+    from analysis.render import CAPTION_RESEARCH, caption_for
     from service.settings import load_settings
     from training.__main__ import main
 

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 
 from service.gateway.worker import default_builder
-from service.pipeline import Analyzer
+from analysis.pipeline import Analyzer
 
 REPO = Path(__file__).resolve().parents[3]
 SR, SC = "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.7"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from service.findings import Findings
+from analysis.findings import Findings
 from service.gateway.analyse import AnalysisFailed, Rejected, ServiceUnavailable
 from service.gateway.forward import ForwardFailed
 from service.gateway.queue import Backoff, DurableQueue

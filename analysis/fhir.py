@@ -3,10 +3,10 @@
 
 Contract
 --------
-:func:`fhir_report` builds the bundle from one :class:`service.findings.Findings`; ``source`` (the analysed
+:func:`fhir_report` builds the bundle from one :class:`analysis.findings.Findings`; ``source`` (the analysed
 DICOM header, or ``None`` for a JPEG/PNG upload) supplies the study and the patient identifier; without one
-the study is the new one :func:`service.dicom_out.build_results` files the SR and SC in. It uses the
-same concepts as the DICOM SR (:mod:`service.dicom_out`, whose docstring says where each code comes from),
+the study is the new one :func:`analysis.dicom_out.build_results` files the SR and SC in. It uses the
+same concepts as the DICOM SR (:mod:`analysis.dicom_out`, whose docstring says where each code comes from),
 written with their FHIR system URIs (SNOMED CT ``http://snomed.info/sct``, LOINC ``http://loinc.org``, DICOM
 ``http://dicom.nema.org/resources/ontology/DCM``, UCUM ``http://unitsofmeasure.org``; Fovea's private scheme
 as ``urn:oid:`` + its UID).
@@ -39,12 +39,12 @@ import highdicom as hd
 import pydicom
 from pydicom.sr.codedict import codes
 
-from service.dicom_out import (
+from analysis.dicom_out import (
     GRADE_CODES, ICDR_SEVERITY, LESION_CODES, LESION_SCORE, OPERATING_POINT, P_REFERABLE, PRIVATE_SCHEME,
     PRIVATE_SCHEME_UID, QUALITY_PROBLEM, QUALITY_REASON_CODES, QUALITY_SCORE, REFERABLE_DR, ai_statement,
     result_uid,
 )
-from service.findings import Findings, ModelRef, model_for
+from analysis.findings import Findings, ModelRef, model_for
 
 SYSTEMS = {
     "SCT": "http://snomed.info/sct",
@@ -96,7 +96,7 @@ def fhir_report(findings: Findings, source: pydicom.Dataset | None = None) -> di
     def urn(role: str) -> str:
         return f"urn:uuid:{uuid.uuid5(_NS, f'{anchor}/{findings.image.frame}/{models_key}/{role}')}"
 
-    # Without a source the results study of service.dicom_out (the SR and SC) is the imaging study.
+    # Without a source the results study of analysis.dicom_out (the SR and SC) is the imaging study.
     study_uid = str(source.StudyInstanceUID) if source is not None else result_uid("study", findings)
     study_ref = {"type": "ImagingStudy",
                  "identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{study_uid}"}}

@@ -1,4 +1,4 @@
-"""service.deid: each Table E.1-1 action class on a dataset with a marker in every PHI attribute; the written
+"""analysis.deid: each Table E.1-1 action class on a dataset with a marker in every PHI attribute; the written
 bytes carry none of the markers, a zeroed preamble and the De-identification Method Code Sequence."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.datadict import dictionary_VR, keyword_dict
 from pydicom.sequence import Sequence
 
-from service.deid import ACTIONS, TYPE1, DeidentificationError, deidentify, resolve, uid_replacement, write
+from analysis.deid import ACTIONS, TYPE1, DeidentificationError, deidentify, resolve, uid_replacement, write
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = b"k" * 32
@@ -179,13 +179,13 @@ def test_cli(tmp_path: Path) -> None:
     src = tmp_path / "in.dcm"
     fundus().save_as(src, enforce_file_format=True)
     out = tmp_path / "out.dcm"
-    r = subprocess.run([sys.executable, "-m", "service.deid", str(src), str(out)], cwd=REPO, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "analysis.deid", str(src), str(out)], cwd=REPO, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     data = out.read_bytes()
     assert data[:128] == b"\x00" * 128 and marker("PatientName").encode() not in data
     bad = tmp_path / "bad.dcm"
     bad.write_bytes(b"not dicom " + marker("PatientName").encode())
-    r = subprocess.run([sys.executable, "-m", "service.deid", str(bad), str(tmp_path / "x.dcm")], cwd=REPO,
+    r = subprocess.run([sys.executable, "-m", "analysis.deid", str(bad), str(tmp_path / "x.dcm")], cwd=REPO,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and marker("PatientName") not in r.stderr

@@ -1,11 +1,11 @@
-"""service.study: per-eye and per-patient outcome rules (the worse eye decides; ungradable never reassures)."""
+"""analysis.study: per-eye and per-patient outcome rules (the worse eye decides; ungradable never reassures)."""
 
 from __future__ import annotations
 
 import pytest
 
-from service.findings import DrGrade, Findings, ImageInfo, ModelRef, Quality, ReferableDr, Saliency
-from service.study import eye_results, patient_result
+from analysis.findings import DrGrade, Findings, ImageInfo, ModelRef, Quality, ReferableDr, Saliency
+from analysis.study import eye_results, patient_result
 
 
 def _f(lat: str | None, grade: int, p_ref: float, *, gradable: bool = True, threshold: float = 0.5) -> Findings:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from service.decode import DecodeLimits
-from service.errors import FoveaError
-from service.pipeline import Analyzer
-from tests.service.test_decode_corpus import CASES
+from analysis.decode import DecodeLimits
+from analysis.errors import FoveaError
+from analysis.pipeline import Analyzer
+from tests.analysis.test_decode_corpus import CASES
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -71,7 +71,7 @@ class Saliency(_Out):
     """Class activation map of ``target_grade`` on the photograph's pixel grid, at ``scale`` original pixels per
     PNG pixel (1.0 = original size; a large photo is analysed, and its maps drawn, at reduced resolution:
     PNG pixel ``(u, v)`` covers original pixels ``[u*scale, (u+1)*scale)``). The maps are at most
-    ``service.render.RENDER_MAX_SIDE`` (1024) pixels on their long side."""
+    ``analysis.render.RENDER_MAX_SIDE`` (1024) pixels on their long side."""
 
     method: str = "CAM from the exported graph (equal to Grad-CAM for a global-average-pool + linear head)"
     target_grade: int

@@ -1,4 +1,4 @@
-"""service.fhir: the FHIR Bundle of real Analyzer findings validates against fhir.resources' R4B models and
+"""analysis.fhir: the FHIR Bundle of real Analyzer findings validates against fhir.resources' R4B models and
 carries every finding, the ImagingStudy reference and the AI-output statement."""
 
 from __future__ import annotations
@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from service.dicom_out import GRADE_CODES, build_results
-from service.fhir import LOINC_GRADE_ANSWERS, SYSTEMS, fhir_report
-from service.findings import Findings
-from service.pipeline import Analyzer
-pytest.register_assert_rewrite("tests.service.results_cases")
-from tests.service.results_cases import header
+from analysis.dicom_out import GRADE_CODES, build_results
+from analysis.fhir import LOINC_GRADE_ANSWERS, SYSTEMS, fhir_report
+from analysis.findings import Findings
+from analysis.pipeline import Analyzer
+pytest.register_assert_rewrite("tests.analysis.results_cases")
+from tests.analysis.results_cases import header
 
 #: The shared fixtures (analyzer, lesion_analyzer, op_dicom, dark_dicom, jpeg_upload, fundus).
-pytest_plugins = ("tests.service.results_cases",)
+pytest_plugins = ("tests.analysis.results_cases",)
 
 R4B = pytest.importorskip("fhir.resources.R4B.bundle", reason="fhir.resources (dev extra) is not installed")
 
@@ -132,7 +132,7 @@ def test_identities_are_deterministic(analyzer: Analyzer, op_dicom: bytes) -> No
 
 
 def test_research_grader_conclusion_states_research_use(research_analyzer: Analyzer, op_dicom: bytes) -> None:
-    from service.dicom_out import AI_STATEMENT_RESEARCH
+    from analysis.dicom_out import AI_STATEMENT_RESEARCH
     from tests.conftest import TINY_RESEARCH_TERMS
 
     f = research_analyzer.analyze(op_dicom)

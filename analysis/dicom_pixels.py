@@ -1,6 +1,6 @@
-"""DICOM pixel decoding for :mod:`service.decode`: decoded frames -> RGB uint8, and the GDCM sandbox.
+"""DICOM pixel decoding for :mod:`analysis.decode`: decoded frames -> RGB uint8, and the GDCM sandbox.
 
-Not a public API: :mod:`service.decode` validates the dataset (SOP class, transfer syntax, Image Pixel module,
+Not a public API: :mod:`analysis.decode` validates the dataset (SOP class, transfer syntax, Image Pixel module,
 limits, codestream headers) and then calls :func:`decode_jpeg_colour_frames` (colour 8-bit JPEG, Pillow,
 optionally at reduced resolution), :func:`decode_frames` (pydicom, in process) or
 :func:`decode_frames_isolated` (pydicom + GDCM, in a child process).
@@ -38,7 +38,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, apply_windowing, get_decoder
 
-from service.errors import FoveaError, UnreadableImage, UnsupportedDicom
+from analysis.errors import FoveaError, UnreadableImage, UnsupportedDicom
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ ISOLATED_PLUGINS: Final = frozenset({"gdcm"})
 
 @dataclass(frozen=True)
 class PixelHeader:
-    """The validated Image Pixel module of a dataset (as checked by :mod:`service.decode`)."""
+    """The validated Image Pixel module of a dataset (as checked by :mod:`analysis.decode`)."""
 
     transfer_syntax: str
     rows: int
@@ -64,7 +64,7 @@ class PixelHeader:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Array helpers (also used by service.decode for JPEG / PNG)
+# Array helpers (also used by analysis.decode for JPEG / PNG)
 # ------------------------------------------------------------------------------------------------------------
 
 
@@ -267,7 +267,7 @@ def _window_output_range(ds: Dataset, header: PixelHeader) -> tuple[float, float
 # ------------------------------------------------------------------------------------------------------------
 
 
-_PACKAGE: Final = __name__.rpartition(".")[0] or "service"
+_PACKAGE: Final = __name__.rpartition(".")[0] or "analysis"
 # The child imports this module WITHOUT running the package's __init__ (which may import the whole service):
 # it registers a bare package object pointing at this directory, then imports <package>.dicom_pixels.
 _BOOTSTRAP: Final = (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.findings import ModelRef, model_for
+from analysis.findings import ModelRef, model_for
 
 
 def _ref(name: str, task: str | None) -> ModelRef:

@@ -11,8 +11,8 @@ exactly three formats, recognised by magic bytes (never by file name or declared
 * PNG (``89 50 4E 47 0D 0A 1A 0A``).
 
 For ANY input bytes, :func:`decode` either returns a non-empty list or raises a
-:class:`~service.errors.FoveaError` subclass; no other exception escapes (unexpected decoder exceptions are
-wrapped into :class:`~service.errors.UnreadableImage`, chained with ``from`` so the server log keeps the
+:class:`~analysis.errors.FoveaError` subclass; no other exception escapes (unexpected decoder exceptions are
+wrapped into :class:`~analysis.errors.UnreadableImage`, chained with ``from`` so the server log keeps the
 cause):
 
 =====================================================================  ===================================
@@ -70,9 +70,9 @@ Colour handling
 * DICOM: pixels are decoded by pydicom 3 (``Decoder.iter_array``) with only permissively licensed backends:
   pydicom's own native / RLE decoders and Pillow (libjpeg-turbo / OpenJPEG) in process; GDCM (JPEG lossless,
   JPEG-LS, and fallback for JPEG / JPEG 2000 that Pillow refuses) ONLY in a child process, because GDCM aborts
-  or segfaults the interpreter on some corrupt codestreams (see :mod:`service.dicom_pixels`). pylibjpeg (GPL
+  or segfaults the interpreter on some corrupt codestreams (see :mod:`analysis.dicom_pixels`). pylibjpeg (GPL
   libjpeg) is never used even if installed. Colour 8-bit JPEG baseline / extended frames (the common fundus
-  camera output) are decoded by Pillow directly (:func:`service.dicom_pixels.decode_jpeg_colour_frames`,
+  camera output) are decoded by Pillow directly (:func:`analysis.dicom_pixels.decode_jpeg_colour_frames`,
   with pydicom's colour rules, YBR -> RGB by OpenCV: ~3x faster than pydicom's numpy conversion), which is
   also what allows reduced-resolution decoding; the pydicom path is the fallback. YBR_FULL / YBR_FULL_422 are
   converted to RGB exactly once; YBR_ICT / YBR_RCT (JPEG 2000) come back as RGB from the backends; PALETTE
@@ -124,7 +124,7 @@ from pydicom.filereader import read_dataset, read_preamble
 from pydicom.pixels import get_decoder
 from pydicom.tag import BaseTag
 
-from service.dicom_pixels import (
+from analysis.dicom_pixels import (
     IN_PROCESS_PLUGINS,
     PixelHeader,
     decode_frames,
@@ -133,7 +133,7 @@ from service.dicom_pixels import (
     finish_rgb,
     scale_uint_to_u8,
 )
-from service.errors import (
+from analysis.errors import (
     FoveaError,
     ImageTooSmall,
     PayloadTooLarge,
@@ -167,14 +167,14 @@ class DecodeLimits:
 
     ``max_bytes``: size of the upload. ``max_pixels``: ``width * height`` of one frame, checked from the
     header before any pixel is decoded. ``min_side``: the shorter side of an image (from the header) must be
-    at least this many pixels (smaller is :class:`~service.errors.ImageTooSmall`: far below any grader's
+    at least this many pixels (smaller is :class:`~analysis.errors.ImageTooSmall`: far below any grader's
     input, and no fundus camera's output). ``max_frames`` and ``max_total_pixels``: a multi-frame DICOM is
     analysed on its first frames only, as many as both limits allow (at least one; not an error,
     :attr:`DecodedImage.notes` says so); ``max_total_pixels`` bounds the memory of one call to about
     ``3 * max_total_pixels`` bytes of output whatever the frame size. ``max_inflated_bytes``: a DICOM file in
     the Deflated Explicit VR Little Endian transfer syntax may not inflate to more than this (zip-bomb guard).
     ``isolated_decode_timeout_s``: wall-clock limit for the child process that runs GDCM (see
-    :mod:`service.dicom_pixels`); past it the child is killed and the upload is ``UnreadableImage``.
+    :mod:`analysis.dicom_pixels`); past it the child is killed and the upload is ``UnreadableImage``.
     ``max_sequence_depth``: sequences (SQ) nested deeper than this are ``UnreadableImage`` (fundus
     photographs nest code sequences 2-4 deep; pydicom parses, copies and writes nested sequences
     recursively). ``max_decoded_bytes``: the decoder's working memory for the frames to decode, estimated
@@ -251,7 +251,7 @@ ACCEPTED_PHOTOMETRIC_INTERPRETATIONS: Final[frozenset[str]] = frozenset(
 _SUPPORTED_FORMATS_HINT: Final = "send a DICOM Part 10 file, JPEG or PNG"
 
 # Decoding plugins allowed per encapsulated transfer syntax, in order of preference. Pillow runs in process
-# and is ~2-3x faster than GDCM on JPEG baseline; GDCM runs in a child process (service.dicom_pixels), so it
+# and is ~2-3x faster than GDCM on JPEG baseline; GDCM runs in a child process (analysis.dicom_pixels), so it
 # is the fallback (it reads some JPEG 2000 files Pillow/OpenJPEG refuses) or the only choice (JPEG lossless,
 # JPEG-LS). Never "pylibjpeg" (its libjpeg backend is GPL). Native (uncompressed) syntaxes use pydicom itself:
 # plugin "".
@@ -312,7 +312,7 @@ def sniff(data: bytes) -> str:
     """Return ``"dicom"``, ``"jpeg"`` or ``"png"`` from the magic bytes of ``data``.
 
     DICOM means Part 10 only: a 128-byte preamble followed by ``b"DICM"``. Raises
-    :class:`~service.errors.UnsupportedMediaType` for anything else, including empty bytes; a few common
+    :class:`~analysis.errors.UnsupportedMediaType` for anything else, including empty bytes; a few common
     image formats we do not accept (GIF, TIFF, BMP, WebP) are named in the message.
     """
     if not data:
@@ -344,7 +344,7 @@ def decode(
 ) -> list[DecodedImage]:
     """Decode one upload into RGB frames (one :class:`DecodedImage` per analysed frame, never empty).
 
-    Raises only :class:`~service.errors.FoveaError` subclasses for bad bytes (see the module docstring for
+    Raises only :class:`~analysis.errors.FoveaError` subclasses for bad bytes (see the module docstring for
     which one when); size limits are enforced before any pixel is decoded. ``target``: the smallest short
     side the caller needs (e.g. the model input size); a JPEG at least twice as large on its short side is
     decoded at reduced resolution (see the module docstring and :attr:`DecodedImage.scale`). ``None`` (the
@@ -386,8 +386,8 @@ def read_dicom_header(data: bytes, *, limits: DecodeLimits = DecodeLimits()) -> 
     decodes a pixel (size, Part 10 magic, file meta, SOP class, Pixel Data present, transfer syntax, Image
     Pixel module, encapsulated frame sizes); pixel data stays encoded. For receivers (STOW-RS, C-STORE) that
     accept or refuse an instance up front and analyse it later. Raises the same
-    :class:`~service.errors.FoveaError` subclasses as :func:`decode`; JPEG/PNG bytes are
-    :class:`~service.errors.UnsupportedMediaType` here (a DICOM instance is expected)."""
+    :class:`~analysis.errors.FoveaError` subclasses as :func:`decode`; JPEG/PNG bytes are
+    :class:`~analysis.errors.UnsupportedMediaType` here (a DICOM instance is expected)."""
     if not isinstance(data, bytes):
         data = bytes(data)
     if len(data) > limits.max_bytes:
@@ -1130,7 +1130,7 @@ def _check_encapsulated_frames(ds: Dataset, header: PixelHeader, count: int, lim
 
 def decoded_bytes_per_frame(header: PixelHeader) -> int:
     """Working memory to decode one frame, from the header: the stored samples (``BitsAllocated``), the RGB
-    uint8 output, and for monochrome the float64 modality / VOI intermediate (:mod:`service.dicom_pixels`)."""
+    uint8 output, and for monochrome the float64 modality / VOI intermediate (:mod:`analysis.dicom_pixels`)."""
     pixels = header.rows * header.columns
     stored = pixels * header.samples_per_pixel * max(1, header.bits_allocated // 8)
     intermediate = pixels * 8 if header.photometric_interpretation.startswith("MONOCHROME") else 0
@@ -1192,7 +1192,7 @@ def _decode_dicom(data: bytes, limits: DecodeLimits, target: int | None) -> list
 
 
 def _pillow_jpeg_colour(header: PixelHeader) -> bool:
-    """True for frames :func:`~service.dicom_pixels.decode_jpeg_colour_frames` handles: colour 8-bit JPEG
+    """True for frames :func:`~analysis.dicom_pixels.decode_jpeg_colour_frames` handles: colour 8-bit JPEG
     baseline / extended with a colour model pydicom's Pillow plugin handles, when Pillow is allowed."""
     return (
         header.transfer_syntax in (dcm_uid.JPEGBaseline8Bit, dcm_uid.JPEGExtended12Bit)
@@ -1211,7 +1211,7 @@ def _decode_dicom_frames(
 
     Colour 8-bit JPEG goes to Pillow directly (fast, and at reduced resolution for a ``target``); everything
     else, and any frame Pillow fails on, through pydicom trying each allowed plugin in turn at full size;
-    GDCM only in a child process (see :mod:`service.dicom_pixels`)."""
+    GDCM only in a child process (see :mod:`analysis.dicom_pixels`)."""
     failures: list[str] = []
     last_exc: Exception | None = None
     if _pillow_jpeg_colour(header):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from service.findings import EyeResult, Findings, PatientResult
+from analysis.findings import EyeResult, Findings, PatientResult
 
 _EYES: tuple[Literal["L", "R"], ...] = ("R", "L")
 _EYE_NAMES = {"R": "right eye", "L": "left eye", "unknown": "image(s) without laterality"}

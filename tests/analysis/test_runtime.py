@@ -1,10 +1,10 @@
-"""service.runtime: execution-provider choice."""
+"""analysis.runtime: execution-provider choice."""
 
 from __future__ import annotations
 
 import pytest
 
-from service.runtime import choose_providers
+from analysis.runtime import choose_providers
 
 
 def test_cuda_first_when_present() -> None:

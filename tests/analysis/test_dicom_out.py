@@ -1,4 +1,4 @@
-"""service.dicom_out: SR (TID 1500) and SC built from the real Analyzer's findings, written as Part-10 files,
+"""analysis.dicom_out: SR (TID 1500) and SC built from the real Analyzer's findings, written as Part-10 files,
 read back with pydicom/highdicom, and checked by dcmtk's dsrdump and dicom3tools' dciodvfy."""
 
 from __future__ import annotations
@@ -15,18 +15,18 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
-from service.dicom_out import (
+from analysis.dicom_out import (
     AI_STATEMENT_RESEARCH, AI_STATEMENT_SYNTHETIC, GRADE_CODES, ICDR_SEVERITY, LESION_CODES, LESION_SCORE, PRIVATE_SCHEME,
     PRIVATE_SCHEME_UID, QUALITY_PROBLEM, QUALITY_REASON_CODES, QUALITY_SCORE, REFERABLE_DR, SC_SERIES_NUMBER,
     SR_SERIES_NUMBER, DicomResults, build_results,
 )
-from service.findings import Findings
-from service.pipeline import Analyzer
-pytest.register_assert_rewrite("tests.service.results_cases")
-from tests.service.results_cases import header
+from analysis.findings import Findings
+from analysis.pipeline import Analyzer
+pytest.register_assert_rewrite("tests.analysis.results_cases")
+from tests.analysis.results_cases import header
 
 #: The shared fixtures (analyzer, lesion_analyzer, op_dicom, dark_dicom, jpeg_upload, fundus).
-pytest_plugins = ("tests.service.results_cases",)
+pytest_plugins = ("tests.analysis.results_cases",)
 
 
 def _write(results: DicomResults, tmp: Path) -> tuple[Path, Path]:

@@ -1,4 +1,4 @@
-"""service.quality: the classic gate keeps real photographs gradable and names what spoils a bad one."""
+"""analysis.quality: the classic gate keeps real photographs gradable and names what spoils a bad one."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from datasets.synthetic import quality as artefacts
 from datasets.synthetic.fundus import render_fundus
 from models.preprocess import locate_field
-from service.quality import REASONS, QualityMeasures, QualityRules, assess, measure
+from analysis.quality import REASONS, QualityMeasures, QualityRules, assess, measure
 
 
 def _rgb(path: Path) -> np.ndarray:
@@ -72,7 +72,7 @@ def test_rules_and_reason_order() -> None:
 
 
 def test_histogram_median_equals_numpy_median() -> None:
-    from service.quality import _median_u8
+    from analysis.quality import _median_u8
 
     rng = np.random.default_rng(5)
     for n in (1, 2, 3, 10, 1001, 150_000):

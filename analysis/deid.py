@@ -61,8 +61,8 @@ from pydicom.tag import Tag
 from pydicom.uid import UID_dictionary
 
 KEY_ENV: Final = "FOVEA_DEID_KEY"
-METHOD: Final = "PS3.15 E.1-1 Basic Profile (Fovea service.deid)"  # LO: <= 64 characters with the suffix
-MAX_DEPTH: Final = 16  # as service.decode.DecodeLimits.max_sequence_depth
+METHOD: Final = "PS3.15 E.1-1 Basic Profile (Fovea analysis.deid)"  # LO: <= 64 characters with the suffix
+MAX_DEPTH: Final = 16  # as analysis.decode.DecodeLimits.max_sequence_depth
 
 #: Table E.1-1 Basic Profile actions for the attributes of fundus photographs (Ophthalmic Photography and VL
 #: Photographic IODs: Patient, General Study, Patient Study, General Series, General Equipment, Acquisition,
@@ -343,7 +343,7 @@ def write(ds: Dataset, path: Path | io.BytesIO) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m service.deid", description="De-identify a DICOM file (PS3.15 "
+    p = argparse.ArgumentParser(prog="python -m analysis.deid", description="De-identify a DICOM file (PS3.15 "
                                 "Annex E Basic Profile); the preamble of OUT is zeroed.")
     p.add_argument("input", type=Path, metavar="IN")
     p.add_argument("output", type=Path, metavar="OUT")

@@ -1,4 +1,4 @@
-"""service.render: heatmap placement on the original grid, overlay, caption, PNG encoding."""
+"""analysis.render: heatmap placement on the original grid, overlay, caption, PNG encoding."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from models.preprocess import FundusTransform
-from service.render import CAPTION, cam_to_heatmap, overlay, png_base64
+from analysis.render import CAPTION, cam_to_heatmap, overlay, png_base64
 
 
 def test_heatmap_lands_where_the_cam_peaks() -> None:
@@ -56,7 +56,7 @@ def test_png_base64_round_trip() -> None:
 
 
 def test_lesion_boxes_and_legend_are_drawn() -> None:
-    from service.render import LESION_STYLE, draw_lesions
+    from analysis.render import LESION_STYLE, draw_lesions
 
     img = np.zeros((400, 600, 3), np.uint8)
     draw_lesions(img, [("haemorrhage", 0.9, (200.0, 200.0, 300.0, 260.0)),
@@ -71,7 +71,7 @@ def test_lesion_boxes_and_legend_are_drawn() -> None:
 
 
 def test_render_factor_caps_the_long_side() -> None:
-    from service.render import RENDER_MAX_SIDE, render_factor
+    from analysis.render import RENDER_MAX_SIDE, render_factor
 
     assert RENDER_MAX_SIDE == 1024
     assert render_factor(648, 972) == 1 and render_factor(1024, 1024) == 1
@@ -80,7 +80,7 @@ def test_render_factor_caps_the_long_side() -> None:
 
 
 def test_reduce_by_is_the_exact_block_mean() -> None:
-    from service.render import reduce_by
+    from analysis.render import reduce_by
 
     img = (np.random.default_rng(1).random((7, 10, 3)) * 255).astype(np.uint8)
     assert reduce_by(img, 1) is img
@@ -92,7 +92,7 @@ def test_reduce_by_is_the_exact_block_mean() -> None:
 
 
 def test_coarser_transform_draws_the_same_heatmap_on_the_coarse_grid() -> None:
-    from service.render import coarser, reduce_by
+    from analysis.render import coarser, reduce_by
 
     t = FundusTransform(x0=-20.0, y0=35.0, scale=3.5, size=64, original_width=301, original_height=250)
     cam = np.random.default_rng(2).random((8, 8)).astype(np.float32)
@@ -106,7 +106,7 @@ def test_coarser_transform_draws_the_same_heatmap_on_the_coarse_grid() -> None:
 
 def test_caption_follows_the_cards_intended_use() -> None:
     from models.card import RESEARCH_WARNING, SYNTHETIC_WARNING, intended_use_for
-    from service.render import CAPTION_REAL, CAPTION_RESEARCH, caption_for_use
+    from analysis.render import CAPTION_REAL, CAPTION_RESEARCH, caption_for_use
 
     real = intended_use_for(False, data="EyePACS photographs", terms="non-commercial research use only")
     assert caption_for_use(real) == CAPTION_RESEARCH and "not for clinical use" in CAPTION_RESEARCH

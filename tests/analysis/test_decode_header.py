@@ -1,4 +1,4 @@
-"""service.decode.read_dicom_header: the up-front checks a receiver (STOW-RS) makes, without decoding pixels."""
+"""analysis.decode.read_dicom_header: the up-front checks a receiver (STOW-RS) makes, without decoding pixels."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pydicom
 import pytest
 
 from datasets.synthetic.dicom import write_op_dicom
-from service.decode import DecodeLimits, read_dicom_header
-from service.errors import ImageTooSmall, PayloadTooLarge, UnreadableImage, UnsupportedDicom, UnsupportedMediaType
+from analysis.decode import DecodeLimits, read_dicom_header
+from analysis.errors import ImageTooSmall, PayloadTooLarge, UnreadableImage, UnsupportedDicom, UnsupportedMediaType
 
 
 @pytest.fixture(scope="module")

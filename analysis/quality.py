@@ -34,7 +34,7 @@ pixels, dark surround, uneven light) and a small enhanced copy are judged on the
 The default thresholds were calibrated by ``python -m training.calibrate_quality`` on synthetic photographs
 with known artefacts (``datasets.synthetic.quality``), with the sharpness floor real graders use, and keep real
 photographs gradable (scikit-image's ``retina.jpg``, raw DRIVE photographs, EyeQ "Good" EyePACS copies);
-``tests/service/test_quality.py`` and ``tests/service/test_quality_real.py`` re-check them. Known limit: heavy JPEG
+``tests/analysis/test_quality.py`` and ``tests/service/test_quality_real.py`` re-check them. Known limit: heavy JPEG
 compression is caught only when it also removes fine detail (recall ~0.36 on the synthetic set). A trained
 image-quality model, when one is loaded, refines this gate; these measures still give the reasons.
 """

@@ -2,7 +2,7 @@
 
 Contract
 --------
-:func:`build_results` turns one :class:`service.findings.Findings` (one image, one frame) into
+:func:`build_results` turns one :class:`analysis.findings.Findings` (one image, one frame) into
 :class:`DicomResults`: ``sr`` and ``sc``, two ``pydicom.Dataset`` ready for ``save_as(...,
 enforce_file_format=True)``, C-STORE or STOW-RS. It does not decode the source pixels (a header-only
 ``source`` is enough) and decodes the overlay PNG once (OpenCV).
@@ -111,7 +111,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from models.card import statement_kind
-from service.findings import Findings, LesionFinding, ModelRef, model_for
+from analysis.findings import Findings, LesionFinding, ModelRef, model_for
 
 #: The private coding scheme of Fovea's own concepts (declared in every SR).
 PRIVATE_SCHEME = "99FOVEA"

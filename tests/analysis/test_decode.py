@@ -1,4 +1,4 @@
-"""Tests for service.decode: sniffing, JPEG/PNG/DICOM decoding, limits and the typed-error contract.
+"""Tests for analysis.decode: sniffing, JPEG/PNG/DICOM decoding, limits and the typed-error contract.
 
 pydicom's bundled test files are opened by PATH from the installed wheel, never through
 ``pydicom.data.get_testdata_file`` (which downloads missing files and hangs offline).
@@ -24,11 +24,11 @@ from pydicom import uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 
-import service.decode as decode_module
-from service import dicom_pixels
-from service.decode import FUNDUS_SOP_CLASSES, DecodedImage, DecodeLimits, decode, jpeg_reduction, sniff
-from service.dicom_pixels import PixelHeader, decode_frames_isolated
-from service.errors import (
+import analysis.decode as decode_module
+from analysis import dicom_pixels
+from analysis.decode import FUNDUS_SOP_CLASSES, DecodedImage, DecodeLimits, decode, jpeg_reduction, sniff
+from analysis.dicom_pixels import PixelHeader, decode_frames_isolated
+from analysis.errors import (
     FoveaError,
     ImageTooSmall,
     PayloadTooLarge,
@@ -1047,7 +1047,7 @@ def test_sequence_depth_counts_levels() -> None:
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
-    from service.decode import sequence_depth
+    from analysis.decode import sequence_depth
 
     ds = Dataset()
     assert sequence_depth(ds) == 0
@@ -1058,7 +1058,7 @@ def test_sequence_depth_counts_levels() -> None:
 
 
 def test_decoding_memory_budget_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
-    import service.decode as dec
+    import analysis.decode as dec
 
     data = _save(_dicom(_quadrants()))
     calls: list[int] = []
@@ -1074,7 +1074,7 @@ def test_decoding_memory_budget_is_checked_before_decoding(monkeypatch: pytest.M
 def test_png_decompression_bomb_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     import zlib
 
-    import service.decode as dec
+    import analysis.decode as dec
 
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
@@ -1095,7 +1095,7 @@ def test_png_decompression_bomb_is_refused_before_decoding(monkeypatch: pytest.M
 def test_inflated_size_stops_past_the_limit() -> None:
     import zlib
 
-    from service.decode import inflated_size
+    from analysis.decode import inflated_size
 
     stream = zlib.compress(b"\x00" * (50 << 20), 9)
     assert inflated_size(stream, 10 << 20, wbits=15) <= (11 << 20)
@@ -1109,7 +1109,7 @@ def test_an_unknown_vr_is_unreadable_without_a_warning(caplog: pytest.LogCapture
     at = data.find(b"\x20\x00\x62\x00CS")
     assert at > 0
     data[at + 4 : at + 6] = b"BS"
-    with caplog.at_level(logging.WARNING, logger="service.decode"):
+    with caplog.at_level(logging.WARNING, logger="analysis.decode"):
         with pytest.raises(UnreadableImage, match="unknown value representation"):
             decode(bytes(data))
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

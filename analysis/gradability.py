@@ -1,8 +1,8 @@
 """The gradability decision when an image-quality model is installed: the model and the classic measures
-(:mod:`service.quality`) vote, and the classic measures guard what the model has never seen.
+(:mod:`analysis.quality`) vote, and the classic measures guard what the model has never seen.
 
 Contract of the model (its card, task ``image-quality``): one output ``probabilities`` ``(N, len(classes))``,
-``classes`` = ``gradable`` then reason groups named as :data:`service.quality.REASONS`; operating point
+``classes`` = ``gradable`` then reason groups named as :data:`analysis.quality.REASONS`; operating point
 ``gradable`` (the model alone calls a photograph gradable iff ``p_gradable >= threshold``, chosen on validation;
 the card says how).
 
@@ -24,7 +24,7 @@ Rules (:func:`combine`):
   :data:`NO_FIELD_COVERAGE`: black frames, a document, a face) is ungradable with reason ``field`` whatever
   the model says, with score 0.
 - ``reasons`` of an ungradable photograph: the model's reason groups whose probability is at least
-  :data:`REASON_THRESHOLD` together with the classic gate's reasons, in :data:`service.quality.REASONS` order;
+  :data:`REASON_THRESHOLD` together with the classic gate's reasons, in :data:`analysis.quality.REASONS` order;
   when there are none, the model's most probable one (an ungradable verdict always says why).
 - ``measures`` holds the classic measures, ``p_<class>`` for each model output, and both methods' scores.
 """
@@ -36,8 +36,8 @@ import math
 import numpy as np
 
 from models.card import CardError, ModelCard
-from service.findings import Quality
-from service.quality import REASONS, QualityVerdict
+from analysis.findings import Quality
+from analysis.quality import REASONS, QualityVerdict
 
 #: A classic score at least this (every measure at least ~22 % clear of its threshold) is gradable whatever the
 #: model says (see the module docstring).

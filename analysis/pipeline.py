@@ -19,22 +19,22 @@ from models.detection import decode as decode_lesions
 from models.grading import is_referable, referable_probability, softmax
 from models.preprocess import locate_field, preprocess
 from models.store import load_verified
-from service.decode import DecodedImage, DecodeLimits, decode
-from service.errors import FoveaError
-from service.gradability import check_quality_card, combine
-from service.findings import (
+from analysis.decode import DecodedImage, DecodeLimits, decode
+from analysis.errors import FoveaError
+from analysis.gradability import check_quality_card, combine
+from analysis.findings import (
     DrGrade, Findings, ImageInfo, LesionFinding, ModelRef, Quality, ReferableDr, Saliency, StudyFindings,
 )
-from service.quality import ANALYSIS_SIZE, QualityRules, assess, measure
-from service.render import (
+from analysis.quality import ANALYSIS_SIZE, QualityRules, assess, measure
+from analysis.render import (
     caption_for, cam_to_heatmap, coarser, draw_lesions, heat_to_u8, overlay, png_base64, reduce_by, render_factor,
 )
-from service.runtime import OnnxModel
-from service.study import eye_results, patient_result
+from analysis.runtime import OnnxModel
+from analysis.study import eye_results, patient_result
 
 #: Frames of one multi-frame upload analysed, each as an image (the rest are listed in a note).
 DEFAULT_MAX_FRAMES = 8
-QUALITY_METHOD = "classic measures (service.quality)"
+QUALITY_METHOD = "classic measures (analysis.quality)"
 
 
 def saliency_target(grade: int, probs: np.ndarray) -> int:
@@ -69,7 +69,7 @@ class Analyzer:
     #: The lesion detector (a local session), when one is installed; its boxes join the findings and the overlay.
     detector: OnnxModel | None = None
     #: The image-quality model (a local session), when one is installed: it decides gradability
-    #: (:mod:`service.gradability`); without it the classic measures do.
+    #: (:mod:`analysis.gradability`); without it the classic measures do.
     quality_model: OnnxModel | None = None
 
     @property
@@ -117,7 +117,7 @@ class Analyzer:
                    referable_threshold=referable_threshold, detector=det, quality_model=qual)
 
     def analyze(self, data: bytes, *, request_id: str | None = None, laterality: str | None = None) -> Findings:
-        """Analyse one upload (every frame, up to the decode limit); raises :class:`service.errors.FoveaError`
+        """Analyse one upload (every frame, up to the decode limit); raises :class:`analysis.errors.FoveaError`
         subclasses for bad input. ``laterality`` ("L"/"R", e.g. from a form field) is used when the file
         itself does not say; the file's own value wins."""
         request_id = request_id or uuid.uuid4().hex

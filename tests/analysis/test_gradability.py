@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from models.card import CardError, InputSpec, ModelCard, OperatingPoint, PreprocessingSpec, TrainingProvenance
-from service.gradability import CLASSIC_CLEAR, NO_FIELD_COVERAGE, check_quality_card, combine
-from service.quality import QualityMeasures, QualityRules, QualityVerdict
+from analysis.gradability import CLASSIC_CLEAR, NO_FIELD_COVERAGE, check_quality_card, combine
+from analysis.quality import QualityMeasures, QualityRules, QualityVerdict
 
 CLASSES = ("gradable", "field", "underexposed", "overexposed", "blur", "haze", "uneven")
 
@@ -98,7 +98,7 @@ def test_cards_that_are_not_quality_models_are_refused() -> None:
 @pytest.mark.slow
 def test_pipeline_uses_the_installed_quality_model(tiny_export: Path, tiny_quality_run: tuple[Path, Path],
                                                   retina_path: Path) -> None:
-    from service.pipeline import Analyzer
+    from analysis.pipeline import Analyzer
 
     _, q_export = tiny_quality_run
     analyzer = Analyzer.load(tiny_export / "tiny-grader.card.json", quality=q_export / "tiny-quality.card.json")

@@ -1,4 +1,4 @@
-"""service.pipeline: one analysis on real files (JPEG, PNG, DICOM) with a tiny exported grader."""
+"""analysis.pipeline: one analysis on real files (JPEG, PNG, DICOM) with a tiny exported grader."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from service.errors import FoveaError, UnsupportedMediaType
+from analysis.errors import FoveaError, UnsupportedMediaType
 from models.grading import softmax
-from service.decode import DecodeLimits
+from analysis.decode import DecodeLimits
 from models.card import ModelCard
-from service.pipeline import Analyzer, saliency_target
+from analysis.pipeline import Analyzer, saliency_target
 
 
 @pytest.fixture(scope="module")
@@ -178,9 +178,9 @@ def test_a_contrast_recipe_grader_gets_its_recipe_and_the_overlay_stays_on_the_p
     the disc crop; the overlay is still the photograph (where the heatmap is empty, its pixels are the
     photograph's, not the model's grey-surround view); the findings carry the card's research statement."""
     from models.preprocess import CONTRAST, DISC_CROP, locate_field, preprocess
-    from service.decode import decode
-    from service.quality import ANALYSIS_SIZE
-    from service.render import CAPTION_RESEARCH, caption_for
+    from analysis.decode import decode
+    from analysis.quality import ANALYSIS_SIZE
+    from analysis.render import CAPTION_RESEARCH, caption_for
     from tests.conftest import TINY_RESEARCH_TERMS
 
     a = Analyzer.load(tiny_research_export / "tiny-research.card.json")

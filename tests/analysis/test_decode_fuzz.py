@@ -1,5 +1,5 @@
-"""Fixed-seed Hypothesis fuzzing of service.decode.decode: for mutated JPEG / PNG / DICOM seeds only
-service.errors.FoveaError subclasses escape (the longer run is ``python -m bench.fuzz``)."""
+"""Fixed-seed Hypothesis fuzzing of analysis.decode.decode: for mutated JPEG / PNG / DICOM seeds only
+analysis.errors.FoveaError subclasses escape (the longer run is ``python -m bench.fuzz``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.fuzz import MUTATORS, seeds
-from service.decode import DecodeLimits, decode
-from service.errors import FoveaError
+from analysis.decode import DecodeLimits, decode
+from analysis.errors import FoveaError
 
 SEEDS = seeds()
 POOL = list(SEEDS.values())

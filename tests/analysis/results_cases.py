@@ -1,4 +1,4 @@
-"""Shared inputs of the DICOM/FHIR results tests (tests/service/test_dicom_out.py, test_fhir.py): findings
+"""Shared inputs of the DICOM/FHIR results tests (tests/analysis/test_dicom_out.py, test_fhir.py): findings
 from the real Analyzer on a synthetic OP DICOM (gradable, with lesions, ungradable) and on a JPEG upload."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from datasets.synthetic.dicom import write_op_dicom
 from datasets.synthetic.fundus import render_fundus
-from service.pipeline import Analyzer
+from analysis.pipeline import Analyzer
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""service.decode over real DICOM test corpora: every file gives RGB frames or a clean, typed 4xx.
+"""analysis.decode over real DICOM test corpora: every file gives RGB frames or a clean, typed 4xx.
 
 The corpora are the files that ship on disk with three packages (the ``dev`` extra installs them):
 
@@ -25,8 +25,8 @@ import pydicom
 import pytest
 from pydicom import uid
 
-from service.decode import FUNDUS_SOP_CLASSES, DecodedImage, DecodeLimits, decode
-from service.errors import (
+from analysis.decode import FUNDUS_SOP_CLASSES, DecodedImage, DecodeLimits, decode
+from analysis.errors import (
     FoveaError,
     ImageTooSmall,
     PayloadTooLarge,
