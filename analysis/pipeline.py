@@ -221,10 +221,10 @@ class Analyzer:
                             sop_instance_uid=img.sop_instance_uid, study_instance_uid=img.study_instance_uid),
             quality=quality,
             dr_grade=DrGrade(grade=grade, label=card.classes[grade], probabilities=[float(p) for p in probs]),
-            referable_dr=self._referable(card, probs, quality),
+            referable_dr=self._referable(probs, quality),
             lesions=lesions,
             saliency=saliency,
-            models=self._model_refs(),
+            models=self.model_refs(),
             timing_ms=timing,
         )
 
@@ -254,29 +254,32 @@ class Analyzer:
                              f"terms: {terms}.")
         return " ".join(parts)
 
-    def _model_refs(self) -> list[ModelRef]:
-        card = self.grader_card
-        refs = [ModelRef(name=card.name, version=card.version, sha256=card.sha256, provider=self.provider_name,
-                         task=card.task)]
-        if self.detector is not None:
-            d = self.detector.card
-            refs.append(ModelRef(name=d.name, version=d.version, sha256=d.sha256, provider=self.detector.provider,
-                                 task=d.task))
-        if self.quality_model is not None:
-            q = self.quality_model.card
-            refs.append(ModelRef(name=q.name, version=q.version, sha256=q.sha256,
-                                 provider=self.quality_model.provider, task=q.task))
-        return refs
+    def served(self) -> list[tuple[ModelCard, str]]:
+        """Every served model's verified card and execution provider: the grader, then the detector and the
+        image-quality model when installed."""
+        served = [(self.grader_card, self.provider_name)]
+        served += [(m.card, m.provider) for m in (self.detector, self.quality_model) if m is not None]
+        return served
 
-    def _referable(self, card: ModelCard, probs: np.ndarray, quality: Quality) -> ReferableDr | None:
-        """Referable DR at the site's or the card's operating point; ``value`` null when ungradable."""
-        op = card.operating_point("referable_dr")
+    def model_refs(self) -> list[ModelRef]:
+        """What each result records of the models that made it (name, version, sha256, provider, task)."""
+        return [ModelRef(name=card.name, version=card.version, sha256=card.sha256, provider=provider, task=card.task)
+                for card, provider in self.served()]
+
+    def referable_operating_point(self) -> tuple[float, str] | None:
+        """The referable-DR threshold in force and where it comes from (``"site configuration"`` or ``"model
+        card"``); ``None`` when neither sets one."""
         if self.referable_threshold is not None:
-            threshold, source = self.referable_threshold, "site configuration"
-        elif op is not None:
-            threshold, source = op.threshold, "model card"
-        else:
+            return self.referable_threshold, "site configuration"
+        op = self.grader_card.operating_point("referable_dr")
+        return (op.threshold, "model card") if op is not None else None
+
+    def _referable(self, probs: np.ndarray, quality: Quality) -> ReferableDr | None:
+        """Referable DR at the site's or the card's operating point; ``value`` null when ungradable."""
+        point = self.referable_operating_point()
+        if point is None:
             return None
+        threshold, source = point
         p_ref = float(referable_probability(probs))
         if not quality.gradable:
             return ReferableDr(value=None, probability=p_ref, operating_point=threshold,

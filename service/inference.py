@@ -15,18 +15,21 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 import bentoml
 import numpy as np
 
-from models.store import ensure_defaults, exact_dir, load_verified
+from models.store import exact_dir, load_verified
 from analysis.runtime import INFERENCE_WORKERS_ENV, OnnxModel, worker_count
-from service.settings import load_settings
+from service.settings import Settings
 
-#: Images per batch: 16 × 3 × 320² float32 is 20 MB of input and fits any GPU; CPU batches stay small anyway.
-MAX_BATCH_SIZE = int(os.environ.get("FOVEA_MAX_BATCH_SIZE", "16"))
-#: How long a request may wait for companions. BentoML's default (60 s) suits LLMs, not a screening call.
-MAX_LATENCY_MS = int(os.environ.get("FOVEA_MAX_LATENCY_MS", "50"))
+#: Images per batch (``FOVEA_MAX_BATCH_SIZE``): 16 × 3 × 320² float32 is 20 MB of input and fits any GPU; CPU
+#: batches stay small anyway.
+DEFAULT_MAX_BATCH_SIZE = 16
+#: How long a request may wait for companions (``FOVEA_MAX_LATENCY_MS``). BentoML's default (60 s) suits LLMs,
+#: not a screening call.
+DEFAULT_MAX_LATENCY_MS = 50
 
 
 def pack(outputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -45,30 +48,32 @@ def unpack(packed: np.ndarray) -> dict[str, np.ndarray]:
     return {"logits": packed[:, :, 0], "cam": packed[:, :, 1:].reshape(n, c, side, side)}
 
 
-# DESIGN.md: if the store has none, import the embedded defaults before a service resolves its models (a
-# BentoModel reference is resolved when the class is defined).
-ensure_defaults()
+def create_inference(settings: Settings) -> Any:
+    """The ``fovea-inference`` BentoML service class running the verified grader named by ``settings``. The
+    caller imports the embedded defaults into the store first (a ``BentoModel`` reference is resolved when
+    its class is defined)."""
+    workers = worker_count(INFERENCE_WORKERS_ENV)
+    max_batch = int(os.environ.get("FOVEA_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE))
+    max_latency = int(os.environ.get("FOVEA_MAX_LATENCY_MS", DEFAULT_MAX_LATENCY_MS))
 
+    @bentoml.service(name="fovea-inference", workers=workers, traffic={"timeout": 60})
+    class Inference:
+        """Runs the verified grader. Not exposed to clients: the front calls it."""
 
-WORKERS = worker_count(INFERENCE_WORKERS_ENV)
+        grader_ref = bentoml.models.BentoModel(settings.grader_tag)
 
+        def __init__(self) -> None:
+            card, onnx = load_verified(exact_dir(str(self.grader_ref.tag)))
+            self.grader = OnnxModel.load(card, onnx, workers=workers)
 
-@bentoml.service(name="fovea-inference", workers=WORKERS, traffic={"timeout": 60})
-class Inference:
-    """Runs the verified grader. Not exposed to clients: the front calls it."""
+        @bentoml.api(batchable=True, batch_dim=0, max_batch_size=max_batch, max_latency_ms=max_latency)
+        def grade(self, tensors: np.ndarray) -> np.ndarray:
+            """``(N, 3, S, S)`` float32 preprocessed photographs → packed logits + CAM (see :func:`pack`)."""
+            return pack(self.grader.run(np.ascontiguousarray(tensors, dtype=np.float32)))
 
-    grader_ref = bentoml.models.BentoModel(load_settings().grader_tag)
+        @bentoml.api
+        def provider(self) -> str:
+            """The ONNX Runtime execution provider in use (reported by the front at readiness and per result)."""
+            return self.grader.provider
 
-    def __init__(self) -> None:
-        card, onnx = load_verified(exact_dir(str(self.grader_ref.tag)))
-        self.grader = OnnxModel.load(card, onnx, workers=WORKERS)
-
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
-    def grade(self, tensors: np.ndarray) -> np.ndarray:
-        """``(N, 3, S, S)`` float32 preprocessed photographs → packed logits + CAM (see :func:`pack`)."""
-        return pack(self.grader.run(np.ascontiguousarray(tensors, dtype=np.float32)))
-
-    @bentoml.api
-    def provider(self) -> str:
-        """The ONNX Runtime execution provider in use (reported by the front at readiness and per result)."""
-        return self.grader.provider
+    return Inference

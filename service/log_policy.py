@@ -1,5 +1,5 @@
-"""What the service log may contain: no patient data (issue 7). :func:`install` is called once at import of
-the service module."""
+"""What the service log may contain: no patient data. :func:`install` is called once when the service class is
+built (:func:`service.service.create_service`)."""
 
 from __future__ import annotations
 
@@ -31,3 +31,5 @@ def install() -> None:
     # of the service log; decoding problems reach the client as typed errors instead.
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
+    # python-multipart logs every parse error at WARNING with a byte offset; the client gets the error instead.
+    logging.getLogger("python_multipart.multipart").setLevel(logging.ERROR)

@@ -13,7 +13,6 @@ Errors: a malformed or truncated body is :class:`~analysis.errors.BadRequest` (4
 
 from __future__ import annotations
 
-import logging
 import secrets
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -22,9 +21,6 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from analysis.errors import BadRequest, PayloadTooLarge
-
-# python-multipart logs every parse error at WARNING with a byte offset; the client gets the error instead.
-logging.getLogger("python_multipart.multipart").setLevel(logging.ERROR)
 
 #: Bytes of preamble (RFC 2046: text before the first boundary, to be ignored) accepted before it.
 MAX_PREAMBLE_BYTES = 64 * 1024

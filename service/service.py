@@ -2,10 +2,16 @@
 
 Run: ``make serve`` (or ``bentoml serve service.service:Fovea``). Models are loaded by tag from the BentoML
 model store; the embedded defaults are imported into the store first if it has none.
+
+Importing this module defines things and does nothing else. The service class is built by
+:func:`create_service` from the settings when ``Fovea`` is first looked up (``bentoml serve`` and
+``bentoml build`` do that, in every process they start): only then are the settings read, the embedded
+defaults imported into the store, BentoML's job store sealed and the log policy attached.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Callable
@@ -17,127 +23,150 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse
 
-from models.store import exact_dir, get_exact, load_verified
+from analysis.decode import DecodeLimits
+from analysis.errors import FoveaError
+from analysis.pipeline import Analyzer
+from analysis.runtime import WORKERS_ENV, choose_providers, worker_count
+from models.store import ensure_defaults, exact_dir, get_exact, load_verified
+from service import log_policy, task_store
 from service.audit import AuditLog
 from service.audit_http import AuditMiddleware
 from service.auth import AuthMiddleware
-from analysis.decode import DecodeLimits
 from service.dicomweb import create_service_app as dicomweb_app
-from analysis.errors import FoveaError
 from service.form_inputs import laterality as _laterality
 from service.form_inputs import read_upload, study_uploads
 from service.http_errors import ErrorShapeMiddleware
-from service.inference import Inference, unpack
-from analysis.runtime import WORKERS_ENV, choose_providers, worker_count
-from analysis.pipeline import Analyzer
+from service.inference import create_inference, unpack
 from service.request_guard import RequestGuardMiddleware, RequestLimits
-from service.settings import load_settings
-from service import log_policy, task_store
+from service.settings import Settings, load_settings
 from service.webapp import WebPageMiddleware
 
+__all__ = ["create_service", "inference_mode"]
+
 log = logging.getLogger("fovea")
-SETTINGS = load_settings()
-# "service": the grader runs in the batchable inference service (bentoml.depends, its own process, adaptive
-# batching: what a GPU wants). "local": in this process (on a CPU batching does not lower the cost per image,
-# and one hop fewer is faster). "auto" picks "service" when CUDA is available.
-INFERENCE_MODE = SETTINGS.inference if SETTINGS.inference != "auto" else (
-    "service" if "CUDAExecutionProvider" in choose_providers() else "local")
-WORKERS = worker_count(WORKERS_ENV)
-AUDIT = AuditLog.from_settings(SETTINGS)  # one append-only record per API call (service/audit.py)
-# BentoML keeps each job's whole request (uploads, headers) and response in a SQLite file: sealed, purged.
-task_store.install(SETTINGS.job_retention_hours)
 
 
-# No patient data in the service log: BentoML's validation tracebacks and pydicom's warnings are reduced.
-log_policy.install()
+def inference_mode(settings: Settings) -> str:
+    """Where the grader runs. ``"service"``: in the batchable inference service (``bentoml.depends``, its own
+    process, adaptive batching: what a GPU wants). ``"local"``: in this process (on a CPU batching does not
+    lower the cost per image, and one hop fewer is faster). ``"auto"`` picks ``"service"`` when CUDA is
+    available."""
+    if settings.inference != "auto":
+        return settings.inference
+    return "service" if "CUDAExecutionProvider" in choose_providers() else "local"
 
 
-@bentoml.service(name="fovea", workers=WORKERS, traffic={"timeout": 300}, http={"port": 3000})
-class Fovea:
-    """Diabetic-retinopathy screening on fundus photographs (JPEG, PNG, DICOM)."""
+def create_service(settings: Settings) -> Any:
+    """The ``Fovea`` BentoML service class for ``settings``, with its DICOMweb app and middleware mounted.
 
-    grader_ref = bentoml.models.BentoModel(SETTINGS.grader_tag)
-    if INFERENCE_MODE == "service":
-        inference = bentoml.depends(Inference)
+    Side effects, in order: the embedded default models are imported into the store if it lacks them (a
+    ``BentoModel`` reference is resolved when its class is defined); BentoML's job store is replaced by the
+    sealed one with the configured retention (:mod:`service.task_store`); the log policy that keeps patient data
+    out of the service log is attached (:mod:`service.log_policy`)."""
+    ensure_defaults()
+    task_store.install(settings.job_retention_hours)
+    log_policy.install()
+    mode = inference_mode(settings)
+    workers = worker_count(WORKERS_ENV)
+    audit = AuditLog.from_settings(settings)  # one append-only record per API call (service/audit.py)
+    inference_service = create_inference(settings) if mode == "service" else None
 
-    def __init__(self) -> None:
-        # One upload limit: the decoder enforces the same one the HTTP layer does.
-        limits = DecodeLimits(max_frames=SETTINGS.max_frames, max_bytes=SETTINGS.max_upload_bytes)
-        common: dict[str, Any] = {"limits": limits, "rules": SETTINGS.quality.rules(),
-                                  "referable_threshold": SETTINGS.referable_threshold}
-        detector = _installed(SETTINGS.detector_tag)
-        quality = _installed(SETTINGS.quality_tag)
-        if INFERENCE_MODE == "service":
-            # The card is verified here too (the front trusts nothing it did not check); the session lives in
-            # the inference service, which can only be asked for its provider once it is up. The detector (if
-            # any) runs in this process.
-            card, _ = load_verified(exact_dir(str(self.grader_ref.tag)))
-            self.analyzer = Analyzer(grader_card=card, run_grader=self._grade_remote,
-                                     provider=lambda: str(self.inference.provider()),
-                                     detector=Analyzer.load_detector(detector) if detector else None,
-                                     quality_model=Analyzer.load_detector(quality) if quality else None, **common)
-        else:
-            self.analyzer = Analyzer.load(exact_dir(str(self.grader_ref.tag)), workers=WORKERS, detector=detector,
-                                          quality=quality, **common)
-        if detector is None:
-            log.info("no lesion detector %s in the model store: findings carry no lesions", SETTINGS.detector_tag)
-        log.info("audit trail: %s", AUDIT.open().describe())  # fail at start, not on the first request
-        card = self.analyzer.grader_card
-        log.info("loaded %s (sha256 %s…); inference %s", card.tag, card.sha256[:12], INFERENCE_MODE)
+    @bentoml.service(name="fovea", workers=workers, traffic={"timeout": 300}, http={"port": 3000})
+    class Fovea:
+        """Diabetic-retinopathy screening on fundus photographs (JPEG, PNG, DICOM)."""
 
-    def _grade_remote(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        return unpack(np.asarray(self.inference.grade(batch)))
+        grader_ref = bentoml.models.BentoModel(settings.grader_tag)
+        if mode == "service":
+            inference = bentoml.depends(inference_service)
 
-    @bentoml.api(route="/analyze")
-    def analyze(self, image: Path, laterality: str = "") -> Any:
-        """Screen one fundus photograph (multipart field ``image``: DICOM Part 10, JPEG or PNG; optional
-        ``laterality`` L or R when the file does not carry it) and return ``Findings`` JSON: quality, grade,
-        referral, saliency. Errors are ``{"error": {"code", "message"}}`` with a 4xx."""
-        request_id = uuid.uuid4().hex
-        return _respond(request_id, "/analyze", [image], lambda: self.analyzer.analyze(
-            read_upload(image, SETTINGS.max_upload_bytes), request_id=request_id,
-            laterality=_laterality(laterality)))
+        def __init__(self) -> None:
+            # One upload limit: the decoder enforces the same one the HTTP layer does.
+            limits = DecodeLimits(max_frames=settings.max_frames, max_bytes=settings.max_upload_bytes)
+            common: dict[str, Any] = {"limits": limits, "rules": settings.quality.rules(),
+                                      "referable_threshold": settings.referable_threshold}
+            detector = _installed(settings.detector_tag)
+            quality = _installed(settings.quality_tag)
+            if mode == "service":
+                # The card is verified here too (the front trusts nothing it did not check); the session lives in
+                # the inference service, which can only be asked for its provider once it is up. The detector (if
+                # any) runs in this process.
+                card, _ = load_verified(exact_dir(str(self.grader_ref.tag)))
+                self.analyzer = Analyzer(grader_card=card, run_grader=self._grade_remote,
+                                         provider=lambda: str(self.inference.provider()),
+                                         detector=Analyzer.load_detector(detector) if detector else None,
+                                         quality_model=Analyzer.load_detector(quality) if quality else None, **common)
+            else:
+                self.analyzer = Analyzer.load(exact_dir(str(self.grader_ref.tag)), workers=workers, detector=detector,
+                                              quality=quality, **common)
+            if detector is None:
+                log.info("no lesion detector %s in the model store: findings carry no lesions", settings.detector_tag)
+            log.info("audit trail: %s", audit.open().describe())  # fail at start, not on the first request
+            card = self.analyzer.grader_card
+            log.info("loaded %s (sha256 %s…); inference %s", card.tag, card.sha256[:12], mode)
 
-    @bentoml.api(route="/analyze_study")
-    def analyze_study(self, images: list[Path], laterality: str = "") -> Any:
-        """Screen one patient's visit: several ``images`` (repeat the field) and optionally ``laterality``, one
-        L/R per image in the same order, comma-separated (``R,L``; omit it when the files carry it). Returns
-        per-image findings, a per-eye result and the patient-level referral (the worse eye decides)."""
-        request_id = uuid.uuid4().hex
-        return _respond(request_id, "/analyze_study", images, lambda: self.analyzer.analyze_study(
-            _study(images, laterality), request_id=request_id))
+        def _grade_remote(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+            return unpack(np.asarray(self.inference.grade(batch)))
 
-    @bentoml.task(route="/jobs/analyze_study")
-    def analyze_study_job(self, images: list[Path], laterality: str = "") -> Any:
-        """``/analyze_study`` as a background job: ``POST /jobs/analyze_study/submit`` returns a ``task_id``;
-        ``GET .../status?task_id=`` and ``GET .../get?task_id=`` give its state and result. The job runs to the
-        end even if the client disconnects."""
-        request_id = uuid.uuid4().hex
-        return _respond(request_id, "/jobs/analyze_study", images, lambda: self.analyzer.analyze_study(
-            _study(images, laterality), request_id=request_id))
+        @bentoml.api(route="/analyze")
+        def analyze(self, image: Path, laterality: str = "") -> Any:
+            """Screen one fundus photograph (multipart field ``image``: DICOM Part 10, JPEG or PNG; optional
+            ``laterality`` L or R when the file does not carry it) and return ``Findings`` JSON: quality, grade,
+            referral, saliency. Errors are ``{"error": {"code", "message"}}`` with a 4xx."""
+            request_id = uuid.uuid4().hex
+            return _respond(audit, request_id, "/analyze", [image], lambda: self.analyzer.analyze(
+                read_upload(image, settings.max_upload_bytes), request_id=request_id,
+                laterality=_laterality(laterality)))
 
-    @bentoml.api(route="/info")
-    def info(self) -> dict[str, Any]:
-        """The models in use (name, version, sha256, provider), their intended use and the limits."""
-        card = self.analyzer.grader_card
-        op = card.operating_point("referable_dr")
-        models = [{"name": card.name, "version": card.version, "sha256": card.sha256, "task": card.task,
-                   "provider": self.analyzer.provider_name, "inference": INFERENCE_MODE,
-                   "intended_use": card.intended_use}]
-        for extra in (self.analyzer.detector, self.analyzer.quality_model):
-            if extra is not None:
-                d = extra.card
-                models.append({"name": d.name, "version": d.version, "sha256": d.sha256, "task": d.task,
-                               "provider": extra.provider, "inference": "local", "intended_use": d.intended_use})
-        return {
-            "models": models,
-            "referable_operating_point": {
-                "threshold": SETTINGS.referable_threshold if SETTINGS.referable_threshold is not None
-                else (op.threshold if op else None),
-                "source": "site configuration" if SETTINGS.referable_threshold is not None else "model card"},
-            "limits": {"max_upload_bytes": SETTINGS.max_upload_bytes, "max_frames": SETTINGS.max_frames,
-                       "max_study_images": SETTINGS.max_study_images},
-        }
+        @bentoml.api(route="/analyze_study")
+        def analyze_study(self, images: list[Path], laterality: str = "") -> Any:
+            """Screen one patient's visit: several ``images`` (repeat the field) and optionally ``laterality``, one
+            L/R per image in the same order, comma-separated (``R,L``; omit it when the files carry it). Returns
+            per-image findings, a per-eye result and the patient-level referral (the worse eye decides)."""
+            request_id = uuid.uuid4().hex
+            return _respond(audit, request_id, "/analyze_study", images, lambda: self.analyzer.analyze_study(
+                _study(settings, images, laterality), request_id=request_id))
+
+        @bentoml.task(route="/jobs/analyze_study")
+        def analyze_study_job(self, images: list[Path], laterality: str = "") -> Any:
+            """``/analyze_study`` as a background job: ``POST /jobs/analyze_study/submit`` returns a ``task_id``;
+            ``GET .../status?task_id=`` and ``GET .../get?task_id=`` give its state and result. The job runs to the
+            end even if the client disconnects."""
+            request_id = uuid.uuid4().hex
+            return _respond(audit, request_id, "/jobs/analyze_study", images, lambda: self.analyzer.analyze_study(
+                _study(settings, images, laterality), request_id=request_id))
+
+        @bentoml.api(route="/info")
+        def info(self) -> dict[str, Any]:
+            """The models in use (name, version, sha256, provider), their intended use and the limits."""
+            point = self.analyzer.referable_operating_point()
+            return {
+                "models": [{"name": card.name, "version": card.version, "sha256": card.sha256, "task": card.task,
+                            "provider": provider,
+                            "inference": mode if card is self.analyzer.grader_card else "local",
+                            "intended_use": card.intended_use} for card, provider in self.analyzer.served()],
+                "referable_operating_point": {"threshold": point[0] if point else None,
+                                              "source": point[1] if point else "model card"},
+                "limits": {"max_upload_bytes": settings.max_upload_bytes, "max_frames": settings.max_frames,
+                           "max_study_images": settings.max_study_images},
+            }
+
+    # DICOMweb (STOW-RS, QIDO-RS, WADO-RS) at /dicomweb (service/dicomweb.py); received instances are analysed in a
+    # background thread of this process with this service's analyzer.
+    Fovea.mount_asgi_app(dicomweb_app(settings, lambda data: bentoml.get_current_service().analyzer.analyze(data)),
+                         path="/dicomweb")
+    # Outermost first. Per-site API keys on every route but the probes and the page (service/auth.py), then an
+    # audit record for every answer the endpoints did not record themselves, and jobs kept per site (audit_http).
+    Fovea.add_asgi_middleware(AuthMiddleware, keys_file=settings.api_keys_file, on_refusal=audit.refusal)
+    Fovea.add_asgi_middleware(AuditMiddleware, audit=audit)
+    _MAX_BODY = settings.max_upload_bytes * settings.max_study_images + 1024 * 1024
+    Fovea.add_asgi_middleware(ErrorShapeMiddleware, max_body=_MAX_BODY)
+    # Security: Content-Type allow-list (no pickle: BentoML RCE CVEs), body cap while streaming, multipart limits
+    # (service/request_guard.py). Parts: the study's images plus a few form fields.
+    Fovea.add_asgi_middleware(RequestGuardMiddleware, limits=RequestLimits(
+        max_body=_MAX_BODY, max_parts=settings.max_study_images + 8))
+    # The reader's web page at / (assets under /ui/); BentoML's own API page moves to /docs (service/webapp.py).
+    Fovea.add_asgi_middleware(WebPageMiddleware)
+    return Fovea
 
 
 def _installed(tag: str) -> Path | None:
@@ -146,15 +175,15 @@ def _installed(tag: str) -> Path | None:
     return Path(model.path) if model is not None else None
 
 
-def _study(images: list[Path], laterality: str) -> list[tuple[bytes, str | None]]:
-    return study_uploads(images, laterality, max_images=SETTINGS.max_study_images,
-                         max_bytes=SETTINGS.max_upload_bytes)
+def _study(settings: Settings, images: list[Path], laterality: str) -> list[tuple[bytes, str | None]]:
+    return study_uploads(images, laterality, max_images=settings.max_study_images,
+                         max_bytes=settings.max_upload_bytes)
 
 
-def _respond(request_id: str, endpoint: str, inputs: list[Path], work: Callable[[], BaseModel]) -> Any:
+def _respond(audit: AuditLog, request_id: str, endpoint: str, inputs: list[Path], work: Callable[[], BaseModel]) -> Any:
     """Run ``work``; typed client errors become their JSON 4xx, the result its JSON. Either way the audit
     record is committed before the answer leaves (service/audit.py)."""
-    with AUDIT.recording(request_id, endpoint, inputs) as record:
+    with audit.recording(request_id, endpoint, inputs) as record:
         try:
             result = work()
         except ValidationError as exc:
@@ -169,19 +198,13 @@ def _respond(request_id: str, endpoint: str, inputs: list[Path], work: Callable[
     return result.model_dump(mode="json")
 
 
-# DICOMweb (STOW-RS, QIDO-RS, WADO-RS) at /dicomweb (service/dicomweb.py); received instances are analysed in a
-# background thread of this process with this service's analyzer.
-Fovea.mount_asgi_app(dicomweb_app(SETTINGS, lambda data: bentoml.get_current_service().analyzer.analyze(data)),
-                     path="/dicomweb")
-# Outermost first. Per-site API keys on every route but the probes and the page (service/auth.py), then an
-# audit record for every answer the endpoints did not record themselves, and jobs kept per site (audit_http).
-Fovea.add_asgi_middleware(AuthMiddleware, keys_file=SETTINGS.api_keys_file, on_refusal=AUDIT.refusal)
-Fovea.add_asgi_middleware(AuditMiddleware, audit=AUDIT)
-_MAX_BODY = SETTINGS.max_upload_bytes * SETTINGS.max_study_images + 1024 * 1024
-Fovea.add_asgi_middleware(ErrorShapeMiddleware, max_body=_MAX_BODY)
-# Security: Content-Type allow-list (no pickle: BentoML RCE CVEs), body cap while streaming, multipart limits
-# (service/request_guard.py). Parts: the study's images plus a few form fields.
-Fovea.add_asgi_middleware(RequestGuardMiddleware, limits=RequestLimits(
-    max_body=_MAX_BODY, max_parts=SETTINGS.max_study_images + 8))
-# The reader's web page at / (assets under /ui/); BentoML's own API page moves to /docs (service/webapp.py).
-Fovea.add_asgi_middleware(WebPageMiddleware)
+@functools.cache
+def _service() -> Any:
+    return create_service(load_settings())
+
+
+def __getattr__(name: str) -> Any:
+    """``service.service:Fovea``, built from the settings on first use (PEP 562: not at import)."""
+    if name == "Fovea":
+        return _service()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
