@@ -18,13 +18,10 @@ from models.preprocess import FundusTransform
 CAPTION = "AI output - model trained on synthetic images - not for diagnosis"
 CAPTION_RESEARCH = "AI output - research use only - not for clinical use"
 CAPTION_REAL = "AI output - to be confirmed by a qualified reader"
-#: PNG compression 1: ~3x faster than the default 3 on photographs, files ~10 % larger. One fixed "Up" row filter
-#: instead of libpng's per-row trial of all five: the overlay PNG was the largest single cost of an analysis
-#: (py-spy, bench/pipeline.py), and this encodes it ~40 % faster for ~4 % more bytes (smaller for the heatmap).
-#: zlib's RLE strategy (matches at distance 1 only) on top: after the Up filter both maps are mostly runs, so the
-#: match search buys little. Interleaved, 31 repeats on 972x648 and 1024x1024 synthetic photographs: heatmap
-#: 0.98-0.99x the time and 18-22 % fewer bytes, overlay 0.93-0.98x the time and 6 % fewer bytes (a smaller
-#: response for about the same time; huffman-only was faster on the overlay but 2x the heatmap's time and bytes).
+#: PNG compression 1 with one fixed "Up" row filter (instead of libpng's per-row trial of all five) and zlib's
+#: RLE strategy: after the Up filter both maps are mostly runs, so the match search buys little. The overlay PNG
+#: is the largest single cost of an analysis; this encoding is the fastest measured for about the same bytes
+#: (the measurements, and what was tried and not taken: docs/performance.md).
 _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
                cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
 

@@ -38,10 +38,8 @@ def session_threads(workers: int = 1, cores: int | None = None) -> tuple[int, bo
 
     Spinning is off by default: a spinning thread keeps burning a core after ``run`` returns, and an analysis
     does CPU work right after every model (the next model, the overlay, the PNGs), so it takes the core that
-    work needs. Measured in one process on the shared 2-core machine (medians of 16 interleaved analyses, grader
-    + image-quality model): ``Analyzer.analyze`` 317 -> 170 ms on a 10 MP JPEG, 379 -> 257 ms on a 1024 px PNG,
-    the grader's own run 63 -> 18 ms and the render stage 146 -> 58 ms; the grader alone in a process: 36 -> 18
-    ms. Spinning only pays when a session has its cores to itself and nothing runs between its calls."""
+    work needs (measured: docs/performance.md). Spinning only pays when a session has its cores to itself and
+    nothing runs between its calls."""
     cores = (os.cpu_count() or 1) if cores is None else cores
     override = os.environ.get(THREADS_ENV, "").strip()
     threads = int(override) if override.isdigit() and int(override) > 0 else max(1, cores // workers)

@@ -56,7 +56,8 @@ DETECTOR_CARD = DEFAULT_DIR / "lesion-detector.card.json"
 FOVEA_STAGES = ("decode", "quality", "preprocess", "inference", "detection", "render")
 MODEL_STAGES_FOVEA = ("inference", "detection")
 RENDER_PARTS = ("cam_to_heatmap", "overlay", "png_heatmap", "png_overlay")
-#: Targets of issue 8 on this 2-core CPU.
+#: The performance targets on a 2-core CPU (docs/performance.md): speed-up over the baseline, models' share of
+#: an analysis, cold start in seconds, resident memory in MB.
 TARGET_RATIO, TARGET_MODEL_SHARE, TARGET_COLD_S, TARGET_RSS_MB = 6.0, 0.70, 10.0, 1536.0
 
 

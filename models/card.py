@@ -56,8 +56,8 @@ def intended_use_for(trained_on_synthetic: bool, *, data: str | None = None, ter
 
 def statement_kind(intended_use: str) -> StatementKind:
     """``"synthetic"`` when the statement says the model was trained on synthetic data, ``"research"`` when it
-    is a :func:`intended_use_for` research-use statement, ``"unstated"`` otherwise (cards written before
-    :data:`RESEARCH_USE` existed). The overlay caption and the DICOM/FHIR AI-output statement follow it."""
+    is a :func:`intended_use_for` research-use statement, ``"unstated"`` otherwise (a card whose
+    statement is neither). The overlay caption and the DICOM/FHIR AI-output statement follow it."""
     text = intended_use.lower()
     if "synthetic" in text:
         return "synthetic"

@@ -1,4 +1,4 @@
-"""Encryption at rest for identifiable DICOM that Fovea keeps beyond one request (issue 7, "Patient data").
+"""Encryption at rest for identifiable DICOM that Fovea keeps beyond one request (SECURITY.md, "Patient data").
 
 The gateway's store-and-forward queue and the DICOMweb result store hold instances that must keep their patient
 module (results are filed by the PACS in the patient's own study), so they are *sealed* rather than

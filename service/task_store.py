@@ -1,4 +1,4 @@
-"""BentoML's background-job store, sealed at rest and purged after a configurable retention (issue 7).
+"""BentoML's background-job store, sealed at rest and purged after a configurable retention.
 
 What BentoML 1.4 does on its own (``_bentoml_impl/tasks/result.py``, ``serde.py``, ``server/app.py``): every
 ``@bentoml.task`` submission goes into one SQLite file, ``$BENTOML_RESULT_STORE`` or

@@ -9,7 +9,7 @@ Layout
   quality_reasons``: the full truth of every image (``grade``/``dme`` are the disease truth even when the photo
   is ungradable; ``gradable`` is the quality verdict). When present it is the list of images.
 * ``trainLabels.csv`` — EyePACS ``image,level``: the list of images when ``ground_truth.csv`` is absent (folders
-  written before ground truth existed); patient and laterality then come from the names, DME and gradability
+  that have no ground-truth file); patient and laterality then come from the names, DME and gradability
   are ``None``.
 * ``lesions.json`` — COCO instances with the canonical lesion categories (read with
   :func:`datasets.readers.coco.parse_coco`); else ``lesions.csv`` — ``image,type,x0,y0,x1,y1`` (x1/y1

@@ -1,4 +1,4 @@
-"""Background jobs leave no patient data in clear on disk (issue 7): the real service (``bentoml serve``)
+"""Background jobs leave no patient data in clear on disk: the real service (``bentoml serve``)
 with per-site keys, a job submitted with synthetic DICOMs carrying PHI markers, then every file the service
 wrote -- ``BENTOML_HOME`` (BentoML's task store ``task_result.db`` and its WAL), ``FOVEA_DATA_DIR``, the audit
 database, the temporary folder (``TMPDIR``: BentoML's per-request upload files), the log -- is searched for
