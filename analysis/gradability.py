@@ -20,6 +20,11 @@ Rules (:func:`combine`):
   defocus, compression, haze at the edge of their thresholds). ``score`` = ``min(classic, max(model,
   guard))`` where ``guard`` maps the classic score onto [0, 1] with :data:`CLASSIC_CLEAR` at 0.5, so
   ``score >= 0.5`` is exactly the rule above and the score still ranks photographs.
+- The model vetoes a clear classic pass for the reasons in :data:`MODEL_VETO` when it is that sure of one of
+  them (``score`` then at most the model's): unevenly lit and underexposed photographs whose dark part is not
+  dark enough for the classic ``uneven``/``brightness`` measures. These are the reasons it is not confidently
+  wrong about on real photographs; ``haze`` is not among them, because raw camera photographs look hazy to a
+  model that has never seen one (docs/quality-gate.md has the distributions).
 - A photograph in which the classic measures find no imaged fundus at all (``coverage`` below
   :data:`NO_FIELD_COVERAGE`: black frames, a document, a face) is ungradable with reason ``field`` whatever
   the model says, with score 0.
@@ -39,9 +44,12 @@ from models.card import CardError, ModelCard
 from analysis.findings import Quality
 from analysis.quality import REASONS, QualityVerdict
 
-#: A classic score at least this (every measure at least ~22 % clear of its threshold) is gradable whatever the
-#: model says (see the module docstring).
-CLASSIC_CLEAR = 0.85
+#: A classic score at least this (every measure at least ~25 % clear of its threshold) is gradable whatever the
+#: model says, unless the model vetoes it (see the module docstring).
+CLASSIC_CLEAR = 0.88
+#: Reason -> the model probability at which that reason makes the photograph ungradable even where the classic
+#: measures pass it clearly.
+MODEL_VETO: dict[str, float] = {"underexposed": 0.8, "uneven": 0.8}
 #: A reason group is reported when its probability reaches this.
 REASON_THRESHOLD = 0.5
 #: Below this imaged fraction of the field-of-view disc there is no fundus to grade (the classic gate's own
@@ -75,6 +83,8 @@ def combine(probabilities: np.ndarray, card: ModelCard, classic: QualityVerdict)
     c = classic.score
     guard = 0.5 * c / CLASSIC_CLEAR if c < CLASSIC_CLEAR else 0.5 + 0.5 * (c - CLASSIC_CLEAR) / (1.0 - CLASSIC_CLEAR)
     score = 0.0 if no_field else min(c, max(model_score, guard))
+    if any(probs.get(reason, 0.0) >= at for reason, at in MODEL_VETO.items()):
+        score = min(score, model_score)
     gradable = score >= 0.5
     reasons: list[str] = []
     if not gradable:
@@ -87,4 +97,5 @@ def combine(probabilities: np.ndarray, card: ModelCard, classic: QualityVerdict)
                 "model_score": round(model_score, 4), "classic_score": round(classic.score, 4)}
     return Quality(gradable=gradable, score=round(score, 4), reasons=reasons,
                    method=f"{card.name}:{card.version} with classic measures (the model decides where the classic "
-                          f"score is in [0.5, {CLASSIC_CLEAR}); model threshold {threshold:.3f})", measures=measures)
+                          f"score is in [0.5, {CLASSIC_CLEAR}) or it is sure of {'/'.join(MODEL_VETO)}; model threshold "
+                          f"{threshold:.3f})", measures=measures)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from models.card import CardError, InputSpec, ModelCard, OperatingPoint, PreprocessingSpec, TrainingProvenance
-from analysis.gradability import CLASSIC_CLEAR, NO_FIELD_COVERAGE, check_quality_card, combine
+from analysis.gradability import CLASSIC_CLEAR, MODEL_VETO, NO_FIELD_COVERAGE, check_quality_card, combine
 from analysis.quality import QualityMeasures, QualityRules, QualityVerdict
 
 CLASSES = ("gradable", "field", "underexposed", "overexposed", "blur", "haze", "uneven")
@@ -124,3 +124,18 @@ def test_pipeline_uses_the_installed_quality_model(tiny_export: Path, tiny_quali
         assert g.quality.measures["p_gradable"] == f.quality.measures["p_gradable"]
     with pytest.raises(CardError):  # a grader offered as the quality model
         Analyzer.load(tiny_export / "tiny-grader.card.json", quality=tiny_export / "tiny-grader.card.json")
+
+
+def test_the_model_vetoes_a_clear_classic_pass_only_for_its_trusted_reasons() -> None:
+    card = _card(threshold=0.5)
+    clear = _classic(score=0.99)
+    for reason, at in MODEL_VETO.items():
+        sure = combine(_probs(0.05, **{reason: at}), card, clear)
+        assert not sure.gradable and sure.reasons == [reason]
+        assert sure.score == pytest.approx(sure.measures["model_score"], abs=1e-4) and sure.score < 0.5
+        unsure = combine(_probs(0.05, **{reason: at - 0.05}), card, clear)
+        assert unsure.gradable  # below its veto line the clear classic pass stands
+    # Haze is not a veto reason: raw camera photographs look hazy to the model.
+    assert "haze" not in MODEL_VETO and combine(_probs(0.01, haze=0.99), card, clear).gradable
+    # A veto reason the model is sure of while it still finds the photograph gradable overall changes nothing.
+    assert combine(_probs(0.9, uneven=0.9), card, clear).gradable
