@@ -34,6 +34,7 @@ from service.audit_http import AuditMiddleware
 from service.auth import AuthMiddleware
 from service.dicomweb import create_service_app as dicomweb_app
 from service.form_inputs import laterality as _laterality
+from service.get_alias import GetAliasMiddleware
 from service.form_inputs import read_upload, study_uploads
 from service.http_errors import ErrorShapeMiddleware
 from service.inference import create_inference, unpack
@@ -166,6 +167,8 @@ def create_service(settings: Settings) -> Any:
         max_body=_MAX_BODY, max_parts=settings.max_study_images + 8))
     # The reader's web page at / (assets under /ui/); BentoML's own API page moves to /docs (service/webapp.py).
     Fovea.add_asgi_middleware(WebPageMiddleware)
+    # GET /info as well as BentoML's POST (service/get_alias.py).
+    Fovea.add_asgi_middleware(GetAliasMiddleware)
     return Fovea
 
 

@@ -1,10 +1,12 @@
 """The reader's web page, served by the service itself: ``GET /`` is the page, ``GET /ui/<file>`` its assets
 (``service/web/``: plain HTML, CSS and JavaScript that call ``/info``, ``/analyze`` and ``/analyze_study``).
 
-BentoML serves its own API page (Swagger UI) at ``/``; this ASGI middleware answers ``/`` and ``/ui/…`` before
-BentoML's router sees them and moves BentoML's page to :data:`DOCS_PATH` (``/docs``) by handing that request on
-with the path ``/`` — BentoML's page loads its assets and ``docs.json`` by relative URLs, which resolve from
-``/docs`` exactly as from ``/``. Every other request passes through untouched.
+BentoML serves its own API page (Swagger UI) at ``/``, and that page loads a third-party tag manager. This ASGI
+middleware answers ``/``, :data:`DOCS_PATH` (``/docs``) and ``/ui/…`` before BentoML's router sees them: ``/docs``
+is our own page (``service/web/docs.html``) running the Swagger UI scripts BentoML installs (its
+``/static_content/``) on the service's OpenAPI document (``/docs.json``), with no tracker and no online validator,
+so BentoML's page is never served. Every other request passes through; an HTML answer from behind (an error page
+of a framework, a page a future BentoML adds) gets :data:`SECURITY_HEADERS` too.
 
 Security: the page is fetched from nowhere but this origin (the Content-Security-Policy below allows scripts,
 styles and network requests to ``'self'`` only, images also from ``data:`` and ``blob:`` URLs — the service's
@@ -38,7 +40,12 @@ ASSETS: dict[str, str] = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
+    "docs.html": "text/html; charset=utf-8",
+    "docs.js": "text/javascript; charset=utf-8",
+    "docs.css": "text/css; charset=utf-8",
 }
+#: Pages served at a path of their own.
+PAGES: dict[str, str] = {"/": "index.html", "/index.html": "index.html", DOCS_PATH: "docs.html"}
 #: Content-Security-Policy of the page and its assets: nothing from another origin, no inline script or style.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
        "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
@@ -85,8 +92,8 @@ class WebPageMiddleware:
 
     def _asset_name(self, path: str) -> str | None:
         """The asset a path asks for, ``""`` for an unknown one under ``/ui/``, ``None`` for not ours."""
-        if path in ("/", "/index.html"):
-            return "index.html"
+        if path in PAGES:
+            return PAGES[path]
         if path.startswith(ASSET_PREFIX):
             name = path[len(ASSET_PREFIX):]
             return name if name in self.assets else ""
@@ -97,12 +104,9 @@ class WebPageMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        if path == DOCS_PATH:
-            await self.app({**scope, "path": "/", "raw_path": b"/"}, receive, send)
-            return
         name = self._asset_name(path)
         if name is None:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, with_security_headers_on_html(send))
             return
         response: Response
         if scope["method"] not in ("GET", "HEAD"):
@@ -118,3 +122,20 @@ class WebPageMiddleware:
             if scope["method"] == "HEAD":
                 response.headers["content-length"] = str(len(asset.body))
         await response(scope, receive, send)
+
+
+def with_security_headers_on_html(send: Send) -> Send:
+    """``send`` that adds :data:`SECURITY_HEADERS` (those it lacks) to an HTML response."""
+
+    async def guarded(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            names = {k.lower() for k, _ in headers}
+            ctype = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+            if ctype.lower().startswith(b"text/html"):
+                headers += [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()
+                            if k.lower().encode() not in names]
+                message = {**message, "headers": headers}
+        await send(message)
+
+    return guarded

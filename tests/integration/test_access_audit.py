@@ -127,6 +127,8 @@ def test_https_and_per_site_keys(secured: dict[str, Any]) -> None:
     ok = client.post("/analyze", files=files, headers=_bearer(keys["clinic-a"]))
     assert ok.status_code == 200, ok.text[:300]
     assert client.post("/info", json={}, headers={"X-API-Key": keys["clinic-a"]}).status_code == 200
+    assert client.get("/info", headers={"X-API-Key": keys["clinic-a"]}).status_code == 200
+    assert client.get("/info").status_code == 401  # the GET alias sits behind the same key check
 
     audit: AuditLog = secured["audit"]
     (row,) = audit.rows(request_id=ok.json()["request_id"])

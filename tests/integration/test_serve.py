@@ -97,3 +97,11 @@ def test_ophthalmic_photography_dicom_with_laterality(server: str, tmp_path: Pat
         body = _check_findings(r, (256, 256))
         assert body["image"]["source"] == "dicom" and body["image"]["laterality"] == side
         assert body["image"]["study_instance_uid"]
+
+
+def test_info_answers_get_and_post_alike(server: str) -> None:
+    got = httpx.get(f"{server}/info", timeout=30)
+    posted = httpx.post(f"{server}/info", json={}, timeout=30)
+    assert got.status_code == 200 and got.json() == posted.json()
+    assert [m["name"] for m in got.json()["models"]][0] == "dr-grader"
+    assert httpx.head(f"{server}/info", timeout=30).status_code == 200

@@ -259,3 +259,35 @@ def test_two_photograph_study(page: Any, server: str, retina_path: Path, dark_re
                                ".filter(e => !e.labels || e.labels.length === 0).map(e => e.outerHTML)")
     assert unlabelled == []
     _shot(page, "web-study.png")
+
+
+#: Routes a person opens in a browser; :func:`_html_routes` adds every other GET route that answers HTML.
+PAGE_ROUTES = ("/", "/index.html", "/docs")
+#: BentoML's own GET routes that are not in the OpenAPI document.
+FRAMEWORK_ROUTES = ("/healthz", "/livez", "/readyz", "/metrics", "/docs.json", "/schema.json",
+                    "/static_content/index.css")
+
+
+def _html_routes(server: str) -> list[str]:
+    """Every GET route of the running service that answers HTML (ours and whatever BentoML adds)."""
+    spec = httpx.get(f"{server}/docs.json", timeout=30).json()
+    candidates = {*PAGE_ROUTES, *FRAMEWORK_ROUTES,
+                  *(path for path, ops in spec["paths"].items() if "get" in ops and "{" not in path)}
+    return sorted(p for p in candidates
+                  if httpx.get(f"{server}{p}", timeout=30).headers.get("content-type", "").startswith("text/html"))
+
+
+def test_every_page_the_service_serves_stays_on_its_origin(page: Any, server: str) -> None:
+    """Each HTML route, loaded in Chromium until the network is idle: a Content-Security-Policy on the answer,
+    and (the ``page`` fixture) no request to another origin, no script error, no CSP violation."""
+    routes = _html_routes(server)
+    assert set(PAGE_ROUTES) <= set(routes), routes
+    for route in routes:
+        response = page.goto(route, wait_until="networkidle")
+        assert response is not None and response.ok, route
+        assert "default-src 'self'" in response.headers.get("content-security-policy", ""), route
+    page.goto("/docs", wait_until="networkidle")
+    # The API page works from local assets: Swagger UI has rendered the service's own operations.
+    page.locator(".opblock-summary-path", has_text="/analyze").first.wait_for()
+    assert "googletagmanager" not in page.content()
+    _shot(page, "docs.png")

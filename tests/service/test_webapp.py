@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.testclient import TestClient
 
 from service.webapp import ASSETS, CSP, WEB_DIR, WebAssetsMissing, WebPageMiddleware, load_assets
@@ -61,10 +61,37 @@ def test_page_urls_accept_get_only(client: TestClient) -> None:
     assert r.json()["error"]["code"] == "method_not_allowed"
 
 
-def test_docs_is_bentomls_own_index_and_the_rest_passes_through(client: TestClient) -> None:
-    assert client.get("/docs").json() == {"inner_path": "/", "method": "GET"}
+def test_docs_is_our_page_and_the_rest_passes_through(client: TestClient) -> None:
+    r = client.get("/docs")
+    assert r.status_code == 200 and r.content == (WEB_DIR / "docs.html").read_bytes()
+    assert r.headers["content-security-policy"] == CSP
     assert client.post("/analyze", content=b"x").json() == {"inner_path": "/analyze", "method": "POST"}
     assert client.get("/docs.json").json()["inner_path"] == "/docs.json"
+    assert client.get("/static_content/swagger-ui-bundle.js").json()["inner_path"] == "/static_content/swagger-ui-bundle.js"
+
+
+def test_html_from_behind_gets_the_security_headers() -> None:
+    async def html(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        await HTMLResponse("<p>framework page</p>", headers={"X-Frame-Options": "SAMEORIGIN"})(scope, receive, send)
+
+    client = TestClient(WebPageMiddleware(html))
+    r = client.get("/some/framework/page")
+    assert r.headers["content-security-policy"] == CSP and r.headers["referrer-policy"] == "no-referrer"
+    assert r.headers["x-frame-options"] == "SAMEORIGIN"  # an answer's own header stands
+    j = TestClient(WebPageMiddleware(_inner)).get("/healthz")
+    assert "content-security-policy" not in j.headers  # JSON is not a page
+
+
+def test_docs_page_runs_bentomls_installed_swagger_ui_without_tracker_or_validator() -> None:
+    html = (WEB_DIR / "docs.html").read_text()
+    assert "/static_content/swagger-ui-bundle.js" in html and "googletagmanager" not in html
+    js = (WEB_DIR / "docs.js").read_text()
+    assert "validatorUrl: null" in js and 'fetch("/docs.json"' in js and "description: DESCRIPTION" in js
+    import bentoml._internal.server as bento_server
+
+    static = Path(bento_server.__file__).parent / "static_content"
+    for ref in re.findall(r'"/static_content/([^"]+)"', html):
+        assert (static / ref).is_file(), ref  # the assets the installed BentoML serves
 
 
 def test_a_missing_asset_fails_at_start_naming_the_file(tmp_path: Path) -> None:
