@@ -23,6 +23,12 @@ Contract
    CVE-2026-42561), at most ``max_preamble`` bytes before the first boundary (CVE-2026-40347), and a field
    named in :data:`FILE_FIELDS` must be a file part (``filename=`` in its Content-Disposition): a text
    field there is the same URL download as above. Violations are ``400`` (``413`` for too many parts).
+5. **The form's shape** (:data:`FORMS`, per route): every part names a field the route takes, a single-valued
+   field comes once, a text field is a short UTF-8 value without ``filename=``, and the required file field is
+   there when the body closes (``missing_field``; a field the route does not take is ``unexpected_field``);
+   a form-data body on any other route has no fields at all. BentoML's form reader
+   would answer these with a 500 (it JSON-decodes an unexpected binary part) or silently keep one of two
+   ``image`` parts; here each is a ``400`` naming the field and what the route takes.
 
 Every refusal is the project's JSON error shape ``{"error": {"code", "message"}}``; messages name limits and
 header values we control, never request content. Requests without a body (GET, an empty POST) pass the
@@ -57,6 +63,30 @@ FILE_FIELDS: Final = frozenset({"image", "images"})
 # RFC 2046 5.1.1: boundary := 0*69<bchars> bcharsnospace; bchars are DIGIT / ALPHA / '()+_,-./:=? and space.
 _BOUNDARY_RE: Final = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 _NAME_RE: Final = re.compile(rb'(?i)content-disposition:[^\r\n]*?[;\s]name="?([^";\r\n]*)')
+#: The longest text value a form field takes (a laterality list for a study of many photographs fits).
+MAX_TEXT_FIELD: Final = 1024
+
+
+@dataclass(frozen=True)
+class FormSpec:
+    """The fields one route's ``multipart/form-data`` takes: ``file`` (required; ``many`` whether it may repeat)
+    and optional single-valued text fields."""
+
+    file: str
+    many: bool
+    texts: frozenset[str] = frozenset({"laterality"})
+
+    def describe(self) -> str:
+        file = f"'{self.file}' (one or more files)" if self.many else f"'{self.file}' (one file)"
+        return " and ".join([file, *(f"optionally '{t}' (text)" for t in sorted(self.texts))])
+
+
+#: Route -> its form. Other routes take no form fields.
+FORMS: Final[dict[str, FormSpec]] = {
+    "/analyze": FormSpec(file="image", many=False),
+    "/analyze_study": FormSpec(file="images", many=True),
+    "/jobs/analyze_study/submit": FormSpec(file="images", many=True),
+}
 _FILENAME_RE: Final = re.compile(rb'(?i)content-disposition:[^\r\n]*?[;\s]filename\*?=')
 
 log = logging.getLogger("fovea")
@@ -152,9 +182,15 @@ class _MultipartScanner:
     The boundary never occurs inside a part (RFC 2046 5.1.1), so a delimiter match is a real delimiter.
     """
 
-    def __init__(self, boundary: str, limits: RequestLimits) -> None:
+    def __init__(self, boundary: str, limits: RequestLimits, path: str = "") -> None:
         self.delimiter = b"--" + boundary.encode("latin-1")
         self.limits = limits
+        self.path = path
+        self.form = FORMS.get(path)
+        self.seen: dict[str, int] = {}  # field name -> parts so far
+        self.text: bytearray | None = None  # the value of the text part being read, if any
+        self.text_field = ""
+        self.unexpected: list[str] = []  # fields the route does not take, as shown in messages
         self.pending = b""  # unconsumed bytes: a possible partial delimiter, or the part header so far
         self.offset = 0  # absolute body offset of pending[0]
         self.in_header = False
@@ -189,6 +225,7 @@ class _MultipartScanner:
                     raise RequestRejected(400, "bad_request", (
                         f"more than {self.limits.max_preamble} bytes before the first multipart boundary"))
                 keep = min(len(data), len(self.delimiter) + 1)  # a delimiter may straddle two chunks
+                self._body(data[: len(data) - keep])
                 self.offset += len(data) - keep
                 self.pending = data[len(data) - keep :]
                 return
@@ -197,6 +234,8 @@ class _MultipartScanner:
                     raise RequestRejected(400, "bad_request", (
                         f"more than {self.limits.max_preamble} bytes before the first multipart boundary"))
                 self.seen_delimiter = True
+            self._body(data[:at])
+            self._part_done()
             after = at + len(self.delimiter)
             if len(data) - after < 2:  # cannot tell a close delimiter from a part yet
                 self.offset += at
@@ -204,6 +243,7 @@ class _MultipartScanner:
                 return
             if data[after : after + 2] == b"--":
                 self.closed = True  # close delimiter; parsers ignore the epilogue, but it costs them CPU
+                self._form_complete()
                 self._epilogue(len(data) - after - 2)
                 return
             self.parts += 1
@@ -224,10 +264,73 @@ class _MultipartScanner:
         # header starts with the rest of the delimiter line (transport padding, CRLF), then the part's headers.
         name = _NAME_RE.search(header)
         field = name.group(1).decode("latin-1") if name else ""
-        if field in FILE_FIELDS and not _FILENAME_RE.search(header):
+        is_file = bool(_FILENAME_RE.search(header))
+        if field in FILE_FIELDS and not is_file:
             # Security: BentoML downloads a text value of a file field as a URL (SSRF): files only.
             raise RequestRejected(400, "bad_request", (
                 f"form field '{field}' must be a file upload (curl -F {field}=@photo.jpg), not a text value"))
+        shown = _shown(field)
+        if self.form is None:
+            raise RequestRejected(400, "unexpected_field", (
+                f"{self.path or 'this route'} takes no form fields, got {shown}"))
+        if field != self.form.file and field not in self.form.texts:
+            # Judged when the form closes: without the route's file field it is that field that is missing.
+            self.unexpected.append(shown)
+            return
+        self.seen[field] = self.seen.get(field, 0) + 1
+        if self.seen[field] > 1 and not (field == self.form.file and self.form.many):
+            hint = " (several photographs of one visit go to /analyze_study as 'images')" if field == "image" else ""
+            raise RequestRejected(400, "bad_request", f"form field {shown} is given more than once{hint}")
+        if field in self.form.texts:
+            if is_file:
+                raise RequestRejected(400, "bad_request", (
+                    f"form field {shown} must be a text value (curl -F {field}=R), not a file upload"))
+            self.text, self.text_field = bytearray(), field
+
+    def _body(self, chunk: bytes) -> None:
+        """Bytes of the current part's body (the CRLF before the next delimiter included)."""
+        if self.text is not None and chunk:
+            self.text += chunk
+            if len(self.text) > MAX_TEXT_FIELD + 2:
+                raise RequestRejected(400, "bad_request", (
+                    f"form field '{self.text_field}' is longer than {MAX_TEXT_FIELD} bytes: it takes a short text"))
+
+    def _part_done(self) -> None:
+        if self.text is None:
+            return
+        value = bytes(self.text).removesuffix(b"\r\n")
+        self.text = None
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RequestRejected(400, "bad_request", (
+                f"form field '{self.text_field}' must be text (UTF-8), not binary data")) from None
+
+    def finish(self) -> None:
+        """The body has ended: it must have closed with the final delimiter (``--boundary--``)."""
+        if self.closed:
+            return
+        if not self.seen_delimiter:
+            raise RequestRejected(400, "bad_request", (
+                "the form has no part delimited by the boundary its Content-Type declares"))
+        raise RequestRejected(400, "bad_request", "the form ends before its closing boundary (--boundary--)")
+
+    def _form_complete(self) -> None:
+        if self.form is None or not (self.seen or self.unexpected):
+            return
+        got = f"; got {', '.join(self.unexpected)}" if self.unexpected else ""
+        if self.form.file not in self.seen:
+            raise RequestRejected(400, "missing_field", (
+                f"form field '{self.form.file}' is missing: {self.path} takes {self.form.describe()}{got}"))
+        if self.unexpected:
+            raise RequestRejected(400, "unexpected_field", (
+                f"unexpected form field {self.unexpected[0]}: {self.path} takes {self.form.describe()}"))
+
+
+def _shown(field: str) -> str:
+    """A field name fit for an error message: quoted, printable, at most 40 characters."""
+    clean = "".join(c if c.isprintable() else "?" for c in field)
+    return f"'{clean[:40]}{'…' if len(clean) > 40 else ''}'" if field else "(a part without a name)"
 
 
 class RequestGuardMiddleware:
@@ -249,7 +352,8 @@ class RequestGuardMiddleware:
             return
 
         ctype, params = media_type(dict(scope.get("headers") or []).get(b"content-type"))
-        scanner = _MultipartScanner(params["boundary"], self.limits) if ctype == "multipart/form-data" else None
+        scanner = (_MultipartScanner(params["boundary"], self.limits, str(scope.get("path", "")))
+                   if ctype == "multipart/form-data" else None)
         state: dict[str, Any] = {"received": 0, "rejected": None, "started": False}
 
         async def guarded_receive() -> Message:
@@ -266,6 +370,8 @@ class RequestGuardMiddleware:
                             f"request body exceeds the limit of {self.limits.max_body} bytes"))
                     if scanner is not None and body:
                         scanner.feed(body)
+                    if scanner is not None and not message.get("more_body", False):
+                        scanner.finish()
                 except RequestRejected as exc:
                     state["rejected"] = exc
                     raise

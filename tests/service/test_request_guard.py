@@ -199,3 +199,54 @@ def test_refusals_are_logged_without_a_traceback() -> None:
     record = logging.LogRecord("bentoml._internal.server.http_app", logging.ERROR, __file__, 1, "Exception on %s",
                                ("/analyze",), (RequestRejected, RequestRejected(413, "payload_too_large", "m"), None))
     assert _QuietRejection().filter(record) and record.exc_info is None and record.levelno == logging.INFO
+
+
+def _chunked(body: bytes, size: int) -> list[bytes]:
+    return [body[i : i + size] for i in range(0, len(body), size)]
+
+
+@pytest.mark.parametrize(("path", "parts", "status", "code", "named"), [
+    ("/analyze", [part("photo", b"x")], 400, "missing_field", "'image' is missing"),
+    ("/analyze", [part("photo", b"x")], 400, "missing_field", "got 'photo'"),
+    ("/analyze", [part("image", b"x"), part("extra", b"x")], 400, "unexpected_field", "'extra'"),
+    ("/analyze", [part("image", b"x"), part("image", b"y")], 400, "bad_request", "'image' is given more than once"),
+    ("/analyze_study", [part("images", b"x"), part("image", b"y")], 400, "unexpected_field", "'image'"),
+    ("/analyze", [part("image", b"x"), part("laterality", b"L"), part("laterality", b"R", None)], 400,
+     "bad_request", "'laterality' must be a text value"),
+    ("/analyze", [part("image", b"x"), part("laterality", b"\xff\xd8\xff\xe0", None)], 400, "bad_request",
+     "'laterality' must be text"),
+    ("/analyze", [part("image", b"x"), part("laterality", b"L" * 1100, None)], 400, "bad_request",
+     "'laterality' is longer than"),
+    ("/info", [part("x", b"x")], 400, "unexpected_field", "/info takes no form fields, got 'x'"),
+    ("/analyze", [part("", b"x"), part("image", b"x")], 400, "unexpected_field", "(a part without a name)"),
+])
+def test_the_form_shape_is_checked_per_route_whatever_the_chunking(path: str, parts: list[bytes], status: int,
+                                                                   code: str, named: str) -> None:
+    body = form(*parts)
+    limits = RequestLimits(max_body=4000, max_parts=4, max_part_header=200, max_preamble=64)
+    for size in (1, 5, 64, len(body)):
+        got, answer, _, _ = call(path, MULTIPART, _chunked(body, size), limits)
+        assert (got, answer["error"]["code"]) == (status, code), (size, answer)
+        assert named in answer["error"]["message"], (size, answer)
+
+
+def test_a_study_takes_many_images_and_one_laterality_list() -> None:
+    body = form(part("images", b"a"), part("images", b"b"), part("laterality", b"R,L", None))
+    for size in (1, 3, len(body)):
+        status, _, app, _ = call("/analyze_study", MULTIPART, _chunked(body, size))
+        assert status == 200 and app.read == len(body), size
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (part("image", b"x"), "ends before its closing boundary"),  # no closing delimiter
+    (b"no delimiter at all", "no part delimited by the boundary"),
+    (b"--other\r\n\r\nx\r\n--other--\r\n", "no part delimited by the boundary"),  # another boundary
+])
+def test_a_body_that_does_not_close_is_400(body: bytes, message: str) -> None:
+    status, answer, _, _ = call("/analyze", MULTIPART, [body])
+    assert status == 400 and message in answer["error"]["message"]
+
+
+def test_an_unprintable_field_name_is_shown_safely() -> None:
+    status, answer, _, _ = call("/analyze", MULTIPART, [form(part("image", b"x"), part("a\x01b" + "c" * 60, b"y"))])
+    assert status == 400 and "'a?b" in answer["error"]["message"] and "…'" in answer["error"]["message"]
