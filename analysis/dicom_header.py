@@ -45,6 +45,7 @@ __all__ = [
     "checked_header",
     "dataset_under",
     "decoded_bytes_per_frame",
+    "file_meta_uids",
     "plugins_for",
     "read_dicom_header",
     "read_dicom_instance",
@@ -262,6 +263,22 @@ def _read_file_meta(fp: io.BytesIO) -> tuple[Dataset, int]:
             continue
         return meta, fp.tell()
     raise ValueError("unreadable file meta")
+
+
+def file_meta_uids(data: bytes) -> tuple[str, str]:
+    """``(MediaStorageSOPClassUID, MediaStorageSOPInstanceUID)`` from the File Meta Information of a Part 10
+    file, reading group 0002 only (never the dataset, so nothing is inflated or parsed past it): for naming an
+    instance that was refused. ``("", "")`` when ``data`` has no readable file meta; the values are not
+    validated."""
+    if len(data) < 132 or data[128:132] != b"DICM":
+        return "", ""
+    try:
+        fp = io.BytesIO(data)
+        read_preamble(fp, False)
+        meta, _ = _read_file_meta(fp)
+        return str(meta.get("MediaStorageSOPClassUID", "")), str(meta.get("MediaStorageSOPInstanceUID", ""))
+    except Exception:  # a refused file may be anything: no UIDs then
+        return "", ""
 
 
 def header_text(ds: Dataset, keyword: str) -> str | None:

@@ -65,7 +65,7 @@ def store(tmp_path: Path) -> ResultStore:
 
 
 def _client(analyzer: Analyzer, store: ResultStore, **kw) -> TestClient:
-    app = create_app(lambda data: analyzer.analyze(data), store, start_worker=False,
+    app = create_app(analyzer.analyze, store, start_worker=False,
                      decode_limits=DecodeLimits(), **kw)
     # Mounted as the service mounts it, so URLs in responses carry /dicomweb.
     return TestClient(Starlette(routes=[Mount("/dicomweb", app)]))
@@ -301,7 +301,7 @@ def test_wado_accept_negotiation(analyzer, store, fundus_files) -> None:
 
 
 def test_failed_analysis_is_reported(store, fundus_files) -> None:
-    def broken(data: bytes):
+    def broken(instance, *, request_id: str):
         from analysis.errors import UnreadableImage
 
         raise UnreadableImage("The JPEG pixel data could not be decoded.")
@@ -320,7 +320,7 @@ def test_failed_analysis_is_reported(store, fundus_files) -> None:
 def test_worker_thread_runs_after_the_response(analyzer, tmp_path, fundus_files) -> None:
     """The lifespan starts the worker: the analysis finishes on its own, the client only polls."""
     store = ResultStore(tmp_path / "dw", Sealer(bytes(32)))
-    app = create_app(lambda data: analyzer.analyze(data), lambda: store)
+    app = create_app(analyzer.analyze, lambda: store)
 
     @contextlib.asynccontextmanager
     async def lifespan(outer: Starlette):  # BentoML enters a mounted Starlette app's lifespan the same way
