@@ -11,15 +11,9 @@ import os
 from io import BytesIO
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
-    MultiFrameTrueColorSecondaryCaptureImageStorage,
-    generate_uid,
-)
+from pydicom.uid import DeflatedExplicitVRLittleEndian, MultiFrameTrueColorSecondaryCaptureImageStorage
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.testclient import TestClient
@@ -28,8 +22,6 @@ from analysis.decode import DecodeLimits
 from analysis.errors import UnreadableImage
 from analysis.findings import Findings
 from analysis.pipeline import Analyzer
-from datasets.synthetic.dicom import write_op_dicom
-from datasets.synthetic.fundus import render_fundus
 from service.at_rest import Sealer
 from service.audit import AuditLog
 from service.dicomweb import create_app
@@ -47,48 +39,6 @@ SITE = {"x-test-site": "clinic-a"}
 @pytest.fixture(scope="module")
 def analyzer() -> Analyzer:
     return Analyzer.load(REPO / "models" / "default" / "dr-grader.card.json")
-
-
-@pytest.fixture(scope="module")
-def fundus_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Two synthetic OP 8-bit JPEG fundus photographs of one patient (both eyes), 256 px."""
-    out = tmp_path_factory.mktemp("op")
-    rng = np.random.default_rng(3)
-    paths = []
-    for n, lat in enumerate(("R", "L")):
-        path = out / f"{lat}.dcm"
-        write_op_dicom(render_fundus(rng, grade=2, laterality=lat, size=256).image, path, laterality=lat,
-                       patient_id="P-TEST-1", seed=11, instance_number=n + 1)
-        paths.append(path)
-    return paths
-
-
-@pytest.fixture(scope="module")
-def multi_frame(fundus_files: list[Path]) -> bytes:
-    """A multi-frame true-colour Secondary Capture of the two photographs (native RGB)."""
-    return _multi_frame(fundus_files, ExplicitVRLittleEndian)
-
-
-def _multi_frame(fundus_files: list[Path], transfer_syntax: str) -> bytes:
-    frames = [pydicom.dcmread(p).pixel_array for p in fundus_files]  # YBR_FULL_422 decoded by pydicom
-    ds = pydicom.dcmread(fundus_files[0], stop_before_pixels=True)
-    rgb = np.stack([pydicom.pixels.convert_color_space(f, "YBR_FULL", "RGB") for f in frames])
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MultiFrameTrueColorSecondaryCaptureImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = transfer_syntax
-    ds.NumberOfFrames, ds.PhotometricInterpretation, ds.PlanarConfiguration = 2, "RGB", 0
-    ds.pop("LossyImageCompression", None)
-    ds.add_new(0x7FE00010, "OB", rgb.tobytes())  # Pixel Data
-    buf = BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
-@pytest.fixture()
-def store(tmp_path: Path) -> ResultStore:
-    s = ResultStore(tmp_path / "dicomweb", Sealer(bytes(range(32))), max_pending=4)
-    yield s
-    s.close()
 
 
 @pytest.fixture()
@@ -151,12 +101,12 @@ def test_a_refused_dicomweb_analysis_is_audited(store, audit, fundus_files) -> N
     assert json.loads(row["input_sha256"]) == [hashlib.sha256(data).hexdigest()]
 
 
-def test_a_planted_over_limit_instance_is_refused_not_parsed(store, audit, fundus_files,
+def test_a_planted_over_limit_instance_is_refused_not_parsed(store, audit, multi_frame_dicom,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """An instance in the store that the read limits refuse (here: a deflated one inflating past the limit,
     put in the store directly, as a store written under looser limits would hold it) is refused before
     pydicom parses it, and the refusal is audited."""
-    data = _multi_frame(fundus_files, DeflatedExplicitVRLittleEndian)
+    data = multi_frame_dicom(DeflatedExplicitVRLittleEndian)
     def never(instance, *, request_id: str) -> Findings:
         raise AssertionError("an over-limit instance reached the analysis")
 
@@ -195,7 +145,8 @@ def test_a_dicomweb_instance_is_parsed_once_at_receipt_and_once_for_the_analysis
     assert _state(client, data)["state"] == "done"
 
 
-def test_both_doors_give_the_same_results_per_frame(analyzer, store, multi_frame, tmp_path) -> None:
+def test_both_doors_give_the_same_results_per_frame(analyzer, store, multi_frame_dicom, tmp_path) -> None:
+    multi_frame = multi_frame_dicom()
     client = _client(analyzer.analyze, store, None)
     assert _stow(client, [multi_frame]).status_code == 200
     assert _drain(client) == 1
