@@ -186,3 +186,23 @@ def test_both_doors_give_the_same_results_per_frame(analyzer, store, multi_frame
 def _content(sr: pydicom.Dataset) -> list[dict]:
     """The SR's content tree (DICOM JSON)."""
     return [item.to_json_dict() for item in sr.ContentSequence]
+
+
+def test_a_refused_stow_part_is_named_from_its_file_meta_never_parsed(
+        store, multi_frame_dicom, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deflated part that inflates past the limit is refused before pydicom parses it, and the Failed SOP
+    Sequence names it from its file meta (group 0002) alone."""
+    data = multi_frame_dicom(DeflatedExplicitVRLittleEndian)
+    sop = str(pydicom.dcmread(BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
+    client = _client(lambda instance, *, request_id: pytest.fail("analysed"), store, None,
+                     DecodeLimits(max_inflated_bytes=100_000))
+    parsed: list[int] = []
+    real = pydicom.dcmread
+    monkeypatch.setattr(pydicom, "dcmread", lambda *a, **k: parsed.append(1) or real(*a, **k))
+    r = _stow(client, [data])
+    assert parsed == []
+    assert r.status_code == 409
+    [failed] = r.json()["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0xA700]
+    assert failed["00081155"]["Value"] == [sop]
+    assert failed["00081150"]["Value"] == [MultiFrameTrueColorSecondaryCaptureImageStorage]
