@@ -125,8 +125,8 @@ def create_app(analyze: Analyse, store: ResultStore | Callable[[], ResultStore],
     :func:`analysis.received.result_datasets`); ``audit``: the audit trail that records each analysis
     (:mod:`service.dicomweb_worker`); ``limits``: of a STOW-RS body (default: 8 parts of 64 MiB);
     ``decode_limits``: the decoder's limits, for the check at receipt and the parse before the analysis;
-    ``start_worker=False`` leaves the analyses to the
-    caller (``app.state.dicomweb.worker.drain()`` in tests); ``open_at_start()`` false: the store is opened
+    ``start_worker=False`` leaves the analyses to the caller (``app.state.dicomweb.worker.drain()`` in
+    tests); ``open_at_start()`` false: the store is opened
     on the first DICOMweb request instead of at start-up (nothing is created on disk for a service that is
     never sent a study); ``site(request)``: the site a request acts for (default: the API key's,
     :func:`service.auth.current_site`): a site finds and retrieves the results of the instances it sent, and
@@ -206,8 +206,8 @@ class _DicomWeb:
 
     def __init__(self, analyze: Analyse, store: ResultStore | Callable[[], ResultStore], *,
                  build_results: BuildResults, audit: AuditLog | None, limits: MultipartLimits,
-                 decode_limits: DecodeLimits,
-                 worker_threads: int, start_worker: bool, site: Callable[[Request], str | None]) -> None:
+                 decode_limits: DecodeLimits, worker_threads: int, start_worker: bool,
+                 site: Callable[[Request], str | None]) -> None:
         self.site_of = site
         self._analyze = analyze
         self._store_source = store
