@@ -73,7 +73,7 @@ Colour handling
   or segfaults the interpreter on some corrupt codestreams (see :mod:`analysis.dicom_pixels`). pylibjpeg (GPL
   libjpeg) is never used even if installed. Colour 8-bit JPEG baseline / extended frames (the common fundus
   camera output) are decoded by Pillow directly (:func:`analysis.dicom_pixels.decode_jpeg_colour_frames`,
-  with pydicom's colour rules, YBR -> RGB by OpenCV: ~3x faster than pydicom's numpy conversion), which is
+  with pydicom's colour rules, YBR -> RGB by OpenCV, faster than pydicom's numpy conversion), which is
   also what allows reduced-resolution decoding; the pydicom path is the fallback. YBR_FULL / YBR_FULL_422 are
   converted to RGB exactly once; YBR_ICT / YBR_RCT (JPEG 2000) come back as RGB from the backends; PALETTE
   COLOR goes through the palette LUT; MONOCHROME1/2 go through the modality LUT / rescale and the VOI LUT /

@@ -73,7 +73,7 @@ ACCEPTED_PHOTOMETRIC_INTERPRETATIONS: Final[frozenset[str]] = frozenset(
 )
 
 # Decoding plugins allowed per encapsulated transfer syntax, in order of preference. Pillow runs in process
-# and is ~2-3x faster than GDCM on JPEG baseline; GDCM runs in a child process (analysis.dicom_pixels), so it
+# and is faster than GDCM on JPEG baseline; GDCM runs in a child process (analysis.dicom_pixels), so it
 # is the fallback (it reads some JPEG 2000 files Pillow/OpenJPEG refuses) or the only choice (JPEG lossless,
 # JPEG-LS). Never "pylibjpeg" (its libjpeg backend is GPL). Native (uncompressed) syntaxes use pydicom itself:
 # plugin "".

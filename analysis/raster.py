@@ -28,8 +28,8 @@ def _png_chunks_complete(data: bytes) -> bool:
     """True if the PNG chunks chain from the signature to IEND, each inside the file, IDAT before IEND.
 
     Besides detecting truncation this matters for memory: OpenCV 5's PNG reader allocates a chunk's DECLARED
-    length up front (a 148-byte file declaring a 3.7 GB IDAT made it allocate 3.7 GB), so no chunk may claim
-    more bytes than the upload has.
+    length up front (a file of a few bytes declaring a gigabyte IDAT makes it allocate a gigabyte), so no
+    chunk may claim more bytes than the upload has.
     """
     i, n, seen_idat = 8, len(data), False
     while i + 12 <= n:  # advances by >= 12 bytes per chunk: terminates
@@ -53,9 +53,9 @@ def _check_png_inflation(data: bytes, width: int, height: int) -> None:
     """Refuse a PNG whose IDAT stream inflates past what its IHDR can hold (a decompression bomb).
 
     libpng warns "Too much image data" and stops using the rows, but OpenCV still inflates the whole stream:
-    a 260 kB file inflating to 256 MB cost 1.9 s, so a 64 MB upload could cost minutes of CPU. The raw size
-    is ``height * (1 + rowbytes)``; Adam7 interlacing adds at most one filter byte and one padding byte per
-    pass row (``14 * height``). One bounded inflate (~1 MiB of memory) costs about as much as the decoder's.
+    a small file inflating a thousandfold costs seconds, so a full-size upload could cost minutes of CPU. The
+    raw size is ``height * (1 + rowbytes)``; Adam7 interlacing adds at most one filter byte and one padding
+    byte per pass row (``14 * height``). One bounded inflate (~1 MiB of memory) costs about as much as the decoder's.
     """
     bit_depth, colour, interlace = data[24], data[25], data[28]
     channels = _PNG_CHANNELS.get(colour)
