@@ -19,7 +19,7 @@ from models.detection import decode as decode_lesions
 from models.grading import is_referable, referable_probability, softmax
 from models.preprocess import locate_field, preprocess
 from models.store import load_verified
-from analysis.decode import DecodedImage, DecodeLimits, decode
+from analysis.decode import DecodedImage, DecodeLimits, DicomInstance, decode
 from analysis.errors import FoveaError
 from analysis.gradability import check_quality_card, combine
 from analysis.findings import (
@@ -116,10 +116,12 @@ class Analyzer:
                    limits=limits or DecodeLimits(max_frames=DEFAULT_MAX_FRAMES), rules=rules or QualityRules(),
                    referable_threshold=referable_threshold, detector=det, quality_model=qual)
 
-    def analyze(self, data: bytes, *, request_id: str | None = None, laterality: str | None = None) -> Findings:
+    def analyze(self, data: bytes | DicomInstance, *, request_id: str | None = None,
+                laterality: str | None = None) -> Findings:
         """Analyse one upload (every frame, up to the decode limit); raises :class:`analysis.errors.FoveaError`
-        subclasses for bad input. ``laterality`` ("L"/"R", e.g. from a form field) is used when the file
-        itself does not say; the file's own value wins."""
+        subclasses for bad input. ``data``: the upload's bytes, or a DICOM instance a receiver already parsed
+        (:func:`analysis.decode.read_dicom_instance`), which is not parsed again. ``laterality`` ("L"/"R",
+        e.g. from a form field) is used when the file itself does not say; the file's own value wins."""
         request_id = request_id or uuid.uuid4().hex
         t0 = time.perf_counter()
         # Decode no finer than the finest analysis needs (the quality gate's crop, the model input): a photo

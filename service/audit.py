@@ -38,7 +38,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -309,13 +309,20 @@ class AuditLog:
         conn.execute(insert(records), row)
         return row
 
-    @contextmanager
-    def recording(self, request_id: str, endpoint: str, inputs: Sequence[Path] = ()) -> Iterator[RequestRecord]:
+    def recording(self, request_id: str, endpoint: str, inputs: Sequence[Path] = ()
+                  ) -> AbstractContextManager[RequestRecord]:
         """Audit one API call: yields a :class:`RequestRecord` for the endpoint to fill, and commits it when the
         block ends — before the response is returned. An exception escaping the block is recorded as a 500 and
         re-raised; a record that cannot be written fails the request (no answer without its record)."""
-        rec = RequestRecord(request_id=request_id, endpoint=endpoint, site=current_site(),
-                            input_sha256=[sha256_file(p) for p in inputs if p.is_file()])
+        return self.record(RequestRecord(request_id=request_id, endpoint=endpoint, site=current_site(),
+                                         input_sha256=[sha256_file(p) for p in inputs if p.is_file()]))
+
+    @contextmanager
+    def record(self, rec: RequestRecord) -> Iterator[RequestRecord]:
+        """Audit one piece of work described by ``rec`` (its request id, endpoint, site and input hashes set
+        by the caller): yields it to fill, commits it when the block ends. An exception escaping the block is
+        recorded as a 500 and re-raised; a record that cannot be written fails the work. :meth:`recording`
+        for an API call; the DICOMweb worker for an analysis that runs after the request was answered."""
         try:
             yield rec
         except BaseException:
@@ -323,7 +330,7 @@ class AuditLog:
             try:
                 self._write(rec)
             except Exception:  # the original failure is the one to report
-                log.exception("request %s: audit record could not be written", request_id)
+                log.exception("request %s: audit record could not be written", rec.request_id)
             raise
         self._write(rec)
 

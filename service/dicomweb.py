@@ -48,10 +48,8 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Any
 
-import pydicom
 from pydicom.dataset import Dataset
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -62,7 +60,10 @@ from starlette.routing import Route
 from service.at_rest import data_dir
 from service.auth import current_site
 from analysis.decode import DecodeLimits, read_dicom_header
-from service.dicomweb_worker import Analyze, AnalysisWorker, BuildResults, default_build_results
+from analysis.dicom_header import file_meta_uids
+from analysis.received import Analyse, result_datasets
+from service.audit import AuditLog
+from service.dicomweb_worker import AnalysisWorker, BuildResults
 from analysis.errors import (BadRequest, FoveaError, NotAcceptable, NotFound, PayloadTooLarge, UnsupportedDicom,
                             UnsupportedMediaType)
 from service.multipart import MultipartLimits, encode_related, new_boundary, parse_media_type, read_related
@@ -111,23 +112,26 @@ class _PartOutcome:
     study_instance_uid: str = ""
 
 
-def create_app(analyze: Analyze, store: ResultStore | Callable[[], ResultStore], *,
-               build_results: BuildResults = default_build_results,
+def create_app(analyze: Analyse, store: ResultStore | Callable[[], ResultStore], *,
+               build_results: BuildResults = result_datasets, audit: AuditLog | None = None,
                limits: MultipartLimits | None = None, decode_limits: DecodeLimits | None = None,
                worker_threads: int = 1, start_worker: bool = True,
                open_at_start: Callable[[], bool] = lambda: True,
                site: Callable[[Request], str | None] = lambda request: current_site()) -> Starlette:
-    """The DICOMweb app (module docstring). ``analyze``: bytes -> Findings (the service's analyzer);
-    ``store``: the result store, or a function that opens it (called once, at start-up or first use, so
-    importing the service creates nothing on disk); ``build_results``: Findings + source dataset -> SR and SC
-    (default :func:`analysis.dicom_out.build_results`); ``limits``: of a STOW-RS body (default: 8 parts of
-    64 MiB); ``decode_limits``: the decoder's header limits; ``start_worker=False`` leaves the analyses to the
-    caller (``app.state.dicomweb.worker.drain()`` in tests); ``open_at_start()`` false: the store is opened
+    """The DICOMweb app (module docstring). ``analyze``: a parsed instance -> Findings
+    (:class:`analysis.received.Analyse`; the service's ``Analyzer.analyze``); ``store``: the result store, or
+    a function that opens it (called once, at start-up or first use, so importing the service creates nothing
+    on disk); ``build_results``: Findings + source dataset -> SR and SC of every analysed frame (default
+    :func:`analysis.received.result_datasets`); ``audit``: the audit trail that records each analysis
+    (:mod:`service.dicomweb_worker`); ``limits``: of a STOW-RS body (default: 8 parts of 64 MiB);
+    ``decode_limits``: the decoder's limits, for the check at receipt and the parse before the analysis;
+    ``start_worker=False`` leaves the analyses to the caller (``app.state.dicomweb.worker.drain()`` in
+    tests); ``open_at_start()`` false: the store is opened
     on the first DICOMweb request instead of at start-up (nothing is created on disk for a service that is
     never sent a study); ``site(request)``: the site a request acts for (default: the API key's,
     :func:`service.auth.current_site`): a site finds and retrieves the results of the instances it sent, and
     no other site's (``None``: no scoping)."""
-    web = _DicomWeb(analyze, store, build_results=build_results,
+    web = _DicomWeb(analyze, store, build_results=build_results, audit=audit,
                     limits=limits or MultipartLimits(max_parts=8, max_part_bytes=64 << 20,
                                                      max_total_bytes=8 * (64 << 20)),
                     decode_limits=decode_limits or DecodeLimits(), worker_threads=worker_threads,
@@ -164,12 +168,13 @@ def create_app(analyze: Analyze, store: ResultStore | Callable[[], ResultStore],
     return app
 
 
-def create_service_app(settings: Settings, analyze: Analyze) -> Starlette:
+def create_service_app(settings: Settings, analyze: Analyse, audit: AuditLog | None = None) -> Starlette:
     """The app as the BentoML service mounts it: the store under ``<FOVEA_DATA_DIR>/dicomweb`` sealed with
-    the installation's key (opened at start-up if it exists, else on first use), and the service's upload
-    limits: a STOW-RS request carries at most ``max_study_images`` instances of ``max_upload_bytes`` each."""
+    the installation's key (opened at start-up if it exists, else on first use), the service's upload
+    limits (a STOW-RS request carries at most ``max_study_images`` instances of ``max_upload_bytes`` each) and
+    its audit trail."""
     return create_app(
-        analyze, lambda: ResultStore.open(),
+        analyze, lambda: ResultStore.open(), audit=audit,
         limits=MultipartLimits(max_parts=settings.max_study_images, max_part_bytes=settings.max_upload_bytes,
                                max_total_bytes=settings.max_upload_bytes * settings.max_study_images),
         decode_limits=DecodeLimits(max_frames=settings.max_frames, max_bytes=settings.max_upload_bytes),
@@ -199,13 +204,15 @@ def _instance_url(base: str, row: StoredInstance) -> str:
 class _DicomWeb:
     """The handlers and their shared state (see :func:`create_app`)."""
 
-    def __init__(self, analyze: Analyze, store: ResultStore | Callable[[], ResultStore], *,
-                 build_results: BuildResults, limits: MultipartLimits, decode_limits: DecodeLimits,
-                 worker_threads: int, start_worker: bool, site: Callable[[Request], str | None]) -> None:
+    def __init__(self, analyze: Analyse, store: ResultStore | Callable[[], ResultStore], *,
+                 build_results: BuildResults, audit: AuditLog | None, limits: MultipartLimits,
+                 decode_limits: DecodeLimits, worker_threads: int, start_worker: bool,
+                 site: Callable[[Request], str | None]) -> None:
         self.site_of = site
         self._analyze = analyze
         self._store_source = store
         self._build_results = build_results
+        self._audit = audit
         self.limits = limits
         self.decode_limits = decode_limits
         self._worker_threads = worker_threads
@@ -239,6 +246,7 @@ class _DicomWeb:
                 assert callable(source)
                 self._store = source()
             self._worker = AnalysisWorker(self._store, self._analyze, self._build_results,
+                                          limits=self.decode_limits, audit=self._audit,
                                           threads=self._worker_threads)
             if self._start_worker:
                 self._worker.start()
@@ -543,16 +551,10 @@ def _failure_reason(exc: FoveaError) -> int:
 
 
 def _peek_uids(data: bytes) -> tuple[str, str]:
-    """The SOP Class and Instance UIDs of a refused part, if it is DICOM enough to have them; ``("", "")``
+    """The SOP Class and Instance UIDs of a refused part, from its file meta (group 0002 only: a refused part
+    is never parsed further, it may be a deflate bomb), if it is DICOM enough to have them; ``("", "")``
     otherwise (the Failed SOP Sequence item then carries them empty)."""
-    if len(data) < 132 or data[128:132] != b"DICM":
-        return "", ""
-    try:
-        ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True,
-                             specific_tags=["SOPClassUID", "SOPInstanceUID"])
-        sop_class, sop = str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", ""))
-    except Exception:  # a refused part may be anything: no UIDs then
-        return "", ""
+    sop_class, sop = file_meta_uids(data)
     return (sop_class if is_uid(sop_class) else "", sop if is_uid(sop) else "")
 
 

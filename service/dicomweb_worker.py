@@ -5,13 +5,16 @@ threads of the service process, so a PACS is never kept waiting on the models. T
 ``analyses`` table (durable, bounded by ``ResultStore.max_pending``): a restart loses nothing, and several
 service processes on one data folder share it (each analysis is claimed atomically by one worker).
 
-For each claimed instance: ``analyze(bytes) -> Findings`` (the service's :class:`~analysis.pipeline.Analyzer`),
-then ``build_results(findings, source_dataset) -> DicomResults`` (:func:`analysis.dicom_out.build_results`:
-TID 1500 SR + Secondary Capture in the source's study; one pair per analysed frame of a multi-frame
-photograph), then both are stored and the analysis is ``done``.
-A :class:`~analysis.errors.FoveaError` (e.g. the pixel data cannot be decoded) ends it ``failed`` with that
-error's code and message; any other exception ``failed`` with ``internal_error`` (the log names the exception
-type only: third-party messages may quote element values).
+Each claimed instance takes the path every received instance takes (:class:`analysis.received.InstancePath`):
+its stored bytes are parsed once under the decode limits, the parsed instance is analysed (``analyze``, the
+service's :class:`~analysis.pipeline.Analyzer`), the results of every analysed frame are built
+(:func:`analysis.received.result_datasets`: TID 1500 SR + Secondary Capture in the source's study) and
+stored, and the analysis is ``done``. With an audit trail, the read and the analysis are recorded like an
+``/analyze`` call (request id, the instance's site, input sha256, models, outcome) under the endpoint
+:data:`AUDIT_ENDPOINT`. A :class:`~analysis.errors.FoveaError` (e.g. the pixel data cannot be decoded, or
+the stored instance is over the limits) ends it ``failed`` with that error's code and message; any other
+exception ``failed`` with ``internal_error`` (the log names the exception type only: third-party messages
+may quote element values).
 """
 
 from __future__ import annotations
@@ -19,38 +22,35 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from io import BytesIO
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
-import pydicom
 from pydicom.dataset import Dataset
 
-from analysis.dicom_out import build_results
+from analysis.decode import DecodeLimits
 from analysis.errors import FoveaError
 from analysis.findings import Findings
+from analysis.received import Analyse, AuditRecord, AuditScope, InstancePath, result_datasets
+from service.audit import AuditLog, RequestRecord
 from service.result_store import ResultStore
 
 log = logging.getLogger("fovea.dicomweb")
 
-#: ``analyze(Part 10 bytes) -> Findings``.
-Analyze = Callable[[bytes], Findings]
+#: ``build(findings, source) -> [SR, SC, ...]`` for every analysed frame.
+BuildResults = Callable[[Findings, Dataset], Sequence[Dataset]]
+
+#: The audit trail's endpoint for an analysis of an instance received by STOW-RS.
+AUDIT_ENDPOINT = "dicomweb:analysis"
 
 
-class DicomResultsLike(Protocol):
-    """What :func:`analysis.dicom_out.build_results` returns: the SR and the Secondary Capture."""
+def audit_scope(audit: AuditLog, site: str | None) -> AuditScope:
+    """The audit scope of the analyses of instances ``site`` sent: one record each, as :data:`AUDIT_ENDPOINT`."""
 
-    sr: Dataset
-    sc: Dataset
+    def scope(request_id: str, input_sha256: str) -> AbstractContextManager[AuditRecord]:
+        return audit.record(RequestRecord(request_id=request_id, endpoint=AUDIT_ENDPOINT, site=site,
+                                          input_sha256=[input_sha256]))
 
-
-#: ``build_results(findings, source) -> DicomResults``.
-BuildResults = Callable[[Findings, Dataset], DicomResultsLike]
-
-
-def default_build_results(findings: Findings, source: Dataset) -> DicomResultsLike:
-    """:func:`analysis.dicom_out.build_results`."""
-    return build_results(findings, source)
+    return scope
 
 
 class AnalysisWorker:
@@ -58,11 +58,14 @@ class AnalysisWorker:
     instance arrives; they also look every ``poll_s`` seconds (analyses queued by another process, or left
     ``running`` by a process that died: those are requeued after ``stale_after_s``)."""
 
-    def __init__(self, store: ResultStore, analyze: Analyze, build_results: BuildResults = default_build_results,
-                 *, threads: int = 1, poll_s: float = 2.0, stale_after_s: float = 900.0) -> None:
+    def __init__(self, store: ResultStore, analyze: Analyse, build_results: BuildResults = result_datasets, *,
+                 limits: DecodeLimits = DecodeLimits(), audit: AuditLog | None = None, threads: int = 1,
+                 poll_s: float = 2.0, stale_after_s: float = 900.0) -> None:
         self.store = store
         self.analyze = analyze
         self.build_results = build_results
+        self.limits = limits
+        self.audit = audit
         self.threads = threads
         self.poll_s = poll_s
         self.stale_after_s = stale_after_s
@@ -134,15 +137,19 @@ class AnalysisWorker:
                  "failed: " + error[0] if error else "done", 1000 * (time.perf_counter() - t0), sha[:12])
         return True
 
+    def path(self, site: str | None) -> InstancePath[Dataset]:
+        """The path of an instance ``site`` sent (module docstring)."""
+        return InstancePath(analyser=self.analyze, limits=self.limits, build=self.build_results,
+                            audit=audit_scope(self.audit, site) if self.audit is not None else None)
+
     def _analyse(self, uid: str) -> None:
-        data = self.store.received(uid)
-        findings = self.analyze(data)
-        source = pydicom.dcmread(BytesIO(data))
-        # A multi-frame photograph: one SR + SC per analysed frame (their UIDs differ by frame).
-        for frame in (findings, *findings.additional_frames):
-            results = self.build_results(frame.model_copy(update={"additional_frames": []}), source)
-            for ds in (results.sr, results.sc):
+        state = self.store.analysis(uid)
+
+        def store_results(results: Sequence[Dataset]) -> None:
+            for ds in results:
                 self.store.put_result(ds, source_sop_instance_uid=uid)
+
+        self.path(state.site if state is not None else None).run(self.store.received(uid), store_results)
 
     def drain(self, timeout_s: float = 60.0) -> int:
         """Run pending analyses in the calling thread until none waits (tests, command-line use); returns how

@@ -114,6 +114,8 @@ class Analysis:
     attempts: int
     error_code: str | None
     error_message: str | None
+    #: The site (API key's) that sent the instance; ``None`` when sent without one.
+    site: str | None = None
 
 
 @dataclass(frozen=True)
@@ -301,7 +303,7 @@ class ResultStore:
             return None
         return Analysis(row["sop_instance_uid"], row["study_instance_uid"], row["series_instance_uid"],
                         row["state"], row["received_at"], row["updated_at"], row["attempts"], row["error_code"],
-                        row["error_message"])
+                        row["error_message"], row["site"])
 
     def pending_count(self) -> int:
         with self._lock:

@@ -152,8 +152,9 @@ def create_service(settings: Settings) -> Any:
             }
 
     # DICOMweb (STOW-RS, QIDO-RS, WADO-RS) at /dicomweb (service/dicomweb.py); received instances are analysed in a
-    # background thread of this process with this service's analyzer.
-    Fovea.mount_asgi_app(dicomweb_app(settings, lambda data: bentoml.get_current_service().analyzer.analyze(data)),
+    # background thread of this process with this service's analyzer, each analysis audited.
+    Fovea.mount_asgi_app(dicomweb_app(settings, lambda instance, *, request_id: bentoml.get_current_service()
+                                      .analyzer.analyze(instance, request_id=request_id), audit=audit),
                          path="/dicomweb")
     # Outermost first. Per-site API keys on every route but the probes and the page (service/auth.py), then an
     # audit record for every answer the endpoints did not record themselves, and jobs kept per site (audit_http).

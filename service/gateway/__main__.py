@@ -89,11 +89,12 @@ def serve(argv: list[str]) -> int:
     sender: Sender = StowSender(args.stow) if args.stow else DimseSender(args.destination,
                                                                          calling_ae=args.ae_title)
     client = ServiceClient(args.service_url, headers=auth_headers(os.environ))
+    limits = DecodeLimits()  # the check at receipt and the read before the analysis
     worker = Worker(queue, analyse=client.analyze, build=default_builder(manufacturer=args.manufacturer),
-                    sender=sender, max_attempts=args.max_attempts,
+                    sender=sender, max_attempts=args.max_attempts, limits=limits,
                     backoff=Backoff(base_s=args.retry_base, max_s=args.retry_max))
     ae, handlers = build_ae(queue, ScpConfig(ae_title=args.ae_title, allowed_calling=tuple(args.allow_calling_ae),
-                                             limits=DecodeLimits()), on_queued=worker.wake)
+                                             limits=limits), on_queued=worker.wake)
     server = ae.start_server((args.host, args.port), block=False, evt_handlers=handlers)
     thread = threading.Thread(target=worker.run, name="fovea-gateway-worker", daemon=True)
     thread.start()

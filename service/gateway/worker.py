@@ -3,12 +3,14 @@
 Each pending item goes through two stages, each saved before the next starts, so a restart repeats at most
 the stage it interrupted:
 
-1. ``analyse``: the sealed instance is sent to ``POST /analyze``; the findings and the source dataset become
-   the results (:func:`analysis.dicom_out.build_results`: TID 1500 SR + Secondary Capture, per analysed frame),
-   which are sealed into the item (stage ``forward``). An unreachable service (:class:`ServiceUnavailable`) is waited for with
-   backoff and never dead-letters (and holds back every other analysis until the wait is over); a refusal
-   (:class:`Rejected`) or results that cannot be built dead-letter at once; other failures are retried up to
-   ``max_attempts`` times.
+1. ``analyse``: the sealed instance takes the path every received instance takes
+   (:class:`analysis.received.InstancePath`): it is parsed once under the decode limits, sent to
+   ``POST /analyze`` (which audits the analysis), and the findings with the parsed dataset become the results
+   (:func:`analysis.received.result_datasets`: TID 1500 SR + Secondary Capture, per analysed frame), which are
+   sealed into the item (stage ``forward``). An unreachable service (:class:`ServiceUnavailable`) is waited
+   for with backoff and never dead-letters (and holds back every other analysis until the wait is over); an
+   instance refused under the limits, a refusal by the service (:class:`Rejected`) or results that cannot be
+   built dead-letter at once; other failures are retried up to ``max_attempts`` times.
 2. ``forward``: the results are sent by the :class:`~service.gateway.forward.Sender`; a failure is retried
    with backoff up to ``max_attempts`` times, then dead-lettered with the last reason.
 
@@ -17,16 +19,17 @@ Logs name items by their queue key (a digest of the SOP Instance UID), never by 
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import time
 from collections.abc import Callable
 
-import pydicom
 from pydicom.dataset import Dataset
 
+from analysis.decode import DecodeLimits, DicomInstance
+from analysis.errors import FoveaError
 from analysis.findings import Findings
+from analysis.received import InstancePath, result_datasets
 from service.gateway.analyse import AnalysisFailed, Rejected, ServiceUnavailable
 from service.gateway.forward import ForwardFailed, Sender
 from service.gateway.queue import Backoff, DurableQueue, Item
@@ -40,28 +43,26 @@ Build = Callable[[Findings, Dataset], list[bytes]]
 
 
 def default_builder(*, manufacturer: str = "Fovea", device_serial: str | None = None) -> Build:
-    """Results as Part 10 files from :func:`analysis.dicom_out.build_results`: for every analysed frame (frame
-    0, then ``findings.additional_frames`` of a multi-frame instance) its SR, then its SC. Each frame's
-    results have their own deterministic UIDs (the frame is part of them)."""
-    from analysis.dicom_out import build_results
+    """The results of :func:`analysis.received.result_datasets` (for every analysed frame, frame 0 then
+    ``findings.additional_frames``, its SR then its SC, each frame's UIDs its own and deterministic) as Part
+    10 files."""
     from service.gateway.forward import to_part10
 
     def build(findings: Findings, source: Dataset) -> list[bytes]:
-        blobs: list[bytes] = []
-        for frame in (findings, *findings.additional_frames):
-            results = build_results(frame, source, manufacturer=manufacturer, device_serial=device_serial)
-            blobs += [to_part10(results.sr), to_part10(results.sc)]
-        return blobs
+        return [to_part10(ds) for ds in result_datasets(findings, source, manufacturer=manufacturer,
+                                                        device_serial=device_serial)]
 
     return build
 
 
 class Worker:
     """Runs the two stages over the queue (module docstring); :meth:`run_once` is one pass (for tests and
-    the loop), :meth:`run` loops in a thread until :meth:`stop`."""
+    the loop), :meth:`run` loops in a thread until :meth:`stop`. ``analyse``: Part 10 bytes -> Findings (the
+    service's ``/analyze``); ``build``: findings + source dataset -> the results as Part 10 files
+    (:func:`default_builder`); ``limits``: the decode limits a queued instance is read under."""
 
     def __init__(self, queue: DurableQueue, *, analyse: Analyse, build: Build, sender: Sender,
-                 max_attempts: int = 8, backoff: Backoff = Backoff(),
+                 max_attempts: int = 8, backoff: Backoff = Backoff(), limits: DecodeLimits = DecodeLimits(),
                  clock: Callable[[], float] = time.time) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -72,6 +73,9 @@ class Worker:
         self.max_attempts = max_attempts
         self.backoff = backoff
         self.clock = clock
+        # Late-bound: analyse and build may be replaced on a running worker (tests do).
+        self.path: InstancePath[bytes] = InstancePath(analyser=self._analyse_remotely, limits=limits,
+                                                      build=lambda findings, source: self.build(findings, source))
         self._service_hold_until = 0.0
         self._service_failures = 0
         self._wake = threading.Event()
@@ -131,17 +135,26 @@ class Worker:
     def _was_dead(self, item: Item) -> bool:
         return not (self.queue.root / "pending" / item.key).exists()
 
+    def _analyse_remotely(self, instance: DicomInstance, *, request_id: str) -> Findings:
+        """The service analyses the Part 10 bytes (under its own request id, in its audit trail)."""
+        return self.analyse(instance.data)
+
     def _analyse(self, item: Item) -> Item | None:
         try:
             data = self.queue.instance(item)
-            source = pydicom.dcmread(io.BytesIO(data))
-        except Exception as exc:  # a sealed file that cannot be opened or parsed will not get better
+        except Exception as exc:  # a sealed file that cannot be opened will not get better
             self.queue.dead_letter(item, f"queued instance unreadable ({type(exc).__name__})")
             log.error("item %s dead-lettered: queued instance unreadable (%s)", item.key, type(exc).__name__)
             return None
         started = time.perf_counter()
         try:
-            findings = self.analyse(data)
+            analysed = self.path.analyse(data)
+        except FoveaError as exc:  # refused under the limits at this door: it will not get better
+            # The decoder's message describes the file, never the patient (analysis.errors).
+            self.queue.dead_letter(item, f"queued instance refused ({exc.code}: {exc.message})"[:300],
+                                   now=self.clock())
+            log.error("item %s dead-lettered: queued instance refused (%s)", item.key, exc.code)
+            return None
         except ServiceUnavailable as exc:
             self._service_failures += 1
             self._service_hold_until = self.clock() + self.backoff.delay(self._service_failures)
@@ -158,16 +171,16 @@ class Worker:
             self._fail(item, str(exc))
             return None
         self._service_failures, self._service_hold_until = 0, 0.0
-        analysed = time.perf_counter()
+        findings, done = analysed.findings, time.perf_counter()
         try:
-            results = self.build(findings, source)
+            results = list(self.path.results(analysed))
         except Exception as exc:  # deterministic: the same findings and source fail the same way again
             self.queue.dead_letter(item, f"results could not be built ({type(exc).__name__})", now=self.clock())
             log.exception("item %s dead-lettered: results could not be built", item.key)
             return None
         log.info("item %s analysed (grade %s, gradable %s; service %.2f s); %d results built in %.2f s", item.key,
-                 findings.dr_grade.grade, findings.quality.gradable, analysed - started, len(results),
-                 time.perf_counter() - analysed)
+                 findings.dr_grade.grade, findings.quality.gradable, done - started, len(results),
+                 time.perf_counter() - done)
         return self.queue.save_results(item, results)
 
     def _forward(self, item: Item) -> int:

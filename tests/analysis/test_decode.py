@@ -24,7 +24,7 @@ from pydicom import uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 
-import analysis.decode as decode_module
+import analysis.dicom_frames as dicom_frames
 from analysis import dicom_pixels
 from analysis.decode import FUNDUS_SOP_CLASSES, DecodedImage, DecodeLimits, decode, jpeg_reduction, sniff
 from analysis.dicom_pixels import PixelHeader, decode_frames_isolated
@@ -785,8 +785,8 @@ def _header_of(ds: Dataset) -> PixelHeader:
 
 def test_backends_used_and_gdcm_never_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
     used: list[str] = []
-    real = decode_module.decode_frames
-    real_jpeg = decode_module.decode_jpeg_colour_frames
+    real = dicom_frames.decode_frames
+    real_jpeg = dicom_frames.decode_jpeg_colour_frames
 
     def spy(ds: Dataset, header: PixelHeader, count: int, plugin: str) -> tuple[list[np.ndarray], list[str]]:
         used.append(plugin)
@@ -796,8 +796,8 @@ def test_backends_used_and_gdcm_never_in_process(monkeypatch: pytest.MonkeyPatch
         used.append("pillow-direct")
         return real_jpeg(ds, header, count, scale)
 
-    monkeypatch.setattr(decode_module, "decode_frames", spy)
-    monkeypatch.setattr(decode_module, "decode_jpeg_colour_frames", spy_jpeg)
+    monkeypatch.setattr(dicom_frames, "decode_frames", spy)
+    monkeypatch.setattr(dicom_frames, "decode_jpeg_colour_frames", spy_jpeg)
     decode(_test_file("SC_rgb_jpeg_dcmtk.dcm"))  # colour JPEG baseline -> Pillow directly, in process
     decode(_test_file("SC_rgb_gdcm_KY.dcm"))  # JPEG 2000 -> pydicom's Pillow plugin, in process
     decode(_test_file("SC_rgb_rle.dcm"))  # RLE -> pydicom
@@ -810,7 +810,7 @@ def test_direct_jpeg_failure_falls_back_to_pydicom(monkeypatch: pytest.MonkeyPat
         raise OSError("simulated Pillow failure")
 
     expected = decode(_test_file("SC_rgb_jpeg_dcmtk.dcm"))[0].rgb
-    monkeypatch.setattr(decode_module, "decode_jpeg_colour_frames", broken)
+    monkeypatch.setattr(dicom_frames, "decode_jpeg_colour_frames", broken)
     [im] = decode(_test_file("SC_rgb_jpeg_dcmtk.dcm"), target=32)
     assert im.scale == 1.0  # the fallback decodes at full size
     assert np.abs(im.rgb.astype(int) - expected.astype(int)).max() <= 1
@@ -1047,7 +1047,7 @@ def test_sequence_depth_counts_levels() -> None:
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
-    from analysis.decode import sequence_depth
+    from analysis.dicom_header import sequence_depth
 
     ds = Dataset()
     assert sequence_depth(ds) == 0
@@ -1058,7 +1058,7 @@ def test_sequence_depth_counts_levels() -> None:
 
 
 def test_decoding_memory_budget_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
-    import analysis.decode as dec
+    import analysis.dicom_frames as dec
 
     data = _save(_dicom(_quadrants()))
     calls: list[int] = []
@@ -1074,7 +1074,7 @@ def test_decoding_memory_budget_is_checked_before_decoding(monkeypatch: pytest.M
 def test_png_decompression_bomb_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     import zlib
 
-    import analysis.decode as dec
+    import analysis.raster as dec
 
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
@@ -1095,7 +1095,7 @@ def test_png_decompression_bomb_is_refused_before_decoding(monkeypatch: pytest.M
 def test_inflated_size_stops_past_the_limit() -> None:
     import zlib
 
-    from analysis.decode import inflated_size
+    from analysis.decode_checks import inflated_size
 
     stream = zlib.compress(b"\x00" * (50 << 20), 9)
     assert inflated_size(stream, 10 << 20, wbits=15) <= (11 << 20)

@@ -4,6 +4,7 @@ retrieve it with WADO-RS and read the ICDR grade back; resend it and find no dup
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,6 +89,17 @@ def test_stow_qido_wado_with_dicomweb_client(tmp_path: Path) -> None:
         client.store_instances([source])
         assert _poll(url, source.SOPInstanceUID)["attempts"] == 1
         assert len(client.search_for_instances(study_instance_uid=source.StudyInstanceUID)) == 2
+
+    # The background analysis is in the audit trail like an /analyze call: the models and the outcome.
+    from service.audit import AuditLog
+    from service.dicomweb_worker import AUDIT_ENDPOINT
+
+    audit = AuditLog(f"sqlite:///{tmp_path / 'bentoml_home' / 'fovea-audit.sqlite'}")
+    (row,) = [r for r in audit.rows() if r["endpoint"] == AUDIT_ENDPOINT]  # the resend was not analysed again
+    assert row["status"] == 200 and audit.verify().ok
+    assert json.loads(row["models"]) == [{k: m[k] for k in ("name", "version", "sha256")} for m in direct["models"]]
+    assert json.loads(row["outcome"])["grade"] == direct["dr_grade"]["grade"]
+    assert b"DW-PATIENT-7" not in json.dumps(row).encode()
 
     # At rest, nothing identifies the patient in clear.
     for path in data_dir.rglob("*"):

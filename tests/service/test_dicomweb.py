@@ -8,15 +8,12 @@ import time
 from io import BytesIO
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.testclient import TestClient
 
-from datasets.synthetic.dicom import write_op_dicom
-from datasets.synthetic.fundus import render_fundus
 from service.at_rest import Sealer
 from analysis.decode import DecodeLimits
 from service.dicomweb import create_app
@@ -43,29 +40,8 @@ def analyzer(fundus_files: list[Path]) -> Analyzer:
     return a
 
 
-@pytest.fixture(scope="module")
-def fundus_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Two synthetic OP 8-bit JPEG fundus photographs of one patient (both eyes), 256 px."""
-    out = tmp_path_factory.mktemp("op")
-    rng = np.random.default_rng(3)
-    paths = []
-    for n, lat in enumerate(("R", "L")):
-        img = render_fundus(rng, grade=2, laterality=lat, size=256).image
-        path = out / f"{lat}.dcm"
-        write_op_dicom(img, path, laterality=lat, patient_id="P-TEST-1", seed=11, instance_number=n + 1)
-        paths.append(path)
-    return paths
-
-
-@pytest.fixture()
-def store(tmp_path: Path) -> ResultStore:
-    s = ResultStore(tmp_path / "dicomweb", Sealer(bytes(range(32))), max_pending=4)
-    yield s
-    s.close()
-
-
 def _client(analyzer: Analyzer, store: ResultStore, **kw) -> TestClient:
-    app = create_app(lambda data: analyzer.analyze(data), store, start_worker=False,
+    app = create_app(analyzer.analyze, store, start_worker=False,
                      decode_limits=DecodeLimits(), **kw)
     # Mounted as the service mounts it, so URLs in responses carry /dicomweb.
     return TestClient(Starlette(routes=[Mount("/dicomweb", app)]))
@@ -301,7 +277,7 @@ def test_wado_accept_negotiation(analyzer, store, fundus_files) -> None:
 
 
 def test_failed_analysis_is_reported(store, fundus_files) -> None:
-    def broken(data: bytes):
+    def broken(instance, *, request_id: str):
         from analysis.errors import UnreadableImage
 
         raise UnreadableImage("The JPEG pixel data could not be decoded.")
@@ -320,7 +296,7 @@ def test_failed_analysis_is_reported(store, fundus_files) -> None:
 def test_worker_thread_runs_after_the_response(analyzer, tmp_path, fundus_files) -> None:
     """The lifespan starts the worker: the analysis finishes on its own, the client only polls."""
     store = ResultStore(tmp_path / "dw", Sealer(bytes(32)))
-    app = create_app(lambda data: analyzer.analyze(data), lambda: store)
+    app = create_app(analyzer.analyze, lambda: store)
 
     @contextlib.asynccontextmanager
     async def lifespan(outer: Starlette):  # BentoML enters a mounted Starlette app's lifespan the same way
@@ -354,24 +330,12 @@ def test_everything_on_disk_is_sealed(analyzer, store, fundus_files) -> None:
         assert b"SYNTHETIC" not in data and b"P-TEST-1" not in data, path.name
 
 
-def test_multi_frame_instance_gets_results_per_frame(analyzer, store, fundus_files) -> None:
+def test_multi_frame_instance_gets_results_per_frame(analyzer, store, multi_frame_dicom) -> None:
     """A multi-frame true-colour Secondary Capture of two photographs: one SR + SC per analysed frame."""
-    from pydicom.uid import ExplicitVRLittleEndian, MultiFrameTrueColorSecondaryCaptureImageStorage, generate_uid
-
-    frames = [pydicom.dcmread(p).pixel_array for p in fundus_files]  # YBR_FULL_422 decoded by pydicom
-    ds = pydicom.dcmread(fundus_files[0], stop_before_pixels=True)
-    rgb = np.stack([pydicom.pixels.convert_color_space(f, "YBR_FULL", "RGB") for f in frames])
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MultiFrameTrueColorSecondaryCaptureImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.NumberOfFrames, ds.PhotometricInterpretation, ds.PlanarConfiguration = 2, "RGB", 0
-    for keyword in ("LossyImageCompression",):
-        ds.pop(keyword, None)
-    ds.add_new(0x7FE00010, "OB", rgb.tobytes())  # Pixel Data
-    buf = BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
+    data = multi_frame_dicom()
+    ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
     client = _client(analyzer, store)
-    assert _stow(client, [buf.getvalue()]).status_code == 200
+    assert _stow(client, [data]).status_code == 200
     assert _web(client).worker.drain() == 1
     state = client.get(f"/dicomweb/analyses/{ds.SOPInstanceUID}").json()
     assert state["state"] == "done", state

@@ -8,6 +8,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from analysis.decode import DecodeLimits
 from analysis.findings import Findings
 from service.gateway.analyse import AnalysisFailed, Rejected, ServiceUnavailable
 from service.gateway.forward import ForwardFailed
@@ -167,6 +168,28 @@ def test_unreadable_sealed_file_is_dead_lettered(queue: DurableQueue, queued: st
     (queue.root / "pending" / queued / "instance.sealed").write_bytes(b"FVA1" + b"\0" * 40)
     make(queue, Fakes(), Clock()).run_once()
     assert queue.load(queued, "dead").reason == "queued instance unreadable (SealError)"
+
+
+def test_over_limit_instance_is_dead_lettered_before_the_service_sees_it(queue: DurableQueue, queued: str,
+                                                                         op_file: Path) -> None:
+    fakes = Fakes()
+    worker = Worker(queue, analyse=fakes.analyse, build=fakes.build, sender=fakes, clock=Clock(),
+                    limits=DecodeLimits(max_bytes=len(op_file.read_bytes()) - 1))
+    worker.run_once()
+    assert queue.load(queued, "dead").reason.startswith("queued instance refused (payload_too_large: ")
+    assert fakes.analysed == [] and fakes.sent == []
+
+
+def test_the_service_is_sent_the_bytes_and_the_results_are_built_from_the_parse(queue: DurableQueue, queued: str,
+                                                                                 op_file: Path) -> None:
+    fakes = Fakes()
+    sources: list[pydicom.Dataset] = []
+    worker = make(queue, fakes, Clock())
+    worker.build = lambda f, source: sources.append(source) or [b"SR", b"SC"]
+    worker.run_once()
+    assert fakes.analysed == [op_file.read_bytes()]
+    assert [s.SOPInstanceUID for s in sources] == [pydicom.dcmread(op_file).SOPInstanceUID]
+    assert "PixelData" in sources[0]  # the one parse under the limits, pixel data still encoded
 
 
 def test_result_build_failure_is_dead_lettered(queue: DurableQueue, queued: str) -> None:
