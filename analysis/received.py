@@ -7,8 +7,8 @@
                   -> results per analysed frame (frame 0, then ``findings.additional_frames``)
                   -> deliver (the door's: store them, or forward them)
 
-with the audit record (request id, input sha256, models, outcome) wrapping the read and the analysis when
-the door gives an :data:`AuditScope`. :class:`InstancePath` holds the steps; a door that delivers at once
+with the audit record (request id, input sha256, models, outcome) wrapping the read, the analysis and (for a
+door that delivers at once) the results and their delivery, when the door gives an :data:`AuditScope`. :class:`InstancePath` holds the steps; a door that delivers at once
 calls :meth:`InstancePath.run`, a door that saves its work between steps (the gateway's durable queue) calls
 :meth:`InstancePath.analyse` and :meth:`InstancePath.results` and delivers later. The door supplies what
 differs: how the analysis runs (an in-process :class:`~analysis.pipeline.Analyzer`, or the service over
@@ -103,27 +103,34 @@ class InstancePath(Generic[R]):
         """Parse ``data`` once under :attr:`limits` (:func:`analysis.dicom_header.read_dicom_instance`)."""
         return read_dicom_instance(data, limits=self.limits)
 
-    def analyse(self, data: bytes, *, request_id: str | None = None) -> AnalysedInstance:
-        """Read and analyse ``data`` inside the audit record (when there is an audit scope). Raises
+    def analyse(self, data: bytes, *, request_id: str | None = None,
+                then: Callable[[AnalysedInstance], None] | None = None) -> AnalysedInstance:
+        """Read and analyse ``data`` inside the audit record (when there is an audit scope), then run ``then``
+        on the result inside it too, so the record says what became of the whole piece of work. Raises
         :class:`~analysis.errors.FoveaError` when the instance is refused (recorded as a refusal), and
-        whatever the door's ``analyse`` raises otherwise (recorded as a failure by the scope)."""
+        whatever the door's ``analyse`` or ``then`` raises otherwise (recorded as a failure by the scope)."""
         request_id = request_id or uuid.uuid4().hex
         if self.audit is None:
             instance = self.read(data)
-            return AnalysedInstance(instance, self.analyser(instance, request_id=request_id))
+            analysed = AnalysedInstance(instance, self.analyser(instance, request_id=request_id))
+            if then is not None:
+                then(analysed)
+            return analysed
         refusal: FoveaError | None = None
         with self.audit(request_id, hashlib.sha256(data).hexdigest()) as record:
             try:
                 instance = self.read(data)
-                findings = self.analyser(instance, request_id=request_id)
+                analysed = AnalysedInstance(instance, self.analyser(instance, request_id=request_id))
+                if then is not None:
+                    then(analysed)
             except FoveaError as exc:  # a refusal is an outcome of the record, not a failure of the scope
                 record.refused(exc)
                 refusal = exc
             else:
-                record.answered(findings)
+                record.answered(analysed.findings)
         if refusal is not None:
             raise refusal
-        return AnalysedInstance(instance, findings)
+        return analysed
 
     def results(self, analysed: AnalysedInstance) -> Sequence[R]:
         """The results of every analysed frame, in the door's format (:attr:`build`)."""
@@ -131,7 +138,6 @@ class InstancePath(Generic[R]):
 
     def run(self, data: bytes, deliver: Callable[[Sequence[R]], None], *, request_id: str | None = None
             ) -> AnalysedInstance:
-        """The whole path for a door that delivers at once: :meth:`analyse`, :meth:`results`, ``deliver``."""
-        analysed = self.analyse(data, request_id=request_id)
-        deliver(self.results(analysed))
-        return analysed
+        """The whole path for a door that delivers at once: :meth:`analyse`, :meth:`results` and ``deliver``,
+        all inside the audit record (a result that cannot be built or stored is not recorded as answered)."""
+        return self.analyse(data, request_id=request_id, then=lambda analysed: deliver(self.results(analysed)))

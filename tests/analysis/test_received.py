@@ -165,3 +165,19 @@ def test_without_an_audit_scope_the_path_still_reads_under_the_limits() -> None:
 
     with pytest.raises(PayloadTooLarge, match="inflates"):
         _path(never, limits=DecodeLimits(max_inflated_bytes=1000)).analyse(data)
+
+
+def test_a_delivery_that_fails_is_not_audited_as_answered() -> None:
+    data = _dicom()
+
+    def analyser(instance: DicomInstance, *, request_id: str) -> Findings:
+        return _findings(1, 0, 1, str(instance.dataset.SOPInstanceUID))
+
+    def store_full(results: object) -> None:
+        raise OSError("disk full")
+
+    audit = Audit()
+    with pytest.raises(OSError):
+        _path(analyser, audit).run(data, store_full)
+    [rec] = audit.records
+    assert (rec.outcome, rec.committed) == ("internal_error", True)
