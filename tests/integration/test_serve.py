@@ -105,3 +105,11 @@ def test_info_answers_get_and_post_alike(server: str) -> None:
     assert got.status_code == 200 and got.json() == posted.json()
     assert [m["name"] for m in got.json()["models"]][0] == "dr-grader"
     assert httpx.head(f"{server}/info", timeout=30).status_code == 200
+
+
+def test_the_readme_example_is_what_the_service_answers(server: str) -> None:
+    """``python -m service.readme_example --check`` against the running service: same shape, same models, same
+    screening answer for retina.jpg as the README shows."""
+    from service.readme_example import main
+
+    assert main(["--url", server, "--check"]) == 0
