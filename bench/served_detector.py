@@ -202,7 +202,7 @@ def check_held_out(seed: int, card: ModelCard) -> str:
     return "the card's test set" if test.get("seed") == seed else "held out"
 
 
-def test_set_spec(card: ModelCard) -> tuple[int, float]:
+def card_test_set(card: ModelCard) -> tuple[int, float]:
     """``(side, p_degraded)`` of the card's synthetic test set (``(1024, 0.1)`` when the card does not say)."""
     data = card.training.config.get("data")
     test = data.get("synthetic_test") if isinstance(data, dict) else None
@@ -292,11 +292,13 @@ class Run:
     seconds: float = 0.0
 
 
-def measure(url: str, photos: Sequence[Photo], layouts: Sequence[Layout], *, label: str) -> dict[str, Run]:
-    """Send every photograph (as generated and at each camera size) to ``url``/analyze; a :class:`Run` per size."""
+def measure(url: str, photos: Sequence[Photo], layouts: Sequence[Layout], *, label: str,
+            transport: httpx.BaseTransport | None = None, progress: bool = True) -> dict[str, Run]:
+    """Send every photograph (as generated and at each camera size) to ``url``/analyze; a :class:`Run` per size.
+    ``RuntimeError`` on a response other than 200 or a change of detector during the run."""
     runs: dict[str, Run] = {}
-    with httpx.Client(timeout=300) as http:
-        for photo in tqdm(photos, desc=label, unit="photo"):
+    with httpx.Client(timeout=300, transport=transport) as http:
+        for photo in tqdm(photos, desc=label, unit="photo", disable=not progress):
             for size, data, truth in variants_of(photo, layouts):
                 t0 = time.perf_counter()
                 r = http.post(f"{url}/analyze", files={"image": (f"{photo.name}.jpg", data, "image/jpeg")})
@@ -399,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         held = check_held_out(args.seed, card)
     except ValueError as exc:
         p.error(str(exc))
-    side, p_degraded = test_set_spec(card)
+    side, p_degraded = card_test_set(card)
     root = args.data or REPO / "runs" / "served-detector" / f"seed{args.seed}-n{args.count}-{side}"
     photos = held_out_photos(root, count=args.count, seed=args.seed, side=side, p_degraded=p_degraded)
     layouts = [camera_layout(side, cam) for cam in args.camera]
