@@ -168,10 +168,10 @@ class Analyzer:
 
     def _decode(self, data: bytes) -> tuple[list[DecodedImage], Field | None]:
         """Decode no finer than the loaded models need (:attr:`decode_target`: a large JPEG is decoded at reduced
-        resolution, faster, and no model input differs). When the first frame came out reduced and its field is
-        narrower than the finest input all the same (a field narrower than :data:`FIELD_FRACTION` of the frame), decode
-        again at the reduction that gives the field that many pixels. Returns the frames and the first frame's
-        field when it was located here (``None`` otherwise)."""
+        resolution, faster, and no model input differs). When the first frame came out reduced and its field has
+        fewer pixels across than the finest input all the same (a field narrower than :data:`FIELD_FRACTION` of
+        the frame), decode again at the reduction that gives the field that many. Returns the frames and the
+        first frame's field when it was located here (``None`` otherwise)."""
         frames = decode(data, limits=self.limits, target=self.decode_target)
         first = frames[0]
         if first.scale == 1:

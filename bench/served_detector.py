@@ -1,8 +1,7 @@
 """The lesion detector as served: mAP@0.5 from the lesions ``POST /analyze`` returns on held-out photographs.
 
-    python -m bench.served_detector --count 120 --camera 3888x2592 --camera 2592x1944
-    python -m bench.served_detector --count 120 --camera 3888x2592 --camera 2592x1944 --floor \\
-        --write-card models/default/lesion-detector.card.json          # `make bench-detector`
+    python -m bench.served_detector --count 200 --camera 3888x2592 --camera 2592x1944
+    make bench-detector     # 200 photographs, three camera sizes, --floor, figures written into the card
     python -m bench.served_detector --url http://127.0.0.1:3000 --count 20   # a running service, as it serves
 
 What it does:
@@ -260,8 +259,8 @@ def held_out_photos(root: Path, *, count: int, seed: int, side: int, p_degraded:
     photos = []
     for r in read_dataset(root, "synthetic"):
         lesions = r.lesions or ()
-        photos.append(Photo(name=r.image.stem, path=r.image,
-                            truth=Truth(boxes=tuple(les.box for les in lesions), types=tuple(les.type for les in lesions))))
+        truth = Truth(boxes=tuple(les.box for les in lesions), types=tuple(les.type for les in lesions))
+        photos.append(Photo(name=r.image.stem, path=r.image, truth=truth))
     if len(photos) != count:
         raise RuntimeError(f"{root} holds {len(photos)} photographs, expected {count}")
     return photos
@@ -365,9 +364,9 @@ def table(rows: Sequence[tuple[ServedMetrics, Run]], card: ModelCard) -> str:
     lines = [head]
     m = card.metrics
     if "map_50" in m:
-        lines.append(f"| model level ({card.metrics_data.split(' (')[0]}) | floor {FLOOR} | full | {int(m.get('n', 0))} | "
-                     f"{m['map_50']:.3f} | " + " | ".join(f"{m.get(f'ap50_{c}', float('nan')):.3f}" for c in LESION_CLASSES)
-                     + " | |")
+        per_class = " | ".join(f"{m.get(f'ap50_{c}', float('nan')):.3f}" for c in LESION_CLASSES)
+        lines.append(f"| model level ({card.metrics_data.split(' (')[0]}) | floor {FLOOR} | full | "
+                     f"{int(m.get('n', 0))} | {m['map_50']:.3f} | {per_class} | |")
     for e, run in rows:
         red = sorted(set(run.reductions))
         decoded = ", ".join("full" if r == 1 else f"1/{r}" for r in red)
@@ -380,7 +379,7 @@ def table(rows: Sequence[tuple[ServedMetrics, Run]], card: ModelCard) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.served_detector", description=__doc__.split("\n")[0])
-    p.add_argument("--count", type=int, default=120, help="held-out photographs (default 120)")
+    p.add_argument("--count", type=int, default=200, help="held-out photographs (default 200)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"generator seed (default {DEFAULT_SEED})")
     p.add_argument("--camera", type=parse_size, action="append", default=[], metavar="WxH",
                    help="also send each photograph at this camera size (repeatable)")

@@ -108,7 +108,7 @@ def test_measure_pairs_every_response_with_the_truth_of_its_size(tmp_path: Path)
         cv2.imwrite(str(path), cv2.cvtColor(np.roll(rgb, 7 * i, axis=1), cv2.COLOR_RGB2BGR),
                     [cv2.IMWRITE_JPEG_QUALITY, 95])
         shifted = tuple((x0 + 7 * i, y0, x1 + 7 * i, y1) for x0, y0, x1, y1 in truth.boxes)
-        photos.append(Photo(name=f"p{i}", path=path, truth=Truth(boxes=shifted, types=truth.types)))  # type: ignore[arg-type]
+        photos.append(Photo(name=f"p{i}", path=path, truth=Truth(boxes=shifted, types=truth.types)))
 
     def handle(request: httpx.Request) -> httpx.Response:
         content = request.content
