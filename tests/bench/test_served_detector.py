@@ -193,3 +193,24 @@ def test_cards_without_served_metrics_still_load(tmp_path: Path) -> None:
     path.write_text(json.dumps(raw))
     assert ModelCard.load(path).served_metrics == ()
     assert ModelCard.load(DEFAULT_DIR / "image-quality.card.json").served_metrics == ()
+
+
+def test_the_detector_card_states_its_served_figures() -> None:
+    """The embedded card carries the bench's figures: on the card's own test set at 1024 px with the floor (the
+    decode and ranking of the export's evaluation) the service reproduces the model-level figure; every size
+    has a row as served; and the served thresholds can only lower AP (they keep a prefix of each ranking)."""
+    card = ModelCard.load(DETECTOR)
+    served = card.served_metrics
+    own = [m for m in served if "the card's test set" in m.data]
+    floor_1024 = next(m for m in own if m.size == "1024x1024" and m.thresholds == FLOOR_THRESHOLDS)
+    assert floor_1024.map_50 == pytest.approx(card.metrics["map_50"], abs=1e-3)
+    assert all(floor_1024.ap50[c] == pytest.approx(card.metrics[f"ap50_{c}"], abs=1e-3) for c in floor_1024.ap50)
+    for data in {m.data for m in served}:
+        rows = {(m.size, m.thresholds): m for m in served if m.data == data}
+        assert {"1024x1024", "3888x2592", "2592x1944"} <= {size for size, t in rows if t == CARD_THRESHOLDS}
+        for (size, thresholds), m in rows.items():
+            twin = rows.get((size, FLOOR_THRESHOLDS))
+            if thresholds == CARD_THRESHOLDS and twin is not None:
+                assert m.map_50 <= twin.map_50 + 1e-4
+                assert all(m.ap50[c] <= twin.ap50[c] + 1e-4 for c in m.ap50)
+    assert all(len(m.code_version) >= 40 and not m.code_version.endswith("-dirty") for m in served)
