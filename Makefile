@@ -9,7 +9,7 @@ DEV_STAMP := $(VENV)/.fovea-dev
 # glibc malloc settings that make PyTorch CPU training ~1.8x faster here (DESIGN.md, measured facts).
 TRAIN_ENV := MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736
 
-.PHONY: serve test venv default-model default-models default-quality quality-real real-grader bento bench bench-backbones clean
+.PHONY: serve test venv default-model default-models default-quality quality-real real-grader bento bench bench-backbones bench-detector clean
 
 $(PY):
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -76,6 +76,13 @@ bench: $(DEV_STAMP)
 
 bench-backbones: $(DEV_STAMP)
 	$(TRAIN_ENV) $(PY) -m bench.backbones
+
+# The lesion detector as served (docs/detector-served.md): mAP@0.5 from the lesions /analyze returns on 200
+# held-out synthetic photographs at 1024 px and three camera sizes, written into the detector's card.
+DETECTOR_CAMERAS := --camera 3888x2592 --camera 2592x1944 --camera 4928x3264
+bench-detector: $(DEV_STAMP)
+	$(PY) -m bench.served_detector --count 200 $(DETECTOR_CAMERAS) --floor \
+		--json runs/served-detector/served.json --write-card models/default/lesion-detector.card.json
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache   # runs/ (checkpoints) and data/ are kept

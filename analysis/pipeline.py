@@ -5,6 +5,7 @@ This module holds the logic; ``service/service.py`` only adapts it to HTTP.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -35,6 +36,25 @@ from analysis.study import eye_results, patient_result
 #: Frames of one multi-frame upload analysed, each as an image (the rest are listed in a note).
 DEFAULT_MAX_FRAMES = 8
 QUALITY_METHOD = "classic measures (analysis.quality)"
+#: The narrowest fundus field the decode plans for, as a fraction of the frame's shorter side. Fundus cameras
+#: frame the field at about 0.9-1.0 of it (more when the disc is cut at top and bottom); a narrower field is
+#: caught after decoding (:meth:`Analyzer.analyze` decodes such a photograph again, finer).
+FIELD_FRACTION = 0.85
+
+Field = tuple[float, float, float]
+
+
+def decode_target(input_sizes: Sequence[int], *, field_fraction: float = FIELD_FRACTION) -> int:
+    """The ``target`` of :func:`analysis.decode.decode` for models with these input sizes.
+
+    Every model (and the quality gate's :data:`~analysis.quality.ANALYSIS_SIZE` measures) crops the fundus
+    field, a disc inside the frame, and resizes that crop to its input. A reduced JPEG decode keeps the frame's
+    shorter side at ``target`` pixels or more, so the field keeps ``field_fraction * target``: the target is the
+    finest input divided by ``field_fraction``, so that no model is fed a field upsampled from a coarser decode.
+    """
+    if not 0.0 < field_fraction <= 1.0:
+        raise ValueError(f"field_fraction must lie in (0, 1], not {field_fraction}")
+    return math.ceil(max((ANALYSIS_SIZE, *input_sizes)) / field_fraction)
 
 
 def saliency_target(grade: int, probs: np.ndarray) -> int:
@@ -94,6 +114,18 @@ class Analyzer:
         if self.quality_model is not None:
             check_quality_card(self.quality_model.card)
 
+    @property
+    def input_sizes(self) -> tuple[int, ...]:
+        """The input sizes of the loaded models: grader, then detector and image-quality model when loaded."""
+        return tuple(card.input.size for card in (
+            self.grader_card, *(m.card for m in (self.detector, self.quality_model) if m is not None)))
+
+    @property
+    def decode_target(self) -> int:
+        """The decode target for the loaded models (:func:`decode_target`): the finest of them gets the field
+        at its input size or more."""
+        return decode_target(self.input_sizes)
+
     @staticmethod
     def load_detector(path: Path, providers: list[str] | None = None, *, workers: int = 1) -> OnnxModel:
         """Verify a lesion detector or image-quality model (store directory or ``*.card.json``) and open a
@@ -124,19 +156,35 @@ class Analyzer:
         e.g. from a form field) is used when the file itself does not say; the file's own value wins."""
         request_id = request_id or uuid.uuid4().hex
         t0 = time.perf_counter()
-        # Decode no finer than the finest analysis needs (the quality gate's crop, the model input): a photo
-        # twice that size or more is decoded at reduced resolution, faster, and nothing downstream differs.
-        target = max(self.grader_card.input.size, ANALYSIS_SIZE)
-        frames = decode(data, limits=self.limits, target=target)
+        frames, first_field = self._decode(data)
         decode_ms = round(1000 * (time.perf_counter() - t0), 2)
         results = [self._analyze_image(img, request_id=request_id, frame=i, frames=len(frames),
-                                       laterality=laterality, decode_ms=decode_ms if i == 0 else 0.0)
+                                       laterality=laterality, decode_ms=decode_ms if i == 0 else 0.0,
+                                       field_=first_field if i == 0 else None)
                    for i, img in enumerate(frames)]
         first = results[0]
         if len(results) > 1:
             first = first.model_copy(update={"additional_frames": results[1:]})
         first.timing_ms["total"] = round(1000 * (time.perf_counter() - t0), 2)
         return first
+
+    def _decode(self, data: bytes) -> tuple[list[DecodedImage], Field | None]:
+        """Decode no finer than the loaded models need (:attr:`decode_target`: a large JPEG is decoded at reduced
+        resolution, faster, and no model input differs). When the first frame came out reduced and its field has
+        fewer pixels across than the finest input all the same (a field narrower than :data:`FIELD_FRACTION` of
+        the frame), decode again at the reduction that gives the field that many. Returns the frames and the
+        first frame's field when it was located here (``None`` otherwise)."""
+        frames = decode(data, limits=self.limits, target=self.decode_target)
+        first = frames[0]
+        if first.scale == 1:
+            return frames, None
+        field_ = locate_field(first.rgb)
+        finest = max((ANALYSIS_SIZE, *self.input_sizes))
+        if 2.0 * field_[2] >= finest:
+            return frames, field_
+        diameter = 2.0 * field_[2] * first.scale  # in original pixels
+        finer = math.ceil(finest * min(first.width, first.height) / max(diameter, 1.0))
+        return decode(data, limits=self.limits, target=finer), None
 
     def analyze_study(self, uploads: Sequence[tuple[bytes, str | None]], *, request_id: str | None = None
                       ) -> StudyFindings:
@@ -167,7 +215,7 @@ class Analyzer:
         )
 
     def _analyze_image(self, img: DecodedImage, *, request_id: str, frame: int, frames: int,
-                       laterality: str | None, decode_ms: float) -> Findings:
+                       laterality: str | None, decode_ms: float, field_: Field | None = None) -> Findings:
         t0 = time.perf_counter()
         timing: dict[str, float] = {"decode": decode_ms}
 
@@ -177,7 +225,7 @@ class Analyzer:
             return now
 
         card = self.grader_card
-        field_ = locate_field(img.rgb)
+        field_ = field_ or locate_field(img.rgb)
         verdict = assess(measure(img.rgb, field_), self.rules)
         if self.quality_model is not None:
             qcard = self.quality_model.card
@@ -230,7 +278,7 @@ class Analyzer:
             timing_ms=timing,
         )
 
-    def _detect(self, img: DecodedImage, field_: tuple[float, float, float]) -> list[LesionFinding]:
+    def _detect(self, img: DecodedImage, field_: Field) -> list[LesionFinding]:
         """The detector's lesions, boxes in original pixels (the decoded grid times ``img.scale``)."""
         assert self.detector is not None
         card = self.detector.card

@@ -144,6 +144,24 @@ class Quantization(_Frozen):
     command: str = ""
 
 
+class ServedMetrics(_Frozen):
+    """A lesion detector's mAP@0.5 measured *as served*: computed from the lesions ``POST /analyze`` returned
+    for photographs of one ``size`` (``"WIDTHxHEIGHT"`` of the files sent), with ``thresholds`` saying which
+    per-class score thresholds the service applied (the card's, which cut each precision-recall curve where
+    serving stops reporting, or a stated floor). ``ap50`` is per class name (classes with lesions in ``data``
+    only); ``code_version`` is the commit of the serving code measured; ``command`` reruns it."""
+
+    data: str
+    size: str = Field(pattern=r"^[1-9][0-9]*x[1-9][0-9]*$")
+    images: int = Field(gt=0)
+    thresholds: str
+    map_50: float
+    ap50: dict[str, float]
+    code_version: str
+    date: str
+    command: str
+
+
 class ModelCard(_Frozen):
     """A versioned ONNX model and everything needed to use it correctly."""
 
@@ -168,6 +186,9 @@ class ModelCard(_Frozen):
     created: str
     #: Set on an int8 model derived from an fp32 parent (``training.quantize``); ``None`` for trained models.
     quantization: Quantization | None = None
+    #: Figures measured through the service (``python -m bench.served_detector``), beside the model-level
+    #: ``metrics``; empty on a fresh export.
+    served_metrics: tuple[ServedMetrics, ...] = ()
 
     @property
     def tag(self) -> str:

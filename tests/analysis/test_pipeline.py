@@ -221,3 +221,83 @@ def test_results_state_the_terms_of_every_served_model(tiny_export: Path, retina
     f = with_quality.analyze(retina_path.read_bytes())
     assert f.disclaimer.startswith(plain.grader_card.intended_use) and terms in f.disclaimer
     assert "image-quality" in f.disclaimer
+
+
+def test_decode_target_keeps_the_field_at_the_finest_input() -> None:
+    """The target is a shorter side: a field spanning FIELD_FRACTION of it still covers the finest input."""
+    from analysis.decode import jpeg_reduction
+    from analysis.pipeline import FIELD_FRACTION, decode_target
+    from analysis.quality import ANALYSIS_SIZE
+
+    assert decode_target([64]) == decode_target([]) == math.ceil(ANALYSIS_SIZE / FIELD_FRACTION)
+    assert decode_target([224, 768, 256]) == math.ceil(768 / FIELD_FRACTION)
+    with pytest.raises(ValueError):
+        decode_target([768], field_fraction=0.0)
+    target = decode_target([224, 768, 256])
+    # Camera sizes and the detector's own 1024-px test photographs: the field is never upsampled for 768 px.
+    reductions = {(w, h): jpeg_reduction(w, h, target) for w, h in
+                  [(1024, 1024), (2592, 1944), (3888, 2592), (4928, 3264)]}
+    assert reductions == {(1024, 1024): 1, (2592, 1944): 2, (3888, 2592): 2, (4928, 3264): 2}
+    assert all(FIELD_FRACTION * min(size) / s >= 768 for size, s in reductions.items())
+
+
+def test_every_loaded_model_sets_the_decode_target(tiny_export: Path) -> None:
+    """A detector with a larger input raises the target; without one the grader and the quality model decide."""
+    import dataclasses
+
+    from analysis.pipeline import decode_target
+    from models.store import DEFAULT_DIR
+
+    grader = tiny_export / "tiny-grader.card.json"
+    plain = Analyzer.load(grader)
+    assert plain.input_sizes == (64,) and plain.decode_target == decode_target([64])
+    with_detector = Analyzer.load(grader, detector=DEFAULT_DIR / "lesion-detector.card.json",
+                                  quality=DEFAULT_DIR / "image-quality.card.json")
+    assert with_detector.input_sizes == (64, 768, 256)
+    assert with_detector.decode_target == decode_target([768]) > plain.decode_target
+
+    with_quality = Analyzer.load(grader, quality=DEFAULT_DIR / "image-quality.card.json")
+    assert with_quality.decode_target == plain.decode_target  # 256 px: the gate's 512-px measures decide
+    qm = with_quality.quality_model
+    assert qm is not None
+    big = qm.card.model_copy(update={"input": qm.card.input.model_copy(update={"size": 1000})})
+    with_quality.quality_model = dataclasses.replace(qm, card=big)
+    assert with_quality.decode_target == decode_target([1000])
+    card = plain.grader_card
+    fine_grader = Analyzer(grader_card=card.model_copy(update={"input": card.input.model_copy(update={"size": 900})}),
+                           run_grader=plain.run_grader, provider="CPUExecutionProvider")
+    assert fine_grader.decode_target == decode_target([900])
+
+
+def _camera_jpeg(retina_path: Path, camera: tuple[int, int], field_side: int) -> bytes:
+    """retina.jpg (its field spans the square) resized to ``field_side`` and centred in a black camera frame."""
+    w, h = camera
+    frame = np.zeros((h, w, 3), np.uint8)
+    y0, x0 = (h - field_side) // 2, (w - field_side) // 2
+    frame[y0:y0 + field_side, x0:x0 + field_side] = cv2.resize(cv2.imread(str(retina_path)), (field_side, field_side))
+    return cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+
+
+@pytest.mark.parametrize(("field_side", "note"), [(2592, "decoded at 1/2 resolution"), (1000, None)])
+def test_the_detector_gets_the_field_of_a_camera_photograph_at_its_input_size(
+        tiny_export: Path, retina_path: Path, monkeypatch: pytest.MonkeyPatch, field_side: int, note: str | None
+) -> None:
+    """3888x2592 with the field across the frame's height: decoded at 1/2, not 1/4 (a 648-px field upsampled to
+    768); with a field of 1000 px (under FIELD_FRACTION of the frame) the 1/2 decode would leave it 500 px, so
+    the photograph is decoded again at full size."""
+    import analysis.pipeline as pipeline
+    from models.store import DEFAULT_DIR
+
+    a = Analyzer.load(tiny_export / "tiny-grader.card.json", detector=DEFAULT_DIR / "lesion-detector.card.json")
+    fields: dict[int, float] = {}
+    real = pipeline.preprocess
+
+    def spy(rgb: np.ndarray, size: int, **kwargs: object):  # type: ignore[no-untyped-def]
+        fields[size] = 2 * kwargs["field"][2]  # type: ignore[index]
+        return real(rgb, size, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "preprocess", spy)
+    f = a.analyze(_camera_jpeg(retina_path, (3888, 2592), field_side))
+    assert (f.image.width, f.image.height) == (3888, 2592) and f.lesions is not None
+    assert [n.split(" (")[0] for n in f.image.notes if n.startswith("decoded at")] == ([note] if note else [])
+    assert fields[768] >= 768  # the detector's crop is the field at its input size or finer, never upsampled
