@@ -102,7 +102,7 @@ def test_quality_model_trains_exports_and_verifies(quality_run: tuple[Path, Path
     import onnxruntime as ort
 
     from training.export import load_checkpoint
-    from training.quality_export import QualityExport
+    from training.tasks.quality import QualityExport
 
     cfg, export = quality_run
     ck = torch.load(cfg.parent / "run" / "best.pt", map_location="cpu", weights_only=True)

@@ -1,4 +1,5 @@
-"""training.train: device and mixed-precision selection, and one training step per objective on the CPU."""
+"""training.precision and training.engine: device and mixed-precision selection, and one training step per objective
+on the CPU."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ torch = pytest.importorskip("torch", reason="training extras (torch) are not ins
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from training.losses import OBJECTIVES, build_loss  # noqa: E402
-from training.train import make_scaler, train_one_epoch, training_device, use_amp  # noqa: E402
+from training.engine import train_one_epoch  # noqa: E402
+from training.precision import make_scaler, training_device, use_amp  # noqa: E402
 
 
 def test_amp_only_on_cuda() -> None:
