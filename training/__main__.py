@@ -25,6 +25,16 @@ def _add_split(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", help=f"published split of the held-out data ({listed}; default test)")
 
 
+def _add_checkpoint_and_held_out(p: argparse.ArgumentParser, data: str) -> None:
+    """``--config``, ``--checkpoint`` and where the held-out data is (``--data``, ``--format``, ``--split``)."""
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, help="default: best.pt in the config's run folder")
+    p.add_argument("--data", help=f"{data} (default: the config's data.test; without one, the patient-disjoint "
+                                  f"validation split training held out, for a task that allows it)")
+    _add_format(p, "the held-out data")
+    _add_split(p)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training", description="Train, evaluate, export and register Fovea models.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -36,22 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int)
     t.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     e = sub.add_parser("evaluate", help="metrics of a checkpoint on held-out data")
-    e.add_argument("--config", type=Path, required=True)
-    e.add_argument("--checkpoint", type=Path)
-    e.add_argument("--data", help="held-out data folder (default: the config's data.test; without one, the "
-                                  "patient-disjoint validation split training held out)")
-    _add_format(e, "the held-out data")
-    _add_split(e)
+    _add_checkpoint_and_held_out(e, "held-out data folder")
     e.add_argument("--report", type=Path, metavar="DIR",
                    help="folder of the HTML report (default: report/ beside the checkpoint)")
     e.add_argument("--no-report", action="store_true", help="print the metrics only")
     x = sub.add_parser("export", help="export a checkpoint to ONNX + model card (after a parity check)")
-    x.add_argument("--config", type=Path, required=True)
-    x.add_argument("--checkpoint", type=Path)
-    x.add_argument("--data", help="held-out data folder for the card's metrics (default: the config's data.test; "
-                                  "without one, the patient-disjoint validation split training held out)")
-    _add_format(x, "the held-out data")
-    _add_split(x)
+    _add_checkpoint_and_held_out(x, "held-out data folder for the card's metrics")
     x.add_argument("--out", type=Path, default=Path("models/default"))
     x.add_argument("--register", action="store_true", help="also import the exported model into the BentoML "
                                                            "model store (as the register command does)")

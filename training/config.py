@@ -55,7 +55,7 @@ TaskName = Literal["dr-grading", "lesion-detection", "image-quality"]
 
 
 #: Mixed precision of the training step (:mod:`training.precision`).
-AmpMode = Literal["auto", "on", "off"]
+AmpMode = Literal["auto", "always", "never"]
 
 
 #: The grader's training objectives; :mod:`training.losses` says what each is and why ``ce+emd`` is the default.
@@ -94,8 +94,8 @@ class TrainConfig:
     backbone_lr_scale: float = 1.0
     #: train and run in channels-last memory layout (1.7x faster for EfficientNet on these CPUs)
     channels_last: bool = False
-    #: mixed precision (:mod:`training.precision`): ``auto`` float16 on CUDA only, ``on`` also bfloat16 on the
-    #: CPU, ``off`` float32 everywhere
+    #: mixed precision (:mod:`training.precision`): ``auto`` float16 on CUDA only, ``always`` also bfloat16 on
+    #: the CPU, ``never`` float32 everywhere
     amp: AmpMode = "auto"
     seed: int = 0
     workers: int = 0

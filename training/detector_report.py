@@ -56,7 +56,7 @@ def pr_curves(detections: Sequence[Sequence[Lesion]], truths: Sequence[Truth],
     all areas, 100 detections per image) from torchmetrics' ``MeanAveragePrecision`` extended summary; recall
     points the detector never reaches are left out."""
     metric = MeanAveragePrecision(iou_thresholds=[0.5], extended_summary=True, box_format="xyxy",
-                                  backend="pycocotools")
+                                  backend="pycocotools", sync_on_compute=False)
     metric.warn_on_many_detections = False
 
     preds, target = torchmetrics_inputs(detections, truths, classes)

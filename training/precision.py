@@ -1,8 +1,8 @@
 """Where training runs and in what precision: the device, autocast and the gradient scaler.
 
-``amp`` (the config's) is ``auto``: float16 autocast with loss scaling on CUDA, plain float32 on the CPU (on these
-CPUs bfloat16 autocast is slower than float32: no AVX-512 BF16); ``on``: also bfloat16 autocast on the CPU (no
-loss scaling: bfloat16 has float32's range); ``off``: float32 everywhere.
+``amp`` (the config's) is ``auto``: float16 autocast with loss scaling on CUDA, plain float32 on the CPU (on CPUs
+without AVX-512 BF16 bfloat16 autocast is slower than float32); ``always``: also bfloat16 autocast on the CPU (no
+loss scaling: bfloat16 has float32's range); ``never``: float32 everywhere.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ def training_device() -> torch.device:
 
 def autocast_dtype(device: torch.device, mode: AmpMode = "auto") -> torch.dtype | None:
     """The autocast dtype on ``device`` under ``mode`` (module docstring); ``None``: float32, no autocast."""
-    if mode == "off":
+    if mode == "never":
         return None
     if device.type == "cuda":
         return torch.float16
-    if mode == "on" and device.type == "cpu":
+    if mode == "always" and device.type == "cpu":
         return torch.bfloat16
     return None
 

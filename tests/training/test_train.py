@@ -11,13 +11,34 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from training.losses import OBJECTIVES, build_loss  # noqa: E402
 from training.engine import train_one_epoch  # noqa: E402
-from training.precision import make_scaler, training_device, use_amp  # noqa: E402
+from training.precision import autocast_dtype, make_scaler, training_device, use_amp  # noqa: E402
 
 
 def test_amp_only_on_cuda() -> None:
     assert use_amp(torch.device("cuda", 0)) is True
     assert use_amp(torch.device("cpu")) is False
     assert make_scaler(torch.device("cpu")).is_enabled() is False
+
+
+def test_amp_modes() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert autocast_dtype(cpu, "always") == torch.bfloat16 and autocast_dtype(cuda, "always") == torch.float16
+    assert autocast_dtype(cpu, "never") is None and autocast_dtype(cuda, "never") is None
+    # bfloat16 has float32's range: no loss scaling on the CPU.
+    assert make_scaler(cpu, "always").is_enabled() is False
+
+
+def test_bfloat16_autocast_on_the_cpu_trains() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(32, 6)
+    y = (x[:, 0] * 1.5 + 2).round().clamp(0, 4).long()
+    model = torch.nn.Linear(6, 5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    losses = [train_one_epoch(model, loader, opt, sched, build_loss("ce"), e, progress=False, amp="always")
+              for e in range(4)]
+    assert losses[-1] < losses[0] and model.weight.dtype == torch.float32
 
 
 def test_training_device_follows_cuda_availability(monkeypatch: pytest.MonkeyPatch) -> None:
