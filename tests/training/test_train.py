@@ -28,19 +28,6 @@ def test_amp_modes() -> None:
     assert make_scaler(cpu, "always").is_enabled() is False
 
 
-def test_bfloat16_autocast_on_the_cpu_trains() -> None:
-    torch.manual_seed(0)
-    x = torch.randn(32, 6)
-    y = (x[:, 0] * 1.5 + 2).round().clamp(0, 4).long()
-    model = torch.nn.Linear(6, 5)
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    loader = DataLoader(TensorDataset(x, y), batch_size=8)
-    losses = [train_one_epoch(model, loader, opt, sched, build_loss("ce"), e, progress=False, amp="always")
-              for e in range(4)]
-    assert losses[-1] < losses[0] and model.weight.dtype == torch.float32
-
-
 def test_training_device_follows_cuda_availability(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert training_device() == torch.device("cpu")
@@ -49,16 +36,28 @@ def test_training_device_follows_cuda_availability(monkeypatch: pytest.MonkeyPat
     assert training_device() == torch.device("cuda", 1)
 
 
-@pytest.mark.parametrize("objective", OBJECTIVES)
-def test_cpu_epoch_lowers_the_loss_in_float32(objective: str) -> None:
+def _toy_problem() -> tuple[torch.nn.Linear, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, DataLoader]:
+    """A linear 5-grade classifier on 32 seeded points: model, SGD, a constant schedule and the loader."""
     torch.manual_seed(0)
     x = torch.randn(32, 6)
     y = (x[:, 0] * 1.5 + 2).round().clamp(0, 4).long()
     model = torch.nn.Linear(6, 5)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return model, opt, sched, DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def test_bfloat16_autocast_on_the_cpu_trains() -> None:
+    model, opt, sched, loader = _toy_problem()
+    losses = [train_one_epoch(model, loader, opt, sched, build_loss("ce"), e, progress=False, amp="always")
+              for e in range(4)]
+    assert losses[-1] < losses[0] and model.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_cpu_epoch_lowers_the_loss_in_float32(objective: str) -> None:
+    model, opt, sched, loader = _toy_problem()
     loss_fn = build_loss(objective)
-    loader = DataLoader(TensorDataset(x, y), batch_size=8)
     first = train_one_epoch(model, loader, opt, sched, loss_fn, 0, progress=False)
     for epoch in range(1, 5):
         last = train_one_epoch(model, loader, opt, sched, loss_fn, epoch, progress=False)
