@@ -25,6 +25,16 @@ def _add_split(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", help=f"published split of the held-out data ({listed}; default test)")
 
 
+def _add_checkpoint_and_held_out(p: argparse.ArgumentParser, data: str) -> None:
+    """``--config``, ``--checkpoint`` and where the held-out data is (``--data``, ``--format``, ``--split``)."""
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, help="default: best.pt in the config's run folder")
+    p.add_argument("--data", help=f"{data} (default: the config's data.test; without one, the patient-disjoint "
+                                  f"validation split training held out, for a task that allows it)")
+    _add_format(p, "the held-out data")
+    _add_split(p)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training", description="Train, evaluate, export and register Fovea models.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -36,23 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int)
     t.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     e = sub.add_parser("evaluate", help="metrics of a checkpoint on held-out data")
-    e.add_argument("--config", type=Path, required=True)
-    e.add_argument("--checkpoint", type=Path)
-    e.add_argument("--data", help="held-out data folder (default: the config's data.test; without one, the "
-                                  "patient-disjoint validation split training held out)")
-    _add_format(e, "the held-out data")
-    _add_split(e)
+    _add_checkpoint_and_held_out(e, "held-out data folder")
     e.add_argument("--report", type=Path, metavar="DIR",
                    help="folder of the HTML report (default: report/ beside the checkpoint)")
     e.add_argument("--no-report", action="store_true", help="print the metrics only")
     x = sub.add_parser("export", help="export a checkpoint to ONNX + model card (after a parity check)")
-    x.add_argument("--config", type=Path, required=True)
-    x.add_argument("--checkpoint", type=Path)
-    x.add_argument("--data", help="held-out data folder for the card's metrics (default: the config's data.test; "
-                                  "without one, the patient-disjoint validation split training held out)")
-    _add_format(x, "the held-out data")
-    _add_split(x)
+    _add_checkpoint_and_held_out(x, "held-out data folder for the card's metrics")
     x.add_argument("--out", type=Path, default=Path("models/default"))
+    x.add_argument("--register", action="store_true", help="also import the exported model into the BentoML "
+                                                           "model store (as the register command does)")
     q = sub.add_parser("quantize", help="static int8 (ONNX Runtime QDQ) of an exported model, gated on QWK/mAP")
     q.add_argument("--card", type=Path, required=True, help="the fp32 model's card")
     q.add_argument("--data", type=Path, required=True, help="held-out labelled data for the metric gate")
@@ -96,23 +98,17 @@ def main(argv: list[str] | None = None) -> int:
                               "latency_ms": card.quantization.latency_ms}, indent=2))
             return 0
         from training.config import load_config
-        from training.train import ensure_data
+        from training.data import held_out_split
+        from training.tasks import get_task
 
         # Only `train` takes config overrides; export's --out is the model folder, not the run folder.
         keys = ("train", "out", "epochs") if args.cmd == "train" else ()
-        overrides = {k: getattr(args, k, None) for k in keys}
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, {k: getattr(args, k, None) for k in keys})
         if args.cmd == "train" and args.format is not None:  # data.format: recorded with the checkpoint
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, format=args.format))
-        detector = cfg.task == "lesion-detection"
-        quality = cfg.task == "image-quality"
+        task = get_task(cfg.task)
         if args.cmd == "train":
-            if detector:
-                from training.detection import main as train
-            elif quality:
-                from training.quality_model import main as train
-            else:
-                from training.train import main as train
+            from training.train import main as train
 
             print(train(cfg, resume=args.resume, command=command))
             return 0
@@ -122,13 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         # A config without a test folder (data with no separate test split) is measured on the validation
         # patients training held out; export and evaluate say so in what they write.
         held_out_validation = args.data is None and cfg.data.test is None
+        if held_out_validation and not task.measures_on_validation:
+            raise ValueError(f"{args.config} names no held-out data (data.test): pass --data")
         test_root = None if held_out_validation else Path(args.data or cfg.data.test)
         if args.data is None and test_root is not None:
-            ensure_data(test_root, cfg.data.synthetic_test)
-        if held_out_validation and (detector or quality):
-            raise ValueError(f"{args.config} names no held-out data (data.test): pass --data")
-        from training.data import held_out_split
+            from training.train import ensure_data
 
+            ensure_data(test_root, cfg.data.synthetic_test)
         test_format = args.format or cfg.data.format
         test_split = args.split or held_out_split(test_format)
         if args.cmd == "evaluate":
@@ -139,16 +135,10 @@ def main(argv: list[str] | None = None) -> int:
                                          write_report=not args.no_report, command=command)
             print(json.dumps(result.metrics, indent=2))
             return 0
-        if detector:
-            from training.detection_export import export
-        elif quality:
-            from training.quality_export import export
-        else:
-            from training.export import export
+        from training.export import export
 
-        extra = {"held_out_validation": True} if held_out_validation else {}
         card = export(checkpoint, args.out, test_root=test_root, command=command, test_format=test_format,
-                      test_split=test_split, **extra)
+                      test_split=test_split, held_out_validation=held_out_validation, register=args.register)
         print(json.dumps(card.metrics, indent=2))
         return 0
     except (ValueError, FileNotFoundError, KeyError) as exc:

@@ -49,9 +49,13 @@ class DataConfig:
     real_format: str = "eyepacs"
 
 
-#: What a config trains: the DR grader (:mod:`training.train`), the lesion detector (:mod:`training.detection`)
-#: or the image-quality model (:mod:`training.quality_model`).
-Task = Literal["dr-grading", "lesion-detection", "image-quality"]
+#: What a config trains: the name of a task in :data:`training.tasks.TASKS` (the DR grader, the lesion detector or
+#: the image-quality model).
+TaskName = Literal["dr-grading", "lesion-detection", "image-quality"]
+
+
+#: Mixed precision of the training step (:mod:`training.precision`).
+AmpMode = Literal["auto", "always", "never"]
 
 
 #: The grader's training objectives; :mod:`training.losses` says what each is and why ``ce+emd`` is the default.
@@ -62,7 +66,7 @@ Objective = Literal["ce", "ce+emd", "sord"]
 class TrainConfig:
     """Everything that determines a trained model (a grader unless ``task`` says otherwise)."""
 
-    task: Task = "dr-grading"
+    task: TaskName = "dr-grading"
     name: str = "dr-grader"
     version: str = "0.1.0"
     architecture: str = "mobilenet_v3_large_rt"
@@ -79,9 +83,9 @@ class TrainConfig:
     #: grader training objective (:mod:`training.losses`): cross-entropy, + squared EMD, or soft ordinal labels
     objective: Objective = "ce+emd"
     early_stopping_patience: int = 4
-    #: grader: ``shuffle`` (each photograph once per epoch) or ``sqrt-balanced`` (drawn with replacement,
-    #: weight count(grade)^-0.5: rare grades are seen often enough that the first epochs do not collapse to
-    #: the majority grade on real, imbalanced data)
+    #: ``shuffle`` (each photograph once per epoch) or ``sqrt-balanced`` (drawn with replacement, weight
+    #: count(class)^-0.5, the class being the task's: the grade, or gradable/ungradable; rare grades are seen
+    #: often enough that the first epochs do not collapse to the majority grade on real, imbalanced data)
     sampler: Literal["shuffle", "sqrt-balanced"] = "shuffle"
     #: grader augmentation: largest rotation in degrees
     max_rotation: float = 20.0
@@ -90,6 +94,9 @@ class TrainConfig:
     backbone_lr_scale: float = 1.0
     #: train and run in channels-last memory layout (1.7x faster for EfficientNet on these CPUs)
     channels_last: bool = False
+    #: mixed precision (:mod:`training.precision`): ``auto`` float16 on CUDA only, ``always`` also bfloat16 on
+    #: the CPU, ``never`` float32 everywhere
+    amp: AmpMode = "auto"
     seed: int = 0
     workers: int = 0
     out: str = "runs/grader"
@@ -101,8 +108,10 @@ class TrainConfig:
     data: DataConfig = field(default_factory=lambda: DataConfig(train="data/train", test="data/test"))
 
     def __post_init__(self) -> None:
-        if self.task not in get_args(Task):
-            raise ValueError(f"unknown task {self.task!r}; known: {', '.join(get_args(Task))}")
+        if self.task not in get_args(TaskName):
+            raise ValueError(f"unknown task {self.task!r}; known: {', '.join(get_args(TaskName))}")
+        if self.amp not in get_args(AmpMode):
+            raise ValueError(f"unknown amp {self.amp!r}; known: {', '.join(get_args(AmpMode))}")
         if self.preprocessing not in RECIPES:
             raise ValueError(f"unknown preprocessing {self.preprocessing!r}; known: {', '.join(RECIPES)}")
         if self.objective not in get_args(Objective):

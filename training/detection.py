@@ -1,4 +1,4 @@
-"""Train the lesion detector: data, CenterNet targets and losses, ``train_one_epoch``, ``evaluate``, ``main``.
+"""The lesion detector's data, CenterNet targets and loss (its task: :mod:`training.tasks.detector`).
 
 Data: every :class:`~datasets.readers.FundusRecord` whose ``lesions`` is not ``None`` (an image annotated with
 no lesion is a useful negative; ``None`` means "not annotated" and is skipped with a count). Images are
@@ -10,18 +10,12 @@ class heatmap gets a Gaussian at cell ``(floor(cx / r), floor(cy / r))`` with Ce
 size (the largest shift that keeps IoU ≥ 0.7), σ = (2·radius + 1) / 6; that cell also stores the size
 ``(w / r, h / r)`` and the sub-cell offset. Losses: penalty-reduced focal loss on the heatmap (α = 2, β = 4),
 L1 on size (× 0.1) and offset at the centre cells, each normalised by the number of lesions.
-
-Single-process training (the detector is small; DDP as in :mod:`training.train` can follow when real data
-needs it). Checkpoints carry the same keys as the grader's, so :func:`training.export.load_checkpoint` reads
-them.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,15 +29,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from datasets.readers import DatasetError, FundusRecord
-from models.architectures import build
 from models.architectures.detector import STRIDE, DetectorExport
 from models.detection import LESION_CLASSES, Lesion, decode
 from models.preprocess import FundusTransform, normalize, preprocess
-from training.resume import resume_from
-from training.config import TrainConfig
-from training.data import load_rgb, read_records, split_by_patient
-from training.detection_metrics import Truth, detection_metrics
-from training.train import _save_atomic, code_commit, ensure_data, warmup_cosine
+from training.data import load_rgb, read_records
+from training.detection_metrics import Truth
+from training.engine import predict
 
 #: Score floor of the candidates evaluation ranks (thresholds are chosen among them afterwards).
 CANDIDATE_FLOOR = 0.01
@@ -222,12 +213,13 @@ class LesionDataset(Dataset[dict[str, Any]]):
         return item
 
 
-def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors; keep the per-image ``boxes``/``labels`` arrays as lists (their lengths differ)."""
-    out: dict[str, Any] = {k: torch.stack([it[k] for it in items]) for k in ("image", "heatmap", "size", "offset", "mask")}
-    out["boxes"] = [it["boxes"] for it in items]
-    out["labels"] = [it["labels"] for it in items]
-    return out
+def collate(items: list[dict[str, Any]]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """``(images, targets)``: the stacked images and a dict of the stacked :func:`encode_targets` tensors, with
+    the per-image ``boxes``/``labels`` arrays kept as lists (their lengths differ)."""
+    targets: dict[str, Any] = {k: torch.stack([it[k] for it in items]) for k in ("heatmap", "size", "offset", "mask")}
+    targets["boxes"] = [it["boxes"] for it in items]
+    targets["labels"] = [it["labels"] for it in items]
+    return torch.stack([it["image"] for it in items]), targets
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -243,8 +235,9 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def detection_loss(outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch: dict[str, Any]
                    ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Focal heatmap loss + 0.1 × size L1 + offset L1 (both at centre cells); returns the total and its parts."""
-    logits, size, offset = outputs
+    """Focal heatmap loss + 0.1 × size L1 + offset L1 (both at centre cells) against the targets ``batch``;
+    returns the total and its parts. Computed in float32 whatever precision the outputs come in."""
+    logits, size, offset = (t.float() for t in outputs)
     mask = batch["mask"].unsqueeze(1)
     n = mask.sum().clamp(min=1.0)
     heat = focal_loss(logits, batch["heatmap"])
@@ -254,103 +247,21 @@ def detection_loss(outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], bat
     return total, {"heatmap": float(heat.detach()), "size": float(size_l1.detach()), "offset": float(off_l1.detach())}
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
-                    sched: torch.optim.lr_scheduler.LRScheduler, epoch: int, progress: bool = True) -> float:
-    """One pass over ``loader``; returns the mean training loss."""
-    model.train()
-    total, n = 0.0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
-    for batch in bar:
-        opt.zero_grad(set_to_none=True)
-        loss, _ = detection_loss(model(batch["image"]), batch)
-        loss.backward()
-        opt.step()
-        sched.step()
-        total += float(loss.detach()) * len(batch["image"])
-        n += len(batch["image"])
-        bar.set_postfix(loss=f"{total / n:.3f}")
-    return total / max(n, 1)
-
-
 def truths_of(boxes: Sequence[Boxes], labels: Sequence[np.ndarray]) -> list[Truth]:
     """:class:`Truth` per image from box arrays and class indices."""
     return [Truth(boxes=tuple(tuple(float(v) for v in b) for b in bx), types=tuple(LESION_CLASSES[int(c)] for c in lb))
             for bx, lb in zip(boxes, labels)]
 
 
-@torch.inference_mode()
-def predict(model: nn.Module, loader: DataLoader, input_size: int) -> tuple[list[list[Lesion]], list[Truth]]:
-    """Candidate detections (score ≥ :data:`CANDIDATE_FLOOR`, model pixels) and the truth of every image."""
-    wrapper = DetectorExport(model).eval()  # type: ignore[arg-type]
-    detections: list[list[Lesion]] = []
-    truths: list[Truth] = []
-    for batch in loader:
-        heat, size, offset = (t.numpy() for t in wrapper(batch["image"]))
-        detections += decode({"heatmap": heat, "size": size, "offset": offset}, input_size=input_size,
-                             thresholds=CANDIDATE_FLOOR)
-        truths += truths_of(batch["boxes"], batch["labels"])
+def predict_lesions(model: nn.Module, loader: DataLoader, input_size: int) -> tuple[list[list[Lesion]], list[Truth]]:
+    """Candidate detections (score ≥ :data:`CANDIDATE_FLOOR`, model pixels) and the truth of every image of
+    ``loader`` (batches of :func:`collate`)."""
+    def head(outputs: tuple[torch.Tensor, ...]) -> list[list[Lesion]]:
+        heat, size, offset = (t.float().cpu().numpy() for t in outputs)
+        return decode({"heatmap": heat, "size": size, "offset": offset}, input_size=input_size,
+                      thresholds=CANDIDATE_FLOOR)
+
+    batches, targets = predict(DetectorExport(model), loader, head)  # type: ignore[arg-type]
+    detections = [d for batch in batches for d in batch]
+    truths = [t for batch in targets for t in truths_of(batch["boxes"], batch["labels"])]
     return detections, truths
-
-
-def evaluate(model: nn.Module, loader: DataLoader, input_size: int) -> dict[str, float]:
-    """mAP@0.5 and FROC (see :func:`training.detection_metrics.detection_metrics`) on ``loader``, with boxes in
-    model pixels (the export's card measures the ONNX file in original pixels instead)."""
-    detections, truths = predict(model, loader, input_size)
-    return detection_metrics(detections, truths, LESION_CLASSES)
-
-
-def main(cfg: TrainConfig, *, resume: bool = False, command: str = "") -> Path:
-    """Train per ``cfg``; write ``last.pt``/``best.pt`` (best validation FROC) and ``history.json`` into
-    ``cfg.out``; return the path of ``best.pt``."""
-    torch.manual_seed(cfg.seed)
-    torch.set_flush_denormal(True)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ensure_data(Path(cfg.data.train), cfg.data.synthetic_train)
-    records = load_annotated(Path(cfg.data.train), cfg.data.format)
-    train_items, val_items = split_by_patient(records, cfg.data.val_fraction, cfg.seed)
-    if not train_items or not val_items:
-        raise ValueError(f"need images for both training and validation; got {len(train_items)} and {len(val_items)}")
-    train_ds = LesionDataset(train_items, cfg.input_size, train=True, seed=cfg.seed, crop=cfg.train_crop,
-                             desc="preprocess train")
-    val_ds = LesionDataset(val_items, cfg.input_size, train=False, desc="preprocess val")
-    g = torch.Generator().manual_seed(cfg.seed)
-    train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=g, collate_fn=collate,
-                          num_workers=cfg.workers, drop_last=len(train_ds) > cfg.batch_size)
-    val_dl = DataLoader(val_ds, batch_size=cfg.batch_size, collate_fn=collate, num_workers=cfg.workers)
-
-    model = build(cfg.architecture, num_classes=cfg.num_classes, dropout=cfg.dropout)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * len(train_dl)))
-    start, best, stale, history = 0, -1.0, 0, []
-    last = out / "last.pt"
-    if resume and last.is_file():
-        start, best, stale, history = resume_from(last, model, opt, sched, "best_froc")
-    t0 = time.perf_counter()
-    for epoch in range(start, cfg.epochs):
-        g.manual_seed(cfg.seed + epoch)
-        train_ds.set_epoch(epoch)
-        loss = train_one_epoch(model, train_dl, opt, sched, epoch)
-        metrics = evaluate(model, val_dl, cfg.input_size)
-        history.append({"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in metrics.items()}})
-        froc = metrics.get("froc", 0.0)
-        improved = froc > best
-        best, stale = (froc, 0) if improved else (best, stale + 1)
-        print(f"epoch {epoch}: loss {loss:.4f} val FROC {froc:.3f} mAP@0.5 {metrics.get('map_50', float('nan')):.3f}"
-              f"{' *' if improved else ''}", file=sys.stderr)
-        ck: dict[str, Any] = {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "epoch": epoch, "best_froc": best, "stale": stale, "history": json.dumps(history),
-            "config": json.dumps(cfg.to_dict()), "command": command, "code_commit": code_commit(),
-            "torch_version": str(torch.__version__), "seconds": time.perf_counter() - t0,
-            "val_metrics": json.dumps(metrics),
-        }
-        _save_atomic(ck, last)
-        if improved:
-            _save_atomic(ck, out / "best.pt")
-        (out / "history.json").write_text(json.dumps(history, indent=2))
-        if stale >= cfg.early_stopping_patience:
-            print(f"early stop: no FROC improvement for {stale} epochs", file=sys.stderr)
-            break
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    return out / "best.pt"

@@ -124,7 +124,10 @@ def mean_average_precision(detections: Sequence[Sequence[Lesion]], truths: Seque
     ``MeanAveragePrecision`` at IoU 0.5 (COCO's 101-point interpolation); ``classes`` gives the label ids."""
     # COCO's default caps (1, 10, 100 detections per image and class); the summary reads the last, which
     # matches models.detection.TOP_K. Other caps make torchmetrics report -1 for "map".
-    metric = MeanAveragePrecision(iou_thresholds=[0.5], class_metrics=True, box_format="xyxy", backend="pycocotools")
+    # sync_on_compute=False: the detections given are all there is. Under torchrun only rank 0 validates, and a
+    # metric that gathered from the other ranks would wait for them forever.
+    metric = MeanAveragePrecision(iou_thresholds=[0.5], class_metrics=True, box_format="xyxy", backend="pycocotools",
+                                  sync_on_compute=False)
     # Its warning counts detections per image over all classes; pycocotools caps them per image *and class*.
     metric.warn_on_many_detections = False
 

@@ -1,11 +1,10 @@
 """Evaluate a lesion-detector checkpoint on held-out data: the metrics ``python -m training evaluate`` prints
-(:func:`training.detection.evaluate`, boxes in model pixels) and the report page: the AP and FROC table per
+(:func:`training.detection_metrics.detection_metrics`, boxes in model pixels) and the report page: the AP and FROC table per
 class, precision-recall curves at IoU 0.5 (torchmetrics' COCO evaluation), FROC curves, and a grid of model
 input crops with the ground-truth boxes beside the predictions."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,11 +18,11 @@ from tqdm import tqdm
 from datasets.readers import FundusRecord
 from models.detection import LESION_CLASSES, Lesion
 from training.config import TrainConfig
-from training.detection import LesionDataset, collate, predict
+from training.detection import LesionDataset, collate, predict_lesions
 from training.detection_metrics import (FROC_RATES, Truth, detection_metrics, froc_curve, froc_sensitivities,
                                         torchmetrics_inputs)
-from training.report import DETECTOR_CURVES, Curve, froc_figure, history_figure, pr_figure
-from training.report_html import Page
+from training.report import DETECTOR_CURVES, Curve, froc_figure, pr_figure
+from training.report_html import Page, training_curves
 
 #: Detections drawn in the grid: models.detection.decode's default score floor (the card's per-class
 #: thresholds are chosen at export, on validation, with the ONNX file).
@@ -47,7 +46,7 @@ class DetectorOutputs:
 def predict_detector(model: torch.nn.Module, records: Sequence[FundusRecord], size: int) -> DetectorOutputs:
     """Preprocess ``records`` once (serving preprocessing) and run the detector over them."""
     ds = LesionDataset(records, size, train=False, desc="preprocess held-out")
-    detections, truths = predict(model, DataLoader(ds, batch_size=BATCH, collate_fn=collate), size)
+    detections, truths = predict_lesions(model, DataLoader(ds, batch_size=BATCH, collate_fn=collate), size)
     return DetectorOutputs(list(records), ds, detections, truths)
 
 
@@ -57,7 +56,7 @@ def pr_curves(detections: Sequence[Sequence[Lesion]], truths: Sequence[Truth],
     all areas, 100 detections per image) from torchmetrics' ``MeanAveragePrecision`` extended summary; recall
     points the detector never reaches are left out."""
     metric = MeanAveragePrecision(iou_thresholds=[0.5], extended_summary=True, box_format="xyxy",
-                                  backend="pycocotools")
+                                  backend="pycocotools", sync_on_compute=False)
     metric.warn_on_many_detections = False
 
     preds, target = torchmetrics_inputs(detections, truths, classes)
@@ -115,13 +114,8 @@ def report(out: DetectorOutputs, metrics: dict[str, float], *, cfg: TrainConfig,
     page.figure(froc_figure(frocs, FROC_RATES, "FROC per class"), name="froc",
                 caption="Lesion sensitivity against false positives per image; dotted lines: the rates averaged "
                         "into the FROC score")
-    history = json.loads(ck.get("history", "[]"))
-    page.section("Training curves")
-    if history:
-        page.figure(history_figure(history, DETECTOR_CURVES), name="history",
+    training_curves(page, ck, DETECTOR_CURVES,
                     caption="Training loss (focal heatmap + size + offset) and validation FROC / mAP per epoch")
-    else:
-        page.paragraph("The checkpoint holds no training history.")
     page.section("Predictions and ground truth", "Left: ground-truth boxes; right: detections with score >= "
                                                  f"{DISPLAY_THRESHOLD} on the model-input crop. Images with the most "
                                                  "lesions first.")

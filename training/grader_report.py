@@ -15,7 +15,6 @@ pointing game (:func:`training.metrics.pointing_game`, the card's protocol).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,9 +33,9 @@ from training.config import TrainConfig
 from training.data import load_rgb
 from training.metrics import (POINTING_TOLERANCE, cam_peak, confusion_matrix, field_centre, grader_intervals,
                               grader_metrics, pointing_game, pointing_hit)
-from training.report import (GRADER_CURVES, Curve, Point, confusion_figure, history_figure, reliability_bins,
+from training.report import (GRADER_CURVES, Curve, Point, confusion_figure, reliability_bins,
                              reliability_figure, roc_figure)
-from training.report_html import Page
+from training.report_html import Page, training_curves
 
 #: Images in the saliency grid, and the width of each (the overlay is drawn at that size).
 GRID_IMAGES = 12
@@ -105,7 +104,7 @@ def predict_with_cam(model: torch.nn.Module, records: Sequence[FundusRecord], si
 
 
 def play_pointing_game(out: GraderOutputs) -> list[Pointing | None]:
-    """Per record, the pointing game of :func:`training.export.onnx_evaluate` (the card's protocol) on
+    """Per record, the pointing game of :func:`training.tasks.grader.onnx_evaluate` (the card's protocol) on
     referable images with at least one lesion box; ``None`` for the others."""
     from analysis.pipeline import saliency_target  # the serving rule itself; service imports no torch
 
@@ -217,13 +216,8 @@ def report(out: GraderOutputs, metrics: dict[str, float], *, cfg: TrainConfig, c
                                    "reliability of the predicted grade"),
                 name="calibration", caption="Reliability diagram: accuracy per confidence bin against the diagonal "
                                             "of perfect calibration; below, the images per bin")
-    history = json.loads(ck.get("history", "[]"))
-    page.section("Training curves")
-    if history:
-        page.figure(history_figure(history, GRADER_CURVES), name="history",
+    training_curves(page, ck, GRADER_CURVES,
                     caption=f"Training loss ({cfg.objective}) and validation metrics per epoch, from the checkpoint")
-    else:
-        page.paragraph("The checkpoint holds no training history.")
     page.section("Saliency", "The heatmap serving shows (in-graph CAM of the predicted grade; for a 'No DR' "
                              "prediction, of the most probable DR grade) over the photograph, with the ground-truth "
                              "lesion boxes. Referable images with lesion boxes come first, marked hit or miss: the "

@@ -1,4 +1,4 @@
-"""Train the image-quality model: labels, data, loss, ``train_one_epoch``, ``evaluate``, ``main``.
+"""The image-quality model's labels, data and loss (its task: :mod:`training.tasks.quality`).
 
 Task
 ----
@@ -22,19 +22,13 @@ serving function — so
 a field defect (off-centre, cut field) is seen as serving will see it: the crop is centred on the *visible*
 field, and what is missing shows as black chords or a truncated disc. Augmentation is geometric and exact
 (flips, quarter turns): photometric jitter would change the very exposure and contrast the labels describe.
-
-Checkpoints carry the grader's keys, so :func:`training.export.load_checkpoint` rebuilds the model.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -46,13 +40,10 @@ from tqdm import tqdm
 from datasets.readers import DatasetError, FundusRecord
 from datasets.readers.common import csv_rows
 from datasets.synthetic.quality import ARTEFACTS, QUALITY_COLUMNS, QualityError, QualityTruth
-from models.architectures import build
 from models.preprocess import Recipe, preprocess, recipe_for
-from training.resume import resume_from
 from training.config import TrainConfig
 from training.data import load_rgb, read_records, split_by_patient
-from training.quality_metrics import choose_gradable_threshold, quality_metrics
-from training.train import _save_atomic, code_commit, ensure_data, warmup_cosine
+from training.engine import predict
 
 #: Reason groups of the model, in the service's reporting order (:data:`analysis.quality.REASONS`), each with
 #: the generator artefacts it stands for. ``jpeg_artefacts`` is a loss of fine detail, as defocus is; a lid
@@ -227,117 +218,13 @@ class QualityDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
 def quality_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean binary cross-entropy over all known outputs (targets other than :data:`UNKNOWN`) and images."""
-    known = (targets >= 0).to(logits.dtype)
-    loss = F.binary_cross_entropy_with_logits(logits, targets.clamp(min=0.0), weight=known, reduction="sum")
+    known = (targets >= 0).to(torch.float32)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), targets.clamp(min=0.0), weight=known,
+                                              reduction="sum")
     return loss / known.sum().clamp(min=1.0)
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
-                    sched: torch.optim.lr_scheduler.LRScheduler, epoch: int, progress: bool = True) -> float:
-    """One pass over ``loader``; returns the mean training loss."""
-    model.train()
-    total, n = 0.0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
-    for x, y in bar:
-        opt.zero_grad(set_to_none=True)
-        loss = quality_loss(model(x.contiguous(memory_format=torch.channels_last)), y)
-        loss.backward()
-        opt.step()
-        sched.step()
-        total += float(loss.detach()) * len(y)
-        n += len(y)
-        bar.set_postfix(loss=f"{total / n:.3f}")
-    return total / max(n, 1)
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid probabilities and 0/1 targets, both ``(N, len(QUALITY_CLASSES))``."""
-    model.eval()
-    probs, targets = [], []
-    for x, y in loader:
-        probs.append(torch.sigmoid(model(x)).numpy())
-        targets.append(y.numpy())
-    return np.concatenate(probs), np.concatenate(targets)
-
-
-def evaluate(model: nn.Module, loader: DataLoader, threshold: float | None = None) -> dict[str, float]:
-    """:func:`training.quality_metrics.quality_metrics` on ``loader``."""
-    probs, targets = predict(model, loader)
-    return quality_metrics(probs, targets, QUALITY_CLASSES, threshold)
-
-
-def check_config(cfg: TrainConfig) -> None:
-    """``ValueError`` when ``cfg`` cannot train the quality model (wrong task, output count or data layout)."""
-    if cfg.task != "image-quality":
-        raise ValueError(f"config task is {cfg.task!r}, not 'image-quality'")
-    if cfg.num_classes != len(QUALITY_CLASSES):
-        raise ValueError(f"num_classes must be {len(QUALITY_CLASSES)} for the quality model "
-                         f"({', '.join(QUALITY_CLASSES)}), got {cfg.num_classes}")
-    if cfg.data.real_quality and not cfg.data.real_images:
-        raise ValueError("data.real_quality needs data.real_images (the folder of the graded photographs)")
-    if cfg.data.format != QUALITY_FORMAT:
-        raise ValueError(f"data.format must be {QUALITY_FORMAT!r} (the layout with quality.csv), got {cfg.data.format!r}")
-
-
-def main(cfg: TrainConfig, *, resume: bool = False, command: str = "") -> Path:
-    """Train per ``cfg``; write ``last.pt``/``best.pt`` (best validation quality AUC, i.e. of gradability) and
-    ``history.json`` into ``cfg.out``; return the path of ``best.pt``."""
-    check_config(cfg)
-    torch.manual_seed(cfg.seed)
-    torch.set_flush_denormal(True)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ensure_data(Path(cfg.data.train), cfg.data.synthetic_train)
-    items = load_training_items(cfg)
-    train_items, val_items = split_items(items, cfg.data.val_fraction, cfg.seed)
-    if not train_items or not val_items:
-        raise ValueError(f"need images for both training and validation; got {len(train_items)} and {len(val_items)}")
-    recipe = recipe_for(cfg.preprocessing)
-    train_ds = QualityDataset(train_items, cfg.input_size, train=True, seed=cfg.seed, desc="preprocess train",
-                              recipe=recipe)
-    val_ds = QualityDataset(val_items, cfg.input_size, train=False, desc="preprocess val", recipe=recipe)
-    g = torch.Generator().manual_seed(cfg.seed)
-    train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=g, num_workers=cfg.workers,
-                          drop_last=len(train_ds) > cfg.batch_size)
-    val_dl = DataLoader(val_ds, batch_size=cfg.batch_size * 2, num_workers=cfg.workers)
-
-    # channels_last: ~1.7x faster convolutions on CPU (DESIGN.md, measured facts).
-    model = build(cfg.architecture, num_classes=cfg.num_classes, dropout=cfg.dropout).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * len(train_dl)))
-    start, best, stale, history = 0, -1.0, 0, []
-    last = out / "last.pt"
-    if resume and last.is_file():
-        start, best, stale, history = resume_from(last, model, opt, sched, "best_auc")
-    t0 = time.perf_counter()
-    for epoch in range(start, cfg.epochs):
-        g.manual_seed(cfg.seed + epoch)
-        train_ds.set_epoch(epoch)
-        loss = train_one_epoch(model, train_dl, opt, sched, epoch)
-        probs, targets = predict(model, val_dl)
-        op = choose_gradable_threshold(probs[:, 0], targets[:, 0], cfg.ungradable_min_sensitivity)
-        metrics = quality_metrics(probs, targets, QUALITY_CLASSES, op.threshold)
-        history.append({"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in metrics.items()}})
-        auc = metrics.get("quality_auc", 0.0)
-        improved = auc > best
-        best, stale = (auc, 0) if improved else (best, stale + 1)
-        print(f"epoch {epoch}: loss {loss:.4f} val quality AUC {auc:.3f}{' *' if improved else ''}", file=sys.stderr)
-        ck: dict[str, Any] = {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "epoch": epoch, "best_auc": best, "stale": stale, "history": json.dumps(history),
-            "config": json.dumps(cfg.to_dict()), "command": command, "code_commit": code_commit(),
-            "torch_version": str(torch.__version__), "seconds": time.perf_counter() - t0,
-            "val_metrics": json.dumps(metrics),
-            "operating_point": json.dumps({"threshold": op.threshold, "sensitivity": op.sensitivity,
-                                           "specificity": op.specificity}),
-        }
-        _save_atomic(ck, last)
-        if improved:
-            _save_atomic(ck, out / "best.pt")
-        (out / "history.json").write_text(json.dumps(history, indent=2))
-        if stale >= cfg.early_stopping_patience:
-            print(f"early stop: no quality AUC improvement for {stale} epochs", file=sys.stderr)
-            break
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    return out / "best.pt"
+def quality_probabilities(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid probabilities and targets, both ``(N, len(QUALITY_CLASSES))``, of ``model`` over ``loader``."""
+    probs, targets = predict(model, loader, lambda logits: torch.sigmoid(logits.float()).cpu().numpy())
+    return np.concatenate(probs), np.concatenate([y.numpy() for y in targets])

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import json
 import sys
 import time
@@ -48,7 +47,7 @@ from training.data import load_rgb
 from training.quality_metrics import choose_gradable_threshold, quality_metrics
 from training.quality_model import (EYEQ_DATA, EYEQ_TERMS, QUALITY_CLASSES, QualityItem, load_quality,
                                     load_real_quality, split_items)
-from training.train import code_commit
+from training.cards import code_commit, utc_now
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +189,7 @@ def refit(card_path: Path, *, real_quality: Path, real_images: Path, real_format
             seconds=time.perf_counter() - t0, data_terms=EYEQ_TERMS),
         intended_use=intended_use_for(False, data=f"{EYEQ_DATA} (its last layer)",
                                       terms=EYEQ_TERMS),
-        created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        created=utc_now(),
     ))
     new.save(out_dir / card_path.name)
     return new

@@ -6,7 +6,6 @@ reasons."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,9 +20,9 @@ from training.config import TrainConfig
 from training.data import load_rgb
 from training.metrics import bootstrap_interval
 from training.quality_metrics import is_gradable, quality_metrics
-from training.quality_model import QUALITY_CLASSES, QualityDataset, QualityItem, predict
-from training.report import QUALITY_CURVES, Curve, Point, confusion_figure, history_figure, roc_figure
-from training.report_html import Page
+from training.quality_model import QUALITY_CLASSES, QualityDataset, QualityItem, quality_probabilities
+from training.report import QUALITY_CURVES, Curve, Point, confusion_figure, roc_figure
+from training.report_html import Page, training_curves
 
 #: A reason is listed for a photograph when its probability reaches this (the outputs are independent sigmoids).
 REASON_THRESHOLD = 0.5
@@ -55,7 +54,7 @@ def predict_quality(model: torch.nn.Module, items: Sequence[QualityItem], size: 
     from models.preprocess import recipe_for
 
     ds = QualityDataset(items, size, train=False, desc="preprocess held-out", recipe=recipe_for(preprocessing))
-    probs, targets = predict(model, DataLoader(ds, batch_size=BATCH))
+    probs, targets = quality_probabilities(model, DataLoader(ds, batch_size=BATCH))
     return QualityOutputs(list(items), probs, targets)
 
 
@@ -113,13 +112,8 @@ def report(out: QualityOutputs, metrics: dict[str, float], *, cfg: TrainConfig, 
         cm = binary_confusion_matrix(flagged, truth).numpy()  # rows truth (gradable, ungradable)
         page.figure(confusion_figure(cm, ("gradable", "ungradable"), f"gradable iff p >= {threshold:.3f}"),
                     name="confusion", caption="Rows: truth; columns: the model's decision at the threshold")
-    history = json.loads(ck.get("history", "[]"))
-    page.section("Training curves")
-    if history:
-        page.figure(history_figure(history, QUALITY_CURVES), name="history",
+    training_curves(page, ck, QUALITY_CURVES,
                     caption="Training loss (binary cross-entropy) and validation metrics per epoch")
-    else:
-        page.paragraph("The checkpoint holds no training history.")
     page.section("Examples", f"Photographs with the model's decision and the reasons with probability >= "
                              f"{REASON_THRESHOLD}; ungradable ones first.")
     bad = out.targets[:, 0] < 0.5

@@ -12,8 +12,8 @@
    saturates at full range), MinMax calibration. The graph is pre-processed first (shape inference and
    fusion, ``quant_pre_process``), as ONNX Runtime recommends.
 3. The gate: the fp32 parent and the int8 model are evaluated on the same held-out set (``--data``), with
-   the same code the export uses (:func:`training.export.onnx_evaluate` for graders,
-   :func:`training.detection_export.onnx_detections` for detectors). Quadratic weighted kappa may drop by at
+   the same code the export uses (:func:`training.tasks.grader.onnx_evaluate` for graders,
+   :func:`training.tasks.detector.onnx_detections` for detectors). Quadratic weighted kappa may drop by at
    most ``--max-qwk-drop`` (0.01) for a grader, mAP@0.5 by at most ``--max-map-drop`` (0.02) for a detector;
    beyond that :class:`QuantizationRefused` is raised (the CLI exits 2 with the reason) and nothing is written.
 4. Otherwise ``<name>-int8.onnx`` and ``<name>-int8.card.json`` are written to ``--out``: a separate model
@@ -25,7 +25,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import statistics
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from models import preprocess
 from models.card import ModelCard, Quantization, recipe_of, sha256_file
 from models.store import load_verified
 from analysis.runtime import latency_samples
+from training.cards import utc_now
 
 MAX_QWK_DROP = 0.01
 MAX_MAP_DROP = 0.02
@@ -123,7 +123,7 @@ def evaluate(card: ModelCard, onnx_bytes: bytes, data: Path, fmt: str, split: st
     """The card task's held-out metrics of ``onnx_bytes`` on ``data`` (the export's own evaluation code)."""
     if card.task == "dr-grading":
         from training.data import load_graded
-        from training.export import onnx_evaluate
+        from training.tasks.grader import onnx_evaluate
         from training.metrics import grader_metrics
 
         op = card.operating_point("referable_dr")
@@ -133,7 +133,7 @@ def evaluate(card: ModelCard, onnx_bytes: bytes, data: Path, fmt: str, split: st
     if card.task == "lesion-detection":
         from models.detection import LESION_CLASSES
         from training.detection import load_annotated
-        from training.detection_export import onnx_detections
+        from training.tasks.detector import onnx_detections
         from training.detection_metrics import detection_metrics
 
         records = load_annotated(data, fmt, split=split, verbose=False)
@@ -201,7 +201,7 @@ def quantize(card_path: Path, data: Path, out_dir: Path, *, fmt: str, split: str
             metrics_fp32=fp32_metrics, metrics_int8=int8_metrics, metric_deltas=deltas,
             gate=f"{result.metric} drop <= {result.max_drop:g} (was {result.drop:.4f})",
             latency_ms=lat, command=command),
-        "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "created": utc_now(),
     })
     card = ModelCard.model_validate(card.model_dump())  # re-validate the copy (model_copy does not)
     card.save(out_dir / f"{stem}.card.json")

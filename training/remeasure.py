@@ -22,7 +22,7 @@ from pathlib import Path
 from models.card import ICDR_LABELS, CardError, ModelCard, recipe_of
 from models.store import load_verified
 from training.data import load_graded
-from training.export import onnx_evaluate
+from training.tasks.grader import onnx_evaluate
 from training.metrics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, POINTING_TOLERANCE, confusion_matrix,
                               grader_intervals, grader_metrics, pointing_game)
 from training.report import plot_confusion

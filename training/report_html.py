@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from training.data import SYNTHETIC_MARKERS, is_synthetic_folder
+from training.report import history_figure
 
 __all__ = ["AI_NOTICE", "SYNTHETIC_DATA_NOTICE", "SYNTHETIC_MARKERS", "SYNTHETIC_TRAINING_NOTICE", "Page",
-           "format_metric", "format_value", "is_synthetic_folder", "png_src"]
+           "format_metric", "format_value", "is_synthetic_folder", "png_src", "training_curves"]
 
 #: The banner of every page.
 AI_NOTICE = "AI output from a research model, not for diagnosis."
@@ -163,3 +164,14 @@ class Page:
         path = directory / "index.html"
         path.write_text(self.render(), encoding="utf-8")
         return path
+
+
+def training_curves(page: Page, ck: Mapping[str, object], curves: Sequence[tuple[str, str]], *, caption: str) -> None:
+    """The report's "Training curves" section: the checkpoint ``ck``'s history drawn with ``curves``
+    (:func:`training.report.history_figure`), or a line saying it holds none."""
+    history = json.loads(str(ck.get("history", "[]")))
+    page.section("Training curves")
+    if history:
+        page.figure(history_figure(history, curves), name="history", caption=caption)
+    else:
+        page.paragraph("The checkpoint holds no training history.")

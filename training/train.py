@@ -1,32 +1,37 @@
-"""Train the DR grader: ``train_one_epoch``, ``evaluate``, ``main`` (torchvision reference-script style)."""
+"""``python -m training train``: the one training loop, for every task (:mod:`training.tasks`).
+
+Per epoch: :func:`training.engine.train_one_epoch` on this process's shard, then rank 0 validates with the
+task's metrics, keeps ``last.pt`` and the best epoch's ``best.pt`` (by the task's selection metric), appends to
+``history.json`` and draws ``history.png``; training stops early after ``early_stopping_patience`` epochs
+without improvement. Under ``torchrun`` each process trains on its shard of every epoch (``DistributedSampler``,
+or :class:`~training.data.EpochSampler` for ``sqrt-balanced``) with ``batch_size / world size`` images, so the
+global batch and the schedule match a single-process run; gradients are averaged by
+``DistributedDataParallel``. Rank 0 alone validates, decides early stopping for all, and writes files.
+Mixed precision per the config's ``amp`` (:mod:`training.precision`).
+"""
 
 from __future__ import annotations
 
 import json
-import math
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from models.architectures import build
-from models.preprocess import recipe_for
+from training.cards import code_commit
+from training.checkpoint import resume_from, save_atomic
 from training.config import SyntheticSpec, TrainConfig
+from training.data import EpochSampler
 from training.distributed import World, barrier, broadcast, setup, teardown
-from training.data import EpochSampler, FundusDataset, balanced_weights, load_graded, split_by_patient
-from training.losses import build_loss
+from training.engine import param_groups, train_one_epoch, warmup_cosine
+from training.precision import make_scaler, training_device
 from training.report import plot_history
-from training.metrics import choose_operating_point, grader_metrics, referable_probability
+from training.tasks import Task, get_task
 
 
 def ensure_data(root: Path, spec: SyntheticSpec | None) -> None:
@@ -40,195 +45,67 @@ def ensure_data(root: Path, spec: SyntheticSpec | None) -> None:
     generate(root, count=spec.count, seed=spec.seed, size=spec.size, p_degraded=spec.p_degraded)
 
 
-def warmup_cosine(total_steps: int, warmup: float = 0.1) -> Callable[[int], float]:
-    """LR factor: linear warm-up over ``warmup`` of the steps, then cosine decay to 2 %. A pure function of the
-    step, so a resumed run with more epochs simply continues on the longer schedule."""
-    w = max(1, round(total_steps * warmup))
-
-    def factor(step: int) -> float:
-        if step < w:
-            return (step + 1) / w
-        t = min(1.0, (step - w) / max(1, total_steps - w))
-        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
-
-    return factor
-
-
-def training_device() -> torch.device:
-    """This process's GPU (``torchrun`` sets it in :func:`training.distributed.setup`) if CUDA is available,
-    else the CPU."""
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
-def use_amp(device: torch.device) -> bool:
-    """Mixed precision (float16 autocast + loss scaling) on CUDA only: on these CPUs bfloat16 autocast is
-    slower than float32 (no AVX-512 BF16), so the CPU path stays exactly float32."""
-    return device.type == "cuda"
-
-
-def make_scaler(device: torch.device) -> torch.amp.GradScaler:
-    """A gradient scaler that is active when :func:`use_amp` is (float16 gradients underflow without it) and a
-    pass-through otherwise, so the training step has one code path."""
-    return torch.amp.GradScaler(device.type, enabled=use_amp(device))
-
-
-def train_one_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
-                    sched: torch.optim.lr_scheduler.LRScheduler, loss_fn: nn.Module, epoch: int,
-                    progress: bool = True, scaler: torch.amp.GradScaler | None = None) -> float:
-    """One pass over ``loader`` on the device of ``model``'s parameters (autocast there when :func:`use_amp`);
-    returns the mean training loss (of this process's shard). ``scaler``: see :func:`make_scaler`."""
-    model.train()
-    device = next(model.parameters()).device
-    channels_last = _is_channels_last(model)
-    amp = use_amp(device)
-    scaler = scaler if scaler is not None else make_scaler(device)
-    total, n = 0.0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
-    for x, y in bar:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=amp):
-            loss = loss_fn(model(x), y)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        total += float(loss.detach()) * len(y)
-        n += len(y)
-        bar.set_postfix(loss=f"{total / n:.3f}")
-    return total / max(n, 1)
-
-
-def param_groups(model: nn.Module, lr: float, backbone_scale: float) -> list[dict[str, Any]]:
-    """AdamW parameter groups: the trunk (``model.features``) at ``lr * backbone_scale``, the rest (the head)
-    at ``lr``; one group when the scale is 1 or the model has no ``features``."""
-    features = getattr(model, "features", None)
-    if backbone_scale == 1.0 or not isinstance(features, nn.Module):
-        return [{"params": list(model.parameters()), "lr": lr}]
-    trunk = {id(p) for p in features.parameters()}
-    return [{"params": list(features.parameters()), "lr": lr * backbone_scale},
-            {"params": [p for p in model.parameters() if id(p) not in trunk], "lr": lr}]
-
-
-def _is_channels_last(model: nn.Module) -> bool:
-    """Whether ``model``'s first 4-D weight is stored channels-last (inputs should then be too)."""
-    for p in model.parameters():
-        if p.dim() == 4:
-            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-    return False
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities ``(N, C)`` and labels ``(N,)`` over ``loader``."""
-    model.eval()
-    device = next(model.parameters()).device
-    probs, labels = [], []
-    memory_format = torch.channels_last if _is_channels_last(model) else torch.contiguous_format
-    for x, y in loader:
-        x = x.to(device).contiguous(memory_format=memory_format)
-        probs.append(torch.softmax(model(x).float(), dim=1).cpu().numpy())
-        labels.append(y.numpy())
-    return np.concatenate(probs), np.concatenate(labels)
-
-
-def evaluate(model: nn.Module, loader: DataLoader, threshold: float | None = None) -> dict[str, float]:
-    """Grader metrics (see :func:`training.metrics.grader_metrics`) on ``loader``."""
-    probs, labels = predict(model, loader)
-    return grader_metrics(probs, labels, threshold)
-
-
-def _save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """Write a checkpoint so that a crash mid-write never leaves a truncated file under ``path``."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def code_commit() -> str:
-    """The git commit of the code (with ``-dirty`` if the tree has changes), or ``unknown``."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(cfg: TrainConfig, *, resume: bool = False, command: str = "") -> Path:
-    """Train per ``cfg``; write ``last.pt``/``best.pt`` (with the resolved config) and ``history.json`` into
-    ``cfg.out``; return the path of ``best.pt``.
-
-    Under ``torchrun`` each process trains on its shard of every epoch (``DistributedSampler``) with
-    ``batch_size / world size`` images, so the global batch and the schedule match a single-process run;
-    gradients are averaged by ``DistributedDataParallel``. Rank 0 validates, decides early stopping for all,
-    and alone writes files.
-    """
+    """Train the task ``cfg.task`` per ``cfg``; write ``last.pt``/``best.pt`` (:mod:`training.checkpoint`, with
+    the resolved config), ``history.json``, ``history.png`` and ``config.json`` into ``cfg.out``; return the
+    path of ``best.pt``. ``resume`` continues from ``<out>/last.pt`` when it exists."""
+    task = get_task(cfg.task)
+    task.check_config(cfg)
     world = setup()
     try:
-        return _train(cfg, world, resume=resume, command=command)
+        return fit(task, cfg, world, resume=resume, command=command)
     finally:
         teardown(world)
 
 
-def _train(cfg: TrainConfig, world: World, *, resume: bool, command: str) -> Path:
+def _sampler(task: Task, cfg: TrainConfig, dataset: Any, world: World) -> Sampler[int] | None:
+    """The training sampler: ``sqrt-balanced`` draws, this rank's shard, or ``None`` (shuffle in the loader)."""
+    if cfg.sampler == "sqrt-balanced":
+        return EpochSampler(task.sample_weights(dataset), seed=cfg.seed, rank=world.rank, world=world.size)
+    if world.distributed:
+        return DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=True, seed=cfg.seed,
+                                  drop_last=True)
+    return None
+
+
+def fit(task: Task, cfg: TrainConfig, world: World, *, resume: bool = False, command: str = "") -> Path:
+    """:func:`main` in the process group ``world``."""
     torch.manual_seed(cfg.seed)
     # Denormal floats make x86 CPUs crawl; flushing them halved a MobileNetV3 training step here.
     torch.set_flush_denormal(True)
     out = Path(cfg.out)
-    train_root = Path(cfg.data.train)
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        ensure_data(train_root, cfg.data.synthetic_train)
+        ensure_data(Path(cfg.data.train), cfg.data.synthetic_train)
     barrier(world)
-    items = load_graded(train_root, cfg.data.format, verbose=world.is_main)
-    train_items, val_items = split_by_patient(items, cfg.data.val_fraction, cfg.seed)
+    train_items, val_items = task.split(cfg, verbose=world.is_main)
     if not train_items or not val_items:
         raise ValueError(f"need images for both training and validation; got {len(train_items)} and {len(val_items)}")
-    recipe = recipe_for(cfg.preprocessing)
-    train_ds = FundusDataset(train_items, cfg.input_size, train=True, seed=cfg.seed, desc="preprocess train",
-                             recipe=recipe, max_angle=cfg.max_rotation)
+    train_ds = task.dataset(train_items, cfg, train=True, desc="preprocess train")
     batch = max(1, cfg.batch_size // world.size)
     g = torch.Generator().manual_seed(cfg.seed)
-    sampler: DistributedSampler | EpochSampler | None
-    if cfg.sampler == "sqrt-balanced":
-        sampler = EpochSampler(balanced_weights(train_ds.labels), seed=cfg.seed, rank=world.rank, world=world.size)
-    elif world.distributed:
-        sampler = DistributedSampler(train_ds, num_replicas=world.size, rank=world.rank, shuffle=True, seed=cfg.seed,
-                                     drop_last=True)
-    else:
-        sampler = None
+    sampler = _sampler(task, cfg, train_ds, world)
     train_dl = DataLoader(train_ds, batch_size=batch, shuffle=sampler is None, sampler=sampler, generator=g,
-                          num_workers=cfg.workers, drop_last=len(train_ds) // world.size > batch)
+                          collate_fn=task.collate, num_workers=cfg.workers,
+                          drop_last=len(train_ds) // world.size > batch)  # type: ignore[arg-type]
     val_dl = None
     if world.is_main:
-        val_ds = FundusDataset(val_items, cfg.input_size, train=False, desc="preprocess val", recipe=recipe)
-        val_dl = DataLoader(val_ds, batch_size=cfg.batch_size * 2, num_workers=cfg.workers)
+        val_ds = task.dataset(val_items, cfg, train=False, desc="preprocess val")
+        val_dl = DataLoader(val_ds, batch_size=cfg.batch_size * 2, collate_fn=task.collate, num_workers=cfg.workers)
 
     device = training_device()
-    core = build(cfg.architecture, num_classes=cfg.num_classes, dropout=cfg.dropout).to(device)
-    if cfg.channels_last:
+    core = task.build_model(cfg).to(device)
+    if cfg.channels_last or task.channels_last:
         core = core.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(param_groups(core, cfg.lr, cfg.backbone_lr_scale), lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * len(train_dl)))
-    scaler = make_scaler(device)
-    loss_fn = build_loss(cfg.objective, label_smoothing=cfg.label_smoothing)
-    start, best_kappa, stale, history = 0, -2.0, 0, []
+    scaler = make_scaler(device, cfg.amp)
+    loss_fn = task.loss_fn(cfg)
+    start, best, stale, history = 0, float("-inf"), 0, []
     last = out / "last.pt"
     if resume and last.is_file():
-        ck = torch.load(last, map_location="cpu", weights_only=True)
-        core.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        if ck.get("scaler"):  # an AMP run's loss scale; empty for CPU runs
-            scaler.load_state_dict(ck["scaler"])
-        start, best_kappa, stale, history = ck["epoch"] + 1, ck["best_kappa"], ck["stale"], json.loads(ck["history"])
-        if world.is_main:
-            print(f"resumed from {last} at epoch {start}", file=sys.stderr)
+        start, best, stale, history = resume_from(last, core, opt, sched, task.best_key, scaler)
     ddp_devices = [device.index] if device.type == "cuda" else None
     model: nn.Module = DistributedDataParallel(core, device_ids=ddp_devices) if world.distributed else core
 
@@ -238,14 +115,17 @@ def _train(cfg: TrainConfig, world: World, *, resume: bool, command: str) -> Pat
         g.manual_seed(cfg.seed + epoch)
         torch.manual_seed(cfg.seed + epoch)
         if sampler is not None:
-            sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
-        loss = train_one_epoch(model, train_dl, opt, sched, loss_fn, epoch, progress=world.is_main, scaler=scaler)
+            sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        train_ds.set_epoch(epoch)  # type: ignore[attr-defined]
+        loss = train_one_epoch(model, train_dl, opt, sched, loss_fn, epoch, progress=world.is_main, scaler=scaler,
+                               amp=cfg.amp)
         stop = False
         if world.is_main:
             assert val_dl is not None
-            stop, best_kappa, stale = _validate_and_save(cfg, core, opt, sched, scaler, val_dl, epoch, loss,
-                                                         history, best_kappa, stale, command, t0, cpu0)
+            ck = {"model": core.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                  "scaler": scaler.state_dict()}
+            stop, best, stale = end_of_epoch(task, cfg, core, val_dl, ck, epoch=epoch, loss=loss, history=history,
+                                             best=best, stale=stale, command=command, t0=t0, cpu0=cpu0)
         if broadcast(stop, world):
             break
     if world.is_main:
@@ -253,48 +133,36 @@ def _train(cfg: TrainConfig, world: World, *, resume: bool, command: str) -> Pat
     return out / "best.pt"
 
 
-def _validate_and_save(cfg: TrainConfig, core: nn.Module, opt: torch.optim.Optimizer,
-                       sched: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
-                       val_dl: DataLoader, epoch: int, loss: float,
-                       history: list[dict[str, float]], best_kappa: float, stale: int, command: str, t0: float,
-                       cpu0: float = 0.0) -> tuple[bool, float, int]:
-    """Rank 0's end of epoch: metrics, checkpoints, history; returns ``(stop, best_kappa, stale)``."""
+def end_of_epoch(task: Task, cfg: TrainConfig, core: nn.Module, val_dl: DataLoader, state: dict[str, Any], *,
+                 epoch: int, loss: float, history: list[dict[str, float]], best: float, stale: int, command: str,
+                 t0: float, cpu0: float) -> tuple[bool, float, int]:
+    """Rank 0's end of an epoch: validate, log, write checkpoints (``state``: the model, optimizer, scheduler
+    and scaler states) and history; returns ``(stop, best, stale)``."""
     out = Path(cfg.out)
-    probs, labels = predict(core, val_dl)
-    op = choose_operating_point(referable_probability(probs), (labels >= 2).astype(np.int64),
-                                cfg.referable_min_sensitivity)
-    metrics = grader_metrics(probs, labels, op.threshold)
+    val = task.validate(core, val_dl, cfg)
     # Wall minutes and CPU minutes (this process, all threads): on a shared machine the CPU time divided by the
     # cores is what the run would have taken alone, which learning curves against time should show.
     history.append({"epoch": epoch, "train_loss": loss, "minutes": (time.perf_counter() - t0) / 60,
                     "cpu_minutes": (time.process_time() - cpu0) / 60, "threads": torch.get_num_threads(),
-                    **{f"val_{k}": v for k, v in metrics.items()}})
-    kappa = metrics["quadratic_weighted_kappa"]
-    if not math.isfinite(kappa):  # e.g. a validation split with one grade only
-        kappa = -1.0
-    improved = kappa > best_kappa
-    print(f"epoch {epoch}: loss {loss:.4f} val kappa {kappa:.3f} acc {metrics['accuracy']:.3f} "
-          f"ref-AUC {metrics.get('referable_auc', float('nan')):.3f}{' *' if improved else ''}", file=sys.stderr)
-    if improved:
-        best_kappa, stale = kappa, 0
-    else:
-        stale += 1
+                    **{f"val_{k}": v for k, v in val.metrics.items()}})
+    score = task.score(val.metrics)
+    improved = score > best
+    best, stale = (score, 0) if improved else (best, stale + 1)
+    print(f"epoch {epoch}: loss {loss:.4f} {task.summary(val.metrics)}{' *' if improved else ''}", file=sys.stderr)
     ck: dict[str, Any] = {
-        "model": core.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-        "scaler": scaler.state_dict(),
-        "epoch": epoch, "best_kappa": best_kappa, "stale": stale, "history": json.dumps(history),
+        **state, "epoch": epoch, task.best_key: best, "stale": stale, "history": json.dumps(history),
         "config": json.dumps(cfg.to_dict()), "command": command, "code_commit": code_commit(),
         "torch_version": str(torch.__version__), "seconds": time.perf_counter() - t0,
-        "val_metrics": json.dumps(metrics),
-        "operating_point": json.dumps({"threshold": op.threshold, "sensitivity": op.sensitivity,
-                                       "specificity": op.specificity}),
+        "val_metrics": json.dumps(val.metrics),
     }
-    _save_atomic(ck, out / "last.pt")
+    if val.operating_point is not None:
+        ck["operating_point"] = json.dumps(val.operating_point)
+    save_atomic(ck, out / "last.pt")
     if improved:
-        _save_atomic(ck, out / "best.pt")
+        save_atomic(ck, out / "best.pt")
     (out / "history.json").write_text(json.dumps(history, indent=2))
-    plot_history(history, out / "history.png")
+    plot_history(history, out / "history.png", task.curves)
     stop = stale >= cfg.early_stopping_patience
     if stop:
-        print(f"early stop: no kappa improvement for {stale} epochs", file=sys.stderr)
-    return stop, best_kappa, stale
+        print(f"early stop: no {task.selection_label} improvement for {stale} epochs", file=sys.stderr)
+    return stop, best, stale

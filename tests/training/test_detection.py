@@ -121,20 +121,14 @@ def test_config_task_defaults_and_is_checked(tmp_path: Path) -> None:
         load_config(cfg)
 
 
-@pytest.fixture(scope="module")
-def detector_run(tiny_detector_run: tuple[Path, Path]) -> tuple[Path, Path]:
-    """The session's tiny trained + exported detector (tests/conftest.py)."""
-    return tiny_detector_run
-
-
 @pytest.mark.slow
-def test_detector_trains_exports_and_verifies(detector_run: tuple[Path, Path]) -> None:
+def test_detector_trains_exports_and_verifies(tiny_detector_run: tuple[Path, Path]) -> None:
     import onnxruntime as ort
 
     from training.export import load_checkpoint
     from models.architectures.detector import DetectorExport
 
-    cfg, export = detector_run
+    cfg, export = tiny_detector_run
     run = cfg.parent / "run"
     ck = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
     assert json.loads(ck["config"])["task"] == "lesion-detection" and "froc" in json.loads(ck["val_metrics"])
@@ -157,8 +151,8 @@ def test_detector_trains_exports_and_verifies(detector_run: tuple[Path, Path]) -
 
 
 @pytest.mark.slow
-def test_detector_evaluate_cli(detector_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    cfg, _ = detector_run
+def test_detector_evaluate_cli(tiny_detector_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, _ = tiny_detector_run
     capsys.readouterr()
     assert main(["evaluate", "--config", str(cfg)]) == 0
     metrics = json.loads(capsys.readouterr().out)

@@ -62,3 +62,13 @@ def test_map_is_one_for_perfect_and_lower_for_shifted_boxes() -> None:
 def test_f1_threshold_without_any_hit_takes_the_highest_score() -> None:
     misses = [[Lesion(H, 0.9, _box(50, 50)), Lesion(H, 0.2, _box(60, 60))], []]
     assert f1_threshold(froc_curve(misses, TRUTHS, H)) == (0.9, 0.0, 0.5)
+
+
+def test_map_never_waits_for_other_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun only rank 0 validates: the mAP must use the detections it is given, not gather them from
+    ranks that never compute it (that gather waits forever). With a process group seemingly up, a metric that
+    synchronised would call into torch.distributed, which has none here, and fail."""
+    import torchmetrics.metric
+
+    monkeypatch.setattr(torchmetrics.metric, "jit_distributed_available", lambda: True)
+    assert mean_average_precision(DETECTIONS, TRUTHS, LESION_CLASSES)["map_50"] >= 0

@@ -91,20 +91,14 @@ def test_config_must_fit_the_quality_model(tmp_path: Path, capsys: pytest.Captur
     assert "num_classes must be 7" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def quality_run(tiny_quality_run: tuple[Path, Path]) -> tuple[Path, Path]:
-    """The session's tiny trained + exported quality model (tests/conftest.py)."""
-    return tiny_quality_run
-
-
 @pytest.mark.slow
-def test_quality_model_trains_exports_and_verifies(quality_run: tuple[Path, Path]) -> None:
+def test_quality_model_trains_exports_and_verifies(tiny_quality_run: tuple[Path, Path]) -> None:
     import onnxruntime as ort
 
     from training.export import load_checkpoint
-    from training.quality_export import QualityExport
+    from training.tasks.quality import QualityExport
 
-    cfg, export = quality_run
+    cfg, export = tiny_quality_run
     ck = torch.load(cfg.parent / "run" / "best.pt", map_location="cpu", weights_only=True)
     assert json.loads(ck["config"])["task"] == "image-quality"
     card = ModelCard.load(export / "tiny-quality.card.json")
@@ -127,8 +121,8 @@ def test_quality_model_trains_exports_and_verifies(quality_run: tuple[Path, Path
 
 
 @pytest.mark.slow
-def test_quality_evaluate_cli(quality_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    cfg, _ = quality_run
+def test_quality_evaluate_cli(tiny_quality_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, _ = tiny_quality_run
     capsys.readouterr()
     assert main(["evaluate", "--config", str(cfg)]) == 0
     metrics = json.loads(capsys.readouterr().out)

@@ -146,7 +146,7 @@ def test_grader_report_default_folder_and_same_metrics_as_before(tiny_export: Pa
     from training.config import load_config
     from training.data import FundusDataset, load_graded
     from training.export import load_checkpoint
-    from training.train import evaluate
+    from training.tasks.grader import evaluate
 
     metrics, text = _evaluate(["--config", str(tiny_config)], capsys)
     cfg = load_config(tiny_config)

@@ -1,4 +1,4 @@
-"""training.resume: model, optimizer and scheduler state and the bookkeeping come back from last.pt."""
+"""training.checkpoint.resume_from: model, optimizer and scheduler state and the bookkeeping come back from last.pt."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from training.resume import resume_from
+from training.checkpoint import resume_from
 
 
 def test_resume_restores_state(tmp_path: Path) -> None:

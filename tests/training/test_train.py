@@ -1,4 +1,5 @@
-"""training.train: device and mixed-precision selection, and one training step per objective on the CPU."""
+"""training.precision and training.engine: device and mixed-precision selection, and one training step per objective
+on the CPU."""
 
 from __future__ import annotations
 
@@ -9,13 +10,22 @@ torch = pytest.importorskip("torch", reason="training extras (torch) are not ins
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from training.losses import OBJECTIVES, build_loss  # noqa: E402
-from training.train import make_scaler, train_one_epoch, training_device, use_amp  # noqa: E402
+from training.engine import train_one_epoch  # noqa: E402
+from training.precision import autocast_dtype, make_scaler, training_device, use_amp  # noqa: E402
 
 
 def test_amp_only_on_cuda() -> None:
     assert use_amp(torch.device("cuda", 0)) is True
     assert use_amp(torch.device("cpu")) is False
     assert make_scaler(torch.device("cpu")).is_enabled() is False
+
+
+def test_amp_modes() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert autocast_dtype(cpu, "always") == torch.bfloat16 and autocast_dtype(cuda, "always") == torch.float16
+    assert autocast_dtype(cpu, "never") is None and autocast_dtype(cuda, "never") is None
+    # bfloat16 has float32's range: no loss scaling on the CPU.
+    assert make_scaler(cpu, "always").is_enabled() is False
 
 
 def test_training_device_follows_cuda_availability(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,16 +36,28 @@ def test_training_device_follows_cuda_availability(monkeypatch: pytest.MonkeyPat
     assert training_device() == torch.device("cuda", 1)
 
 
-@pytest.mark.parametrize("objective", OBJECTIVES)
-def test_cpu_epoch_lowers_the_loss_in_float32(objective: str) -> None:
+def _toy_problem() -> tuple[torch.nn.Linear, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, DataLoader]:
+    """A linear 5-grade classifier on 32 seeded points: model, SGD, a constant schedule and the loader."""
     torch.manual_seed(0)
     x = torch.randn(32, 6)
     y = (x[:, 0] * 1.5 + 2).round().clamp(0, 4).long()
     model = torch.nn.Linear(6, 5)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return model, opt, sched, DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def test_bfloat16_autocast_on_the_cpu_trains() -> None:
+    model, opt, sched, loader = _toy_problem()
+    losses = [train_one_epoch(model, loader, opt, sched, build_loss("ce"), e, progress=False, amp="always")
+              for e in range(4)]
+    assert losses[-1] < losses[0] and model.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_cpu_epoch_lowers_the_loss_in_float32(objective: str) -> None:
+    model, opt, sched, loader = _toy_problem()
     loss_fn = build_loss(objective)
-    loader = DataLoader(TensorDataset(x, y), batch_size=8)
     first = train_one_epoch(model, loader, opt, sched, loss_fn, 0, progress=False)
     for epoch in range(1, 5):
         last = train_one_epoch(model, loader, opt, sched, loss_fn, epoch, progress=False)

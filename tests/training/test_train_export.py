@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch", reason="training extras (torch) are not ins
 from models.card import ModelCard, verify  # noqa: E402
 from training.__main__ import main  # noqa: E402
 from training.export import ParityError, check_parity, load_checkpoint, to_onnx  # noqa: E402
+from training.tasks import get_task  # noqa: E402
 
 
 def test_checkpoint_carries_resolved_config(tiny_export: Path, tiny_config: Path) -> None:
@@ -51,11 +52,12 @@ def test_onnx_dynamic_batch_matches_torch(tiny_export: Path, tiny_config: Path) 
 
 def test_parity_check_refuses_a_wrong_graph(tiny_config: Path, tiny_export: Path) -> None:
     model, cfg, _ = load_checkpoint(tiny_config.parent / "run" / "best.pt")
-    other = to_onnx(model, cfg.input_size)
+    grader = get_task("dr-grading")
+    other = to_onnx(grader, model, cfg.input_size)
     with torch.no_grad():
         model.head.bias += 1.0  # the torch model now disagrees with the exported bytes
     with pytest.raises(ParityError, match="differ"):
-        check_parity(model, other, np.zeros((1, 3, 64, 64), np.float32))
+        check_parity(grader, model, other, np.zeros((1, 3, 64, 64), np.float32))
 
 
 def test_resume_continues_from_last_epoch(tiny_config: Path, tiny_export: Path, tmp_path: Path,
@@ -177,7 +179,7 @@ def test_evaluate_without_a_test_folder_reads_the_validation_split(tiny_research
 
 def test_param_groups_fine_tune_the_trunk_gently() -> None:
     from models.architectures import build
-    from training.train import param_groups
+    from training.engine import param_groups
 
     model = build("mobilenet_v3_small", num_classes=5)
     [one] = param_groups(model, 1e-3, 1.0)
