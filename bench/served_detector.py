@@ -58,6 +58,7 @@ from tqdm import tqdm
 
 from models.card import ModelCard, ScoreThreshold, ServedMetrics
 from models.detection import LESION_CLASSES, Lesion
+from training.cards import code_commit
 from training.detection_metrics import Truth, mean_average_precision
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,17 +228,6 @@ def with_served_metrics(card: ModelCard, entries: Iterable[ServedMetrics]) -> Mo
     replaced = {key(m) for m in new}
     kept = [m for m in card.served_metrics if key(m) not in replaced]
     return card.model_copy(update={"served_metrics": tuple(kept + new)})
-
-
-def code_version() -> str:
-    """The git commit of this checkout (``-dirty`` with uncommitted changes), ``"unknown"`` outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -425,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     seconds = time.perf_counter() - t0
-    version = code_version()
+    version = code_commit()
     date = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
     command = "python -m bench.served_detector " + shlex.join(argv if argv is not None else sys.argv[1:])
     rows: list[tuple[ServedMetrics, Run]] = []

@@ -22,11 +22,14 @@ def utc_now() -> str:
 
 
 def code_commit() -> str:
-    """The git commit of the code (with ``-dirty`` if the tree has changes), or ``unknown``."""
+    """The git commit of this checkout of the code (with ``-dirty`` if the tree has changes), or ``unknown``
+    outside git. Asked in the repository, whatever the current directory."""
+    repo = Path(__file__).resolve().parents[1]
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

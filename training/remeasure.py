@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import subprocess
 import sys
 from pathlib import Path
 
 from models.card import ICDR_LABELS, CardError, ModelCard, recipe_of
 from models.store import load_verified
+from training.cards import code_commit
 from training.data import load_graded
 from training.tasks.grader import onnx_evaluate
 from training.metrics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, POINTING_TOLERANCE, confusion_matrix,
@@ -29,14 +29,6 @@ from training.report import plot_confusion
 
 #: Metrics that describe the export itself (parity), not held-out data: kept from the original card.
 _EXPORT_METRICS = ("max_abs_logit_diff", "max_rel_cam_diff")
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def remeasure(card_path: Path, data: Path, data_format: str, split: str | None = None) -> ModelCard:
@@ -58,7 +50,7 @@ def remeasure(card_path: Path, data: Path, data_format: str, split: str | None =
             f"baseline: the field centre as the point" if with_lesions else "no lesion ground truth")
     today = dt.datetime.now(dt.timezone.utc).date().isoformat()
     metrics_data = (f"{data} ({len(items)} images, {data_format}, held out from training); re-measured from the "
-                    f"ONNX file on {today} at code commit {_commit()[:12]} (python -m training.remeasure), "
+                    f"ONNX file on {today} at code commit {code_commit()[:12]} (python -m training.remeasure), "
                     f"operating point as chosen at export; 95 % intervals: percentile bootstrap over images, "
                     f"{BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}; {game}")
     new = card.model_copy(update={"metrics": metrics, "metrics_data": metrics_data})
