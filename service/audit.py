@@ -48,6 +48,7 @@ from pydantic import BaseModel
 from sqlalchemy import (BigInteger, Column, Connection, Engine, Index, Integer, MetaData, String, Table, Text,
                         create_engine, delete, event, func, insert, select, text)
 
+from models.card import sha256_file
 from service.auth import current_site
 from analysis.errors import FoveaError
 from analysis.findings import Findings, StudyFindings
@@ -141,14 +142,6 @@ def record_hash(row: dict[str, Any]) -> str:
 
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def database_url(settings: Settings) -> str:

@@ -30,6 +30,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group ``proc`` leads (started with ``start_new_session``), SIGKILL after 20 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @contextmanager
 def running_service(workdir: Path, env: Mapping[str, str] | None = None, ready_s: float = 120,
                     args: Sequence[str] = (), scheme: str = "http") -> Iterator[str]:
@@ -65,13 +76,7 @@ def running_service(workdir: Path, env: Mapping[str, str] | None = None, ready_s
             time.sleep(0.5)
         yield url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
         text = log.read_text(errors="replace")
         assert "Traceback" not in text, text[-3000:]
 

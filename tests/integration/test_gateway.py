@@ -9,7 +9,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pydicom.dataset import Dataset
 
 from datasets.synthetic.dicom import PATIENT_NAME
 from datasets.synthetic.writer import generate
-from tests.integration.conftest import REPO, free_port
+from tests.integration.conftest import REPO, free_port, stop_process_group
 
 pytestmark = pytest.mark.integration
 
@@ -55,16 +54,6 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, what: str, t
         time.sleep(0.2)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 @contextmanager
 def running_gateway(workdir: Path, *, port: int, service_url: str, destination: str | None = None,
                     stow: str | None = None, sources: tuple[Path, ...] = ()) -> Iterator[Path]:
@@ -84,7 +73,7 @@ def running_gateway(workdir: Path, *, port: int, service_url: str, destination: 
         _wait_port(port, proc, log, "gateway")
         yield queue
     finally:
-        _stop(proc)
+        stop_process_group(proc)
         text = log.read_text(errors="replace")
         assert proc.returncode == 0, text[-3000:]
         assert "Traceback" not in text, text[-3000:]
@@ -190,7 +179,7 @@ class Orthanc:
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
-        _stop(self.proc)
+        stop_process_group(self.proc)
 
     def get(self, path: str) -> httpx.Response:
         r = httpx.get(self.url + path, timeout=30)
