@@ -1,8 +1,9 @@
 """ASGI middleware giving every HTTP error one shape and refusing oversize bodies before they are read.
 
-BentoML answers its own input-validation failures (e.g. a missing form field) with its own JSON shape; this
-middleware rewrites any 4xx/5xx JSON body that is not already ``{"error": {"code", "message"}}`` into that
-shape, so clients parse one format. It never echoes request content back.
+BentoML answers its own input-validation failures (e.g. a missing form field) with its own JSON shape, and the
+framework under it answers some errors in plain text (``405 Method Not Allowed``); this middleware rewrites
+any 4xx/5xx body that is not already ``{"error": {"code", "message"}}`` into that shape, so clients parse one
+format (HTML error pages excepted: those are for browsers). It never echoes request content back.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def _code_and_message(status: int, body: bytes) -> tuple[str, str]:
             return code, data["error"]
     if status >= 500:
         return code, "internal error; the server log has the details (tracked by the response time and path)"
+    if status == 405:
+        return code, "this route does not accept this HTTP method (see /docs for each route's methods)"
+    if status == 404:
+        return code, "no such route (see /docs for the API)"
     return code, "invalid request"
 
 
@@ -69,7 +74,7 @@ class ErrorShapeMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 ctype = dict(message.get("headers") or []).get(b"content-type", b"")
-                state["rewrite"] = status >= 400 and ctype.startswith(b"application/json")
+                state["rewrite"] = status >= 400 and not ctype.startswith(b"text/html")
                 if not state["rewrite"]:
                     await send(message)
                     return
@@ -89,8 +94,9 @@ class ErrorShapeMiddleware:
                 if not ok:
                     code, text = _code_and_message(status, state["body"])
                     body = json.dumps({"error": {"code": code, "message": text}}).encode()
-                hdrs = [(k, v) for k, v in state["start"].get("headers", []) if k != b"content-length"]
-                hdrs.append((b"content-length", str(len(body)).encode()))
+                hdrs = [(k, v) for k, v in state["start"].get("headers", [])
+                        if k.lower() not in (b"content-length", b"content-type")]
+                hdrs += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
                 await send({**state["start"], "headers": hdrs})
                 await send({"type": "http.response.body", "body": body})
                 return

@@ -57,3 +57,17 @@ def test_server_errors_get_the_shape_without_details() -> None:
     r = client.get("/crash")
     assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
     assert "server log" in r.json()["error"]["message"]
+
+
+def test_plain_text_errors_of_the_framework_get_the_json_shape() -> None:
+    from starlette.responses import PlainTextResponse
+    from starlette.testclient import TestClient
+
+    from service.http_errors import ErrorShapeMiddleware
+
+    async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        await PlainTextResponse("Method Not Allowed", status_code=405, headers={"Allow": "GET"})(scope, receive, send)
+
+    r = TestClient(ErrorShapeMiddleware(app)).post("/jobs/analyze_study/status")
+    assert r.status_code == 405 and r.headers["content-type"] == "application/json"
+    assert r.json()["error"]["code"] == "method_not_allowed" and r.headers["allow"] == "GET"
