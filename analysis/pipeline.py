@@ -17,7 +17,7 @@ import numpy as np
 from models.card import CardError, ModelCard, recipe_of
 from models.detection import LESION_CLASSES, to_original
 from models.detection import decode as decode_lesions
-from models.grading import is_referable, referable_probability, softmax
+from models.grading import grade_from, is_referable, referable_probability, softmax
 from models.preprocess import locate_field, preprocess
 from models.store import load_verified
 from analysis.decode import DecodedImage, DecodeLimits, DicomInstance, decode
@@ -247,7 +247,7 @@ class Analyzer:
             t = lap("detection", t)
 
         probs = softmax(out["logits"][0])
-        grade = int(np.argmax(probs))
+        grade = int(grade_from(probs, card.grade_rule.cutpoints if card.grade_rule else None))
         target = saliency_target(grade, probs)
         # The maps are drawn at most RENDER_MAX_SIDE px on the long side, k decoded pixels per map pixel.
         k = render_factor(*img.rgb.shape[:2])

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models import preprocess
 
@@ -101,6 +101,22 @@ class OperatingPoint(_Frozen):
     chosen_on: str
 
 
+class GradeRule(_Frozen):
+    """How a grader's probabilities become the grade it shows: :func:`models.grading.grade_from` with
+    ``cutpoints`` on the expected grade, chosen on ``chosen_on`` to maximise quadratic weighted kappa. A card
+    without a rule shows the most probable grade."""
+
+    cutpoints: tuple[float, float, float, float]
+    chosen_on: str
+
+    @field_validator("cutpoints")
+    @classmethod
+    def _ascending(cls, v: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        if any(b <= a for a, b in zip(v, v[1:], strict=False)) or not (0.0 <= v[0] and v[-1] <= 4.0):
+            raise ValueError("cut-points must ascend within [0, 4]")
+        return v
+
+
 class ScoreThreshold(_Frozen):
     """The lesion detector's score threshold for one lesion class (``name``), chosen on held-out data, with the
     lesion-level sensitivity and false positives per image it gave there (``None`` when that data had no
@@ -178,6 +194,8 @@ class ModelCard(_Frozen):
     preprocessing: PreprocessingSpec
     classes: tuple[str, ...]
     operating_points: tuple[OperatingPoint, ...] = ()
+    #: Graders: how the shown grade is decided (``None``: the most probable grade).
+    grade_rule: GradeRule | None = None
     score_thresholds: tuple[ScoreThreshold, ...] = ()  # lesion detectors: one per class
     metrics: dict[str, float]
     metrics_data: str

@@ -27,3 +27,19 @@ def referable_probability(probs: np.ndarray) -> np.ndarray:
 def is_referable(p_ref: np.ndarray | float, threshold: float) -> np.ndarray | bool:
     """The one decision rule, used when choosing, measuring and serving an operating point: ``p ≥ t``."""
     return np.asarray(p_ref) >= threshold
+
+
+def expected_grade(probs: np.ndarray) -> np.ndarray:
+    """E[grade] = sum_k k * p_k from ``(..., 5)`` class probabilities (float64)."""
+    p = np.asarray(probs, dtype=np.float64)
+    return (p * np.arange(p.shape[-1])).sum(axis=-1)
+
+
+def grade_from(probs: np.ndarray, cutpoints: tuple[float, ...] | None = None) -> np.ndarray:
+    """The ICDR grade shown for ``(..., 5)`` class probabilities: with ``cutpoints`` (ascending, one fewer than
+    the grades) the number of cut-points at or below the expected grade, an ordinal decision that uses the
+    whole distribution; without them the most probable grade."""
+    p = np.asarray(probs)
+    if cutpoints is None:
+        return np.argmax(p, axis=-1)
+    return np.digitize(expected_grade(p), np.asarray(cutpoints, dtype=np.float64))

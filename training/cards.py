@@ -58,6 +58,7 @@ def build_card(task: Task, cfg: TrainConfig, ck: dict[str, Any], *, onnx_path: P
         preprocessing=PreprocessingSpec(name=recipe.name, version=recipe.version),
         classes=task.classes,
         operating_points=measured.operating_points, score_thresholds=measured.score_thresholds,
+        grade_rule=measured.grade_rule,
         metrics=measured.metrics, metrics_data=measured.metrics_data,
         training=provenance(task, cfg, ck),
         intended_use=task.intended_use(cfg),

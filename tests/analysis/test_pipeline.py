@@ -301,3 +301,22 @@ def test_the_detector_gets_the_field_of_a_camera_photograph_at_its_input_size(
     assert (f.image.width, f.image.height) == (3888, 2592) and f.lesions is not None
     assert [n.split(" (")[0] for n in f.image.notes if n.startswith("decoded at")] == ([note] if note else [])
     assert fields[768] >= 768  # the detector's crop is the field at its input size or finer, never upsampled
+
+
+def test_the_shown_grade_follows_the_cards_grade_rule(analyzer: Analyzer, retina_path: Path) -> None:
+    """Without a rule the most probable grade; with one, the cut-points on the expected grade (every probability
+    is above 0, so cut-points just above 0 put any photograph at grade 4); the probabilities are the same."""
+    from models.card import GradeRule
+    from models.grading import expected_grade, grade_from
+
+    plain = analyzer.analyze(retina_path.read_bytes())
+    probs = np.array(plain.dr_grade.probabilities)
+    assert plain.dr_grade.grade == int(np.argmax(probs))
+    tiny = float(expected_grade(probs)) / 10
+    rule = GradeRule(cutpoints=(tiny, 2 * tiny, 3 * tiny, 4 * tiny), chosen_on="test")
+    ruled = Analyzer(grader_card=analyzer.grader_card.model_copy(update={"grade_rule": rule}),
+                     run_grader=analyzer.run_grader, provider="CPUExecutionProvider")
+    f = ruled.analyze(retina_path.read_bytes())
+    assert f.dr_grade.grade == 4 == int(grade_from(probs, rule.cutpoints))
+    assert f.dr_grade.probabilities == pytest.approx(plain.dr_grade.probabilities)
+    assert f.dr_grade.label == ruled.grader_card.classes[4]

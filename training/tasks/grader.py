@@ -30,6 +30,7 @@ from datasets.readers import FundusRecord
 from models import preprocess
 from models.architectures.classifier import WithCam
 from models.card import ICDR_LABELS, OperatingPoint
+from training.grade_rule import grade_rule
 from models.grading import REFERABLE_MIN_GRADE, referable_probability, softmax
 from training import grader_report
 from training.config import TrainConfig
@@ -164,6 +165,9 @@ class GraderTask(Task):
                                chosen_on=f"validation split ({len(val_items)} images of patients held out from "
                                          f"training): best Youden index with sensitivity >= "
                                          f"{cfg.referable_min_sensitivity}")
+        # The grade rule too: cut-points on the expected grade, with a patient-grouped cross-validated kappa.
+        rule, rule_metrics = grade_rule(val_ev.probs, val_ev.labels, [r.group for r in val_items],
+                                        where=self.describe_validation(cfg, val_items))
         metrics: dict[str, float] = {}
         metrics_data = "none (no held-out data given)"
         if held_out is not None:
@@ -193,7 +197,8 @@ class GraderTask(Task):
                            f"{cfg.name} {cfg.version}: held-out confusion matrix (n={len(items)})")
         # A checkpoint whose config has no objective was trained with plain cross-entropy.
         objective = json.loads(ck["config"]).get("objective", "ce")
-        return Measured(metrics, f"{metrics_data}; training objective {objective}", operating_points=(point,))
+        return Measured({**metrics, **rule_metrics}, f"{metrics_data}; training objective {objective}; grade rule and "
+                        f"its kappas on the validation split", operating_points=(point,), grade_rule=rule)
 
     def evaluate(self, model: nn.Module, cfg: TrainConfig, ck: dict[str, Any], items: list[Any], *,
                  threshold: float | None, page: Page | None, caption: str) -> dict[str, float]:
