@@ -60,8 +60,9 @@ def exact_dir(tag: str) -> Path:
 def import_model(card_path: Path) -> str:
     """Copy ``<name>.onnx`` + card into the store as ``name:version``; return the tag.
 
-    Idempotent: importing the same file again is a no-op. Importing a *different* file under an existing
-    version is refused (bump the version in the training config instead).
+    Idempotent: importing the same file again changes nothing but the stored card, which follows a re-measured
+    card of the same file. Importing a *different* file under an existing version is refused (bump the version
+    in the training config instead).
     """
     card = ModelCard.load(card_path)
     src = verify(card, card_path.parent)
@@ -71,6 +72,10 @@ def import_model(card_path: Path) -> str:
         if stored.sha256 != card.sha256:
             raise CardError(f"{card.tag} is already in the model store with a different file "
                             f"(sha256 {stored.sha256[:12]}…); bump the version")
+        if stored != card:
+            # The same file with a re-measured card (a grade rule, served figures): the store's copy follows it,
+            # since the card, not the store's metadata, is what serving reads.
+            shutil.copyfile(card_path, Path(existing.path) / "card.json")
         return card.tag
     with bentoml.models.create(card.tag, labels=store_labels(card), metadata=store_metadata(card)) as model:
         shutil.copyfile(src, Path(model.path) / card.file)

@@ -155,3 +155,18 @@ def test_an_explicit_version_is_never_matched_by_prefix(export_copy: Path) -> No
     assert import_model(export_copy) == "tiny-grader:9.9.9"
     model = get_exact("tiny-grader:9.9.9")
     assert model is not None and str(model.tag) == "tiny-grader:9.9.9"
+
+
+def test_a_remeasured_card_of_the_same_file_replaces_the_stored_card(export_copy: Path) -> None:
+    from models.card import GradeRule, ModelCard
+    from models.store import get_exact
+
+    tag = import_model(export_copy)
+    card = ModelCard.load(export_copy)
+    rule = GradeRule(cutpoints=(0.6, 0.9, 1.5, 2.9), chosen_on="validation")
+    card.model_copy(update={"grade_rule": rule}).save(export_copy)
+    assert import_model(export_copy) == tag
+    model = get_exact(tag)
+    assert model is not None
+    stored, _ = load_verified(Path(model.path))
+    assert stored.grade_rule == rule  # the stored copy follows, the file is the same one
