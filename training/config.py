@@ -59,7 +59,7 @@ AmpMode = Literal["auto", "always", "never"]
 
 
 #: The grader's training objectives; :mod:`training.losses` says what each is and why ``ce+emd`` is the default.
-Objective = Literal["ce", "ce+emd", "sord"]
+Objective = Literal["ce", "ce+emd", "sord", "ce+expected"]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -21,7 +21,12 @@ tuned thresholds). Among those that train ordinary softmax logits:
   trains the model to put mass on neighbouring grades by design, which lowers confidence in the correct
   grade and blurs the 1-vs-2 split the referral decision rests on; kept as an option for comparison.
 
-All three return a scalar mean over the batch and accept integer grades ``(N,)``.
+* ``ce+expected`` — cross-entropy plus a smooth-L1 regression of the *expected grade* ``Σ_k k·p_k`` on the
+  true grade: the regression a single-output grader would learn, taken through the softmax, so the head,
+  the CAM and P(referable) keep their meaning and the card's grade rule (cut-points on the expected grade,
+  :mod:`training.grade_rule`) decides on exactly the quantity trained.
+
+All return a scalar mean over the batch and accept integer grades ``(N,)``.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ EMD_WEIGHT = 1.0
 #: SORD's distance scale α in ``softmax(−α (k − y)²)``: with α = 2 a middle grade keeps ~0.79 of the mass
 #: and each neighbour ~0.11 (the paper's squared-distance form).
 SORD_ALPHA = 2.0
+#: Weight of the expected-grade smooth-L1 term against cross-entropy (a one-grade error costs ~0.5 + 1 / 2).
+EXPECTED_WEIGHT = 1.0
 
 
 def squared_emd(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -81,6 +88,10 @@ class OrdinalLoss(nn.Module):
         ce = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
         if self.objective == "ce":
             return ce
+        if self.objective == "ce+expected":
+            grades = torch.arange(logits.shape[1], device=logits.device, dtype=torch.float32)
+            expected = (torch.softmax(logits, dim=1) * grades).sum(dim=1)
+            return ce + EXPECTED_WEIGHT * F.smooth_l1_loss(expected, target.float())
         return ce + EMD_WEIGHT * squared_emd(logits, target).mean()
 
 

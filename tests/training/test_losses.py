@@ -35,7 +35,7 @@ def test_sord_targets_are_soft_ordinal_distributions() -> None:
     assert float(q.sum()) == pytest.approx(1.0) and int(q.argmax()) == 2
 
 
-@pytest.mark.parametrize("objective", ["ce+emd", "sord"])
+@pytest.mark.parametrize("objective", ["ce+emd", "sord", "ce+expected"])
 def test_off_by_one_costs_less_than_off_by_three(objective: str) -> None:
     loss = build_loss(objective)
     y = torch.tensor([1])
@@ -66,5 +66,14 @@ def test_losses_train_and_handle_half_precision(objective: str) -> None:
 
 
 def test_unknown_objective_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="unknown objective 'coral'; known: ce, ce\\+emd, sord"):
+    with pytest.raises(ValueError, match="unknown objective 'coral'; known: ce, ce\\+emd, sord, ce\\+expected"):
         build_loss("coral")
+
+
+def test_ce_expected_regresses_the_expected_grade() -> None:
+    logits = torch.tensor([[0.3, -1.0, 2.0, 0.1, -0.5], [1.0, 0.0, 0.0, 0.0, 3.0]])
+    y = torch.tensor([2, 0])
+    ce = torch.nn.functional.cross_entropy(logits, y)
+    expected = (torch.softmax(logits, dim=1) * torch.arange(5.0)).sum(dim=1)
+    want = ce + torch.nn.functional.smooth_l1_loss(expected, y.float())
+    assert float(build_loss("ce+expected")(logits, y)) == pytest.approx(float(want), rel=1e-6)
