@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -110,24 +110,21 @@ class InstancePath(Generic[R]):
         :class:`~analysis.errors.FoveaError` when the instance is refused (recorded as a refusal), and
         whatever the door's ``analyse`` or ``then`` raises otherwise (recorded as a failure by the scope)."""
         request_id = request_id or uuid.uuid4().hex
-        if self.audit is None:
-            instance = self.read(data)
-            analysed = AnalysedInstance(instance, self.analyser(instance, request_id=request_id))
-            if then is not None:
-                then(analysed)
-            return analysed
+        scope = self.audit(request_id, hashlib.sha256(data).hexdigest()) if self.audit else nullcontext(None)
         refusal: FoveaError | None = None
-        with self.audit(request_id, hashlib.sha256(data).hexdigest()) as record:
+        with scope as record:
             try:
                 instance = self.read(data)
                 analysed = AnalysedInstance(instance, self.analyser(instance, request_id=request_id))
                 if then is not None:
                     then(analysed)
             except FoveaError as exc:  # a refusal is an outcome of the record, not a failure of the scope
-                record.refused(exc)
+                if record is not None:
+                    record.refused(exc)
                 refusal = exc
             else:
-                record.answered(analysed.findings)
+                if record is not None:
+                    record.answered(analysed.findings)
         if refusal is not None:
             raise refusal
         return analysed

@@ -22,25 +22,12 @@ import numpy as np
 
 from models.card import GradeRule, ModelCard, recipe_of
 from models.grading import expected_grade, grade_from
+from training.metrics import quadratic_weighted_kappa
 
-GRADES = 5
+GRADES = 5  # ICDR 0-4
 #: Cut-points start between the grades and move over this many quantiles of the expected grade.
 GRID_POINTS = 201
 SWEEPS = 4
-
-
-def quadratic_weighted_kappa(labels: np.ndarray, predicted: np.ndarray, classes: int = GRADES) -> float:
-    """Cohen's kappa with quadratic weights (numpy; ``0.0`` when either side is constant)."""
-    cm = np.zeros((classes, classes), np.float64)
-    np.add.at(cm, (np.asarray(labels, int), np.asarray(predicted, int)), 1.0)
-    n = cm.sum()
-    if n == 0:
-        return 0.0
-    i, j = np.indices((classes, classes))
-    w = (i - j) ** 2 / (classes - 1) ** 2
-    expected = np.outer(cm.sum(1), cm.sum(0)) / n
-    denominator = (w * expected).sum()
-    return float(1.0 - (w * cm).sum() / denominator) if denominator > 0 else 0.0
 
 
 def fit_cutpoints(expected: np.ndarray, labels: np.ndarray) -> tuple[tuple[float, float, float, float], float]:

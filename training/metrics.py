@@ -71,6 +71,13 @@ def choose_operating_point(p_ref: np.ndarray, referable: np.ndarray, min_sensiti
     return OperatingPointChoice(threshold=t, sensitivity=float(tpr[i]), specificity=float(1.0 - fpr[i]))
 
 
+def quadratic_weighted_kappa(labels: np.ndarray, predicted: np.ndarray, num_classes: int = 5) -> float:
+    """Cohen's kappa with quadratic weights between integer ``labels`` and ``predicted`` grades (torchmetrics)."""
+    return float(cohen_kappa(torch.as_tensor(np.asarray(predicted, dtype=np.int64)),
+                             torch.as_tensor(np.asarray(labels, dtype=np.int64)),
+                             task="multiclass", num_classes=num_classes, weights="quadratic"))
+
+
 def grader_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float | None = None) -> dict[str, float]:
     """Quadratic-weighted kappa, accuracy, calibration error, referable AUC and, given a ``threshold``,
     sensitivity/specificity of referable DR at it."""
@@ -79,7 +86,7 @@ def grader_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float | Non
     n_cls = p.shape[1]
     pred = p.argmax(dim=1)
     out = {
-        "quadratic_weighted_kappa": float(cohen_kappa(pred, y, task="multiclass", num_classes=n_cls, weights="quadratic")),
+        "quadratic_weighted_kappa": quadratic_weighted_kappa(y.numpy(), pred.numpy(), n_cls),
         "accuracy": float(multiclass_accuracy(pred, y, num_classes=n_cls, average="micro")),
         "expected_calibration_error": float(multiclass_calibration_error(p, y, num_classes=n_cls, n_bins=10)),
         "n": float(len(y)),

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import yaml
 
+from tests.test_layout import RULES
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-#: Modules the serving process may not load: torch and everything that needs it.
-FORBIDDEN = ("torch", "torchvision", "training", "models.architectures")
+#: Modules the serving process may not load: what service/ may not import (tests/test_layout.py), at run time.
+FORBIDDEN = RULES["service"]
 
 
 def forbidden(modules: list[str]) -> list[str]:
@@ -25,7 +27,8 @@ def forbidden(modules: list[str]) -> list[str]:
 
 def test_the_check_catches_a_planted_torch_import() -> None:
     assert forbidden(["models.architectures.classifier", "torch._C", "training", "models.card", "torchmetrics",
-                      "service.service"]) == ["models.architectures.classifier", "torch._C", "training"]
+                      "service.service", "bench.load"]) == ["bench.load", "models.architectures.classifier",
+                                                            "torch._C", "training"]
 
 
 def test_service_import_does_not_load_torch(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""training/grade_rule.py: cut-points on the expected grade, fitted to maximise QWK and cross-validated by
+"""training/grade_rule.py (and training.metrics.quadratic_weighted_kappa, the one QWK): cut-points on the expected grade, fitted to maximise QWK and cross-validated by
 patient; models.grading.grade_from applies them as serving does."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import pytest
 
 from models.card import GradeRule
 from models.grading import expected_grade, grade_from
-from training.grade_rule import cross_validated_kappa, fit_cutpoints, grade_rule, quadratic_weighted_kappa
+from training.grade_rule import cross_validated_kappa, fit_cutpoints, grade_rule
+from training.metrics import quadratic_weighted_kappa
 
 
 def test_kappa_matches_the_textbook_values() -> None:
@@ -19,7 +20,7 @@ def test_kappa_matches_the_textbook_values() -> None:
     sklearn = pytest.importorskip("sklearn.metrics")
     rng = np.random.default_rng(1)
     a, b = rng.integers(0, 5, 300), rng.integers(0, 5, 300)
-    assert quadratic_weighted_kappa(a, b) == pytest.approx(sklearn.cohen_kappa_score(a, b, weights="quadratic"))
+    assert quadratic_weighted_kappa(a, b) == pytest.approx(sklearn.cohen_kappa_score(a, b, weights="quadratic"), abs=1e-6)
 
 
 def _overconfident(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
