@@ -34,7 +34,7 @@ STRIDE = 4
 #: does not begin with every cell confidently wrong (CenterNet/RetinaNet initialisation).
 PRIOR = 0.1
 #: Registered detector names (the classifier tests parametrize over the others).
-DETECTOR_NAMES = ("centernet_mnv3_small", "centernet_mnv3_large")
+DETECTOR_NAMES = ("centernet_mnv3_small", "centernet_mnv3_large", "centernet_mnv3_large_050")
 
 
 def _separable(cin: int, cout: int) -> nn.Sequential:
@@ -70,7 +70,7 @@ class CenterNetDetector(nn.Module):
     """Trunk stages → FPN-lite (lateral 1×1 convs, nearest upsampling, sums) → stride-4 map → three heads."""
 
     def __init__(self, features: nn.Sequential, num_classes: int, neck_channels: int = 64,
-                 head_channels: int = 64) -> None:
+                 head_channels: int = 64, *, fused_head: bool = False) -> None:
         super().__init__()
         for m in features.modules():  # see FundusClassifier: BatchNorm momentum 0.01 lags when training from scratch
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -80,10 +80,20 @@ class CenterNetDetector(nn.Module):
         self.smooth = _separable(neck_channels, neck_channels)
         self.num_classes = num_classes
         self.num_features = neck_channels
-        self.heatmap = nn.Sequential(_separable(neck_channels, head_channels), nn.Conv2d(head_channels, num_classes, 1))
-        self.size = nn.Sequential(_separable(neck_channels, head_channels), nn.Conv2d(head_channels, 2, 1))
-        self.offset = nn.Sequential(_separable(neck_channels, head_channels), nn.Conv2d(head_channels, 2, 1))
-        nn.init.constant_(self.heatmap[-1].bias, math.log(PRIOR / (1 - PRIOR)))
+        self.fused_head = fused_head
+        if fused_head:
+            # One separable block and one 1x1 convolution give all K + 4 maps: at stride 4 each separable
+            # block costs as much as a third of a small trunk, and the three maps read the same features.
+            self.head = nn.Sequential(_separable(neck_channels, head_channels),
+                                      nn.Conv2d(head_channels, num_classes + 4, 1))
+            with torch.no_grad():
+                self.head[-1].bias[:num_classes].fill_(math.log(PRIOR / (1 - PRIOR)))
+        else:
+            self.heatmap = nn.Sequential(_separable(neck_channels, head_channels),
+                                         nn.Conv2d(head_channels, num_classes, 1))
+            self.size = nn.Sequential(_separable(neck_channels, head_channels), nn.Conv2d(head_channels, 2, 1))
+            self.offset = nn.Sequential(_separable(neck_channels, head_channels), nn.Conv2d(head_channels, 2, 1))
+            nn.init.constant_(self.heatmap[-1].bias, math.log(PRIOR / (1 - PRIOR)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 3, S, S)`` → merged feature map ``(N, neck_channels, S/4, S/4)``."""
@@ -99,6 +109,10 @@ class CenterNetDetector(nn.Module):
 
     def forward_head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Feature map → ``(heatmap_logits, size, offset)``; size is kept non-negative with a ReLU."""
+        if self.fused_head:
+            out = self.head(features)
+            k = self.num_classes
+            return out[:, :k], F.relu(out[:, k:k + 2]), out[:, k + 2:k + 4]
         return self.heatmap(features), F.relu(self.size(features)), self.offset(features)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -130,3 +144,12 @@ def centernet_mnv3_small(*, num_classes: int = 4, dropout: float = 0.0) -> Cente
 def centernet_mnv3_large(*, num_classes: int = 4, dropout: float = 0.0) -> CenterNetDetector:
     """MobileNetV3-Large trunk (reduced tail: the stride-32 stage is context only)."""
     return CenterNetDetector(tvm.mobilenet_v3_large(weights=None, reduced_tail=True).features, num_classes)
+
+
+@register("centernet_mnv3_large_050")
+def centernet_mnv3_large_050(*, num_classes: int = 4, dropout: float = 0.0) -> CenterNetDetector:
+    """The CPU detector: MobileNetV3-Large at width 0.5 (reduced tail), a 48-channel neck and one fused head.
+    At 768 px it is 1.8 GFLOP against 5.9 for :func:`centernet_mnv3_large` (2.3x faster in ONNX Runtime on 2
+    cores); the stride-4 output is kept, since microaneurysms are a few model pixels across."""
+    trunk = tvm.mobilenet_v3_large(weights=None, width_mult=0.5, reduced_tail=True).features
+    return CenterNetDetector(trunk, num_classes, neck_channels=48, head_channels=48, fused_head=True)

@@ -8,7 +8,7 @@ import pytest
 from models.detection import LESION_CLASSES, Lesion, decode, decode_image, to_original
 from models.preprocess import FundusTransform
 
-DETECTORS = ("centernet_mnv3_small", "centernet_mnv3_large")
+DETECTORS = ("centernet_mnv3_small", "centernet_mnv3_large", "centernet_mnv3_large_050")
 
 
 @pytest.mark.parametrize("name", DETECTORS)
