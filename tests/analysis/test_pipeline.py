@@ -289,14 +289,15 @@ def test_the_detector_gets_the_field_of_a_camera_photograph_at_its_input_size(
     from models.store import DEFAULT_DIR
 
     a = Analyzer.load(tiny_export / "tiny-grader.card.json", detector=DEFAULT_DIR / "lesion-detector.card.json")
-    fields: dict[int, float] = {}
-    real = pipeline.preprocess
+    fields: dict[int, float] = {}  # input size -> side of the field square its crop was resized from
+    real = pipeline.crop_pyramid
 
-    def spy(rgb: np.ndarray, size: int, **kwargs: object):  # type: ignore[no-untyped-def]
-        fields[size] = 2 * kwargs["field"][2]  # type: ignore[index]
-        return real(rgb, size, **kwargs)  # type: ignore[arg-type]
+    def spy(rgb: np.ndarray, sizes: tuple[int, ...], **kwargs: object):  # type: ignore[no-untyped-def]
+        out = real(rgb, sizes, **kwargs)  # type: ignore[arg-type]
+        fields.update({size: t.scale * size for size, (_, t) in out.items()})
+        return out
 
-    monkeypatch.setattr(pipeline, "preprocess", spy)
+    monkeypatch.setattr(pipeline, "crop_pyramid", spy)
     f = a.analyze(_camera_jpeg(retina_path, (3888, 2592), field_side))
     assert (f.image.width, f.image.height) == (3888, 2592) and f.lesions is not None
     assert [n.split(" (")[0] for n in f.image.notes if n.startswith("decoded at")] == ([note] if note else [])
