@@ -77,8 +77,10 @@ class FundusTransform:
     def box_to_original(self, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
         """Map an ``(x0, y0, x1, y1)`` box (edges) from model input to original pixels, clipped to the image."""
         s, w, h = self.scale, self.original_width, self.original_height
-        return (float(np.clip(self.x0 + box[0] * s, 0, w)), float(np.clip(self.y0 + box[1] * s, 0, h)),
-                float(np.clip(self.x0 + box[2] * s, 0, w)), float(np.clip(self.y0 + box[3] * s, 0, h)))
+        # Built-in min/max: np.clip's result on Python floats (NaN and ±0.0 included), a tenth of its cost (up
+        # to 400 detector boxes per photograph).
+        return (float(min(max(self.x0 + box[0] * s, 0), w)), float(min(max(self.y0 + box[1] * s, 0), h)),
+                float(min(max(self.x0 + box[2] * s, 0), w)), float(min(max(self.y0 + box[3] * s, 0), h)))
 
     def matrix_to_original(self) -> np.ndarray:
         """The 2×3 affine matrix from model pixel indices to original pixel indices (for ``cv2.warpAffine``)."""

@@ -223,3 +223,13 @@ def test_from_crop_is_preprocess_after_the_crop() -> None:
         np.testing.assert_array_equal(a.tensor, b.tensor)
         np.testing.assert_array_equal(a.image, b.image)
         assert a.transform == b.transform
+
+
+def test_box_to_original_clips_as_np_clip_did() -> None:
+    t = pp.FundusTransform(x0=-20.0, y0=10.0, scale=1.7, size=64, original_width=90, original_height=70)
+    for v in (-30.0, -0.0, 0.0, 3.25, 11.76, 63.9, 64.0, 1e9, float("inf"), -float("inf")):
+        box = (v, v, v + 5.0, v + 5.0)
+        expected = (float(np.clip(t.x0 + box[0] * t.scale, 0, 90)), float(np.clip(t.y0 + box[1] * t.scale, 0, 70)),
+                    float(np.clip(t.x0 + box[2] * t.scale, 0, 90)), float(np.clip(t.y0 + box[3] * t.scale, 0, 70)))
+        got = t.box_to_original(box)
+        assert [repr(g) for g in got] == [repr(e) for e in expected] and all(type(g) is float for g in got)
