@@ -16,6 +16,10 @@ image border); (3) resize it to ``size`` in one step (area averaging when reduci
 :data:`VERSION`; serving refuses a model whose preprocessing version differs. Change the numbers here and
 you must bump :data:`VERSION` and retrain.
 
+Serving feeds several consumers from one photograph (the quality gate, the quality model, the grader, the
+detector): :func:`crop_pyramid` gives all their steps 1-3 crops with one field and one cut of its square, each
+with :func:`crop_field`'s transform, and :func:`from_crop` the steps after the crop.
+
 Two recipes share steps 1-3 (:data:`RECIPES`, looked up by the card's preprocessing name):
 
 * ``fovea.fundus-disc-crop`` (:data:`DISC_CROP`): the crop as photographed, ImageNet mean/std — the

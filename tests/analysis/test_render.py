@@ -117,6 +117,23 @@ def test_png_bytes_refuses_what_it_cannot_write() -> None:
             png_bytes(bad)
 
 
+def test_the_default_deflate_is_isal_when_present_and_zlib_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = np.random.default_rng(5).integers(0, 4, 5_000, dtype=np.uint8).tobytes()
+    levels: list[int] = []
+
+    class FakeIsal:
+        @staticmethod
+        def compress(data: bytes, level: int) -> bytes:
+            levels.append(level)
+            return zlib.compress(bytes(data), 9)
+
+    monkeypatch.setattr(render, "_isal_zlib", FakeIsal)
+    assert render.deflate_zlib(raw) == zlib.compress(raw, 9) and levels == [render._ISAL_LEVEL]
+    monkeypatch.setattr(render, "_isal_zlib", None)
+    assert render.deflate_zlib(raw) == render.deflate_zlib_stdlib(raw)
+    assert zlib.decompress(render.deflate_zlib_stdlib(raw)) == raw
+
+
 def test_the_default_deflate_is_isal_when_installed() -> None:
     isal_zlib = pytest.importorskip("isal.isal_zlib", reason="isal (a serving dependency) is not installed here")
     raw = np.random.default_rng(4).integers(0, 4, 10_000, dtype=np.uint8).tobytes()
