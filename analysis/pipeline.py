@@ -18,7 +18,7 @@ from models.card import CardError, ModelCard, recipe_of
 from models.detection import LESION_CLASSES, to_original
 from models.detection import decode as decode_lesions
 from models.grading import grade_from, is_referable, referable_probability, softmax
-from models.preprocess import locate_field, preprocess
+from models.preprocess import Preprocessed, crop_pyramid, from_crop, locate_field
 from models.store import load_verified
 from analysis.decode import DecodedImage, DecodeLimits, DicomInstance, decode
 from analysis.errors import FoveaError
@@ -26,7 +26,7 @@ from analysis.gradability import check_quality_card, combine
 from analysis.findings import (
     DrGrade, Findings, ImageInfo, LesionFinding, ModelRef, Quality, ReferableDr, Saliency, StudyFindings,
 )
-from analysis.quality import ANALYSIS_SIZE, QualityRules, assess, measure
+from analysis.quality import ANALYSIS_SIZE, QualityRules, assess, measure_crop
 from analysis.render import (
     caption_for, cam_to_heatmap, coarser, draw_lesions, heat_to_u8, overlay, png_base64, reduce_by, render_factor,
 )
@@ -119,6 +119,14 @@ class Analyzer:
         """The input sizes of the loaded models: grader, then detector and image-quality model when loaded."""
         return tuple(card.input.size for card in (
             self.grader_card, *(m.card for m in (self.detector, self.quality_model) if m is not None)))
+
+    @property
+    def _exact_sizes(self) -> frozenset[int]:
+        """Input sizes whose crop must be :func:`~models.preprocess.crop_field`'s to the bit (not derived from a
+        larger crop of the pyramid, up to 1 grey level off): those of models whose recipe amplifies contrast."""
+        return frozenset(card.input.size for card in (
+            self.grader_card, *(m.card for m in (self.detector, self.quality_model) if m is not None))
+            if recipe_of(card).contrast)
 
     @property
     def decode_target(self) -> int:
@@ -225,25 +233,33 @@ class Analyzer:
             return now
 
         card = self.grader_card
+        # One field location and one crop pyramid for every consumer (the gate's measures, the quality model,
+        # the grader, the detector): the field square is cut once, and a crop that is an exact block mean of a
+        # larger one is made from it (models.preprocess.crop_pyramid).
         field_ = field_ or locate_field(img.rgb)
-        verdict = assess(measure(img.rgb, field_), self.rules)
+        crops = crop_pyramid(img.rgb, (ANALYSIS_SIZE, *self.input_sizes), field=field_, exact=self._exact_sizes)
+        t = time.perf_counter()
+        crop_ms = 1000 * (t - t0)
+        verdict = assess(measure_crop(crops[ANALYSIS_SIZE][0]), self.rules)
         if self.quality_model is not None:
             qcard = self.quality_model.card
-            q_in = preprocess(img.rgb, qcard.input.size, field=field_, recipe=recipe_of(qcard)).tensor[None]
+            q_in = from_crop(*crops[qcard.input.size], recipe=recipe_of(qcard)).tensor[None]
             quality = combine(self.quality_model.run(q_in)["probabilities"][0], qcard, verdict)
         else:
             quality = Quality(gradable=verdict.gradable, score=verdict.score, reasons=list(verdict.reasons),
                               method=QUALITY_METHOD, measures=verdict.measures.as_dict())
-        t = lap("quality", t0)
+        t = lap("quality", t)
         # The model's own recipe (its card's); the heatmap is drawn on the photograph through pre.transform.
-        pre = preprocess(img.rgb, card.input.size, field=field_, recipe=recipe_of(card))
+        pre = from_crop(*crops[card.input.size], recipe=recipe_of(card))
         t = lap("preprocess", t)
+        timing["preprocess"] = round(timing["preprocess"] + crop_ms, 2)  # the field and the pyramid are shared
         out = self.run_grader(pre.tensor[None])
         t = lap("inference", t)
 
         lesions = None
         if self.detector is not None:
-            lesions = self._detect(img, field_)
+            dcard = self.detector.card
+            lesions = self._detect(img, from_crop(*crops[dcard.input.size], recipe=recipe_of(dcard)))
             t = lap("detection", t)
 
         probs = softmax(out["logits"][0])
@@ -278,11 +294,11 @@ class Analyzer:
             timing_ms=timing,
         )
 
-    def _detect(self, img: DecodedImage, field_: Field) -> list[LesionFinding]:
-        """The detector's lesions, boxes in original pixels (the decoded grid times ``img.scale``)."""
+    def _detect(self, img: DecodedImage, pre: Preprocessed) -> list[LesionFinding]:
+        """The detector's lesions in ``pre`` (its input, from the pyramid), boxes in original pixels (the decoded
+        grid times ``img.scale``)."""
         assert self.detector is not None
         card = self.detector.card
-        pre = preprocess(img.rgb, card.input.size, field=field_, recipe=recipe_of(card))
         thresholds = {t.name: t.threshold for t in card.score_thresholds}
         (found,) = decode_lesions(self.detector.run(pre.tensor[None]), input_size=card.input.size,
                                   classes=card.classes, thresholds=thresholds)

@@ -114,7 +114,15 @@ class QualityVerdict:
 def measure(rgb: np.ndarray, field: tuple[float, float, float] | None = None) -> QualityMeasures:
     """Measure ``rgb`` ((H, W, 3) uint8) inside its field of view; ``field`` as from ``locate_field``."""
     field = locate_field(rgb) if field is None else field
-    crop, _ = crop_field(rgb, ANALYSIS_SIZE, field=field)
+    return measure_crop(crop_field(rgb, ANALYSIS_SIZE, field=field)[0])
+
+
+def measure_crop(crop: np.ndarray) -> QualityMeasures:
+    """:func:`measure` of the photograph's ``(ANALYSIS_SIZE, ANALYSIS_SIZE, 3)`` uint8 field crop
+    (:func:`models.preprocess.crop_field` or :func:`~models.preprocess.crop_pyramid`)."""
+    if crop.shape != (ANALYSIS_SIZE, ANALYSIS_SIZE, 3) or crop.dtype != np.uint8:
+        raise ValueError(f"expected a ({ANALYSIS_SIZE}, {ANALYSIS_SIZE}, 3) uint8 field crop, got shape "
+                         f"{crop.shape} dtype {crop.dtype}")
     disc = _disc_mask(ANALYSIS_SIZE, 0.92)
     grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
     lum = grey.astype(np.float32) / 255.0

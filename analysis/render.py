@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import struct
+import zlib
+from collections.abc import Callable
 from dataclasses import replace
 from functools import lru_cache
 
@@ -12,18 +15,25 @@ import numpy as np
 from models.card import ModelCard, statement_kind
 from models.preprocess import FundusTransform
 
+try:
+    from isal import isal_zlib as _isal_zlib
+except ImportError:  # pragma: no cover - a platform without an isal wheel: zlib, about 4x slower
+    _isal_zlib = None
+
 #: Burned into every overlay (a picture travels without its JSON), chosen by the model card's intended use
 #: (:func:`models.card.statement_kind`): trained on synthetic data; a research model trained on real data
 #: (research use, not for clinical use); or a card that states neither.
 CAPTION = "AI output - model trained on synthetic images - not for diagnosis"
 CAPTION_RESEARCH = "AI output - research use only - not for clinical use"
 CAPTION_REAL = "AI output - to be confirmed by a qualified reader"
-#: PNG compression 1 with one fixed "Up" row filter (instead of libpng's per-row trial of all five) and zlib's
-#: RLE strategy: after the Up filter both maps are mostly runs, so the match search buys little. The overlay PNG
-#: is the largest single cost of an analysis; this encoding is the fastest measured for about the same bytes
-#: (the measurements, and what was tried and not taken: docs/performance.md).
-_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
-               cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+#: The maps' PNGs are written here (:func:`png_bytes`): every row with PNG filter type 2 ("Up": the byte above
+#: subtracted, one numpy subtraction for the whole image), then one deflate stream. Nearly all of an encoding's
+#: time is the deflate's, so it is ISA-L's (the ``isal`` package) at this level when installed — about as many
+#: bytes as zlib level 1 with the RLE strategy (the encoding used before, through OpenCV's libpng), in about a
+#: quarter of the time — and zlib level 1 RLE otherwise. The measurements, and what was tried and not taken:
+#: docs/performance.md.
+_ISAL_LEVEL = 1
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 #: The heatmap and the overlay are drawn at most this many pixels on their long side (the web page's heatmap
@@ -174,9 +184,39 @@ def _caption(img: np.ndarray, text: str) -> None:
 
 
 def png_base64(img: np.ndarray) -> str:
-    """Encode an RGB or single-channel uint8 image as base64 PNG."""
-    arr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
-    ok, buf = cv2.imencode(".png", arr, _PNG_PARAMS)
-    if not ok:  # pragma: no cover - OpenCV fails only on invalid arrays, which callers do not pass
-        raise RuntimeError("PNG encoding failed")
-    return base64.b64encode(buf.tobytes()).decode("ascii")
+    """Encode an RGB or single-channel uint8 image as base64 PNG (:func:`png_bytes`)."""
+    return base64.b64encode(png_bytes(img)).decode("ascii")
+
+
+def png_bytes(img: np.ndarray, *, deflate: Callable[[bytes | memoryview], bytes] | None = None) -> bytes:
+    """A lossless 8-bit PNG (ISO/IEC 15948) of an ``(H, W)`` grey or ``(H, W, 3)`` RGB uint8 image: IHDR, one
+    IDAT of Up-filtered rows, IEND. ``deflate`` makes the zlib stream (default :func:`deflate_zlib`)."""
+    if img.dtype != np.uint8 or not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)) or 0 in img.shape:
+        raise ValueError(f"expected a non-empty (H, W) or (H, W, 3) uint8 image, got {img.shape} {img.dtype}")
+    h, w = img.shape[:2]
+    rows = np.ascontiguousarray(img).reshape(h, -1)
+    raw = np.empty((h, rows.shape[1] + 1), np.uint8)
+    raw[:, 0] = 2  # filter type Up: each byte minus the byte above it, modulo 256 (the first row minus zeros)
+    raw[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2 if img.ndim == 3 else 0, 0, 0, 0)  # 8 bit, RGB or grey, no interlace
+    data = (deflate or deflate_zlib)(raw.data)
+    return _PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
+
+
+def deflate_zlib(raw: bytes | memoryview) -> bytes:
+    """A zlib stream (RFC 1950) of ``raw``: ISA-L's at :data:`_ISAL_LEVEL` when installed, else zlib level 1, RLE."""
+    if _isal_zlib is not None:
+        return _isal_zlib.compress(raw, _ISAL_LEVEL)
+    return deflate_zlib_stdlib(raw)
+
+
+def deflate_zlib_stdlib(raw: bytes | memoryview) -> bytes:
+    """A zlib stream of ``raw`` by the standard library: level 1, the RLE strategy."""
+    co = zlib.compressobj(1, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_RLE)
+    return co.compress(raw) + co.flush()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC-32 of type and data."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))

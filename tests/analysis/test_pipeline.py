@@ -289,14 +289,15 @@ def test_the_detector_gets_the_field_of_a_camera_photograph_at_its_input_size(
     from models.store import DEFAULT_DIR
 
     a = Analyzer.load(tiny_export / "tiny-grader.card.json", detector=DEFAULT_DIR / "lesion-detector.card.json")
-    fields: dict[int, float] = {}
-    real = pipeline.preprocess
+    fields: dict[int, float] = {}  # input size -> side of the field square its crop was resized from
+    real = pipeline.crop_pyramid
 
-    def spy(rgb: np.ndarray, size: int, **kwargs: object):  # type: ignore[no-untyped-def]
-        fields[size] = 2 * kwargs["field"][2]  # type: ignore[index]
-        return real(rgb, size, **kwargs)  # type: ignore[arg-type]
+    def spy(rgb: np.ndarray, sizes: tuple[int, ...], **kwargs: object):  # type: ignore[no-untyped-def]
+        out = real(rgb, sizes, **kwargs)  # type: ignore[arg-type]
+        fields.update({size: t.scale * size for size, (_, t) in out.items()})
+        return out
 
-    monkeypatch.setattr(pipeline, "preprocess", spy)
+    monkeypatch.setattr(pipeline, "crop_pyramid", spy)
     f = a.analyze(_camera_jpeg(retina_path, (3888, 2592), field_side))
     assert (f.image.width, f.image.height) == (3888, 2592) and f.lesions is not None
     assert [n.split(" (")[0] for n in f.image.notes if n.startswith("decoded at")] == ([note] if note else [])
@@ -320,3 +321,63 @@ def test_the_shown_grade_follows_the_cards_grade_rule(analyzer: Analyzer, retina
     assert f.dr_grade.grade == 4 == int(grade_from(probs, rule.cutpoints))
     assert f.dr_grade.probabilities == pytest.approx(plain.dr_grade.probabilities)
     assert f.dr_grade.label == ruled.grader_card.classes[4]
+
+
+@pytest.mark.parametrize(("camera", "located_in"), [((3888, 2592), "decode"), ((1000, 800), "analysis")])
+def test_the_field_is_located_once_and_cut_once_per_analysis(
+        tiny_export: Path, retina_path: Path, monkeypatch: pytest.MonkeyPatch, camera: tuple[int, int],
+        located_in: str) -> None:
+    """Gate measures, quality model, grader and detector share one field location and one pyramid: the field is
+    located once (while decoding a reduced JPEG, else in the analysis), its square cut once, nothing is cropped
+    per model; each model gets its crop of that pyramid; the stage names stay."""
+    import analysis.pipeline as pipeline
+    import analysis.quality as quality
+    import models.preprocess as pp
+    from models.card import recipe_of
+    from models.store import DEFAULT_DIR
+
+    a = Analyzer.load(tiny_export / "tiny-grader.card.json", detector=DEFAULT_DIR / "lesion-detector.card.json",
+                      quality=DEFAULT_DIR / "image-quality.card.json")
+    calls: dict[str, int] = {"locate_field": 0, "crop_pyramid": 0, "square": 0}
+
+    def counted(name: str, real):  # type: ignore[no-untyped-def]
+        def f(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return f
+
+    def refused(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("a per-model crop: the pyramid's crops are to be used")
+
+    monkeypatch.setattr(pipeline, "locate_field", counted("locate_field", pipeline.locate_field))
+    monkeypatch.setattr(pipeline, "crop_pyramid", counted("crop_pyramid", pipeline.crop_pyramid))
+    monkeypatch.setattr(pp, "_padded_square", counted("square", pp._padded_square))
+    for module in (pp, quality):
+        monkeypatch.setattr(module, "crop_field", refused)
+    monkeypatch.setattr(pp, "preprocess", refused)
+    monkeypatch.setattr(pp, "locate_field", refused)  # only the analyzer's own call may locate
+
+    inputs: dict[str, np.ndarray] = {}
+    for name, model in (("quality", a.quality_model), ("detector", a.detector)):
+        assert model is not None
+        run = model.run
+        object.__setattr__(model, "run", lambda batch, run=run, name=name: (inputs.__setitem__(name, batch), run(batch))[1])
+    run_grader = a.run_grader
+    a.run_grader = lambda batch: (inputs.__setitem__("grader", batch), run_grader(batch))[1]
+    pyramids: list[dict[int, tuple[np.ndarray, object]]] = []
+    counting = pipeline.crop_pyramid
+    monkeypatch.setattr(pipeline, "crop_pyramid", lambda *args, **kw: (pyramids.append(r := counting(*args, **kw)), r)[1])
+
+    f = a.analyze(_camera_jpeg(retina_path, camera, min(camera)))
+    assert calls == {"locate_field": 1, "crop_pyramid": 1, "square": 1}
+    assert any(n.startswith("decoded at") for n in f.image.notes) == (located_in == "decode")
+    assert list(f.timing_ms) == ["decode", "quality", "preprocess", "inference", "detection", "render", "total"]
+    (pyramid,) = pyramids
+    assert sorted(pyramid) == sorted({512, 64, 768, 256})
+    for name, model in (("quality", a.quality_model), ("detector", a.detector)):
+        card = model.card  # type: ignore[union-attr]
+        np.testing.assert_array_equal(inputs[name], pp.from_crop(*pyramid[card.input.size],
+                                                                 recipe=recipe_of(card)).tensor[None])
+    card = a.grader_card
+    np.testing.assert_array_equal(inputs["grader"], pp.from_crop(*pyramid[card.input.size],
+                                                                 recipe=recipe_of(card)).tensor[None])
