@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import datetime as dt
 import io
 import json
@@ -419,13 +420,14 @@ def _post(http: object, url: str, name: str, data: bytes) -> tuple[float, int]:
 
 
 def compare_http(inputs: dict[str, bytes], fovea_url: str, competent_url: str, *, repeats: int,
-                 warmup: int = 1) -> list[HttpCompare]:
+                 warmup: int = 1, transport: object | None = None) -> list[HttpCompare]:
     """Each photograph ``warmup + repeats`` times to both servers, one request at a time, alternating which
-    goes first (drifting load hits both alike); the timed round trips per photograph."""
+    goes first (drifting load hits both alike); the timed round trips per photograph (``transport``: an httpx
+    transport, for tests)."""
     import httpx
 
     out = {name: HttpCompare(name=name) for name in inputs}
-    with httpx.Client(timeout=300) as http:
+    with httpx.Client(timeout=300, transport=transport) as http:  # type: ignore[arg-type]
         for i in range(warmup + repeats):
             for name, data in inputs.items():
                 fname = "photo." + ("dcm" if data[128:132] == b"DICM" else "png" if data[:4] == b"\x89PNG" else "jpg")
@@ -843,7 +845,8 @@ def main(argv: list[str] | None = None) -> int:
         diff = check_same_weights(model, onnx, tensor)
         print(f"same weights: max |logit diff| {diff:.2e}", file=sys.stderr)
         competent = CompetentStack(model, card, device=device)
-        naive = None if args.no_naive else NaiveBaseline(model, card.input.size, device=device)
+        # Its own copy: each GradCAM hooks the module it is given, and one stack's hooks must not run in the other's.
+        naive = None if args.no_naive else NaiveBaseline(copy.deepcopy(model), card.input.size, device=device)
         results = []
         for name, data in inputs.items():
             print(f"measuring {name} ...", file=sys.stderr, flush=True)
