@@ -291,6 +291,39 @@ def measure_input(name: str, data: bytes, *, competent: CompetentStack, naive: N
     return res
 
 
+def torch_thread_check(model: object, tensor: np.ndarray, threads: int, runs: int = 7) -> dict[str, float]:
+    """Median ms of a torch forward (inference mode) on ``tensor`` with ``threads`` and with 1 intra-op thread,
+    interleaved, then ``threads`` again: when one thread is faster, other processes held the cores, and
+    PyTorch's statically split parallel regions waited for the descheduled thread on every operator."""
+    import torch
+
+    x = torch.from_numpy(tensor)
+    times: dict[int, list[float]] = {threads: [], 1: []}
+    with torch.inference_mode():
+        for i in range(runs + 1):
+            for n in (threads, 1):
+                torch.set_num_threads(n)
+                t0 = time.perf_counter()
+                model(x)  # type: ignore[operator]
+                if i:
+                    times[n].append(1000 * (time.perf_counter() - t0))
+    torch.set_num_threads(threads)
+    return {"threads": float(threads), "forward_ms": statistics.median(times[threads]),
+            "one_thread_ms": statistics.median(times[1])}
+
+
+def contention_note(c: dict[str, float]) -> str:
+    """What :func:`torch_thread_check` says about this run."""
+    n, many, one = int(c["threads"]), c["forward_ms"], c["one_thread_ms"]
+    text = (f"The torch stacks ran with {n} intra-op thread{'s' if n > 1 else ''}; the same forward took "
+            f"{many:.0f} ms with {n} and {one:.0f} ms with 1 thread in a check before the run.")
+    if n > 1 and one < many:
+        text += (" One thread was faster: other processes held the cores, PyTorch's parallel regions waited for "
+                 "descheduled threads, and the ratios against the torch stacks are inflated; rerun on a quiet "
+                 "machine (or with --torch-threads 1 to see the lower bound).")
+    return text
+
+
 def ort_latency_ms(onnx_bytes: bytes, size: int, *, runs: int = 20, providers: list[str] | None = None) -> Stat:
     """Latency of one ``(1, 3, size, size)`` forward through ONNX Runtime with the service's session options."""
     from analysis.runtime import latency_samples
@@ -440,14 +473,15 @@ def compare_http(inputs: dict[str, bytes], fovea_url: str, competent_url: str, *
     return list(out.values())
 
 
-def http_compare(inputs: dict[str, bytes], grader: Path, *, repeats: int) -> tuple[list[HttpCompare], float]:
+def http_compare(inputs: dict[str, bytes], grader: Path, *, repeats: int, threads: int | None = None
+                 ) -> tuple[list[HttpCompare], float]:
     """Start Fovea (1 worker, fresh model store, ``make serve``'s models) and the competent server, compare them
     (:func:`compare_http`), stop both; also returns the competent server's start-up seconds."""
     from bench.competent_http import ServedCompetent
     from bench.load import ServedFovea
 
     with tempfile.TemporaryDirectory(prefix="fovea-bench-") as home:
-        with ServedFovea(workers=1, inference="local", home=Path(home)) as svc, ServedCompetent(grader) as comp:
+        with ServedFovea(workers=1, inference="local", home=Path(home)) as svc, ServedCompetent(grader, threads=threads) as comp:
             return compare_http(inputs, svc.url, comp.url, repeats=repeats), comp.ready_seconds
 
 
@@ -619,7 +653,8 @@ def write_markdown(path: Path, *, results: Sequence[InputResult], meta: dict[str
         "long side).",
         "- **Competent** (the headline, `bench/competent.py`): PIL with JPEG draft mode (≥ 1024 px), the grader "
         "card's preprocessing recipe (`models.preprocess` crop + contrast normalisation, torchvision normalise), "
-        "PyTorch eager forward under `torch.inference_mode()` with as many threads as cores, pytorch-grad-cam "
+        "PyTorch eager forward under `torch.inference_mode()` with as many intra-op threads as cores "
+        "(`--torch-threads`), pytorch-grad-cam "
         "`GradCAM` (its own forward + backward), OpenCV JET overlay at ≤ 1024 px, OpenCV PNGs of heatmap and "
         "overlay. It grades and explains only: no quality model and no detector, which Fovea runs on top.",
         "- **Naive** (secondary, `bench/baseline.py`): full-resolution PIL decode, torchvision Resize + "
@@ -776,6 +811,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inputs", action="append", default=[], metavar="TEXT",
                    help="only the inputs whose name contains TEXT (repeatable; e.g. 'retina.jpg)', 'DICOM')")
     p.add_argument("--drive", type=int, default=3, help="raw DRIVE photographs to add (0: none)")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="torch intra-op threads for the torch stacks (default: the machine's cores)")
     p.add_argument("--no-naive", action="store_true", help="leave the naive stack out (quicker)")
     p.add_argument("--no-http", action="store_true", help="skip the services (HTTP comparison, cold start, load)")
     p.add_argument("--http-repeats", type=int, default=5, help="timed requests per photograph and server")
@@ -802,8 +839,9 @@ def main(argv: list[str] | None = None) -> int:
         meta["http"] = [HttpResult(**h) for h in meta.get("http") or []]
         meta["http_compare"] = [HttpCompare(**h) for h in meta.get("http_compare") or []]
         meta["headline"] = headline(results, meta["http_compare"])
-        meta["notes"] = _notes(results, meta) + [n for n in meta.get("notes", []) if n.startswith(("Cold start",
-                                                                                               "The raw DRIVE"))]
+        meta["notes"] = (_notes(results, meta)
+                         + ([contention_note(meta["torch_threads"])] if meta.get("torch_threads") else [])
+                         + [n for n in meta.get("notes", []) if n.startswith(("Cold start", "The raw DRIVE"))])
         write_markdown(args.markdown, results=results, meta=meta)
         plot(results, args.plot)
         if readme:
@@ -825,7 +863,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start, load_before = time.perf_counter(), os.getloadavg()[0]
     device = "cuda" if os.environ.get("FOVEA_DEVICE", "").lower() == "cuda" else "cpu"
-    torch.set_num_threads(os.cpu_count() or 1)
+    threads = args.torch_threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
     card, onnx = load_verified(GRADER_CARD)
     detector = DETECTOR_CARD if DETECTOR_CARD.is_file() else None
     quality = QUALITY_CARD if QUALITY_CARD.is_file() else None
@@ -844,7 +883,8 @@ def main(argv: list[str] | None = None) -> int:
         tensor = preprocess(decode(first)[0].rgb, card.input.size, recipe=recipe_of(card)).tensor[None]
         diff = check_same_weights(model, onnx, tensor)
         print(f"same weights: max |logit diff| {diff:.2e}", file=sys.stderr)
-        competent = CompetentStack(model, card, device=device)
+        competent = CompetentStack(model, card, device=device, threads=threads)
+        contention = torch_thread_check(model, tensor, threads)
         # Its own copy: each GradCAM hooks the module it is given, and one stack's hooks must not run in the other's.
         naive = None if args.no_naive else NaiveBaseline(copy.deepcopy(model), card.input.size, device=device)
         results = []
@@ -885,7 +925,7 @@ def main(argv: list[str] | None = None) -> int:
         comp_ready = float("nan")
         if not args.no_http:
             print("HTTP: Fovea against the competent server ...", file=sys.stderr, flush=True)
-            compare, comp_ready = http_compare(inputs, GRADER_CARD, repeats=args.http_repeats)
+            compare, comp_ready = http_compare(inputs, GRADER_CARD, repeats=args.http_repeats, threads=threads)
             print(f"HTTP: load with {args.clients} clients ...", file=sys.stderr, flush=True)
             http = http_bench(first, "photo", workers=args.workers, clients=args.clients, requests=args.requests,
                               int8=args.int8)
@@ -902,7 +942,8 @@ def main(argv: list[str] | None = None) -> int:
         "http_image": f"{first_name} photograph", "int8": int8,
         "headline": headline(results, compare), "seconds": time.perf_counter() - t_start,
     }
-    meta["notes"] = _notes(results, meta) + notes
+    meta["torch_threads"] = contention
+    meta["notes"] = _notes(results, meta) + [contention_note(contention)] + notes
     if http:
         h = http[0]
         meta["notes"].append(  # type: ignore[union-attr]

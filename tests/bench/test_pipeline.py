@@ -235,3 +235,15 @@ def test_hand_written_notes_after_the_marker_are_kept(tmp_path: Path) -> None:
     assert kept_notes(page) == []
     page.write_text(f"# Performance\n\ngenerated\n\n{KEEP_MARKER}\n\n## Notes\n\nby hand\n", encoding="utf-8")
     assert kept_notes(page) == [KEEP_MARKER, "", "## Notes", "", "by hand"]
+
+
+def test_a_torch_thread_check_flags_contended_cores(tiny: tuple[ModelCard, bytes]) -> None:
+    from bench.pipeline import contention_note, torch_thread_check
+
+    card, onnx_bytes = tiny
+    c = torch_thread_check(torch_grader(onnx_bytes, card.architecture, len(card.classes)), _tensor(card.input.size),
+                           2, runs=2)
+    assert c["threads"] == 2 and c["forward_ms"] > 0 and c["one_thread_ms"] > 0 and torch.get_num_threads() == 2
+    assert "inflated" in contention_note({"threads": 2, "forward_ms": 90.0, "one_thread_ms": 30.0})
+    assert "inflated" not in contention_note({"threads": 2, "forward_ms": 20.0, "one_thread_ms": 30.0})
+    assert "inflated" not in contention_note({"threads": 1, "forward_ms": 20.0, "one_thread_ms": 19.0})
