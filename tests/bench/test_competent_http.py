@@ -3,6 +3,7 @@ refuses a request without a photograph, and is stopped with its process group.""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 from pathlib import Path
@@ -19,22 +20,25 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_app_answers_a_grade_and_two_pngs(tiny_export: Path, retina_png: Path) -> None:
-    from starlette.testclient import TestClient
-
     stack = build_stack(tiny_export / "tiny-grader.card.json", threads=1)
-    with TestClient(create_app(stack)) as client:
-        assert client.get("/readyz").status_code == 200
-        r = client.post("/analyze", files={"image": ("retina.png", retina_png.read_bytes())})
-        assert r.status_code == 200
-        body = r.json()
-        assert 0 <= body["dr_grade"]["grade"] <= 4 and len(body["dr_grade"]["probabilities"]) == 5
-        for key in ("heatmap_png", "overlay_png"):
-            assert base64.b64decode(body["saliency"][key]).startswith(PNG)
-        assert set(body["timing_ms"]) == {"decode", "transforms", "forward", "gradcam", "overlay", "encode"}
-        missing = client.post("/analyze", data={"other": "x"})
-        assert missing.status_code == 400 and missing.json()["error"]["code"] == "no_image"
-        broken = client.post("/analyze", files={"image": ("x.jpg", b"not an image")})
-        assert broken.status_code == 400
+    transport = httpx.ASGITransport(app=create_app(stack))
+
+    async def exchange() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=transport, base_url="http://competent.test") as client:
+            return [await client.get("/readyz"),
+                    await client.post("/analyze", files={"image": ("retina.png", retina_png.read_bytes())}),
+                    await client.post("/analyze", data={"other": "x"}),
+                    await client.post("/analyze", files={"image": ("x.jpg", b"not an image")})]
+
+    ready, r, missing, broken = asyncio.run(exchange())
+    assert ready.status_code == 200 and r.status_code == 200
+    body = r.json()
+    assert 0 <= body["dr_grade"]["grade"] <= 4 and len(body["dr_grade"]["probabilities"]) == 5
+    for key in ("heatmap_png", "overlay_png"):
+        assert base64.b64decode(body["saliency"][key]).startswith(PNG)
+    assert set(body["timing_ms"]) == {"decode", "transforms", "forward", "gradcam", "overlay", "encode"}
+    assert missing.status_code == 400 and missing.json()["error"]["code"] == "no_image"
+    assert broken.status_code == 400
 
 
 def test_a_card_whose_weights_do_not_map_is_refused(tiny_export: Path,
