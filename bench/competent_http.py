@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from bench.competent import CompetentStack
 
 REPO = Path(__file__).resolve().parents[1]
+#: As :data:`bench.competent.OMP_ENV` (repeated: importing bench.competent would load torch in the client).
+OMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def build_stack(card_path: Path, *, threads: int | None = None) -> CompetentStack:
@@ -110,13 +112,15 @@ class ServedCompetent:
         if self.threads:
             cmd += ["--threads", str(self.threads)]
         self._log = tempfile.TemporaryFile()  # not a pipe: a full pipe would stall the server
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=self._log,
+        env = {**OMP_ENV, **os.environ}  # the caller's environment wins, as in main()
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=self._log,
                                      start_new_session=True)
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self._log.seek(0)
                 err = self._log.read().decode(errors="replace")[-2000:]
+                self._log.close()
                 raise RuntimeError(f"the competent server exited with {self.proc.returncode}: {err}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
@@ -147,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=3100)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the machine's cores)")
     args = p.parse_args(argv)
+    for k, v in OMP_ENV.items():  # before torch loads (build_stack imports it)
+        os.environ.setdefault(k, v)
     import uvicorn
 
     app = create_app(build_stack(args.card, threads=args.threads))

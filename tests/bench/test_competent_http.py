@@ -68,3 +68,27 @@ def test_a_server_that_cannot_start_says_why(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="exited"):
         with ServedCompetent(tmp_path / "missing.card.json", threads=1):
             pass
+
+
+def test_the_server_gets_the_passive_openmp_wait_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path) -> None:
+    import subprocess
+
+    seen: list[dict[str, str]] = []
+
+    class Exited:
+        def __init__(self, *args: object, env: dict[str, str], **kwargs: object) -> None:
+            seen.append(env)
+            self.returncode = 1
+
+        def poll(self) -> int:
+            return 1
+
+    monkeypatch.setattr(subprocess, "Popen", Exited)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with pytest.raises(RuntimeError, match="exited"):
+        ServedCompetent(tmp_path / "x.card.json").__enter__()
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    with pytest.raises(RuntimeError, match="exited"):
+        ServedCompetent(tmp_path / "x.card.json").__enter__()
+    assert [e["OMP_WAIT_POLICY"] for e in seen] == ["PASSIVE", "ACTIVE"]

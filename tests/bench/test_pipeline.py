@@ -249,5 +249,8 @@ def test_a_torch_thread_check_flags_contended_cores(tiny: tuple[ModelCard, bytes
                            2, runs=2)
     assert c["threads"] == 2 and c["forward_ms"] > 0 and c["one_thread_ms"] > 0 and torch.get_num_threads() == 2
     assert "inflated" in contention_note({"threads": 2, "forward_ms": 90.0, "one_thread_ms": 30.0})
+    assert "inflated" not in contention_note({"threads": 2, "forward_ms": 33.0, "one_thread_ms": 30.0})
+    assert "wait policy: PASSIVE" in contention_note({"threads": 2, "forward_ms": 9.0, "one_thread_ms": 9.0,
+                                                      "omp_wait_policy": "PASSIVE"})
     assert "inflated" not in contention_note({"threads": 2, "forward_ms": 20.0, "one_thread_ms": 30.0})
     assert contention_note({"threads": 1, "forward_ms": 20.0, "one_thread_ms": 20.0}).endswith("took 20 ms.")
