@@ -106,6 +106,8 @@ def test_headline_quotes_the_competent_ratio() -> None:
     assert "45× against the naive stack" in line  # median of 30 and 60
     http = [HttpCompare(name="a", fovea=[100.0, 110.0, 90.0], competent=[400.0, 390.0, 420.0])]
     assert "over HTTP, p50 4.0×" in headline(results, http)
+    slower = headline([_result("a", 100.0, 200.0), _result("b", 100.0, 250.0)])
+    assert "**2.2× slower**" in slower and "0.4–0.5×" in slower  # Fovea slower: said so, not "0.4× faster"
     assert "**4.0×**" in http_table(http)[2]
 
 
