@@ -70,7 +70,8 @@ quality-real: $(DEV_STAMP)
 bento: $(SERVE_STAMP)
 	$(VENV)/bin/bentoml build
 
-# Fovea against the naive PyTorch + Grad-CAM stack (docs/performance.md; ~10 minutes on 2 cores).
+# Fovea (all three default models) against a competent and a naive PyTorch + Grad-CAM stack, in-process and
+# over HTTP (docs/performance.md; README headline; ~15 minutes on 2 quiet cores).
 bench: $(DEV_STAMP)
 	$(PY) -m bench.pipeline
 
