@@ -47,6 +47,15 @@ class DataConfig:
     real_quality: str | None = None
     real_images: str | None = None
     real_format: str = "eyepacs"
+    #: lesion detection: a folder of real screening photographs without lesion annotation (e.g. raw DRIVE
+    #: photographs, mostly without DR). At export each class's score threshold is raised, if need be, until at
+    #: most ``negatives_fp_per_image`` of its findings per photograph there score above it: the synthetic
+    #: validation split cannot show how a synthetic-trained detector answers real vessels and reflexes.
+    #: ``negatives_terms``: the terms those photographs were published under (the card names them). A folder
+    #: that is missing is skipped with a warning (the thresholds then come from the validation split alone).
+    negatives: str | None = None
+    negatives_fp_per_image: float = 0.1
+    negatives_terms: str | None = None
 
 
 #: What a config trains: the name of a task in :data:`training.tasks.TASKS` (the DR grader, the lesion detector or

@@ -15,10 +15,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -30,6 +32,8 @@ from training.checkpoint import load_checkpoint
 from training.tasks import HeldOut, Task, get_task
 
 PARITY_ATOL = 1e-4
+#: ``data`` settings read at export rather than training (:func:`export`'s ``data_overrides``).
+EXPORT_DATA_SETTINGS = ("negatives", "negatives_fp_per_image", "negatives_terms")
 OPSET = 17
 
 __all__ = ["OPSET", "PARITY_ATOL", "ParityError", "check_parity", "export", "load_checkpoint", "to_onnx"]
@@ -73,17 +77,25 @@ def check_parity(task: Task, model: torch.nn.Module, onnx_bytes: bytes, inputs: 
 
 def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: str = "",
            test_format: str | None = None, test_split: str | None = None, held_out_validation: bool = False,
-           register: bool = False) -> ModelCard:
+           register: bool = False, data_overrides: dict[str, Any] | None = None) -> ModelCard:
     """Export ``checkpoint`` into ``out_dir`` as ``<name>.onnx`` + ``<name>.card.json``; return the card.
 
     The held-out data at ``test_root`` is read in layout ``test_format`` (default: the training config's) and
     split ``test_split`` (see :func:`training.data.held_out_split`). With ``held_out_validation`` (and no
     ``test_root``) the card's metrics are measured on the patient-disjoint validation split training held out,
     recomputed from the checkpoint's config, and ``metrics_data`` says so (a task that allows it). Neither:
-    the card has no held-out metrics. ``register`` imports the result into the BentoML model store."""
+    the card has no held-out metrics. ``register`` imports the result into the BentoML model store.
+    ``data_overrides``: ``data`` settings that belong to the export step (:data:`EXPORT_DATA_SETTINGS`, e.g. the
+    real photographs the detector's thresholds are capped on), taken from the config given to export over the
+    checkpoint's."""
     if held_out_validation and test_root is not None:
         raise ValueError("give held-out data or measure on the validation split, not both")
     model, cfg, ck = load_checkpoint(checkpoint)
+    if data_overrides:
+        unknown = set(data_overrides) - set(EXPORT_DATA_SETTINGS)
+        if unknown:
+            raise ValueError(f"not export settings: {sorted(unknown)}")
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data_overrides))
     task = get_task(cfg.task)
     task.check_config(cfg)
     onnx_bytes = to_onnx(task, model, cfg.input_size)

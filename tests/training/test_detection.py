@@ -157,3 +157,70 @@ def test_detector_evaluate_cli(tiny_detector_run: tuple[Path, Path], capsys: pyt
     assert main(["evaluate", "--config", str(cfg)]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["n"] == 12 and "froc" in metrics
+
+
+def _lesion(cls: str, score: float, x: float = 10.0) -> "Lesion":
+    from models.detection import Lesion
+
+    return Lesion(cls, score, (x, 10.0, x + 6.0, 16.0))
+
+
+def test_cap_on_negatives_raises_only_the_classes_that_fire_on_real_photographs() -> None:
+    from models.card import ScoreThreshold
+    from training.detection_metrics import Truth
+    from training.tasks.detector import cap_on_negatives
+
+    t = {c: ScoreThreshold(name=c, threshold=0.3, sensitivity=1.0, fp_per_image=0.0, chosen_on="val")
+         for c in LESION_CLASSES}
+    # Validation: one haemorrhage at x=10 found with 0.9, a false one at x=100 scoring 0.5.
+    val = ([[_lesion("haemorrhage", 0.9), _lesion("haemorrhage", 0.5, x=100.0)]],
+           [Truth(boxes=((8.0, 8.0, 18.0, 18.0),), types=("haemorrhage",))])
+    # Ten real photographs: haemorrhage findings 0.6, 0.45, 0.4, 0.35 (allowed: 0.1 x 10 = 1); one weak
+    # microaneurysm below its threshold.
+    negatives = [[_lesion("haemorrhage", s)] for s in (0.6, 0.45, 0.4, 0.35)] + [[_lesion("microaneurysm", 0.2)]]
+    negatives += [[] for _ in range(5)]
+    out = {c.name: c for c in cap_on_negatives(tuple(t.values()), val, negatives, fp_per_image=0.1, where="drive")}
+    assert out["microaneurysm"] == t["microaneurysm"] and out["hard_exudate"] == t["hard_exudate"]
+    raised = out["haemorrhage"]
+    # Just above the second strongest real finding: 0.6 passes (the one allowed), 0.45 does not.
+    assert 0.45 < raised.threshold < 0.4501
+    assert sum(s >= raised.threshold for s in (0.6, 0.45, 0.4, 0.35)) == 1
+    # Re-read on validation: the true lesion (0.9) still passes, the false one (0.5) too.
+    assert raised.sensitivity == 1.0 and raised.fp_per_image == 1.0
+    assert "raised from 0.300" in raised.chosen_on and "10 real screening photographs" in raised.chosen_on
+    # Allowing 0.4 per photograph (4 findings) leaves it alone.
+    assert cap_on_negatives((t["haemorrhage"],), val, negatives, fp_per_image=0.4, where="d")[0] == t["haemorrhage"]
+
+
+def test_export_caps_thresholds_on_the_negatives_of_the_export_config(tiny_detector_run: tuple[Path, Path],
+                                                                      tmp_path: Path, retina_path: Path) -> None:
+    cfg, _ = tiny_detector_run
+    negatives = tmp_path / "real"
+    negatives.mkdir()
+    for i in range(3):
+        (negatives / f"{i}.jpg").write_bytes(retina_path.read_bytes())
+    text = cfg.read_text().replace("val_fraction: 0.3}", f"val_fraction: 0.3, negatives: {negatives}, "
+                                   "negatives_fp_per_image: 0.0, negatives_terms: test terms}")
+    assert "negatives:" in text
+    capped = tmp_path / "capped.yaml"
+    capped.write_text(text)
+    assert main(["export", "--config", str(capped), "--out", str(tmp_path / "export")]) == 0
+    card = ModelCard.load(tmp_path / "export" / "tiny-detector.card.json")
+    assert card.training.data_terms == "test terms (the real photographs its score thresholds were set on)"
+    assert str(negatives) in card.training.data
+    # With no finding allowed, no class may pass on the real photographs at its threshold.
+    from training.tasks.detector import onnx_detections, read_negatives
+
+    found, _ = onnx_detections((tmp_path / "export" / "tiny-detector.onnx").read_bytes(),
+                               read_negatives(negatives), 128)
+    limits = {t.name: t.threshold for t in card.score_thresholds}
+    assert not [d for dets in found for d in dets if d.score >= limits[d.type]]
+
+
+def test_export_refuses_settings_that_are_not_export_settings(tiny_detector_run: tuple[Path, Path],
+                                                             tmp_path: Path) -> None:
+    from training.export import export
+
+    cfg, _ = tiny_detector_run
+    with pytest.raises(ValueError, match="not export settings"):
+        export(cfg.parent / "run" / "best.pt", tmp_path, test_root=None, data_overrides={"train": "x"})

@@ -6,11 +6,15 @@ Validation: mAP@0.5 and FROC with boxes in model pixels; FROC selects the best e
 from the exported file through ONNX Runtime on the serving preprocessing, with boxes mapped to original pixels
 by :func:`models.detection.to_original`, exactly what serving reports. Score thresholds: per class, the score
 maximising lesion-level F1 (a hit is a detection centre inside a lesion box,
-:mod:`training.detection_metrics`) on the validation split (patients held out from training).
+:mod:`training.detection_metrics`) on the validation split (patients held out from training), raised where
+the config names real screening photographs without annotation (``data.negatives``) until at most
+``data.negatives_fp_per_image`` findings per photograph score above it there (:func:`cap_on_negatives`).
 """
 
 from __future__ import annotations
 
+import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,7 @@ from training.config import TrainConfig
 from training.data import load_rgb
 from training.detection import (CANDIDATE_FLOOR, LesionDataset, collate, detection_loss, load_annotated,
                                 predict_lesions)
-from training.detection_metrics import Truth, detection_metrics, f1_threshold, froc_curve
+from training.detection_metrics import FrocCurve, Truth, detection_metrics, f1_threshold, froc_curve
 from training.engine import LossFn
 from training.report import DETECTOR_CURVES
 from training.report_html import Page
@@ -65,6 +69,53 @@ def choose_thresholds(detections: list[list[Lesion]], truths: list[Truth], chose
         out.append(ScoreThreshold(name=cls, threshold=min(1.0, max(0.0, t)),
                                   sensitivity=None if np.isnan(sens) else sens,
                                   fp_per_image=None if np.isnan(fppi) else fppi, chosen_on=chosen_on))
+    return tuple(out)
+
+
+#: Photographs :func:`read_negatives` takes from a ``data.negatives`` folder.
+NEGATIVE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def read_negatives(folder: Path) -> list[FundusRecord]:
+    """The photographs of ``folder`` (sorted by name) as records with no lesion."""
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in NEGATIVE_SUFFIXES)
+    return [FundusRecord(image=p, grade=None, lesions=(), source="negatives") for p in paths]
+
+
+def _at(curve: FrocCurve, threshold: float) -> tuple[float | None, float | None]:
+    """Sensitivity and false positives per image of ``curve`` for findings scoring at least ``threshold``."""
+    if curve.lesions == 0:
+        return None, None
+    kept = np.flatnonzero(curve.scores >= threshold)
+    if kept.size == 0:
+        return 0.0, 0.0
+    i = int(kept[-1])
+    return float(curve.hits[i] / curve.lesions), float(curve.false_positives[i] / max(curve.images, 1))
+
+
+def cap_on_negatives(thresholds: tuple[ScoreThreshold, ...], val: tuple[list[list[Lesion]], list[Truth]],
+                     negatives: list[list[Lesion]], *, fp_per_image: float, where: str
+                     ) -> tuple[ScoreThreshold, ...]:
+    """Raise each class's threshold, where needed, just above the score of its ``floor(fp_per_image * n) + 1``-th
+    strongest finding on the ``n`` real photographs without annotation (``negatives``: their candidate
+    detections), so that at most ``fp_per_image`` findings per photograph pass there; a raised threshold's
+    sensitivity and false positives per image are re-read from the validation detections ``val``."""
+    allowed = math.floor(fp_per_image * len(negatives))
+    out = []
+    for t in thresholds:
+        scores = sorted((d.score for dets in negatives for d in dets if d.type == t.name), reverse=True)
+        if len(scores) <= allowed or scores[allowed] < t.threshold:
+            out.append(t)
+            continue
+        # Serving keeps scores >= threshold (float32 heatmaps): the next float32 above drops that finding.
+        raised = float(np.nextafter(np.float32(scores[allowed]), np.float32(np.inf)))
+        sens, fppi = _at(froc_curve(*val, t.name), raised)
+        out.append(ScoreThreshold(
+            name=t.name, threshold=min(1.0, raised), sensitivity=sens, fp_per_image=fppi,
+            chosen_on=f"{t.chosen_on}; raised from {t.threshold:.3f} so that at most {fp_per_image:g} findings "
+                      f"per photograph pass on {len(negatives)} real screening photographs without lesion "
+                      f"annotation ({where}); sensitivity and false positives per image on the validation split "
+                      f"at the raised threshold"))
     return tuple(out)
 
 
@@ -120,15 +171,50 @@ class DetectorTask(Task):
     def measure(self, onnx_bytes: bytes, cfg: TrainConfig, ck: dict[str, Any], held_out: HeldOut | None, *,
                 out_dir: Path) -> Measured:
         _, val_items = self.split(cfg, verbose=False)
-        thresholds = choose_thresholds(*onnx_detections(onnx_bytes, val_items, cfg.input_size),
-                                       chosen_on=f"validation split ({len(val_items)} images of patients held out "
-                                                 f"from training): the score maximising lesion-level F1")
+        val = onnx_detections(onnx_bytes, val_items, cfg.input_size)
+        thresholds = choose_thresholds(*val, chosen_on=f"validation split ({len(val_items)} images of patients "
+                                                       f"held out from training): the score maximising "
+                                                       f"lesion-level F1")
+        negatives = self._negatives(cfg)
+        if negatives:
+            found, _ = onnx_detections(onnx_bytes, negatives, cfg.input_size)
+            thresholds = cap_on_negatives(thresholds, val, found, fp_per_image=cfg.data.negatives_fp_per_image,
+                                          where=self._negatives_where(cfg))
         if held_out is None:
             return Measured({}, "none (no held-out data given)", score_thresholds=thresholds)
         items = self.load_held_out(held_out, cfg)
         metrics = detection_metrics(*onnx_detections(onnx_bytes, items, cfg.input_size), LESION_CLASSES)
         return Measured(metrics, f"{held_out.root} ({len(items)} images, held out from training and validation; "
                                  f"boxes in original pixels)", score_thresholds=thresholds)
+
+    @staticmethod
+    def _negatives(cfg: TrainConfig) -> list[FundusRecord]:
+        """The ``data.negatives`` photographs; none (with a warning) when the folder is missing or empty."""
+        if not cfg.data.negatives:
+            return []
+        folder = Path(cfg.data.negatives)
+        records = read_negatives(folder) if folder.is_dir() else []
+        if not records:
+            print(f"warning: data.negatives {folder}: no photographs there; the score thresholds come from the "
+                  f"validation split alone", file=sys.stderr)
+        return records
+
+    @staticmethod
+    def _negatives_where(cfg: TrainConfig) -> str:
+        terms = f"; {cfg.data.negatives_terms}" if cfg.data.negatives_terms else ""
+        return f"{cfg.data.negatives}{terms}"
+
+    def training_data(self, cfg: TrainConfig) -> str:
+        if not self._negatives(cfg):
+            return super().training_data(cfg)
+        return (super().training_data(cfg) + f"; score thresholds capped on the real photographs of "
+                                            f"{self._negatives_where(cfg)}")
+
+    def data_terms(self, cfg: TrainConfig) -> str | None:
+        if cfg.data.negatives_terms and self._negatives(cfg):
+            own = f"{cfg.data.terms}; " if cfg.data.terms else ""
+            return f"{own}{cfg.data.negatives_terms} (the real photographs its score thresholds were set on)"
+        return cfg.data.terms
 
     def evaluate(self, model: nn.Module, cfg: TrainConfig, ck: dict[str, Any], items: list[Any], *,
                  threshold: float | None, page: Page | None, caption: str) -> dict[str, float]:
