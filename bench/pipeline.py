@@ -76,9 +76,11 @@ README_BEGIN, README_END = "<!-- bench:headline -->", "<!-- /bench:headline -->"
 FOVEA_STAGES = ("decode", "quality", "preprocess", "inference", "detection", "render")
 MODEL_STAGES_FOVEA = ("inference", "detection")
 RENDER_PARTS = ("cam_to_heatmap", "overlay", "png_heatmap", "png_overlay")
-#: The performance targets on a 2-core CPU (docs/performance.md): speed-up over the competent stack, models' share of
-#: an analysis, cold start in seconds, resident memory in MB.
-TARGET_RATIO, TARGET_MODEL_SHARE, TARGET_COLD_S, TARGET_RSS_MB = 6.0, 0.70, 10.0, 1536.0
+#: The performance targets on a 2-core CPU (docs/performance.md): speed-up over the competent stack over HTTP,
+#: models' share of an analysis, cold start in seconds, resident memory in MB, and the in-process p50 (ms) of
+#: the full analysis of the 10 MP camera JPEG (:data:`TARGET_P50_INPUT`).
+TARGET_RATIO, TARGET_MODEL_SHARE, TARGET_COLD_S, TARGET_RSS_MB = 2.5, 0.70, 10.0, 1536.0
+TARGET_P50_MS, TARGET_P50_INPUT = 60.0, "JPEG 3888x2592 synthetic"
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -659,8 +661,8 @@ def write_markdown(path: Path, *, results: Sequence[InputResult], meta: dict[str
         "- **Competent** (the headline, `bench/competent.py`): PIL with JPEG draft mode (≥ 1024 px), the grader "
         "card's preprocessing recipe (`models.preprocess` crop + contrast normalisation, torchvision normalise), "
         "PyTorch eager forward under `torch.inference_mode()` with as many intra-op threads as cores "
-        "(`--torch-threads`) and OpenMP's passive wait (`OMP_WAIT_POLICY=PASSIVE`, as Fovea turns ONNX Runtime's "
-        "spinning off), pytorch-grad-cam "
+        "(`--torch-threads`) and PyTorch's default OpenMP wait (active: on quiet cores 1.6× faster for this grader "
+        "than `OMP_WAIT_POLICY=PASSIVE`, which the environment may set), pytorch-grad-cam "
         "`GradCAM` (its own forward + backward), OpenCV JET overlay at ≤ 1024 px, OpenCV PNGs of heatmap and "
         "overlay. It grades and explains only: no quality model and no detector, which Fovea runs on top.",
         "- **Naive** (secondary, `bench/baseline.py`): full-resolution PIL decode, torchvision Resize + "
@@ -673,7 +675,8 @@ def write_markdown(path: Path, *, results: Sequence[InputResult], meta: dict[str
         "",
         *summary_table(results),
         "",
-        f"Targets: ≥ {TARGET_RATIO:.0f}× faster end to end than the competent stack; model compute ≥ "
+        f"Targets: ≥ {TARGET_RATIO:g}× faster than the competent stack over HTTP; p50 ≤ {TARGET_P50_MS:.0f} ms in "
+        f"process for the {TARGET_P50_INPUT} photograph; model compute ≥ "
         f"{100 * TARGET_MODEL_SHARE:.0f} % of Fovea's end-to-end time. \"Model share\" is the median over repeats "
         "of (model stages) / total: Fovea `inference` + `detection` (the image-quality model runs inside `quality` "
         "and is counted in \"Model compute against the machine\" below), a torch stack `forward` + `gradcam`. "
@@ -778,8 +781,19 @@ def _notes(results: Sequence[InputResult], meta: dict[str, object]) -> list[str]
     """Where targets are met or missed, computed from the numbers (no fixed text claims)."""
     notes = []
     worst = min(results, key=InputResult.ratio)
-    notes.append(f"Speed-up over the competent stack: {worst.ratio():.1f}× on the slowest case ({worst.name}) "
-                 f"{'meets' if worst.ratio() >= TARGET_RATIO else 'misses'} the {TARGET_RATIO:.0f}× target.")
+    notes.append(f"Speed-up over the competent stack in process: {worst.ratio():.1f}× on the slowest case "
+                 f"({worst.name}).")
+    compare = [h for h in meta.get("http_compare") or [] if isinstance(h, HttpCompare) and h.fovea]
+    if compare:
+        slow = min(compare, key=HttpCompare.ratio)
+        notes.append(f"Speed-up over the competent stack over HTTP: {slow.ratio():.1f}× on the slowest case "
+                     f"({slow.name}) {'meets' if slow.ratio() >= TARGET_RATIO else 'misses'} the "
+                     f"{TARGET_RATIO:g}× target.")
+    for r in results:
+        if r.name == TARGET_P50_INPUT:
+            p50 = r.total("fovea").median
+            notes.append(f"The full analysis of the {r.name} photograph in process: p50 {p50:.0f} ms "
+                         f"{'meets' if p50 <= TARGET_P50_MS else 'misses'} the {TARGET_P50_MS:.0f} ms target.")
     lean = min(sum(Stat.of(r.competent[s]).median for s in ("decode", "transforms", "forward"))
                / r.total("fovea").median for r in results)
     notes.append(f"Even without Grad-CAM, the overlay and the PNGs, the competent stack's decode + transforms + "
