@@ -31,6 +31,19 @@ STAGES = ("decode", "transforms", "forward", "gradcam", "overlay", "encode")
 MODEL_STAGES = ("forward", "gradcam")
 
 
+class StageClock:
+    """Milliseconds per stage: :meth:`lap` records the time since the previous lap (or since creation)."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.ms[name] = 1000 * (now - self._t)
+        self._t = now
+
+
 @dataclass(frozen=True)
 class BaselineRun:
     """One photograph through the naive stack: stage milliseconds, the predicted grade, the PNG size."""
@@ -61,14 +74,8 @@ class NaiveBaseline:
 
     def run(self, data: bytes) -> BaselineRun:
         """Time every stage of one photograph (:data:`STAGES`)."""
-        t: dict[str, float] = {}
-        clock = time.perf_counter()
-
-        def lap(name: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            t[name] = 1000 * (now - clock)
-            clock = now
+        clock = StageClock()
+        lap = clock.lap
 
         img = self.decode(data)
         lap("decode")
@@ -88,4 +95,4 @@ class NaiveBaseline:
         buf = io.BytesIO()
         picture.save(buf, format="PNG")
         lap("encode")
-        return BaselineRun(timing_ms=t, grade=grade, png_bytes=buf.tell())
+        return BaselineRun(timing_ms=clock.ms, grade=grade, png_bytes=buf.tell())

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import io
 import os
-import time
 from dataclasses import dataclass
 
 import cv2
@@ -54,6 +53,7 @@ from PIL import Image
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from bench.baseline import StageClock
 from models.architectures.classifier import FundusClassifier
 from models.card import ModelCard, recipe_of
 from models.grading import grade_from, softmax
@@ -124,14 +124,8 @@ class CompetentStack:
 
     def run(self, data: bytes) -> CompetentRun:
         """Time every stage of one photograph (:data:`STAGES`)."""
-        t: dict[str, float] = {}
-        clock = time.perf_counter()
-
-        def lap(name: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            t[name] = 1000 * (now - clock)
-            clock = now
+        clock = StageClock()
+        lap = clock.lap
 
         rgb = decode(data)
         lap("decode")
@@ -161,5 +155,5 @@ class CompetentStack:
         if not (ok_h and ok_o):  # pragma: no cover - OpenCV fails only on invalid arrays
             raise RuntimeError("PNG encoding failed")
         lap("encode")
-        return CompetentRun(timing_ms=t, grade=grade, probabilities=[float(p) for p in probs], target=target,
+        return CompetentRun(timing_ms=clock.ms, grade=grade, probabilities=[float(p) for p in probs], target=target,
                             tensor=x.cpu().numpy(), heatmap_png=heat_png.tobytes(), overlay_png=over_png.tobytes())

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import base64
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
+from bench.load import stop_group, wait_ready
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -118,33 +117,16 @@ class ServedCompetent:
         env = {**OMP_ENV, **os.environ}  # the caller's environment wins, as in main()
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=self._log,
                                      start_new_session=True)
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self._log.seek(0)
-                err = self._log.read().decode(errors="replace")[-2000:]
-                self._log.close()
-                raise RuntimeError(f"the competent server exited with {self.proc.returncode}: {err}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    self.ready_seconds = time.perf_counter() - t0
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        self.__exit__()
-        raise RuntimeError(f"the competent server was not ready within {self.timeout:.0f} s")
+        try:
+            self.ready_seconds = wait_ready(self.proc, self.url, t0=t0, timeout=self.timeout,
+                                            what="the competent server", on_timeout=lambda: None, log=self._log)
+        except RuntimeError:
+            self.__exit__()
+            raise
+        return self
 
     def __exit__(self, *_: object) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
         self._log.close()
 
 

@@ -21,8 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 from tqdm import tqdm
@@ -112,28 +114,45 @@ class ServedFovea:
             [sys.executable, "-m", "bentoml", "serve", "service.service:Fovea", "--host", "127.0.0.1",
              "--port", str(self.port)], cwd=REPO, env=self.env, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the service exited with {self.proc.returncode} before it was ready")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    self.ready_seconds = time.perf_counter() - t0
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        self.__exit__()
-        raise RuntimeError("the service was not ready within 180 s")
+        self.ready_seconds = wait_ready(self.proc, self.url, t0=t0, timeout=180.0, what="the service",
+                                        on_timeout=self.__exit__)
+        return self
 
     def __exit__(self, *_: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, *, t0: float, timeout: float, what: str,
+               on_timeout: Callable[[], None], log: IO[bytes] | None = None) -> float:
+    """Poll ``url``/readyz until it answers 200; return the seconds since ``t0``. ``RuntimeError`` (with the
+    tail of ``log`` when given) when ``proc`` exits first, or after ``timeout`` s (``on_timeout`` runs first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = ""
+            if log is not None:
+                log.seek(0)
+                err = ": " + log.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"{what} exited with {proc.returncode} before it was ready{err}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return time.perf_counter() - t0
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    on_timeout()
+    raise RuntimeError(f"{what} was not ready within {timeout:.0f} s")
+
+
+def stop_group(proc: subprocess.Popen[bytes] | None) -> None:
+    """Stop ``proc``'s process group if it still runs: SIGTERM, then SIGKILL after 30 s."""
+    if proc is not None and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def _default_image() -> Path:
