@@ -32,7 +32,6 @@ from models.store import DEFAULT_DIR
 MATCH_IOU = 0.3
 #: Side of each panel in the picture (pixels, long side).
 PANEL = 480
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
 def iou(a: list[float], b: list[float]) -> float:
@@ -109,9 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         if not card.is_file():
             print(f"error: no detector card at {card}", file=sys.stderr)
             return 2
-    paths = sorted(q for q in args.images.glob("*") if q.suffix.lower() in IMAGE_SUFFIXES)[:args.limit] \
-        if args.images.is_dir() else []
     import skimage
+
+    from training.tasks.detector import read_negatives
+
+    # The photographs export caps thresholds on are listed the same way (sorted, the same suffixes).
+    paths = [r.image for r in read_negatives(args.images)][:args.limit] if args.images.is_dir() else []
 
     retina = Path(skimage.__file__).parent / "data" / "retina.jpg"
     images = [("retina.jpg", retina.read_bytes())] + [(q.name, q.read_bytes()) for q in paths]
