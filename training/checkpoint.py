@@ -4,7 +4,8 @@ A checkpoint is a ``torch.save`` dict of tensors and strings only (``weights_onl
 bare model's ``model`` state, ``optimizer``, ``scheduler``, ``scaler``, ``epoch``, the task's best selection
 metric under its :attr:`~training.tasks.base.Task.best_key`, ``stale``, and JSON strings ``history``,
 ``config`` (the resolved :class:`~training.config.TrainConfig`), ``val_metrics`` and, for tasks with one,
-``operating_point``; plus ``command``, ``code_commit``, ``torch_version`` and ``seconds``.
+``operating_point``; with a weight average (:mod:`training.ema`), ``model`` is the average, and
+``trained_model`` and ``ema_updates`` what resuming needs; plus ``command``, ``code_commit``, ``torch_version`` and ``seconds``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from models.architectures import build
 from training.config import TrainConfig, config_from_dict
@@ -30,12 +32,18 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
 
 
 def resume_from(last: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, best_key: str,
-                scaler: torch.amp.GradScaler | None = None) -> tuple[int, float, int, list[dict[str, Any]]]:
+                scaler: torch.amp.GradScaler | None = None, ema: AveragedModel | None = None
+                ) -> tuple[int, float, int, list[dict[str, Any]]]:
     """Load model, optimizer, scheduler (and, when the checkpoint has one, loss-scaler) state from ``last``
     (weights only, no pickle) and return ``(start epoch, best metric under best_key, epochs without
-    improvement, history)``."""
+    improvement, history)``. A run with a weight average (:mod:`training.ema`) keeps the average under
+    ``model`` and the weights being trained under ``trained_model``; ``ema`` gets the average back (a run
+    resumed with an average that had none starts one)."""
     ck = torch.load(last, map_location="cpu", weights_only=True)
-    model.load_state_dict(ck["model"])
+    model.load_state_dict(ck.get("trained_model", ck["model"]))
+    if ema is not None and "trained_model" in ck:
+        ema.module.load_state_dict(ck["model"])
+        ema.n_averaged.fill_(int(ck["ema_updates"]))
     opt.load_state_dict(ck["optimizer"])
     sched.load_state_dict(ck["scheduler"])
     if scaler is not None and ck.get("scaler"):  # an AMP run's loss scale; empty for float32 runs

@@ -101,6 +101,9 @@ class TrainConfig:
     #: learning rate of the trunk (``features``) relative to ``lr``, which the head gets: below 1 fine-tunes
     #: pretrained features gently while the new head learns fast
     backbone_lr_scale: float = 1.0
+    #: keep an exponential moving average of the weights with this decay per step (:mod:`training.ema`) and
+    #: validate, keep and export it instead of the raw weights; None: the raw weights
+    ema_decay: float | None = None
     #: train and run in channels-last memory layout (faster for depthwise nets on CPUs; measured: README, Training)
     channels_last: bool = False
     #: mixed precision (:mod:`training.precision`): ``auto`` float16 on CUDA only, ``always`` also bfloat16 on
@@ -125,6 +128,8 @@ class TrainConfig:
             raise ValueError(f"unknown preprocessing {self.preprocessing!r}; known: {', '.join(RECIPES)}")
         if self.objective not in get_args(Objective):
             raise ValueError(f"unknown objective {self.objective!r}; known: {', '.join(get_args(Objective))}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie strictly between 0 and 1 (e.g. 0.998), not {self.ema_decay}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (for YAML, the checkpoint and the model card)."""

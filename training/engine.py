@@ -70,10 +70,11 @@ def to_device(value: Any, device: torch.device) -> Any:
 def train_one_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
                     sched: torch.optim.lr_scheduler.LRScheduler, loss_fn: LossFn, epoch: int,
                     progress: bool = True, scaler: torch.amp.GradScaler | None = None,
-                    amp: AmpMode = "auto") -> float:
+                    amp: AmpMode = "auto", after_step: Callable[[], None] | None = None) -> float:
     """One pass over ``loader`` on the device of ``model``'s parameters, autocast per ``amp``
     (:mod:`training.precision`); returns the mean training loss (of this process's shard). ``scaler``: see
-    :func:`training.precision.make_scaler` (made here when not given)."""
+    :func:`training.precision.make_scaler` (made here when not given). ``after_step`` runs after every optimizer
+    step (e.g. a weight average's update)."""
     model.train()
     device = next(model.parameters()).device
     memory_format = torch.channels_last if is_channels_last(model) else torch.contiguous_format
@@ -90,6 +91,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optim
         scaler.step(opt)
         scaler.update()
         sched.step()
+        if after_step is not None:
+            after_step()
         total += float(loss.detach()) * len(images)
         n += len(images)
         bar.set_postfix(loss=f"{total / n:.3f}")

@@ -27,6 +27,7 @@ from training.cards import code_commit
 from training.checkpoint import resume_from, save_atomic
 from training.config import SyntheticSpec, TrainConfig
 from training.data import EpochSampler
+from training.ema import make_ema
 from training.distributed import World, barrier, broadcast, setup, teardown
 from training.engine import param_groups, train_one_epoch, warmup_cosine
 from training.precision import make_scaler, training_device
@@ -102,10 +103,13 @@ def fit(task: Task, cfg: TrainConfig, world: World, *, resume: bool = False, com
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * len(train_dl)))
     scaler = make_scaler(device, cfg.amp)
     loss_fn = task.loss_fn(cfg)
+    ema = make_ema(core, cfg.ema_decay) if cfg.ema_decay is not None else None
+    # What is validated, kept as the checkpoint's ``model`` and exported: the weight average when there is one.
+    kept = core if ema is None else ema.module
     start, best, stale, history = 0, float("-inf"), 0, []
     last = out / "last.pt"
     if resume and last.is_file():
-        start, best, stale, history = resume_from(last, core, opt, sched, task.best_key, scaler)
+        start, best, stale, history = resume_from(last, core, opt, sched, task.best_key, scaler, ema=ema)
     ddp_devices = [device.index] if device.type == "cuda" else None
     model: nn.Module = DistributedDataParallel(core, device_ids=ddp_devices) if world.distributed else core
 
@@ -118,13 +122,15 @@ def fit(task: Task, cfg: TrainConfig, world: World, *, resume: bool = False, com
             sampler.set_epoch(epoch)  # type: ignore[attr-defined]
         train_ds.set_epoch(epoch)  # type: ignore[attr-defined]
         loss = train_one_epoch(model, train_dl, opt, sched, loss_fn, epoch, progress=world.is_main, scaler=scaler,
-                               amp=cfg.amp)
+                               amp=cfg.amp, after_step=None if ema is None else lambda: ema.update_parameters(core))
         stop = False
         if world.is_main:
             assert val_dl is not None
-            ck = {"model": core.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            ck = {"model": kept.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                   "scaler": scaler.state_dict()}
-            stop, best, stale = end_of_epoch(task, cfg, core, val_dl, ck, epoch=epoch, loss=loss, history=history,
+            if ema is not None:
+                ck |= {"trained_model": core.state_dict(), "ema_updates": int(ema.n_averaged)}
+            stop, best, stale = end_of_epoch(task, cfg, kept, val_dl, ck, epoch=epoch, loss=loss, history=history,
                                              best=best, stale=stale, command=command, t0=t0, cpu0=cpu0)
         if broadcast(stop, world):
             break
