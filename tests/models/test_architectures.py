@@ -81,3 +81,46 @@ def test_efficientnet_lite0_starts_from_the_packaged_imagenet_weights() -> None:
     assert 281 <= int(logits.argmax()) <= 285
     scratch = build("efficientnet_lite0", num_classes=5, pretrained=False)
     assert not torch.equal(scratch.features[0][1].weight, model.features[0][1].weight)
+
+
+def test_ordinal_head_is_a_rank_one_linear_layer_trained_like_a_regression() -> None:
+    from models.architectures.classifier import OrdinalLinear
+
+    torch.manual_seed(2)
+    head = OrdinalLinear(8, 5)
+    with torch.no_grad():
+        head.offsets.copy_(torch.randn(5))
+    x = torch.randn(4, 8)
+    score = head.score(x)[:, 0]
+    steps = torch.arange(5.0)
+    torch.testing.assert_close(head(x), score[:, None] * steps + head.offsets)
+    assert torch.linalg.matrix_rank(head.weight.detach()) == 1
+    # Softmax cross-entropy moves the score by E_p[k] - y, as a squared-error regression on the grade would.
+    y = torch.tensor([0, 2, 4, 1])
+    s = score.detach().requires_grad_(True)
+    logits = s[:, None] * steps + head.offsets.detach()
+    (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, y, reduction="sum"), s)
+    expected = (torch.softmax(logits, 1) * steps).sum(1) - y
+    torch.testing.assert_close(grad, expected.detach())
+
+
+def test_ordinal_grader_exports_as_an_ordinary_linear_head(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ort = pytest.importorskip("onnxruntime")
+    from models.architectures.classifier import FundusClassifier
+
+    torch.manual_seed(3)
+    model = FundusClassifier(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU()), 8, 5,
+                             ordinal=True).eval()
+    with torch.no_grad():
+        model.head.offsets.copy_(torch.randn(5))
+    x = torch.randn(1, 3, 64, 64)
+    path = tmp_path / "g.onnx"
+    torch.onnx.export(WithCam(model).eval(), (x,), str(path), input_names=["input"], output_names=["logits", "cam"],
+                      dynamo=False)
+    logits, cam = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+    with torch.inference_mode():
+        ref_logits, ref_cam = WithCam(model)(x)
+    np.testing.assert_allclose(logits, ref_logits.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(cam, ref_cam.numpy(), rtol=1e-4, atol=1e-4)
+    # Every DR grade's map is k times grade 1's: one severity map.
+    np.testing.assert_allclose(cam[0, 3], 3 * cam[0, 1], rtol=1e-4, atol=1e-4)
