@@ -45,7 +45,7 @@ default-%: $(DEV_STAMP)
 
 # The research grader on real photographs (README "Real photographs (research model)"): train on the EyePACS
 # folder DATA (non-commercial research use only), export with the parity check, measured on the patient-disjoint
-# validation split, and register it in the model store as dr-grader:0.3.0-eyepacs.
+# validation split, and register it in the model store under the config's version (dr-grader:<version>).
 DATA ?= ../shared/real-dev/eyepacs256
 REAL_CONFIG := training/configs/real-grader.yaml
 REAL_EXPORT := runs/real-grader/export

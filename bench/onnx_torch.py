@@ -97,6 +97,8 @@ def torch_grader(onnx_bytes: bytes, architecture: str, num_classes: int) -> Fund
         hw, hb = _gemm_params(graph)
         if tuple(model.head.weight.shape) != hw.shape:
             raise WeightMappingError(f"head: torch {tuple(model.head.weight.shape)} vs ONNX {hw.shape}")
+        # Whatever head trained it (e.g. the rank-one OrdinalLinear), the graph holds an ordinary linear layer.
+        model.head = nn.Linear(hw.shape[1], hw.shape[0])
         model.head.weight.copy_(torch.tensor(hw))
         model.head.bias.copy_(torch.tensor(hb))
     return model
