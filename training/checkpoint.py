@@ -5,7 +5,8 @@ bare model's ``model`` state, ``optimizer``, ``scheduler``, ``scaler``, ``epoch`
 metric under its :attr:`~training.tasks.base.Task.best_key`, ``stale``, and JSON strings ``history``,
 ``config`` (the resolved :class:`~training.config.TrainConfig`), ``val_metrics`` and, for tasks with one,
 ``operating_point``; with a weight average (:mod:`training.ema`), ``model`` is the average, and
-``trained_model`` and ``ema_updates`` what resuming needs; plus ``command``, ``code_commit``, ``torch_version`` and ``seconds``.
+``trained_model`` and ``ema_updates`` what resuming needs; plus ``command``, ``code_commit``,
+``torch_version`` and ``seconds``.
 """
 
 from __future__ import annotations

@@ -28,12 +28,11 @@ def make_ema(model: nn.Module, decay: float) -> AveragedModel:
 
     @torch.no_grad()
     def average(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor | int) -> None:
-        d = warmup_decay(decay, int(n))
-        floats = [(a, c) for a, c in zip(averaged, current) if a.is_floating_point()]
-        if floats:
-            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1.0 - d)
-        for a, c in zip(averaged, current):  # integer buffers (BatchNorm's step count): the latest value
-            if not a.is_floating_point():
+        weight = 1.0 - warmup_decay(decay, int(n))
+        for a, c in zip(averaged, current, strict=True):
+            if a.is_floating_point():
+                a.lerp_(c, weight)
+            else:  # integer buffers (BatchNorm's step count): the latest value
                 a.copy_(c)
 
     return AveragedModel(model, multi_avg_fn=average, use_buffers=True)

@@ -27,8 +27,8 @@ from training.cards import code_commit
 from training.checkpoint import resume_from, save_atomic
 from training.config import SyntheticSpec, TrainConfig
 from training.data import EpochSampler
-from training.ema import make_ema
 from training.distributed import World, barrier, broadcast, setup, teardown
+from training.ema import make_ema
 from training.engine import param_groups, train_one_epoch, warmup_cosine
 from training.precision import make_scaler, training_device
 from training.report import plot_history

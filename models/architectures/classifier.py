@@ -64,8 +64,8 @@ class FundusClassifier(nn.Module):
         self.features = features
         self.num_features = num_features
         self.dropout = nn.Dropout(dropout)
-        self.head: nn.Module = OrdinalLinear(num_features, num_classes) if ordinal else nn.Linear(num_features,
-                                                                                                   num_classes)
+        head = OrdinalLinear if ordinal else nn.Linear
+        self.head: nn.Module = head(num_features, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 3, S, S)`` → last feature map ``(N, C, h, w)``."""
