@@ -49,7 +49,7 @@ def build_stack(card_path: Path, *, threads: int | None = None) -> CompetentStac
     card, onnx = load_verified(card_path)
     model = torch_grader(onnx, card.architecture, len(card.classes))
     x = np.random.default_rng(0).standard_normal((1, 3, card.input.size, card.input.size)).astype(np.float32)
-    check_same_weights(model, onnx, x)
+    check_same_weights(model, onnx, x, views=len(card.test_time_views))
     return CompetentStack(model, card, threads=threads)
 
 

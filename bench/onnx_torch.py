@@ -23,6 +23,7 @@ from torch import nn
 
 from models.architectures import build
 from models.architectures.classifier import FundusClassifier
+from models.architectures.views import ViewAveraged
 
 #: Largest logit difference between ONNX Runtime and the rebuilt torch model accepted as "same weights".
 SAME_WEIGHTS_ATOL = 1e-3
@@ -104,21 +105,22 @@ def torch_grader(onnx_bytes: bytes, architecture: str, num_classes: int) -> Fund
     return model
 
 
-def max_logit_difference(model: nn.Module, onnx_bytes: bytes, tensor: np.ndarray) -> float:
+def max_logit_difference(model: nn.Module, onnx_bytes: bytes, tensor: np.ndarray, views: int = 1) -> float:
     """Largest absolute logit difference between ``model`` (torch) and ``onnx_bytes`` (ONNX Runtime) on the
-    ``(N, 3, S, S)`` float32 ``tensor``."""
+    ``(N, 3, S, S)`` float32 ``tensor``; ``views``: the test-time views the graph averages (its card's
+    ``test_time_views``), which the torch side then averages too."""
     sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     (ref,) = sess.run(["logits"], {sess.get_inputs()[0].name: tensor})
     with torch.inference_mode():
-        got = model(torch.from_numpy(tensor)).numpy()
+        got = ViewAveraged(model, views)(torch.from_numpy(tensor)).numpy()
     return float(np.abs(got - ref).max())
 
 
 def check_same_weights(model: nn.Module, onnx_bytes: bytes, tensor: np.ndarray,
-                       atol: float = SAME_WEIGHTS_ATOL) -> float:
+                       atol: float = SAME_WEIGHTS_ATOL, views: int = 1) -> float:
     """:func:`max_logit_difference`, raising :class:`WeightMappingError` beyond ``atol`` (fail loudly: a
     baseline on other weights would compare nothing)."""
-    diff = max_logit_difference(model, onnx_bytes, tensor)
+    diff = max_logit_difference(model, onnx_bytes, tensor, views)
     if not diff <= atol:
         raise WeightMappingError(f"torch and ONNX Runtime logits differ by {diff:.3g} (> {atol:g}): not the same "
                                  "weights, the benchmark would compare different models")

@@ -664,12 +664,15 @@ def write_markdown(path: Path, *, results: Sequence[InputResult], meta: dict[str
         "(`--torch-threads`) and PyTorch's default OpenMP wait (active: on quiet cores 1.6× faster for this grader "
         "than `OMP_WAIT_POLICY=PASSIVE`, which the environment may set), pytorch-grad-cam "
         "`GradCAM` (its own forward + backward), OpenCV JET overlay at ≤ 1024 px, OpenCV PNGs of heatmap and "
-        "overlay. It grades and explains only: no quality model and no detector, which Fovea runs on top.",
+        "overlay. It grades and explains only: no quality model and no detector, which Fovea runs on top. It "
+        "grades one view of the photograph, where Fovea's grader graph averages the card's test-time views "
+        f"({meta.get('grader_views', 'identity')}): Fovea does that much more grader work.",
         "- **Naive** (secondary, `bench/baseline.py`): full-resolution PIL decode, torchvision Resize + "
         "CenterCrop + Normalize, eager forward, GradCAM, PIL/matplotlib overlay at full size, PIL PNG.",
         "",
         f"The torch model is the ONNX grader's weights mapped into its `models.architectures` module; logits agree "
-        f"within {meta['same_weights_diff']:.1e} (checked, the run fails beyond 1e-3).",
+        f"within {meta['same_weights_diff']:.1e} when torch averages the same views (checked, the run fails beyond "
+        f"1e-3).",
         "",
         "## End to end (median [interquartile range], ms per photograph)",
         "",
@@ -912,7 +915,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"no input matches {args.inputs}")
         first_name, first = next(iter(inputs.items()))
         tensor = preprocess(decode(first)[0].rgb, card.input.size, recipe=recipe_of(card)).tensor[None]
-        diff = check_same_weights(model, onnx, tensor)
+        diff = check_same_weights(model, onnx, tensor, views=len(card.test_time_views))
         print(f"same weights: max |logit diff| {diff:.2e}", file=sys.stderr)
         competent = CompetentStack(model, card, device=device, threads=threads)
         contention = torch_thread_check(model, tensor, threads)
@@ -967,7 +970,8 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats, "warmup": args.warmup, "load_before": load_before, "load_after": os.getloadavg()[0],
         "shared_note": args.shared or "No other load was declared for this run.",
         "models": ", ".join(f"{c.tag} ({c.architecture}, {c.input.size} px)" for c in served),
-        "same_weights_diff": diff, "ceiling_gflops": ceiling, "compute": compute,
+        "same_weights_diff": diff, "grader_views": ", ".join(card.test_time_views),
+        "ceiling_gflops": ceiling, "compute": compute,
         "compute_share": _compute_share(results, compute), "memory": memory,
         "http": http, "http_compare": compare, "competent_ready_s": comp_ready,
         "http_image": f"{first_name} photograph", "int8": int8,

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models import preprocess
+from models.views import VIEW_COUNTS, VIEWS
 
 #: ICDR severity scale (International Clinical Diabetic Retinopathy), grades 0–4.
 ICDR_LABELS = ("No DR", "Mild NPDR", "Moderate NPDR", "Severe NPDR", "Proliferative DR")
@@ -194,6 +195,8 @@ class ModelCard(_Frozen):
     preprocessing: PreprocessingSpec
     classes: tuple[str, ...]
     operating_points: tuple[OperatingPoint, ...] = ()
+    #: Graders: the test-time views the graph averages (:mod:`models.views`), built in: serving feeds one image.
+    test_time_views: tuple[str, ...] = ("identity",)
     #: Graders: how the shown grade is decided (``None``: the most probable grade).
     grade_rule: GradeRule | None = None
     score_thresholds: tuple[ScoreThreshold, ...] = ()  # lesion detectors: one per class
@@ -207,6 +210,13 @@ class ModelCard(_Frozen):
     #: Figures measured through the service (``python -m bench.served_detector``), beside the model-level
     #: ``metrics``; empty on a fresh export.
     served_metrics: tuple[ServedMetrics, ...] = ()
+
+    @field_validator("test_time_views")
+    @classmethod
+    def _known_views(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(v) not in VIEW_COUNTS or tuple(v) != VIEWS[:len(v)]:
+            raise ValueError(f"test_time_views must be the first 1, 2, 4 or 8 of {', '.join(VIEWS)}")
+        return v
 
     @property
     def tag(self) -> str:

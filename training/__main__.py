@@ -137,11 +137,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from training.export import export
 
-        from training.export import EXPORT_DATA_SETTINGS
+        from training.export import EXPORT_DATA_SETTINGS, EXPORT_SETTINGS
 
         overrides = {k: getattr(cfg.data, k) for k in EXPORT_DATA_SETTINGS}
+        settings = {k: getattr(cfg, k) for k in EXPORT_SETTINGS}
         card = export(checkpoint, args.out, test_root=test_root, command=command, test_format=test_format,
-                      data_overrides=overrides,
+                      data_overrides=overrides, settings=settings,
                       test_split=test_split, held_out_validation=held_out_validation, register=args.register)
         print(json.dumps(card.metrics, indent=2))
         return 0

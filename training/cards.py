@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from models.card import InputSpec, ModelCard, PreprocessingSpec, TrainingProvenance, sha256_file
+from models.views import view_names
 from training.config import TrainConfig
 
 if TYPE_CHECKING:  # the card helpers stay importable without torch (training.quantize uses them)
@@ -58,7 +59,7 @@ def build_card(task: Task, cfg: TrainConfig, ck: dict[str, Any], *, onnx_path: P
         preprocessing=PreprocessingSpec(name=recipe.name, version=recipe.version),
         classes=task.classes,
         operating_points=measured.operating_points, score_thresholds=measured.score_thresholds,
-        grade_rule=measured.grade_rule,
+        grade_rule=measured.grade_rule, test_time_views=view_names(cfg.test_time_views),
         metrics=measured.metrics, metrics_data=measured.metrics_data,
         training=provenance(task, cfg, ck),
         intended_use=task.intended_use(cfg),

@@ -10,6 +10,7 @@ from typing import Any, Literal, get_args
 import yaml
 
 from models.preprocess import RECIPES
+from models.views import view_names
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,6 +105,10 @@ class TrainConfig:
     #: keep an exponential moving average of the weights with this decay per step (:mod:`training.ema`) and
     #: validate, keep and export it instead of the raw weights; None: the raw weights
     ema_decay: float | None = None
+    #: graders: average the logits (and CAMs) over this many test-time views of the input, built into the exported
+    #: graph and used by validation too (:mod:`models.views`: 1, 2, 4 or 8); an export setting as well, so the
+    #: same weights can be exported with other views
+    test_time_views: int = 1
     #: train and run in channels-last memory layout (faster for depthwise nets on CPUs; measured: README, Training)
     channels_last: bool = False
     #: mixed precision (:mod:`training.precision`): ``auto`` float16 on CUDA only, ``always`` also bfloat16 on
@@ -128,6 +133,7 @@ class TrainConfig:
             raise ValueError(f"unknown preprocessing {self.preprocessing!r}; known: {', '.join(RECIPES)}")
         if self.objective not in get_args(Objective):
             raise ValueError(f"unknown objective {self.objective!r}; known: {', '.join(get_args(Objective))}")
+        view_names(self.test_time_views)  # ValueError naming the allowed counts
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie strictly between 0 and 1 (e.g. 0.998), not {self.ema_decay}")
 

@@ -28,12 +28,17 @@ import torch
 
 from models.card import ModelCard
 from training.cards import build_card
+from training.config import TrainConfig
 from training.checkpoint import load_checkpoint
 from training.tasks import HeldOut, Task, get_task
 
 PARITY_ATOL = 1e-4
 #: ``data`` settings read at export rather than training (:func:`export`'s ``data_overrides``).
 EXPORT_DATA_SETTINGS = ("negatives", "negatives_fp_per_image", "negatives_terms")
+#: Top-level settings read at export rather than training (:func:`export`'s ``settings``): the graph's
+#: test-time views, and the version the exported artifact is registered under (the same weights exported
+#: with other views are another model; the card keeps the training config, version included, as trained).
+EXPORT_SETTINGS = ("version", "test_time_views")
 OPSET = 17
 
 __all__ = ["OPSET", "PARITY_ATOL", "ParityError", "check_parity", "export", "load_checkpoint", "to_onnx"]
@@ -43,27 +48,29 @@ class ParityError(RuntimeError):
     """ONNX Runtime disagrees with PyTorch beyond tolerance: the export is not trustworthy."""
 
 
-def to_onnx(task: Task, model: torch.nn.Module, size: int) -> bytes:
-    """Serialise ``task``'s export graph of ``model`` to ONNX bytes: input ``image`` ``(N, 3, size, size)``
-    with a dynamic batch axis, the task's outputs."""
+def to_onnx(task: Task, model: torch.nn.Module, cfg: TrainConfig) -> bytes:
+    """Serialise ``task``'s export graph of ``model`` under ``cfg`` to ONNX bytes: input ``image``
+    ``(N, 3, S, S)`` (``S = cfg.input_size``) with a dynamic batch axis, the task's outputs."""
     buf = io.BytesIO()
     names = list(task.output_names)
+    size = cfg.input_size
     torch.onnx.export(
-        task.export_module(model).eval(), (torch.zeros(1, 3, size, size),), buf, input_names=["image"],
+        task.export_module(model, cfg).eval(), (torch.zeros(1, 3, size, size),), buf, input_names=["image"],
         output_names=names, opset_version=OPSET, dynamo=False,
         dynamic_axes={name: {0: "batch"} for name in ("image", *names)},
     )
     return buf.getvalue()
 
 
-def check_parity(task: Task, model: torch.nn.Module, onnx_bytes: bytes, inputs: np.ndarray) -> dict[str, float]:
+def check_parity(task: Task, model: torch.nn.Module, cfg: TrainConfig, onnx_bytes: bytes,
+                 inputs: np.ndarray) -> dict[str, float]:
     """Per output, the difference between ONNX Runtime and PyTorch on ``inputs`` (the output's
     :class:`~training.tasks.base.OutputSpec` rule), keyed by its parity metric; :class:`ParityError` when a
     checked one exceeds :data:`PARITY_ATOL`."""
     sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     got = sess.run(list(task.output_names), {"image": inputs})
     with torch.inference_mode():
-        ref = task.export_module(model.eval())(torch.from_numpy(inputs))
+        ref = task.export_module(model.eval(), cfg).eval()(torch.from_numpy(inputs))
     ref = [r.numpy() for r in (ref if isinstance(ref, (tuple, list)) else (ref,))]
     diffs: dict[str, float] = {}
     for spec, g, r in zip(task.outputs, got, ref):
@@ -77,7 +84,8 @@ def check_parity(task: Task, model: torch.nn.Module, onnx_bytes: bytes, inputs: 
 
 def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: str = "",
            test_format: str | None = None, test_split: str | None = None, held_out_validation: bool = False,
-           register: bool = False, data_overrides: dict[str, Any] | None = None) -> ModelCard:
+           register: bool = False, data_overrides: dict[str, Any] | None = None,
+           settings: dict[str, Any] | None = None) -> ModelCard:
     """Export ``checkpoint`` into ``out_dir`` as ``<name>.onnx`` + ``<name>.card.json``; return the card.
 
     The held-out data at ``test_root`` is read in layout ``test_format`` (default: the training config's) and
@@ -87,7 +95,7 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
     the card has no held-out metrics. ``register`` imports the result into the BentoML model store.
     ``data_overrides``: ``data`` settings that belong to the export step (:data:`EXPORT_DATA_SETTINGS`, e.g. the
     real photographs the detector's thresholds are capped on), taken from the config given to export over the
-    checkpoint's."""
+    checkpoint's. ``settings``: the top-level ones (:data:`EXPORT_SETTINGS`), likewise."""
     if held_out_validation and test_root is not None:
         raise ValueError("give held-out data or measure on the validation split, not both")
     model, cfg, ck = load_checkpoint(checkpoint)
@@ -96,11 +104,16 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
         if unknown:
             raise ValueError(f"not export settings: {sorted(unknown)}")
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data_overrides))
+    if settings:
+        unknown = set(settings) - set(EXPORT_SETTINGS)
+        if unknown:
+            raise ValueError(f"not export settings: {sorted(unknown)}")
+        cfg = dataclasses.replace(cfg, **settings)  # __post_init__ checks them again
     task = get_task(cfg.task)
     task.check_config(cfg)
-    onnx_bytes = to_onnx(task, model, cfg.input_size)
+    onnx_bytes = to_onnx(task, model, cfg)
     probe = np.random.default_rng(0).standard_normal((2, 3, cfg.input_size, cfg.input_size), dtype=np.float32)
-    parity = check_parity(task, model, onnx_bytes, probe)
+    parity = check_parity(task, model, cfg, onnx_bytes, probe)
     print(f"parity: {parity}", file=sys.stderr)
 
     held_out = None

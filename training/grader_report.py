@@ -83,11 +83,11 @@ class Pointing:
 
 @torch.inference_mode()
 def predict_with_cam(model: torch.nn.Module, records: Sequence[FundusRecord], size: int, *,
-                     batch_size: int = BATCH, recipe: Recipe = DISC_CROP) -> GraderOutputs:
-    """Run ``WithCam(model)`` over ``records`` in batches on the serving preprocessing with the model's
-    ``recipe`` (on the GPU if there is one); a tqdm bar shows progress."""
+                     batch_size: int = BATCH, recipe: Recipe = DISC_CROP, views: int = 1) -> GraderOutputs:
+    """Run ``WithCam(model, views)`` (the exported graph) over ``records`` in batches on the serving
+    preprocessing with the model's ``recipe`` (on the GPU if there is one); a tqdm bar shows progress."""
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    wrapper = WithCam(model).eval().to(device)
+    wrapper = WithCam(model, views).eval().to(device)
     probs, cams, transforms = [], [], []
     bar = tqdm(total=len(records), desc="evaluate", unit="img", leave=False)
     for start in range(0, len(records), batch_size):

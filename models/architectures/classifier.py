@@ -15,6 +15,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from models.architectures.registry import register
+from models.architectures.views import ViewAveraged
 
 
 class OrdinalLinear(nn.Module):
@@ -84,15 +85,19 @@ class FundusClassifier(nn.Module):
 
 
 class WithCam(nn.Module):
-    """Export wrapper: one forward pass returns ``(logits, cam)``."""
+    """Export wrapper: one forward pass returns ``(logits, cam)``. With ``views`` > 1 (:mod:`models.views`) the
+    input's test-time views go through the network as one batch; the logits are averaged and each view's CAM is
+    turned back onto the input before averaging, so a CAM's spatial mean plus the bias is still the logit."""
 
-    def __init__(self, model: FundusClassifier) -> None:
+    def __init__(self, model: FundusClassifier, views: int = 1) -> None:
         super().__init__()
         self.model = model
+        self.views = ViewAveraged(model, views)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.model.forward_features(x)
-        return self.model.forward_head(f), self.model.cam(f)
+        f = self.model.forward_features(self.views.stacked(x))
+        logits, cam = self.model.forward_head(f), self.model.cam(f)
+        return self.views.mean_over_views(logits), self.views.mean_over_views(cam, spatial=True)
 
 
 def _resnet_trunk(net: tvm.ResNet) -> nn.Module:

@@ -46,7 +46,7 @@ def test_a_card_whose_weights_do_not_map_is_refused(tiny_export: Path,
     import bench.onnx_torch as onnx_torch
 
     # Nothing agrees within a negative tolerance: the server must refuse to start on such weights.
-    monkeypatch.setattr(onnx_torch.check_same_weights, "__defaults__", (-1.0,))
+    monkeypatch.setattr(onnx_torch.check_same_weights, "__defaults__", (-1.0, 1))
     with pytest.raises(WeightMappingError):
         build_stack(tiny_export / "tiny-grader.card.json", threads=1)
 

@@ -48,6 +48,22 @@ def test_onnx_weights_in_torch_give_the_same_logits(tiny: tuple[ModelCard, bytes
         check_same_weights(model, onnx_bytes, x)
 
 
+def test_the_default_graders_views_are_averaged_on_the_torch_side_too() -> None:
+    """The embedded default grader's graph averages two test-time views: its weights in torch give its logits
+    only when torch averages the same views (one view alone differs)."""
+    from models.card import recipe_of
+
+    card_path = Path(__file__).resolve().parents[2] / "models/default/dr-grader.card.json"
+    card = ModelCard.load(card_path)
+    assert card.test_time_views == ("identity", "rot90")
+    onnx_bytes = (card_path.parent / card.file).read_bytes()
+    model = torch_grader(onnx_bytes, card.architecture, len(card.classes))
+    rgb = np.random.default_rng(1).integers(0, 255, (300, 300, 3), dtype=np.uint8)
+    x = preprocess(rgb, card.input.size, recipe=recipe_of(card)).tensor[None]
+    assert check_same_weights(model, onnx_bytes, x, views=2) < 1e-3
+    assert max_logit_difference(model, onnx_bytes, x, views=1) > 1e-3
+
+
 def test_weights_refuse_another_architecture(tiny: tuple[ModelCard, bytes]) -> None:
     with pytest.raises(WeightMappingError):
         torch_grader(tiny[1], "resnet18", 5)

@@ -130,3 +130,16 @@ def test_unknown_recipe_or_foreign_normalisation_is_refused(tmp_path: Path) -> N
         verify(foreign, d)
     with pytest.raises(CardError, match="normalisation"):
         recipe_of(card.model_copy(update={"input": card.input.model_copy(update={"std": (0.5, 0.5, 0.5)})}))
+
+
+def test_test_time_views_default_to_the_identity_and_must_be_a_prefix_of_the_group(tmp_path: Path) -> None:
+    raw = json.loads((DEFAULT_DIR / "dr-grader-synthetic.card.json").read_text())
+    assert "test_time_views" not in raw  # older cards: one view
+    assert ModelCard.load(DEFAULT_DIR / "dr-grader-synthetic.card.json").test_time_views == ("identity",)
+    for views in (["rot90"], ["identity", "rot90", "rot180"], []):
+        path = tmp_path / "c.card.json"
+        path.write_text(json.dumps({**raw, "test_time_views": views}))
+        with pytest.raises(CardError, match="test_time_views"):
+            ModelCard.load(path)
+    path.write_text(json.dumps({**raw, "test_time_views": ["identity", "rot90"]}))
+    assert ModelCard.load(path).test_time_views == ("identity", "rot90")

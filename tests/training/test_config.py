@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,17 @@ def test_objective_defaults_to_ce_emd_and_is_checked(tmp_path: Path) -> None:
     p.write_text("objective: coral\ndata: {train: a, test: b}\n")
     with pytest.raises(ValueError, match="unknown objective 'coral'; known: ce, ce\\+emd, sord"):
         load_config(p)
+
+
+def test_test_time_views_are_checked_and_only_graders_take_them(tmp_path: Path) -> None:
+    from training.tasks import get_task
+
+    p = tmp_path / "c.yaml"
+    p.write_text("test_time_views: 3\ndata: {train: a, test: b}\n")
+    with pytest.raises(ValueError, match="test_time_views must be one of 1, 2, 4, 8, not 3"):
+        load_config(p)
+    p.write_text("test_time_views: 2\ndata: {train: a, test: b}\n")
+    get_task("dr-grading").check_config(load_config(p))
+    detector = load_config(REPO / "training/configs/detector.yaml", {"out": None})
+    with pytest.raises(ValueError, match="DR grader only"):
+        get_task("lesion-detection").check_config(dataclasses.replace(detector, test_time_views=2))

@@ -53,11 +53,11 @@ def test_onnx_dynamic_batch_matches_torch(tiny_export: Path, tiny_config: Path) 
 def test_parity_check_refuses_a_wrong_graph(tiny_config: Path, tiny_export: Path) -> None:
     model, cfg, _ = load_checkpoint(tiny_config.parent / "run" / "best.pt")
     grader = get_task("dr-grading")
-    other = to_onnx(grader, model, cfg.input_size)
+    other = to_onnx(grader, model, cfg)
     with torch.no_grad():
         model.head.bias += 1.0  # the torch model now disagrees with the exported bytes
     with pytest.raises(ParityError, match="differ"):
-        check_parity(grader, model, other, np.zeros((1, 3, 64, 64), np.float32))
+        check_parity(grader, model, cfg, other, np.zeros((1, 3, 64, 64), np.float32))
 
 
 def test_resume_continues_from_last_epoch(tiny_config: Path, tiny_export: Path, tmp_path: Path,
@@ -188,3 +188,38 @@ def test_param_groups_fine_tune_the_trunk_gently() -> None:
     assert trunk["lr"] == pytest.approx(1e-4) and head["lr"] == 1e-3
     assert len(trunk["params"]) + len(head["params"]) == len(list(model.parameters()))
     assert {id(p) for p in head["params"]} == {id(p) for p in model.head.parameters()}
+
+
+def test_export_settings_give_the_same_weights_other_views_and_a_version(tiny_export: Path, tiny_config: Path,
+                                                                        tmp_path: Path) -> None:
+    """``test_time_views`` and ``version`` are read from the config given to export: the views are built into
+    the graph, the card lists them and carries the new version, and the training config stays as trained."""
+    import onnxruntime as ort
+
+    from models.architectures.classifier import WithCam
+
+    config = tmp_path / "views.yaml"
+    config.write_text(tiny_config.read_text().replace("version: 0.0.1", "version: 0.0.2") + "test_time_views: 4\n")
+    out = tmp_path / "export"
+    assert main(["export", "--config", str(config), "--checkpoint", str(tiny_config.parent / "run" / "best.pt"),
+                 "--out", str(out)]) == 0
+    card = ModelCard.load(out / "tiny-grader.card.json")
+    assert verify(card, out).is_file()
+    assert card.version == "0.0.2" and card.test_time_views == ("identity", "rot90", "rot180", "rot270")
+    assert card.training.config["version"] == "0.0.1" and card.training.config["test_time_views"] == 1
+    assert "test-time views averaged in the graph: identity, rot90, rot180, rot270" in card.metrics_data
+    model, _, _ = load_checkpoint(tiny_config.parent / "run" / "best.pt")
+    x = np.random.default_rng(5).standard_normal((2, 3, 64, 64), dtype=np.float32)
+    logits, cam = ort.InferenceSession(str(out / "tiny-grader.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"image": x})
+    with torch.inference_mode():
+        ref_logits, ref_cam = WithCam(model.eval(), 4)(torch.from_numpy(x))
+    np.testing.assert_allclose(logits, ref_logits.numpy(), atol=1e-4)
+    np.testing.assert_allclose(cam, ref_cam.numpy(), atol=1e-4, rtol=1e-4)
+    # The tiny model answers nearly the same for any input, so check the graph itself: the four views of the
+    # image are concatenated into one batch.
+    import onnx
+
+    graph = onnx.load(str(out / "tiny-grader.onnx")).graph
+    assert any(n.op_type == "Concat" and len(n.input) == 4 for n in graph.node)
+    assert ModelCard.load(tiny_export / "tiny-grader.card.json").test_time_views == ("identity",)

@@ -95,6 +95,8 @@ class Task(ABC):
     channels_last: ClassVar[bool] = False
     #: export and evaluate may measure on the validation split when the config names no held-out data
     measures_on_validation: ClassVar[bool] = False
+    #: whether the task's export graph can average test-time views (``test_time_views`` in the config)
+    test_time_views: ClassVar[bool] = False
     #: what the training loss is called in the report's training curves
     loss_label: ClassVar[str] = "loss"
     #: the batch collate of the task's datasets (``None``: PyTorch's default)
@@ -112,6 +114,8 @@ class Task(ABC):
         if cfg.num_classes != len(self.classes):
             raise ValueError(f"num_classes must be {len(self.classes)} for the {self.name} model "
                              f"({', '.join(self.classes)}), got {cfg.num_classes}")
+        if cfg.test_time_views != 1 and not self.test_time_views:
+            raise ValueError(f"test_time_views applies to the DR grader only; the {self.name} model takes 1")
         if cfg.sampler == "sqrt-balanced" and type(self).sample_weights is Task.sample_weights:
             raise ValueError(f"sampler sqrt-balanced is not available for {self.name}")
 
@@ -199,8 +203,9 @@ class Task(ABC):
 
     # --- export ----------------------------------------------------------------------------------------------
     @abstractmethod
-    def export_module(self, model: nn.Module) -> nn.Module:
-        """The graph that is exported: ``image`` in, :attr:`outputs` out."""
+    def export_module(self, model: nn.Module, cfg: TrainConfig) -> nn.Module:
+        """The graph of ``model`` (trained with, or exported under, ``cfg``) that is exported: ``image`` in,
+        :attr:`outputs` out."""
 
     @abstractmethod
     def measure(self, onnx_bytes: bytes, cfg: TrainConfig, ck: dict[str, Any], held_out: HeldOut | None, *,

@@ -165,7 +165,7 @@ class DetectorTask(Task):
     def summary(self, metrics: dict[str, float]) -> str:
         return f"val FROC {self.score(metrics):.3f} mAP@0.5 {metrics.get('map_50', float('nan')):.3f}"
 
-    def export_module(self, model: nn.Module) -> nn.Module:
+    def export_module(self, model: nn.Module, cfg: TrainConfig) -> nn.Module:
         return DetectorExport(model)  # type: ignore[arg-type]
 
     def measure(self, onnx_bytes: bytes, cfg: TrainConfig, ck: dict[str, Any], held_out: HeldOut | None, *,

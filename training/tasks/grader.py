@@ -29,7 +29,9 @@ from tqdm import tqdm
 from datasets.readers import FundusRecord
 from models import preprocess
 from models.architectures.classifier import WithCam
+from models.architectures.views import ViewAveraged
 from models.card import ICDR_LABELS, OperatingPoint
+from models.views import view_names
 from training.grade_rule import grade_rule
 from models.grading import REFERABLE_MIN_GRADE, referable_probability, softmax
 from training import grader_report
@@ -120,6 +122,7 @@ class GraderTask(Task):
     classes = ICDR_LABELS
     outputs = (OutputSpec("logits", "max_abs_logit_diff"), OutputSpec("cam", "max_rel_cam_diff", "max", checked=False))
     measures_on_validation = True
+    test_time_views = True
 
     def read_items(self, root: Path, fmt: str, *, split: str | None = None, verbose: bool = True) -> list[Any]:
         return load_graded(root, fmt, split=split, verbose=verbose)
@@ -136,7 +139,8 @@ class GraderTask(Task):
         return balanced_weights(dataset.labels)
 
     def validate(self, model: nn.Module, loader: DataLoader, cfg: TrainConfig) -> Validation:
-        probs, labels = predict_probabilities(model, loader)
+        # What is validated is what is exported: the same test-time views.
+        probs, labels = predict_probabilities(ViewAveraged(model, cfg.test_time_views), loader)
         op = choose_referable_point(probs, labels, cfg.referable_min_sensitivity)
         return Validation(grader_metrics(probs, labels, op["threshold"]), op)
 
@@ -149,8 +153,8 @@ class GraderTask(Task):
         return (f"patient-disjoint validation split ({cfg.data.val_fraction:.0%}, seed {cfg.seed}) of "
                 f"{cfg.data.train} ({cfg.data.format}), {len(items)} photographs of {patients} patients")
 
-    def export_module(self, model: nn.Module) -> nn.Module:
-        return WithCam(model)
+    def export_module(self, model: nn.Module, cfg: TrainConfig) -> nn.Module:
+        return WithCam(model, cfg.test_time_views)
 
     def measure(self, onnx_bytes: bytes, cfg: TrainConfig, ck: dict[str, Any], held_out: HeldOut | None, *,
                 out_dir: Path) -> Measured:
@@ -197,12 +201,15 @@ class GraderTask(Task):
                            f"{cfg.name} {cfg.version}: held-out confusion matrix (n={len(items)})")
         # A checkpoint whose config has no objective was trained with plain cross-entropy.
         objective = json.loads(ck["config"]).get("objective", "ce")
-        return Measured({**metrics, **rule_metrics}, f"{metrics_data}; training objective {objective}; grade rule and "
-                        f"its kappas on the validation split", operating_points=(point,), grade_rule=rule)
+        views = ", ".join(view_names(cfg.test_time_views))
+        return Measured({**metrics, **rule_metrics}, f"{metrics_data}; training objective {objective}; test-time "
+                        f"views averaged in the graph: {views}; grade rule and its kappas on the validation split",
+                        operating_points=(point,), grade_rule=rule)
 
     def evaluate(self, model: nn.Module, cfg: TrainConfig, ck: dict[str, Any], items: list[Any], *,
                  threshold: float | None, page: Page | None, caption: str) -> dict[str, float]:
-        out = grader_report.predict_with_cam(model, items, cfg.input_size, recipe=self.recipe(cfg))
+        out = grader_report.predict_with_cam(model, items, cfg.input_size, recipe=self.recipe(cfg),
+                                             views=cfg.test_time_views)
         pointing = grader_report.play_pointing_game(out)
         metrics = grader_report.grader_evaluation_metrics(out, threshold, pointing)
         if page is not None:

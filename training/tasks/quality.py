@@ -127,7 +127,7 @@ class QualityTask(Task):
                                     terms=EYEQ_TERMS)
         return super().intended_use(cfg)
 
-    def export_module(self, model: nn.Module) -> nn.Module:
+    def export_module(self, model: nn.Module, cfg: TrainConfig) -> nn.Module:
         return QualityExport(model)
 
     def measure(self, onnx_bytes: bytes, cfg: TrainConfig, ck: dict[str, Any], held_out: HeldOut | None, *,
