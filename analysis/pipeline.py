@@ -273,7 +273,10 @@ class Analyzer:
         scale = img.scale * k
         if lesions:
             draw_lesions(picture, [(les.type, les.score, tuple(les.box)) for les in lesions], scale=scale)
-        saliency = Saliency(target_grade=target, scale=scale, heatmap_png=png_base64(heat_u8),
+        # An all-negative CAM (no evidence for the grade anywhere) leaves a blank heatmap; say so rather than
+        # let a reader wonder whether the overlay failed.
+        saliency = Saliency(target_grade=target, scale=scale, evidence=bool(heat_u8.max() > 0),
+                            heatmap_png=png_base64(heat_u8),
                             overlay_png=png_base64(picture))
         t = lap("render", t)
 

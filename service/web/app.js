@@ -386,6 +386,11 @@
     const boxes = el("canvas", { className: "boxes", "aria-hidden": true });
     const stack = el("div", { className: "stack" }, photo, heat, boxes);
     const caption = el("figcaption", {});
+    // An all-negative CAM leaves the heatmap blank: say so, so that no one takes it for a failed overlay.
+    const noEvidence = f.saliency.evidence === false
+      ? `The grader found no region of evidence for grade ${f.saliency.target_grade} ` +
+        `(${ICDR[f.saliency.target_grade]}) in this photograph: the saliency heatmap is blank.`
+      : null;
 
     const toggleId = nextId("overlay");
     const sliderId = nextId("opacity");
@@ -416,10 +421,10 @@
       photo.alt = "Fundus photograph with the service's saliency overlay burned in";
       heat.hidden = true;
       controls.replaceChildren(el("p", { className: "help" }, why));
-      caption.textContent = "The service's rendering: heatmap over the photograph (red = strongest evidence).";
+      caption.textContent = noEvidence || "The service's rendering: heatmap over the photograph (red = strongest evidence).";
       stack.dataset.mode = "overlay";
     };
-    caption.textContent = "Photograph with the saliency heatmap (red = strongest evidence, blue = weak).";
+    caption.textContent = noEvidence || "Photograph with the saliency heatmap (red = strongest evidence, blue = weak).";
     stack.dataset.mode = "photo";
 
     const displayable = file && /^image\/(jpeg|png)$/.test(file.type);

