@@ -253,8 +253,9 @@ def test_every_loaded_model_sets_the_decode_target(tiny_export: Path) -> None:
     assert plain.input_sizes == (64,) and plain.decode_target == decode_target([64])
     with_detector = Analyzer.load(grader, detector=DEFAULT_DIR / "lesion-detector.card.json",
                                   quality=DEFAULT_DIR / "image-quality.card.json")
-    assert with_detector.input_sizes == (64, 768, 256)
-    assert with_detector.decode_target == decode_target([768]) > plain.decode_target
+    det = ModelCard.load(DEFAULT_DIR / "lesion-detector.card.json").input.size
+    assert with_detector.input_sizes == (64, det, 256)
+    assert with_detector.decode_target == decode_target([det]) > plain.decode_target
 
     with_quality = Analyzer.load(grader, quality=DEFAULT_DIR / "image-quality.card.json")
     assert with_quality.decode_target == plain.decode_target  # 256 px: the gate's 512-px measures decide
@@ -278,13 +279,13 @@ def _camera_jpeg(retina_path: Path, camera: tuple[int, int], field_side: int) ->
     return cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
 
 
-@pytest.mark.parametrize(("field_side", "note"), [(2592, "decoded at 1/2 resolution"), (1000, None)])
+@pytest.mark.parametrize(("field_side", "note"), [(2592, "decoded at 1/4 resolution"), (1000, None)])
 def test_the_detector_gets_the_field_of_a_camera_photograph_at_its_input_size(
         tiny_export: Path, retina_path: Path, monkeypatch: pytest.MonkeyPatch, field_side: int, note: str | None
 ) -> None:
-    """3888x2592 with the field across the frame's height: decoded at 1/2, not 1/4 (a 648-px field upsampled to
-    768); with a field of 1000 px (under FIELD_FRACTION of the frame) the 1/2 decode would leave it 500 px, so
-    the photograph is decoded again at full size."""
+    """3888x2592 with the field across the frame's height: decoded at 1/4 (a 648-px field, enough for the
+    default detector's 544 px; 0.2.0's 768 px needed 1/2); with a field of 1000 px (under FIELD_FRACTION of the
+    frame) the 1/4 decode would leave it 250 px, so the photograph is decoded again at full size."""
     import analysis.pipeline as pipeline
     from models.store import DEFAULT_DIR
 
@@ -301,7 +302,8 @@ def test_the_detector_gets_the_field_of_a_camera_photograph_at_its_input_size(
     f = a.analyze(_camera_jpeg(retina_path, (3888, 2592), field_side))
     assert (f.image.width, f.image.height) == (3888, 2592) and f.lesions is not None
     assert [n.split(" (")[0] for n in f.image.notes if n.startswith("decoded at")] == ([note] if note else [])
-    assert fields[768] >= 768  # the detector's crop is the field at its input size or finer, never upsampled
+    det = a.detector.card.input.size  # type: ignore[union-attr]
+    assert fields[det] >= det  # the detector's crop is the field at its input size or finer, never upsampled
 
 
 def test_the_shown_grade_follows_the_cards_grade_rule(analyzer: Analyzer, retina_path: Path) -> None:
@@ -373,7 +375,7 @@ def test_the_field_is_located_once_and_cut_once_per_analysis(
     assert any(n.startswith("decoded at") for n in f.image.notes) == (located_in == "decode")
     assert list(f.timing_ms) == ["decode", "quality", "preprocess", "inference", "detection", "render", "total"]
     (pyramid,) = pyramids
-    assert sorted(pyramid) == sorted({512, 64, 768, 256})
+    assert sorted(pyramid) == sorted({512, 64, a.detector.card.input.size, 256})  # type: ignore[union-attr]
     for name, model in (("quality", a.quality_model), ("detector", a.detector)):
         card = model.card  # type: ignore[union-attr]
         np.testing.assert_array_equal(inputs[name], pp.from_crop(*pyramid[card.input.size],
