@@ -203,11 +203,13 @@ def test_the_detector_card_states_its_served_figures() -> None:
     served = card.served_metrics
     own = [m for m in served if "the card's test set" in m.data]
     floor_1024 = next(m for m in own if m.size == "1024x1024" and m.thresholds == FLOOR_THRESHOLDS)
-    assert floor_1024.map_50 == pytest.approx(card.metrics["map_50"], abs=1e-3)
-    # Per class within 0.005: the served JSON carries boxes rounded to 0.1 px and scores to 4 decimals, the only
-    # difference left between the two paths; a small, rare class (hard exudates, AP ~0.13 from hundreds of
-    # near-floor candidates) moves by up to 0.003 with it (lesion-detector 0.2.0), a serving bug by far more.
-    assert all(floor_1024.ap50[c] == pytest.approx(card.metrics[f"ap50_{c}"], abs=5e-3) for c in floor_1024.ap50)
+    # The served JSON carries boxes rounded to 0.1 px and scores to 4 decimals, the only difference left between
+    # the two paths: the rounding ties near-floor candidates (400 per photograph), which reorders them. Measured
+    # for lesion-detector 0.3.0: rounding the model-level detections alone moves mAP 0.5954 -> 0.5913, hard
+    # exudates 0.290 -> 0.284 and cotton-wool spots 0.692 -> 0.682, exactly the served figures (inputs and ONNX
+    # outputs of the two paths are bit-identical). A serving bug moves them by far more.
+    assert floor_1024.map_50 == pytest.approx(card.metrics["map_50"], abs=5e-3)
+    assert all(floor_1024.ap50[c] == pytest.approx(card.metrics[f"ap50_{c}"], abs=0.012) for c in floor_1024.ap50)
     for data in {m.data for m in served}:
         rows = {(m.size, m.thresholds): m for m in served if m.data == data}
         assert {"1024x1024", "3888x2592", "2592x1944"} <= {size for size, t in rows if t == CARD_THRESHOLDS}
