@@ -29,6 +29,7 @@ from analysis.findings import (
 from analysis.quality import ANALYSIS_SIZE, QualityRules, assess, measure_crop
 from analysis.render import (
     caption_for, cam_to_heatmap, coarser, draw_lesions, heat_to_u8, overlay, png_base64, reduce_by, render_factor,
+    saliency_caption,
 )
 from analysis.runtime import OnnxModel
 from analysis.study import eye_results, patient_result
@@ -269,13 +270,14 @@ class Analyzer:
         k = render_factor(*img.rgb.shape[:2])
         heat = cam_to_heatmap(out["cam"][0, target], coarser(pre.transform, k))
         heat_u8 = heat_to_u8(heat)
-        picture = overlay(reduce_by(img.rgb, k), heat_u8, caption=caption_for(card))
+        # An all-negative CAM (no evidence for the grade anywhere) leaves a blank heatmap; say so rather than
+        # let a reader wonder whether the overlay failed.
+        evidence = bool(heat_u8.max() > 0)
+        picture = overlay(reduce_by(img.rgb, k), heat_u8, caption=saliency_caption(caption_for(card), target, evidence))
         scale = img.scale * k
         if lesions:
             draw_lesions(picture, [(les.type, les.score, tuple(les.box)) for les in lesions], scale=scale)
-        # An all-negative CAM (no evidence for the grade anywhere) leaves a blank heatmap; say so rather than
-        # let a reader wonder whether the overlay failed.
-        saliency = Saliency(target_grade=target, scale=scale, evidence=bool(heat_u8.max() > 0),
+        saliency = Saliency(target_grade=target, scale=scale, evidence=evidence,
                             heatmap_png=png_base64(heat_u8),
                             overlay_png=png_base64(picture))
         t = lap("render", t)

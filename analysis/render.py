@@ -107,6 +107,13 @@ def caption_for(card: ModelCard) -> str:
     return caption_for_use(card.intended_use)
 
 
+def saliency_caption(caption: str, target_grade: int, evidence: bool) -> str:
+    """The overlay's ``caption``, plus a note when the heatmap is blank because the explained grade has no
+    positive evidence anywhere (a reader of the burned-in overlay, e.g. in a PACS, cannot tell that from a
+    failed heatmap otherwise)."""
+    return caption if evidence else f"{caption} - no evidence found for grade {target_grade}"
+
+
 def caption_for_use(intended_use: str) -> str:
     """The overlay caption for a card's ``intended_use`` statement (see :data:`CAPTION`)."""
     kind = statement_kind(intended_use)

@@ -397,8 +397,17 @@ def test_a_blank_heatmap_says_there_is_no_evidence(analyzer: Analyzer, retina_pa
         out["cam"] = out["cam"] - np.abs(out["cam"]).max() + 1e-3 + shift  # the peak is +1e-3, or all negative
         return out
 
+    import analysis.pipeline as pipeline
+
+    captions: list[str] = []
+    real_overlay = pipeline.overlay
+    monkeypatch.setattr(pipeline, "overlay", lambda *a, caption, **kw: (captions.append(caption),
+                                                                        real_overlay(*a, caption=caption, **kw))[1])
     monkeypatch.setattr(analyzer, "run_grader", shifted)
     f = analyzer.analyze(retina_path.read_bytes())
     heat = cv2.imdecode(np.frombuffer(base64.b64decode(f.saliency.heatmap_png), np.uint8), cv2.IMREAD_UNCHANGED)
     assert f.saliency.evidence is (shift == 0.0)
     assert bool(heat.max() > 0) is f.saliency.evidence
+    # The burned-in overlay (what a PACS shows in the Secondary Capture) says so too.
+    note = f"no evidence found for grade {f.saliency.target_grade}"
+    assert (note in captions[0]) is (not f.saliency.evidence)

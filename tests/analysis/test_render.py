@@ -14,7 +14,7 @@ from PIL import Image
 
 from models.preprocess import FundusTransform
 from analysis import render
-from analysis.render import CAPTION, cam_to_heatmap, overlay, png_base64, png_bytes
+from analysis.render import CAPTION, cam_to_heatmap, overlay, png_base64, png_bytes, saliency_caption
 
 
 def test_heatmap_lands_where_the_cam_peaks() -> None:
@@ -198,3 +198,12 @@ def test_caption_follows_the_cards_intended_use() -> None:
     assert caption_for_use(real) == CAPTION_RESEARCH and "not for clinical use" in CAPTION_RESEARCH
     assert caption_for_use(SYNTHETIC_WARNING) == CAPTION
     assert caption_for_use(RESEARCH_WARNING) == CAPTION_REAL  # a card that states neither
+
+
+def test_a_blank_heatmaps_caption_says_there_was_no_evidence() -> None:
+    assert saliency_caption(CAPTION, 2, True) == CAPTION
+    assert saliency_caption(CAPTION, 2, False) == f"{CAPTION} - no evidence found for grade 2"
+    # Still legible on a narrow overlay: the band shrinks the longer text to the image's width.
+    narrow = overlay(np.full((200, 240, 3), 120, np.uint8), np.zeros((200, 240), np.uint8),
+                     caption=saliency_caption(CAPTION, 2, False))
+    assert narrow.shape == (200, 240, 3) and (narrow[-8:] != 120).any()
