@@ -76,9 +76,9 @@ class Saliency(_Out):
     method: str = "CAM from the exported graph (equal to Grad-CAM for a global-average-pool + linear head)"
     target_grade: int
     scale: float = Field(1.0, ge=1.0)
-    evidence: bool = Field(True, description="whether the CAM of target_grade is positive anywhere in the fundus "
-                                             "field; false: the grader found no region of evidence for that grade "
-                                             "and the heatmap is blank")
+    evidence: bool = Field(True, description="false when the heatmap is blank: the CAM of target_grade is "
+                                             "nowhere positive in the fundus field (or, in theory, exactly flat "
+                                             "there), i.e. the grader found no region of evidence for that grade")
     heatmap_png: str = Field(description="base64 PNG, 8-bit grey, 255 = strongest evidence")
     overlay_png: str = Field(description="base64 PNG, heatmap over the photograph with a caption")
 

@@ -108,7 +108,12 @@ def export(checkpoint: Path, out_dir: Path, *, test_root: Path | None, command: 
         unknown = set(settings) - set(EXPORT_SETTINGS)
         if unknown:
             raise ValueError(f"not export settings: {sorted(unknown)}")
+        trained = cfg
         cfg = dataclasses.replace(cfg, **settings)  # __post_init__ checks them again
+        if cfg.test_time_views != trained.test_time_views and cfg.version == trained.version:
+            raise ValueError(f"exporting with test_time_views {cfg.test_time_views} (trained with "
+                             f"{trained.test_time_views}) makes another model than {cfg.name}:{cfg.version}: give "
+                             f"it another version in the config")
     task = get_task(cfg.task)
     task.check_config(cfg)
     onnx_bytes = to_onnx(task, model, cfg)

@@ -180,7 +180,8 @@ class _MBConv(nn.Module):
 
 
 #: EfficientNet-Lite stages: (repeats, kernel, stride, expand, in, out). Lite0 is the B0 table without SE; the
-#: larger Lite nets scale width and depth but keep the stem (32) and head (1280) fixed and the first stage's depth.
+#: larger Lite nets scale width and depth but keep the stem (32) and head (1280) fixed, and the first and last
+#: stages' depth.
 _LITE_STAGES = {
     "lite0": ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
               (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)),

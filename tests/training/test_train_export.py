@@ -223,3 +223,8 @@ def test_export_settings_give_the_same_weights_other_views_and_a_version(tiny_ex
     graph = onnx.load(str(out / "tiny-grader.onnx")).graph
     assert any(n.op_type == "Concat" and len(n.input) == 4 for n in graph.node)
     assert ModelCard.load(tiny_export / "tiny-grader.card.json").test_time_views == ("identity",)
+    # Other views under the trained version would put another graph under an existing tag: refused.
+    config.write_text(tiny_config.read_text() + "test_time_views: 2\n")
+    assert main(["export", "--config", str(config), "--checkpoint", str(tiny_config.parent / "run" / "best.pt"),
+                 "--out", str(tmp_path / "refused")]) == 2
+    assert not (tmp_path / "refused" / "tiny-grader.onnx").exists()

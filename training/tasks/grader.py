@@ -5,7 +5,8 @@ recipe and augmented per item (:class:`training.data.FundusDataset`); ``sqrt-bal
 Loss: the config's ``objective`` (:mod:`training.losses`). Validation: quadratic weighted kappa selects the best
 epoch; the referable-DR operating point is the best Youden index with sensitivity >= ``referable_min_sensitivity``.
 
-Export: ``WithCam(model)`` gives ``logits`` and ``cam`` in one pass. The card's metrics are the exported file's
+Export: ``WithCam(model, cfg.test_time_views)`` gives ``logits`` and ``cam`` in one pass (test-time views, if any,
+averaged inside the graph). The card's metrics are the exported file's
 through ONNX Runtime on the serving preprocessing: QWK and referable AUC with percentile bootstrap 95 %
 intervals, and, when the held-out records carry lesion boxes (e.g. ``--format synthetic``), the pointing game of
 the CAM on the referable images (:func:`training.metrics.pointing_game`). A config without a test folder is
