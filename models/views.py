@@ -5,15 +5,13 @@ real-dev's validation split two views raised referable AUC by 0.02–0.03 for bo
 
 The views are built *inside* the exported ONNX graph (:class:`models.architectures.views.ViewAveraged`), so
 serving feeds one image and reads the usual ``logits`` and ``cam`` (each view's CAM turned back onto the input
-before averaging); the card lists them (``test_time_views``). This module names them and holds their numpy
-definition, without torch, for the card and the tests.
+before averaging); the card lists them (``test_time_views``). This module names them, without torch, for the
+config and the card.
 """
 
 from __future__ import annotations
 
 from typing import Final
-
-import numpy as np
 
 #: The eight views, in the order a model with ``n`` views uses the first ``n``: the identity and the quarter
 #: turns first (a quarter turn decorrelates the trunk's features the most), then the same after a mirror.
@@ -36,16 +34,3 @@ def parse_view(name: str) -> tuple[bool, int]:
         raise ValueError(f"unknown test-time view {name!r}; known: {', '.join(VIEWS)}")
     return name.startswith("flip"), 0 if name in ("identity", "flip") else int(name.rsplit("rot", 1)[1]) // 90
 
-
-def apply_view(image: np.ndarray, name: str) -> np.ndarray:
-    """``image`` ``(..., H, W)`` seen in view ``name`` (the reference the in-graph views are tested against)."""
-    flipped, turns = parse_view(name)
-    out = image[..., ::-1] if flipped else image
-    return np.rot90(out, turns, axes=(-2, -1))
-
-
-def invert_view(image: np.ndarray, name: str) -> np.ndarray:
-    """Undo :func:`apply_view`: a map computed on the view, put back onto the original image's grid."""
-    flipped, turns = parse_view(name)
-    out = np.rot90(image, -turns, axes=(-2, -1))
-    return out[..., ::-1] if flipped else out

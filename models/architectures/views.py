@@ -22,16 +22,33 @@ def _turn(x: torch.Tensor, turns: int) -> torch.Tensor:
 
 
 def apply_view(x: torch.Tensor, name: str) -> torch.Tensor:
-    """:func:`models.views.apply_view` on a tensor ``(..., H, W)``."""
+    """``x`` ``(..., H, W)`` seen in view ``name`` (:data:`models.views.VIEWS`): mirrored left-right first for
+    ``flip…``, then turned as ``np.rot90``."""
     flipped, turns = parse_view(name)
     return _turn(x.flip(-1) if flipped else x, turns)
 
 
 def invert_view(x: torch.Tensor, name: str) -> torch.Tensor:
-    """:func:`models.views.invert_view` on a tensor ``(..., H, W)``."""
+    """Undo :func:`apply_view`: a map computed on the view, put back onto the input's grid."""
     flipped, turns = parse_view(name)
     out = _turn(x, -turns)
     return out.flip(-1) if flipped else out
+
+
+def stack_views(x: torch.Tensor, views: tuple[str, ...]) -> torch.Tensor:
+    """``(N, …)`` → its ``views``, concatenated along the batch: ``(len(views) · N, …)``, view-major."""
+    return torch.cat([apply_view(x, v) for v in views]) if len(views) > 1 else x
+
+
+def mean_over_views(y: torch.Tensor, views: tuple[str, ...], *, spatial: bool = False) -> torch.Tensor:
+    """``(len(views) · N, …)`` view-major (:func:`stack_views`) → ``(N, …)``: the mean over views, each first
+    put back onto the input's grid when ``spatial`` (a map ``(…, h, w)``)."""
+    if len(views) == 1:
+        return y
+    parts = y.chunk(len(views))
+    if spatial:
+        parts = tuple(invert_view(p, v) for p, v in zip(parts, views))
+    return torch.stack(parts).mean(0)
 
 
 class ViewAveraged(nn.Module):
@@ -45,19 +62,5 @@ class ViewAveraged(nn.Module):
         self.model = model
         self.views = view_names(count)
 
-    def stacked(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, …)`` → the views, concatenated along the batch: ``(count · N, …)``, view-major."""
-        return torch.cat([apply_view(x, v) for v in self.views]) if len(self.views) > 1 else x
-
-    def mean_over_views(self, y: torch.Tensor, *, spatial: bool = False) -> torch.Tensor:
-        """``(count · N, …)`` view-major → ``(N, …)``: the mean over views, each first put back onto the input's
-        grid when ``spatial`` (a map ``(…, h, w)``)."""
-        if len(self.views) == 1:
-            return y
-        parts = y.chunk(len(self.views))
-        if spatial:
-            parts = tuple(invert_view(p, v) for p, v in zip(parts, self.views))
-        return torch.stack(parts).mean(0)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mean_over_views(self.model(self.stacked(x)))
+        return mean_over_views(self.model(stack_views(x, self.views)), self.views)

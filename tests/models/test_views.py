@@ -6,13 +6,26 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.views import VIEWS, apply_view, invert_view, parse_view, view_names
+from models.views import VIEWS, parse_view, view_names
 
 torch = pytest.importorskip("torch", reason="training extras (torch) are not installed")
 
 from models.architectures import build  # noqa: E402
 from models.architectures import views as tviews  # noqa: E402
 from models.architectures.classifier import WithCam  # noqa: E402
+
+
+def apply_view(image: np.ndarray, name: str) -> np.ndarray:
+    """The numpy reference of a view: mirrored left-right first for ``flip…``, then ``np.rot90``."""
+    flipped, turns = parse_view(name)
+    return np.rot90(image[..., ::-1] if flipped else image, turns, axes=(-2, -1))
+
+
+def invert_view(image: np.ndarray, name: str) -> np.ndarray:
+    """The numpy reference of undoing :func:`apply_view`."""
+    flipped, turns = parse_view(name)
+    out = np.rot90(image, -turns, axes=(-2, -1))
+    return out[..., ::-1] if flipped else out
 
 
 def test_view_names_are_prefixes_of_the_group_and_other_counts_are_refused() -> None:
