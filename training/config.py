@@ -10,7 +10,7 @@ from typing import Any, Literal, get_args
 import yaml
 
 from models.preprocess import RECIPES
-from models.views import view_names
+from models.views import VIEW_COUNTS, view_names
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,6 +109,15 @@ class TrainConfig:
     #: graph and used by validation too (:mod:`models.views`: 1, 2, 4 or 8); an export setting as well, so the
     #: same weights can be exported with other views
     test_time_views: int = 1
+    #: graders: a grader checkpoint whose test-time-view average is distilled into this model
+    #: (:mod:`training.distill`): its softmax over ``teacher_views`` views of each training photograph becomes a
+    #: soft target beside the grade. It must have been trained on the same data, split and preprocessing (its
+    #: validation patients are this run's), which training checks.
+    teacher: str | None = None
+    #: how many test-time views of the teacher are averaged into its soft targets (1, 2, 4 or 8)
+    teacher_views: int = 8
+    #: weight of the cross-entropy to the teacher's distribution, added to the ``objective`` on the grades
+    distill_weight: float = 1.0
     #: train and run in channels-last memory layout (faster for depthwise nets on CPUs; measured: README, Training)
     channels_last: bool = False
     #: mixed precision (:mod:`training.precision`): ``auto`` float16 on CUDA only, ``always`` also bfloat16 on
@@ -134,6 +143,10 @@ class TrainConfig:
         if self.objective not in get_args(Objective):
             raise ValueError(f"unknown objective {self.objective!r}; known: {', '.join(get_args(Objective))}")
         view_names(self.test_time_views)  # ValueError naming the allowed counts
+        if self.teacher_views not in VIEW_COUNTS:
+            raise ValueError(f"teacher_views must be one of {', '.join(map(str, VIEW_COUNTS))}, not {self.teacher_views}")
+        if not self.distill_weight > 0.0:
+            raise ValueError(f"distill_weight must be positive, not {self.distill_weight}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie strictly between 0 and 1 (e.g. 0.998), not {self.ema_decay}")
 

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -150,6 +151,9 @@ class FundusDataset(Dataset[tuple[torch.Tensor, int]]):
             self.crops[i] = preprocess(load_rgb(record.image), size, recipe=recipe).image
         self._seed = seed
         self._epoch = 0
+        #: soft targets ``(N, C)`` of a teacher (:mod:`training.distill`); when set, an item's target is
+        #: ``{"grade": …, "teacher": …}``
+        self.teacher: np.ndarray | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Vary augmentation per epoch deterministically."""
@@ -158,12 +162,15 @@ class FundusDataset(Dataset[tuple[torch.Tensor, int]]):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | dict[str, Any]]:
         crop = self.crops[index]
         if self.train:
             rng = np.random.default_rng([self._seed, self._epoch, index])
             crop = augment(crop, rng, max_angle=self.max_angle, border=self.recipe.surround)
-        return torch.from_numpy(self.recipe.to_tensor(crop)), int(self.labels[index])
+        image = torch.from_numpy(self.recipe.to_tensor(crop))
+        if self.teacher is not None:
+            return image, {"grade": int(self.labels[index]), "teacher": torch.from_numpy(self.teacher[index])}
+        return image, int(self.labels[index])
 
 
 def augment(crop: np.ndarray, rng: np.random.Generator, *, max_angle: float = 20.0, border: int = 0) -> np.ndarray:

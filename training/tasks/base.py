@@ -97,6 +97,8 @@ class Task(ABC):
     measures_on_validation: ClassVar[bool] = False
     #: whether the task's export graph can average test-time views (``test_time_views`` in the config)
     test_time_views: ClassVar[bool] = False
+    #: whether the task can learn from a teacher's soft targets (``teacher`` in the config, :mod:`training.distill`)
+    distills: ClassVar[bool] = False
     #: what the training loss is called in the report's training curves
     loss_label: ClassVar[str] = "loss"
     #: the batch collate of the task's datasets (``None``: PyTorch's default)
@@ -116,6 +118,10 @@ class Task(ABC):
                              f"({', '.join(self.classes)}), got {cfg.num_classes}")
         if cfg.test_time_views != 1 and not self.test_time_views:
             raise ValueError(f"test_time_views applies to the DR grader only; the {self.name} model takes 1")
+        if cfg.teacher is not None and not self.distills:
+            raise ValueError(f"teacher (distillation) applies to the DR grader only, not the {self.name} model")
+        if cfg.teacher is not None and not Path(cfg.teacher).is_file():
+            raise ValueError(f"teacher checkpoint {cfg.teacher} does not exist")
         if cfg.sampler == "sqrt-balanced" and type(self).sample_weights is Task.sample_weights:
             raise ValueError(f"sampler sqrt-balanced is not available for {self.name}")
 

@@ -39,6 +39,7 @@ from training import grader_report
 from training.config import TrainConfig
 from training.data import FundusDataset, balanced_weights, load_graded, load_rgb
 from training.engine import LossFn, predict
+from training.distill import DistillationLoss, teacher_probabilities
 from training.losses import build_loss
 from training.metrics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, POINTING_TOLERANCE, cam_peak, choose_operating_point,
                               confusion_matrix, field_centre, grader_intervals, grader_metrics, pointing_game,
@@ -124,16 +125,21 @@ class GraderTask(Task):
     outputs = (OutputSpec("logits", "max_abs_logit_diff"), OutputSpec("cam", "max_rel_cam_diff", "max", checked=False))
     measures_on_validation = True
     test_time_views = True
+    distills = True
 
     def read_items(self, root: Path, fmt: str, *, split: str | None = None, verbose: bool = True) -> list[Any]:
         return load_graded(root, fmt, split=split, verbose=verbose)
 
     def dataset(self, items: Any, cfg: TrainConfig, *, train: bool, desc: str = "preprocess") -> Dataset:
-        return FundusDataset(items, cfg.input_size, train=train, seed=cfg.seed, desc=desc, recipe=self.recipe(cfg),
-                             max_angle=cfg.max_rotation)
+        ds = FundusDataset(items, cfg.input_size, train=train, seed=cfg.seed, desc=desc, recipe=self.recipe(cfg),
+                           max_angle=cfg.max_rotation)
+        if train and cfg.teacher is not None:
+            ds.teacher = teacher_probabilities(cfg.teacher, ds.crops, cfg, ds.recipe.to_tensor)
+        return ds
 
     def loss_fn(self, cfg: TrainConfig) -> LossFn:
-        return build_loss(cfg.objective, label_smoothing=cfg.label_smoothing)
+        base = build_loss(cfg.objective, label_smoothing=cfg.label_smoothing)
+        return base if cfg.teacher is None else DistillationLoss(base, cfg.distill_weight)
 
     def sample_weights(self, dataset: Dataset) -> np.ndarray:
         assert isinstance(dataset, FundusDataset)
