@@ -6,11 +6,14 @@ This module holds the logic; ``service/service.py`` only adapts it to HTTP.
 from __future__ import annotations
 
 import math
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -18,7 +21,7 @@ from models.card import CardError, ModelCard, recipe_of
 from models.detection import LESION_CLASSES, to_original
 from models.detection import decode as decode_lesions
 from models.grading import grade_from, is_referable, referable_probability, softmax
-from models.preprocess import Preprocessed, crop_pyramid, from_crop, locate_field
+from models.preprocess import FundusTransform, crop_pyramid, from_crop, locate_field
 from models.store import load_verified
 from analysis.decode import DecodedImage, DecodeLimits, DicomInstance, decode
 from analysis.errors import FoveaError
@@ -43,6 +46,29 @@ QUALITY_METHOD = "classic measures (analysis.quality)"
 FIELD_FRACTION = 0.85
 
 Field = tuple[float, float, float]
+#: The shared crop pyramid of one photograph: ``{size: (crop, transform)}`` (:func:`models.preprocess.crop_pyramid`).
+#: The stages of ``timing_ms``, in pipeline order (quality and detection overlap the grader: see STAGE_THREADS).
+TIMING_ORDER = ("decode", "quality", "preprocess", "inference", "detection", "render", "total")
+Crops = dict[int, tuple[np.ndarray, FundusTransform]]
+T = TypeVar("T")
+
+#: Threads that run the quality gate and the lesion detector beside the grader, shared by every analysis in the
+#: process. The models' sessions use both cores, but a third of an analysis is single-threaded numpy/OpenCV (the
+#: gate's measures, the heatmap, the overlay and its PNG), and overlapping it with model work fills the core it
+#: leaves idle (measured: docs/performance.md). Two threads: one per stage that can run beside the grader.
+STAGE_THREADS = 2
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _stage_pool() -> ThreadPoolExecutor:
+    """The process's stage threads, started on first use (not at import: a forking server's children get
+    their own)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=STAGE_THREADS, thread_name_prefix="fovea-stage")
+        return _pool
 
 
 def decode_target(input_sizes: Sequence[int], *, field_fraction: float = FIELD_FRACTION) -> int:
@@ -92,6 +118,9 @@ class Analyzer:
     #: The image-quality model (a local session), when one is installed: it decides gradability
     #: (:mod:`analysis.gradability`); without it the classic measures do.
     quality_model: OnnxModel | None = None
+    #: Run the quality gate and the detector beside the grader (:data:`STAGE_THREADS`); ``False`` runs every
+    #: stage in turn on the calling thread (the same results: the stages share only read-only inputs).
+    concurrent_stages: bool = True
 
     @property
     def provider_name(self) -> str:
@@ -227,42 +256,27 @@ class Analyzer:
                        laterality: str | None, decode_ms: float, field_: Field | None = None) -> Findings:
         t0 = time.perf_counter()
         timing: dict[str, float] = {"decode": decode_ms}
-
-        def lap(name: str, since: float) -> float:
-            now = time.perf_counter()
-            timing[name] = round(1000 * (now - since), 2)
-            return now
-
         card = self.grader_card
         # One field location and one crop pyramid for every consumer (the gate's measures, the quality model,
         # the grader, the detector): the field square is cut once, and a crop that is an exact block mean of a
         # larger one is made from it (models.preprocess.crop_pyramid).
         field_ = field_ or locate_field(img.rgb)
         crops = crop_pyramid(img.rgb, (ANALYSIS_SIZE, *self.input_sizes), field=field_, exact=self._exact_sizes)
+        crop_ms = 1000 * (time.perf_counter() - t0)
+        # The gate and the detector need nothing from the grader: they run beside it (see STAGE_THREADS).
+        quality_job = self._stage(timing, "quality", self._quality, crops)
+        lesions_job = (self._stage(timing, "detection", self._detect, img, crops)
+                       if self.detector is not None else None)
+
         t = time.perf_counter()
-        crop_ms = 1000 * (t - t0)
-        verdict = assess(measure_crop(crops[ANALYSIS_SIZE][0]), self.rules)
-        if self.quality_model is not None:
-            qcard = self.quality_model.card
-            q_in = from_crop(*crops[qcard.input.size], recipe=recipe_of(qcard)).tensor[None]
-            quality = combine(self.quality_model.run(q_in)["probabilities"][0], qcard, verdict)
-        else:
-            quality = Quality(gradable=verdict.gradable, score=verdict.score, reasons=list(verdict.reasons),
-                              method=QUALITY_METHOD, measures=verdict.measures.as_dict())
-        t = lap("quality", t)
         # The model's own recipe (its card's); the heatmap is drawn on the photograph through pre.transform.
         pre = from_crop(*crops[card.input.size], recipe=recipe_of(card))
-        t = lap("preprocess", t)
-        timing["preprocess"] = round(timing["preprocess"] + crop_ms, 2)  # the field and the pyramid are shared
+        timing["preprocess"] = round(crop_ms + 1000 * (time.perf_counter() - t), 2)  # the pyramid is shared
+        t = time.perf_counter()
         out = self.run_grader(pre.tensor[None])
-        t = lap("inference", t)
+        timing["inference"] = round(1000 * (time.perf_counter() - t), 2)
 
-        lesions = None
-        if self.detector is not None:
-            dcard = self.detector.card
-            lesions = self._detect(img, from_crop(*crops[dcard.input.size], recipe=recipe_of(dcard)))
-            t = lap("detection", t)
-
+        t = time.perf_counter()
         probs = softmax(out["logits"][0])
         grade = int(grade_from(probs, card.grade_rule.cutpoints if card.grade_rule else None))
         target = saliency_target(grade, probs)
@@ -274,16 +288,21 @@ class Analyzer:
         # let a reader wonder whether the overlay failed.
         evidence = bool(heat_u8.max() > 0)
         picture = overlay(reduce_by(img.rgb, k), heat_u8, caption=saliency_caption(caption_for(card), target, evidence))
+        heatmap_png = png_base64(heat_u8)
+        render_ms = 1000 * (time.perf_counter() - t)
+        lesions = lesions_job.result() if lesions_job is not None else None
+        t = time.perf_counter()
         scale = img.scale * k
         if lesions:
             draw_lesions(picture, [(les.type, les.score, tuple(les.box)) for les in lesions], scale=scale)
-        saliency = Saliency(target_grade=target, scale=scale, evidence=evidence,
-                            heatmap_png=png_base64(heat_u8),
+        saliency = Saliency(target_grade=target, scale=scale, evidence=evidence, heatmap_png=heatmap_png,
                             overlay_png=png_base64(picture))
-        t = lap("render", t)
+        timing["render"] = round(render_ms + 1000 * (time.perf_counter() - t), 2)
+        quality = quality_job.result()
 
         lat, lat_source = (img.laterality, "dicom") if img.laterality else (laterality, "form" if laterality else None)
         timing["total"] = round(decode_ms + 1000 * (time.perf_counter() - t0), 2)
+        timing = {name: timing[name] for name in TIMING_ORDER if name in timing}  # stages finish in any order
         return Findings(
             request_id=request_id,
             disclaimer=self.disclaimer,
@@ -299,11 +318,42 @@ class Analyzer:
             timing_ms=timing,
         )
 
-    def _detect(self, img: DecodedImage, pre: Preprocessed) -> list[LesionFinding]:
-        """The detector's lesions in ``pre`` (its input, from the pyramid), boxes in original pixels (the decoded
+    def _stage(self, timing: dict[str, float], name: str, fn: Callable[..., T], *args: object) -> Future[T]:
+        """Run ``fn(*args)`` as stage ``name`` (its milliseconds go to ``timing[name]``): on the stage threads
+        when :attr:`concurrent_stages`, else here and now. Either way the result (or the exception) is the
+        returned future's."""
+        def timed() -> T:
+            t = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                timing[name] = round(1000 * (time.perf_counter() - t), 2)
+
+        if self.concurrent_stages:
+            return _stage_pool().submit(timed)
+        done: Future[T] = Future()
+        try:
+            done.set_result(timed())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future, as a thread would
+            done.set_exception(exc)
+        return done
+
+    def _quality(self, crops: Crops) -> Quality:
+        """The gate on the shared crops: the classic measures, refined by the image-quality model when loaded."""
+        verdict = assess(measure_crop(crops[ANALYSIS_SIZE][0]), self.rules)
+        if self.quality_model is None:
+            return Quality(gradable=verdict.gradable, score=verdict.score, reasons=list(verdict.reasons),
+                           method=QUALITY_METHOD, measures=verdict.measures.as_dict())
+        qcard = self.quality_model.card
+        q_in = from_crop(*crops[qcard.input.size], recipe=recipe_of(qcard)).tensor[None]
+        return combine(self.quality_model.run(q_in)["probabilities"][0], qcard, verdict)
+
+    def _detect(self, img: DecodedImage, crops: Crops) -> list[LesionFinding]:
+        """The detector's lesions in its input (from the shared crops), boxes in original pixels (the decoded
         grid times ``img.scale``)."""
         assert self.detector is not None
         card = self.detector.card
+        pre = from_crop(*crops[card.input.size], recipe=recipe_of(card))
         thresholds = {t.name: t.threshold for t in card.score_thresholds}
         (found,) = decode_lesions(self.detector.run(pre.tensor[None]), input_size=card.input.size,
                                   classes=card.classes, thresholds=thresholds)

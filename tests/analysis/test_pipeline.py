@@ -411,3 +411,49 @@ def test_a_blank_heatmap_says_there_is_no_evidence(analyzer: Analyzer, retina_pa
     # The burned-in overlay (what a PACS shows in the Secondary Capture) says so too.
     note = f"no evidence found for grade {f.saliency.target_grade}"
     assert (note in captions[0]) is (not f.saliency.evidence)
+
+
+@pytest.fixture(scope="module")
+def default_analyzer() -> Analyzer:
+    """Every default model ``make serve`` loads: the grader, the lesion detector and the image-quality model."""
+    from models.store import DEFAULT_DIR
+
+    return Analyzer.load(DEFAULT_DIR / "dr-grader.card.json", detector=DEFAULT_DIR / "lesion-detector.card.json",
+                         quality=DEFAULT_DIR / "image-quality.card.json")
+
+
+def _answer(f: object) -> dict[str, object]:
+    d = f.model_dump()  # type: ignore[attr-defined]
+    return {k: v for k, v in d.items() if k not in {"request_id", "timing_ms"}}
+
+
+def test_concurrent_stages_give_the_sequential_answer(default_analyzer: Analyzer, lesioned_retina: Path) -> None:
+    """The gate and the detector beside the grader change nothing in the answer, the PNGs included, and the
+    timing keys keep their pipeline order whichever stage finishes first."""
+    a = default_analyzer
+    assert a.concurrent_stages is True
+    data = lesioned_retina.read_bytes()
+    together = [a.analyze(data) for _ in range(3)]
+    a.concurrent_stages = False
+    try:
+        alone = a.analyze(data)
+    finally:
+        a.concurrent_stages = True
+    assert alone.lesions, "the painted lesions should be found, or the comparison proves little"
+    for f in together:
+        assert _answer(f) == _answer(alone)
+        assert list(f.timing_ms) == ["decode", "quality", "preprocess", "inference", "detection", "render", "total"]
+
+
+@pytest.mark.parametrize("concurrent", [True, False])
+def test_a_failing_stage_fails_the_analysis_in_either_mode(default_analyzer: Analyzer, retina_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch, concurrent: bool) -> None:
+    a = default_analyzer
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("detector failed")
+
+    monkeypatch.setattr(a, "_detect", broken)
+    monkeypatch.setattr(a, "concurrent_stages", concurrent)
+    with pytest.raises(RuntimeError, match="detector failed"):
+        a.analyze(retina_path.read_bytes())

@@ -73,23 +73,6 @@ def dark_retina(tmp_path_factory: pytest.TempPathFactory, retina_path: Path) -> 
     return out
 
 
-@pytest.fixture(scope="module")
-def lesioned_retina(tmp_path_factory: pytest.TempPathFactory, retina_path: Path) -> Path:
-    """The real photograph with 25 dark-red blots and 15 yellow spots painted on (haemorrhage- and
-    exudate-like): the grader finds evidence of DR in it, so its heatmap is not blank."""
-    img = cv2.imread(str(retina_path))
-    rng = np.random.default_rng(0)
-    for _ in range(25):
-        x, y = rng.integers(350, 1100, 2)
-        cv2.circle(img, (int(x), int(y)), int(rng.integers(6, 16)), (20, 20, 110), -1, cv2.LINE_AA)
-    for _ in range(15):
-        x, y = rng.integers(400, 1000, 2)
-        cv2.circle(img, (int(x), int(y)), int(rng.integers(4, 9)), (120, 230, 240), -1, cv2.LINE_AA)
-    out = tmp_path_factory.mktemp("lesioned") / "retina-lesioned.jpg"
-    cv2.imwrite(str(out), img)
-    return out
-
-
 def _shot(page: Any, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
