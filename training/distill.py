@@ -41,7 +41,8 @@ def check_teacher(teacher: TrainConfig, cfg: TrainConfig) -> None:
     if teacher.task != "dr-grading":
         raise ValueError(f"the teacher must be a DR grader, not a {teacher.task} model")
     same = {
-        "training data": (teacher.data.train, cfg.data.train),
+        # the same folder however it is written (relative or absolute)
+        "training data": (str(Path(teacher.data.train).resolve()), str(Path(cfg.data.train).resolve())),
         "data format": (teacher.data.format, cfg.data.format),
         "val_fraction": (teacher.data.val_fraction, cfg.data.val_fraction),
         "seed (the patient split)": (teacher.seed, cfg.seed),

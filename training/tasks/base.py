@@ -120,8 +120,6 @@ class Task(ABC):
             raise ValueError(f"test_time_views applies to the DR grader only; the {self.name} model takes 1")
         if cfg.teacher is not None and not self.distills:
             raise ValueError(f"teacher (distillation) applies to the DR grader only, not the {self.name} model")
-        if cfg.teacher is not None and not Path(cfg.teacher).is_file():
-            raise ValueError(f"teacher checkpoint {cfg.teacher} does not exist")
         if cfg.sampler == "sqrt-balanced" and type(self).sample_weights is Task.sample_weights:
             raise ValueError(f"sampler sqrt-balanced is not available for {self.name}")
 
