@@ -9,7 +9,7 @@ DEV_STAMP := $(VENV)/.fovea-dev
 # glibc malloc settings that make PyTorch CPU training ~1.8x faster here (DESIGN.md, measured facts).
 TRAIN_ENV := MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736
 
-.PHONY: serve test venv default-model default-models default-quality quality-real real-grader real-grader-distilled bento bench bench-backbones bench-detector clean
+.PHONY: serve test venv default-model default-models default-quality quality-real real-grader bento bench bench-backbones bench-detector clean
 
 $(PY):
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -56,18 +56,6 @@ real-grader: $(DEV_STAMP)
 	$(PY) -m training register --card $(REAL_EXPORT)/dr-grader.card.json
 	@echo "registered $(REAL_TAG) (research use, not for clinical use); serve it with:"
 	@echo "  FOVEA_GRADER_TAG=$(REAL_TAG) make serve"
-
-# The second stage: the same recipe taught by real-grader's run averaged over its eight test-time views
-# (training/distill.py); run `make real-grader` first (with the same DATA), which trains the teacher.
-DISTILLED_CONFIG := training/configs/real-grader-distilled.yaml
-DISTILLED_EXPORT := runs/real-grader-distilled/export
-DISTILLED_TAG := dr-grader:$(shell sed -n 's/^version: *//p' $(DISTILLED_CONFIG))
-real-grader-distilled: $(DEV_STAMP)
-	$(TRAIN_ENV) $(PY) -m training train --config $(DISTILLED_CONFIG) --data $(DATA)
-	$(PY) -m training export --config $(DISTILLED_CONFIG) --checkpoint runs/real-grader-distilled/last.pt --out $(DISTILLED_EXPORT)
-	$(PY) -m training register --card $(DISTILLED_EXPORT)/dr-grader.card.json
-	@echo "registered $(DISTILLED_TAG) (research use, not for clinical use); serve it with:"
-	@echo "  FOVEA_GRADER_TAG=$(DISTILLED_TAG) make serve"
 
 # The image-quality default: the synthetic trunk, then its head refitted on real EyeQ-graded photographs
 # (../shared/real-dev, docs/quality-gate.md); `make quality-real` writes the real-photograph report.

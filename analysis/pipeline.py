@@ -52,11 +52,12 @@ TIMING_ORDER = ("decode", "quality", "preprocess", "inference", "detection", "re
 Crops = dict[int, tuple[np.ndarray, FundusTransform]]
 T = TypeVar("T")
 
-#: Threads that run the quality gate and the lesion detector beside the grader, shared by every analysis in the
-#: process. The models' sessions use both cores, but a third of an analysis is single-threaded numpy/OpenCV (the
-#: gate's measures, the heatmap, the overlay and its PNG), and overlapping it with model work fills the core it
-#: leaves idle (measured: docs/performance.md). Two threads: one per stage that can run beside the grader.
-STAGE_THREADS = 2
+#: Threads that run the lesion detector and then the quality gate beside the grader, shared by every analysis in
+#: the process. The models' sessions use both cores, but a third of an analysis is single-threaded numpy/OpenCV
+#: (the gate's measures, the heatmap, the overlay and its PNG); overlapping it with model work fills the core it
+#: leaves idle. One thread: the detector and the gate in turn take about as long as the grader and the render
+#: (measured: docs/performance.md); two ran no faster and put three streams of work on two cores.
+STAGE_THREADS = 1
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -118,8 +119,8 @@ class Analyzer:
     #: The image-quality model (a local session), when one is installed: it decides gradability
     #: (:mod:`analysis.gradability`); without it the classic measures do.
     quality_model: OnnxModel | None = None
-    #: Run the quality gate and the detector beside the grader (:data:`STAGE_THREADS`); ``False`` runs every
-    #: stage in turn on the calling thread (the same results: the stages share only read-only inputs).
+    #: Run the lesion detector and the quality gate beside the grader (:data:`STAGE_THREADS`); ``False`` runs
+    #: every stage in turn on the calling thread (the same results: the stages share only read-only inputs).
     concurrent_stages: bool = True
 
     @property
@@ -263,10 +264,11 @@ class Analyzer:
         field_ = field_ or locate_field(img.rgb)
         crops = crop_pyramid(img.rgb, (ANALYSIS_SIZE, *self.input_sizes), field=field_, exact=self._exact_sizes)
         crop_ms = 1000 * (time.perf_counter() - t0)
-        # The gate and the detector need nothing from the grader: they run beside it (see STAGE_THREADS).
-        quality_job = self._stage(timing, "quality", self._quality, crops)
+        # The detector and the gate need nothing from the grader: they run beside it (see STAGE_THREADS), the
+        # detector first, as its boxes are drawn on the overlay before the gate's answer is needed.
         lesions_job = (self._stage(timing, "detection", self._detect, img, crops)
                        if self.detector is not None else None)
+        quality_job = self._stage(timing, "quality", self._quality, crops)
 
         t = time.perf_counter()
         # The model's own recipe (its card's); the heatmap is drawn on the photograph through pre.transform.

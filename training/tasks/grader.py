@@ -132,8 +132,7 @@ class GraderTask(Task):
 
     def dataset(self, items: Any, cfg: TrainConfig, *, train: bool, desc: str = "preprocess") -> Dataset:
         if train and cfg.teacher is not None and not Path(cfg.teacher).is_file():  # before minutes of preprocessing
-            raise ValueError(f"teacher checkpoint {cfg.teacher} does not exist: train the teacher first (for "
-                             "real-grader-distilled.yaml: make real-grader)")
+            raise ValueError(f"teacher checkpoint {cfg.teacher} does not exist: train the teacher first")
         ds = FundusDataset(items, cfg.input_size, train=train, seed=cfg.seed, desc=desc, recipe=self.recipe(cfg),
                            max_angle=cfg.max_rotation)
         if train and cfg.teacher is not None:
