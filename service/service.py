@@ -99,6 +99,7 @@ def create_service(settings: Settings) -> Any:
             else:
                 self.analyzer = Analyzer.load(exact_dir(str(self.grader_ref.tag)), workers=workers, detector=detector,
                                               quality=quality, **common)
+            self.analyzer.concurrent_stages = settings.concurrent_stages
             if detector is None:
                 log.info("no lesion detector %s in the model store: findings carry no lesions", settings.detector_tag)
             log.info("audit trail: %s", audit.open().describe())  # fail at start, not on the first request

@@ -27,6 +27,9 @@ FOVEA_AUDIT_SALT audit_salt    secret salt of the source-UID hashes in the audit
                                trail (set it to keep it out of the database)           in the database
 FOVEA_JOB_RETENTION_HOURS      hours a background job (its sealed upload and result)   24
   job_retention_hours          stays in BentoML's task store (service/task_store.py)
+FOVEA_CONCURRENT_STAGES        run the lesion detector and the quality gate beside the  true
+  concurrent_stages            grader (``false``: every stage in turn, e.g. with as
+                               many workers as cores; analysis.pipeline.STAGE_THREADS)
 ``quality:`` (YAML only)       overrides of :class:`analysis.quality.QualityRules`      calibrated rules
 =============================  ======================================================  =================
 """
@@ -57,6 +60,7 @@ _ENV = {
     "audit_path": "FOVEA_AUDIT_PATH",
     "audit_salt": "FOVEA_AUDIT_SALT",
     "job_retention_hours": "FOVEA_JOB_RETENTION_HOURS",
+    "concurrent_stages": "FOVEA_CONCURRENT_STAGES",
 }
 
 
@@ -95,6 +99,7 @@ class Settings(BaseModel):
     audit_path: Path | None = None
     audit_salt: str | None = Field(None, min_length=16, repr=False)
     job_retention_hours: float = Field(24.0, gt=0, allow_inf_nan=False)
+    concurrent_stages: bool = True
 
 
 class SettingsError(ValueError):
