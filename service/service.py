@@ -21,7 +21,7 @@ from typing import Any
 import bentoml
 import numpy as np
 from pydantic import BaseModel, ValidationError
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from analysis.decode import DecodeLimits
 from analysis.errors import FoveaError
@@ -135,7 +135,7 @@ def create_service(settings: Settings) -> Any:
             end even if the client disconnects."""
             request_id = uuid.uuid4().hex
             return _respond(audit, request_id, "/jobs/analyze_study", images, lambda: self.analyzer.analyze_study(
-                _study(settings, images, laterality), request_id=request_id))
+                _study(settings, images, laterality), request_id=request_id), encoded=False)
 
         @bentoml.api(route="/info")
         def info(self) -> dict[str, Any]:
@@ -185,9 +185,16 @@ def _study(settings: Settings, images: list[Path], laterality: str) -> list[tupl
                          max_bytes=settings.max_upload_bytes)
 
 
-def _respond(audit: AuditLog, request_id: str, endpoint: str, inputs: list[Path], work: Callable[[], BaseModel]) -> Any:
+def _respond(audit: AuditLog, request_id: str, endpoint: str, inputs: list[Path], work: Callable[[], BaseModel],
+             *, encoded: bool = True) -> Any:
     """Run ``work``; typed client errors become their JSON 4xx, the result its JSON. Either way the audit
-    record is committed before the answer leaves (service/audit.py)."""
+    record is committed before the answer leaves (service/audit.py).
+
+    ``encoded``: the JSON is written here by pydantic's own serialiser, on the request's worker thread, and
+    returned as the response body. Handing BentoML the dict instead makes it validate the dict as its output
+    model and ``json.dumps`` the ~1 MB of base64 PNGs on the event-loop thread, where it holds the one thread
+    that serves every connection (measured: docs/performance.md). A background job's result is stored by
+    BentoML, so jobs pass ``encoded=False`` and get the dict."""
     with audit.recording(request_id, endpoint, inputs) as record:
         try:
             result = work()
@@ -200,6 +207,8 @@ def _respond(audit: AuditLog, request_id: str, endpoint: str, inputs: list[Path]
             record.refused(exc)
             return JSONResponse(exc.to_json(), status_code=exc.status)
         record.answered(result)
+    if encoded:
+        return Response(result.model_dump_json(), media_type="application/json")
     return result.model_dump(mode="json")
 
 

@@ -15,6 +15,12 @@ def test_defaults_need_no_configuration() -> None:
     assert s == Settings() and s.referable_threshold is None and s.quality.rules() == QualityRules()
 
 
+@pytest.mark.parametrize(("value", "expected"), [("false", False), ("0", False), ("true", True), ("1", True)])
+def test_concurrent_stages_can_be_turned_off(value: str, expected: bool) -> None:
+    assert Settings().concurrent_stages is True
+    assert load_settings({"FOVEA_CONCURRENT_STAGES": value}).concurrent_stages is expected
+
+
 def test_file_then_environment(tmp_path: Path) -> None:
     cfg = tmp_path / "fovea.yaml"
     cfg.write_text("referable_threshold: 0.4\nmax_frames: 3\nquality: {sharpness_min: 0.5}\n")
@@ -29,6 +35,7 @@ def test_file_then_environment(tmp_path: Path) -> None:
     ({"FOVEA_MAX_FRAMES": "many"}, "max_frames"),
     ({"FOVEA_CONFIG": "/nonexistent/fovea.yaml"}, "cannot read"),
     ({"FOVEA_INFERENCE": "gpu"}, "inference"),
+    ({"FOVEA_CONCURRENT_STAGES": "sometimes"}, "concurrent_stages"),
 ])
 def test_bad_settings_name_the_problem(env: dict[str, str], needle: str) -> None:
     with pytest.raises(SettingsError, match=needle):
