@@ -101,6 +101,9 @@ def test_stat_ratio_and_model_share() -> None:
     assert r.ratio("naive") == pytest.approx(1000.0 / 20.0)
     assert r.model_share("fovea") == pytest.approx(0.4)  # median of 0.5, 0.4, 0.05
     assert r.model_share("competent") == pytest.approx(0.4)  # median of 0.8, 0.4, 0.2
+    # With a run of every stage in turn, Fovea's share comes from it: overlapped stages would count twice.
+    r.fovea_sequential = {"inference": [6.0, 6.0, 6.0], "detection": [4.0, 4.0, 4.0], "total": [40.0, 50.0, 20.0]}
+    assert r.model_share("fovea") == pytest.approx(0.25)  # median of 0.25, 0.2, 0.5
     with pytest.raises(ValueError):
         Stat.of([])
 
