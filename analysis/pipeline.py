@@ -46,9 +46,9 @@ QUALITY_METHOD = "classic measures (analysis.quality)"
 FIELD_FRACTION = 0.85
 
 Field = tuple[float, float, float]
-#: The shared crop pyramid of one photograph: ``{size: (crop, transform)}`` (:func:`models.preprocess.crop_pyramid`).
 #: The stages of ``timing_ms``, in pipeline order (quality and detection overlap the grader: see STAGE_THREADS).
 TIMING_ORDER = ("decode", "quality", "preprocess", "inference", "detection", "render", "total")
+#: The shared crop pyramid of one photograph: ``{size: (crop, transform)}`` (:func:`models.preprocess.crop_pyramid`).
 Crops = dict[int, tuple[np.ndarray, FundusTransform]]
 T = TypeVar("T")
 
