@@ -127,7 +127,8 @@ class Findings(_Out):
 
 class EyeResult(_Out):
     """One eye over a study: the worst gradable image decides (grade and referral); ``referable`` is ``null``
-    when no image of the eye is gradable."""
+    when no image of the eye is gradable. When both eyes are gradable and the grader's card has a fellow-eye
+    rule, the other eye's worst photograph informs the grade (``fellow_eye_weight``; :mod:`analysis.study`)."""
 
     laterality: Literal["L", "R"]
     images: list[int] = Field(description="indices into StudyFindings.images")
@@ -136,6 +137,12 @@ class EyeResult(_Out):
     label: str | None = None
     referable: bool | None = None
     referable_probability: float | None = None
+    photograph_grade: int | None = Field(None, ge=0, le=4, description=(
+        "the grade of the eye's worst gradable photograph on its own (dr_grade differs when the fellow eye "
+        "informed it)"))
+    fellow_eye_weight: float | None = Field(None, description=(
+        "the weight of the other eye's worst photograph in dr_grade (the grader card's fellow-eye rule); null "
+        "when the eye's own photographs alone graded it. The referral is always the eye's own photographs'"))
 
 
 class PatientResult(_Out):

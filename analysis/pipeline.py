@@ -245,8 +245,8 @@ class Analyzer:
                     notes.append(f"image {n}: the form said {laterality} but the DICOM header says "
                                  f"{g.image.laterality}; the header was used")
                 images.append(g.model_copy(update={"additional_frames": []}))
-        eyes = eye_results(images)
         card = self.grader_card
+        eyes = eye_results(images, fellow_eye=card.fellow_eye, classes=card.classes)
         return StudyFindings(
             request_id=request_id, disclaimer=self.disclaimer, images=images, eyes=eyes,
             patient=patient_result(images, eyes), notes=notes,

@@ -7,6 +7,14 @@ Screening programmes report per eye and per patient; the rules implemented here:
 * **per eye**: the worst gradable image decides: the highest ICDR grade, and referable if any gradable image
   of that eye is referable (its probability is the largest among them); ``referable`` is ``null`` when no
   image of the eye is gradable;
+* **the fellow eye**, when both eyes have a gradable image and the grader's card has a fellow-eye rule
+  (:class:`models.card.FellowEyeRule`, fitted by :mod:`training.fellow_eye`): each eye's grade combines the
+  expected grade of its worst photograph with the other eye's worst (:func:`models.grading.with_fellow_eye`),
+  cut at the rule's cut-points. Diabetic retinopathy affects both eyes and one photograph's grade is noisy; the
+  eye's own photograph still weighs more, and ``photograph_grade`` keeps what it showed alone. The referral is
+  not combined: on the validation patients the combined probability ranked eyes better, but per patient, at the
+  sensitivity the photographs' operating point gives, it referred no fewer patients without DR (README, "Real
+  photographs"); a screening referral should not trade sensitivity for a grade's agreement;
 * **per patient**: referable if any eye (or any image of unknown laterality) is referable — the worse eye
   decides; not referable only when every eye photographed has a gradable, non-referable result; otherwise
   ``null`` with the reason (insufficient quality).
@@ -17,33 +25,62 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
+
 from analysis.findings import EyeResult, Findings, PatientResult
+from models.card import ICDR_LABELS, FellowEyeRule
+from models.grading import with_fellow_eye
 
 _EYES: tuple[Literal["L", "R"], ...] = ("R", "L")
 _EYE_NAMES = {"R": "right eye", "L": "left eye", "unknown": "image(s) without laterality"}
 
 
-def eye_results(images: Sequence[Findings]) -> list[EyeResult]:
-    """One :class:`EyeResult` per laterality present among ``images`` (right eye first, as charts read)."""
+def eye_results(images: Sequence[Findings], *, fellow_eye: FellowEyeRule | None = None,
+                classes: Sequence[str] = ICDR_LABELS) -> list[EyeResult]:
+    """One :class:`EyeResult` per laterality present among ``images`` (right eye first, as charts read).
+    ``fellow_eye``: the grader card's rule, applied when both eyes have a gradable image (module docstring);
+    ``classes`` name its grades."""
     results = []
     for eye in _EYES:
         idx = [i for i, f in enumerate(images) if f.image.laterality == eye]
         if idx:
             results.append(_eye(eye, idx, images))
-    return results
+    if fellow_eye is None or sum(e.gradable for e in results) < 2:
+        return results
+    right, left = (_worst(_gradable(e.images, images), images) for e in results)
+    return [_with_fellow(results[0], images[right], images[left], fellow_eye, classes),
+            _with_fellow(results[1], images[left], images[right], fellow_eye, classes)]
+
+
+def _gradable(idx: list[int], images: Sequence[Findings]) -> list[int]:
+    return [i for i in idx if images[i].quality.gradable]
+
+
+def _worst(gradable: list[int], images: Sequence[Findings]) -> int:
+    return max(gradable, key=lambda i: (images[i].dr_grade.grade, _p_ref(images[i])))
+
+
+def _with_fellow(result: EyeResult, own: Findings, fellow: Findings, rule: FellowEyeRule,
+                 classes: Sequence[str]) -> EyeResult:
+    """``result`` with its grade combined from its worst photograph ``own`` and the other eye's ``fellow``."""
+    expected, _ = with_fellow_eye(np.asarray(own.dr_grade.probabilities, dtype=np.float64),
+                                  np.asarray(fellow.dr_grade.probabilities, dtype=np.float64), rule.weight)
+    grade = int(np.digitize(expected, np.asarray(rule.cutpoints)))
+    return result.model_copy(update={"dr_grade": grade, "label": classes[grade], "fellow_eye_weight": rule.weight})
 
 
 def _eye(eye: Literal["L", "R"], idx: list[int], images: Sequence[Findings]) -> EyeResult:
-    gradable = [i for i in idx if images[i].quality.gradable]
+    gradable = _gradable(idx, images)
     if not gradable:
         return EyeResult(laterality=eye, images=idx, gradable=False)
-    worst = max(gradable, key=lambda i: (images[i].dr_grade.grade, _p_ref(images[i])))
+    worst = _worst(gradable, images)
     refs = [images[i].referable_dr for i in gradable if images[i].referable_dr is not None]
     referable = any(r.value for r in refs) if refs else None
     return EyeResult(
         laterality=eye, images=idx, gradable=True, dr_grade=images[worst].dr_grade.grade,
         label=images[worst].dr_grade.label, referable=referable,
         referable_probability=max(r.probability for r in refs) if refs else None,
+        photograph_grade=images[worst].dr_grade.grade,
     )
 
 

@@ -102,20 +102,37 @@ class OperatingPoint(_Frozen):
     chosen_on: str
 
 
+Cutpoints = tuple[float, float, float, float]
+
+
+def _ascending_cutpoints(v: Cutpoints) -> Cutpoints:
+    if any(b <= a for a, b in zip(v, v[1:], strict=False)) or not (0.0 <= v[0] and v[-1] <= 4.0):
+        raise ValueError("cut-points must ascend within [0, 4]")
+    return v
+
+
 class GradeRule(_Frozen):
     """How a grader's probabilities become the grade it shows: :func:`models.grading.grade_from` with
     ``cutpoints`` on the expected grade, chosen on ``chosen_on`` to maximise quadratic weighted kappa. A card
     without a rule shows the most probable grade."""
 
-    cutpoints: tuple[float, float, float, float]
+    cutpoints: Cutpoints
     chosen_on: str
 
-    @field_validator("cutpoints")
-    @classmethod
-    def _ascending(cls, v: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
-        if any(b <= a for a, b in zip(v, v[1:], strict=False)) or not (0.0 <= v[0] and v[-1] <= 4.0):
-            raise ValueError("cut-points must ascend within [0, 4]")
-        return v
+    _ascending = field_validator("cutpoints")(_ascending_cutpoints)
+
+
+class FellowEyeRule(_Frozen):
+    """Graders: an eye's grade in a study that has both eyes of the patient. The expected grades of the eye's
+    photograph and of its fellow eye's are combined with ``weight`` (:func:`models.grading.with_fellow_eye`)
+    and cut at ``cutpoints``, both chosen on ``chosen_on``. The referral is not combined (it stays the
+    photographs': :mod:`analysis.study` says why), and a single photograph's own result never uses the rule."""
+
+    weight: float = Field(gt=0.0, le=0.5)
+    cutpoints: Cutpoints
+    chosen_on: str
+
+    _ascending = field_validator("cutpoints")(_ascending_cutpoints)
 
 
 class ScoreThreshold(_Frozen):
@@ -199,6 +216,8 @@ class ModelCard(_Frozen):
     test_time_views: tuple[str, ...] = ("identity",)
     #: Graders: how the shown grade is decided (``None``: the most probable grade).
     grade_rule: GradeRule | None = None
+    #: Graders: how a study's per-eye result uses the fellow eye (``None``: each eye on its own photographs).
+    fellow_eye: FellowEyeRule | None = None
     score_thresholds: tuple[ScoreThreshold, ...] = ()  # lesion detectors: one per class
     metrics: dict[str, float]
     metrics_data: str

@@ -43,3 +43,30 @@ def grade_from(probs: np.ndarray, cutpoints: tuple[float, ...] | None = None) ->
     if cutpoints is None:
         return np.argmax(p, axis=-1)
     return np.digitize(expected_grade(p), np.asarray(cutpoints, dtype=np.float64))
+
+
+#: Referable probabilities are clipped to this distance from 0 and 1 before their logits are blended (a grader
+#: can output 0 or 1 exactly in float32; its logit would be infinite).
+_LOGIT_CLIP = 1e-6
+
+
+def logit(p: np.ndarray | float) -> np.ndarray:
+    """``log(p / (1 - p))`` of probabilities clipped to ``[1e-6, 1 - 1e-6]`` (float64)."""
+    q = np.clip(np.asarray(p, dtype=np.float64), _LOGIT_CLIP, 1.0 - _LOGIT_CLIP)
+    return np.log(q / (1.0 - q))
+
+
+def with_fellow_eye(own: np.ndarray, fellow: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """An eye's expected grade and referable probability informed by the patient's other eye.
+
+    ``own`` and ``fellow`` are ``(..., 5)`` class probabilities of a photograph of each eye. Diabetic
+    retinopathy is a disease of both eyes, and a photograph's grade is noisy: the fellow eye's evidence is
+    added with ``weight`` (0 < ``weight`` ≤ 0.5; the grader card's :class:`models.card.FellowEyeRule`), on the
+    expected grade (``(1 - w) E_own + w E_fellow``) and on the referable logit (``sigmoid((1 - w) logit p_own
+    + w logit p_fellow)``). At 0.5 both eyes would get the same result; below it the eye's own photograph
+    weighs more. Returns ``(expected grade, referable probability)``, float64."""
+    if not 0.0 < weight <= 0.5:
+        raise ValueError(f"the fellow-eye weight must lie in (0, 0.5], not {weight}")
+    expected = (1.0 - weight) * expected_grade(own) + weight * expected_grade(fellow)
+    z = (1.0 - weight) * logit(referable_probability(own)) + weight * logit(referable_probability(fellow))
+    return expected, 1.0 / (1.0 + np.exp(-z))

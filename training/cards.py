@@ -59,7 +59,7 @@ def build_card(task: Task, cfg: TrainConfig, ck: dict[str, Any], *, onnx_path: P
         preprocessing=PreprocessingSpec(name=recipe.name, version=recipe.version),
         classes=task.classes,
         operating_points=measured.operating_points, score_thresholds=measured.score_thresholds,
-        grade_rule=measured.grade_rule, test_time_views=view_names(cfg.test_time_views),
+        grade_rule=measured.grade_rule, fellow_eye=measured.fellow_eye, test_time_views=view_names(cfg.test_time_views),
         metrics=measured.metrics, metrics_data=measured.metrics_data,
         training=provenance(task, cfg, ck),
         intended_use=task.intended_use(cfg),

@@ -285,17 +285,23 @@
       el("th", { scope: "row" }, EYES[e.laterality]),
       el("td", {}, e.images.map((i) => `#${i + 1}`).join(", ")),
       el("td", {}, e.gradable ? "Gradable" : "Ungradable"),
-      el("td", {}, e.dr_grade != null ? `${e.dr_grade} — ${e.label}` : "—"),
+      el("td", {}, e.dr_grade != null ? `${e.dr_grade} — ${e.label}` : "—",
+        e.fellow_eye_weight != null && e.photograph_grade !== e.dr_grade
+          ? el("span", { className: "photo-grade" }, ` (photograph alone: ${e.photograph_grade})`) : null),
       el("td", {}, e.referable === true ? "Refer" : e.referable === false ? "Do not refer" : "Insufficient quality"),
       el("td", { className: "num" }, e.referable_probability != null ? pct(e.referable_probability) : "—")));
     const unknown = study.images.map((f, i) => (f.image.laterality ? null : `#${i + 1}`)).filter(Boolean);
+    const fellow = study.eyes.find((e) => e.fellow_eye_weight != null);
+    const perEye = fellow
+      ? `Per eye (the worst gradable photograph decides, with the other eye's photograph weighing ${fellow.fellow_eye_weight}: the grader's fellow-eye rule)`
+      : "Per eye (the worst gradable photograph decides)";
     return el("article", { className: "card patient", "aria-labelledby": "patient-heading" },
       el("h3", { id: "patient-heading" }, "Patient outcome"),
       disclaimer(study.disclaimer),
       verdict(p.referable, `${sentence(p.reason)}${decided}`),
       rows.length ? el("table", { className: "eyes" },
-        el("caption", {}, "Per eye (the worst gradable photograph decides)"),
-        el("thead", {}, el("tr", {}, ["Eye", "Photographs", "Quality", "Worst grade", "Referral", "P(referable)"]
+        el("caption", {}, perEye),
+        el("thead", {}, el("tr", {}, ["Eye", "Photographs", "Quality", "Grade", "Referral", "P(referable)"]
           .map((h) => el("th", { scope: "col" }, h)))),
         el("tbody", {}, rows)) : null,
       unknown.length ? el("p", {}, `Photographs without laterality: ${unknown.join(", ")} (choose the eye to group them).`) : null,

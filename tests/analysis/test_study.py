@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+import numpy as np
+
 from analysis.findings import DrGrade, Findings, ImageInfo, ModelRef, Quality, ReferableDr, Saliency
 from analysis.study import eye_results, patient_result
+from models.card import FellowEyeRule
+from models.grading import referable_probability, with_fellow_eye
 
 
-def _f(lat: str | None, grade: int, p_ref: float, *, gradable: bool = True, threshold: float = 0.5) -> Findings:
-    probs = [0.0] * 5
-    probs[grade] = 1.0
+def _f(lat: str | None, grade: int, p_ref: float, *, gradable: bool = True, threshold: float = 0.5,
+       probs: list[float] | None = None) -> Findings:
+    if probs is None:
+        probs = [0.0] * 5
+        probs[grade] = 1.0
     value = None if not gradable else p_ref >= threshold
     return Findings(
         request_id="r", disclaimer="synthetic", image=ImageInfo(source="jpeg", width=8, height=8, laterality=lat),
@@ -29,6 +35,7 @@ def test_worse_eye_decides() -> None:
     assert [e.laterality for e in eyes] == ["R", "L"]
     left = eyes[1]
     assert left.images == [1, 2] and left.dr_grade == 3 and left.referable is True
+    assert left.photograph_grade == 3 and left.fellow_eye_weight is None  # no rule: each eye on its own
     assert left.referable_probability == pytest.approx(0.9)
     p = patient_result(images, eyes)
     assert p.referable is True and p.decided_by == "L" and "left eye" in p.reason
@@ -66,3 +73,54 @@ def test_images_without_laterality_still_count() -> None:
     assert p.referable is True and p.decided_by == "unknown"
     clear = [_f(None, 0, 0.1)]
     assert patient_result(clear, eye_results(clear)).referable is False
+
+
+RULE = FellowEyeRule(weight=0.4, cutpoints=(0.5, 1.5, 2.5, 3.5), chosen_on="test")
+CLEAR = [0.8, 0.15, 0.05, 0.0, 0.0]      # E 0.25, P(ref) 0.05
+SEVERE = [0.0, 0.05, 0.15, 0.4, 0.4]     # E 3.15, P(ref) 0.95
+
+
+def _pair(right: list[float], left: list[float], *, left_gradable: bool = True) -> list[Findings]:
+    def one(lat: str, probs: list[float], gradable: bool = True) -> Findings:
+        p = float(referable_probability(np.asarray(probs)))
+        return _f(lat, int(np.argmax(probs)), p, probs=probs, gradable=gradable)
+    return [one("R", right), one("L", left, left_gradable)]
+
+
+def test_with_both_eyes_gradable_the_fellow_eye_informs_each_eyes_grade() -> None:
+    images = _pair(CLEAR, SEVERE)
+    plain = eye_results(images)
+    right, left = eye_results(images, fellow_eye=RULE)
+    e_r, _ = with_fellow_eye(np.array(CLEAR), np.array(SEVERE), 0.4)
+    e_l, _ = with_fellow_eye(np.array(SEVERE), np.array(CLEAR), 0.4)
+    # The clear right eye's photograph alone is grade 0; with its severe fellow its expected grade is 1.41.
+    assert right.photograph_grade == 0 and right.dr_grade == int(np.digitize(e_r, RULE.cutpoints)) == 1
+    assert right.label == "Mild NPDR" and right.fellow_eye_weight == 0.4
+    assert left.photograph_grade == 3 and left.dr_grade == int(np.digitize(e_l, RULE.cutpoints)) == 2
+    assert left.label == "Moderate NPDR" and left.fellow_eye_weight == 0.4
+    # The referral stays the photographs': same values and probabilities as without the rule.
+    for combined, alone in zip((right, left), plain, strict=True):
+        assert (combined.referable, combined.referable_probability) == (alone.referable, alone.referable_probability)
+    assert (right.referable, left.referable) == (False, True)
+    p = patient_result(images, [right, left])
+    assert p.referable is True and p.decided_by == "L"
+    assert [f.dr_grade.grade for f in images] == [0, 3]  # the photographs' own findings are untouched
+
+
+def test_the_fellow_eye_is_not_used_when_an_eye_is_ungradable() -> None:
+    right, left = eye_results(_pair(CLEAR, SEVERE, left_gradable=False), fellow_eye=RULE)
+    assert right.fellow_eye_weight is None and right.dr_grade == right.photograph_grade == 0
+    assert left.gradable is False and left.fellow_eye_weight is None
+
+
+def test_each_eyes_worst_photograph_is_combined() -> None:
+    """An eye with several photographs: its worst (grade 2, then the higher P(ref)) meets the other eye's worst."""
+    worst, milder = [0.3, 0.2, 0.5, 0.0, 0.0], [0.1, 0.9, 0.0, 0.0, 0.0]
+    fellow = [1.0, 0.0, 0.0, 0.0, 0.0]
+    images = [_f("R", 1, 0.0, probs=milder), _f("R", 2, 0.5, probs=worst), _f("L", 0, 0.0, probs=fellow),
+              _f("L", 0, 0.0, probs=fellow, gradable=False)]
+    right, left = eye_results(images, fellow_eye=RULE)
+    e, _ = with_fellow_eye(np.array(worst), np.array(fellow), 0.4)
+    assert right.photograph_grade == 2 and right.dr_grade == int(np.digitize(e, RULE.cutpoints)) == 1
+    e, _ = with_fellow_eye(np.array(fellow), np.array(worst), 0.4)
+    assert left.images == [2, 3] and left.dr_grade == int(np.digitize(e, RULE.cutpoints)) == 0

@@ -30,7 +30,23 @@ def test_study_per_eye_and_patient(server: str, retina_path: Path) -> None:
     r = httpx.post(f"{server}/analyze_study", files=_study_files(retina_path), data={"laterality": "R,L"},
                    timeout=120)
     assert r.status_code == 200, r.text[:500]
-    _check_study(r.json())
+    body = r.json()
+    _check_study(body)
+    # Both eyes gradable: the default grader's fellow-eye rule grades each eye with the other's photograph (here
+    # the same photograph, so the combined expected grade is the photograph's, cut at the rule's cut-points).
+    import numpy as np
+
+    from models.card import ModelCard
+    from models.grading import expected_grade
+    from models.store import DEFAULT_DIR
+
+    rule = ModelCard.load(DEFAULT_DIR / "dr-grader.card.json").fellow_eye
+    assert rule is not None and all(f["quality"]["gradable"] for f in body["images"])
+    for eye, photo in zip(body["eyes"], body["images"], strict=True):
+        assert eye["fellow_eye_weight"] == rule.weight and eye["photograph_grade"] == photo["dr_grade"]["grade"]
+        expected = expected_grade(np.asarray(photo["dr_grade"]["probabilities"]))
+        assert eye["dr_grade"] == int(np.digitize(expected, rule.cutpoints))
+        assert eye["referable"] == photo["referable_dr"]["value"]  # the referral stays the photograph's
 
 
 def test_study_with_a_bad_image_names_it(server: str, retina_path: Path) -> None:

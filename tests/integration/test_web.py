@@ -233,6 +233,29 @@ def test_invalid_upload_shows_the_error(page: Any, server: str, tmp_path: Path) 
     _shot(page, "web-error.png")
 
 
+def test_both_eyes_gradable_show_the_fellow_eye_grade(page: Any, server: str, retina_path: Path,
+                                                      lesioned_retina: Path) -> None:
+    """Both eyes gradable: the per-eye table says the other eye's photograph informed each grade, with its
+    weight, and shows the photograph's own grade beside any grade it changed."""
+    files = [retina_path, lesioned_retina]
+    expected = httpx.post(f"{server}/analyze_study", data={"laterality": "R,L"}, timeout=60,
+                          files=[("images", (f.name, f.read_bytes())) for f in files]).json()
+    eyes = expected["eyes"]
+    assert all(e["gradable"] and e["fellow_eye_weight"] is not None for e in eyes)
+    _open(page)
+    page.set_input_files("#files", [str(f) for f in files])
+    page.get_by_label(retina_path.name, exact=True).select_option("R")
+    page.get_by_label(lesioned_retina.name, exact=True).select_option("L")
+    page.get_by_role("button", name="Analyse").click()
+    patient = page.locator("article.patient")
+    patient.wait_for()
+    assert f"other eye's photograph weighing {eyes[0]['fellow_eye_weight']}" in patient.locator("caption").inner_text()
+    for row, eye in zip(patient.locator("tbody tr").all(), eyes, strict=True):
+        grade = row.locator("td").nth(2).inner_text()
+        alone = f" (photograph alone: {eye['photograph_grade']})" if eye["photograph_grade"] != eye["dr_grade"] else ""
+        assert grade == f"{eye['dr_grade']} — {eye['label']}{alone}"
+
+
 def test_two_photograph_study(page: Any, server: str, retina_path: Path, dark_retina: Path) -> None:
     """Right eye: the real photograph; left eye: the same underexposed, so the patient outcome must say
     insufficient quality, and the left eye's card must say why."""
@@ -267,6 +290,7 @@ def test_two_photograph_study(page: Any, server: str, retina_path: Path, dark_re
         assert card.locator(".verdict-title").inner_text().endswith(_referral_words(f["referable_dr"]["value"]))
         assert card.locator(".grade").inner_text().startswith(f"Grade {f['dr_grade']['grade']}")
         assert card.locator("img.photo").get_attribute("src").startswith("blob:")
+    assert "other eye" not in patient.locator("caption").inner_text()  # one eye gradable: no fellow-eye grade
     dark = cards.nth(1)
     assert "✗ Ungradable" in dark.locator(".quality").inner_text()
     assert "too dark (underexposed)" in dark.locator(".reasons").inner_text()

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from models.architectures import build
-from models.card import GradeRule, OperatingPoint, ScoreThreshold, intended_use_for
+from models.card import FellowEyeRule, GradeRule, OperatingPoint, ScoreThreshold, intended_use_for
 from models.preprocess import Recipe, recipe_for
 from training.config import TrainConfig
 from training.data import is_synthetic_folder, split_by_patient
@@ -62,6 +62,7 @@ class Measured:
     operating_points: tuple[OperatingPoint, ...] = ()
     score_thresholds: tuple[ScoreThreshold, ...] = ()
     grade_rule: GradeRule | None = None
+    fellow_eye: FellowEyeRule | None = None
 
 
 @dataclass(frozen=True)

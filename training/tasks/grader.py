@@ -33,6 +33,7 @@ from models.architectures.classifier import WithCam
 from models.architectures.views import ViewAveraged
 from models.card import ICDR_LABELS, OperatingPoint
 from models.views import view_names
+from training.fellow_eye import fellow_eye_rule, fellow_indices
 from training.grade_rule import grade_rule
 from models.grading import REFERABLE_MIN_GRADE, referable_probability, softmax
 from training import grader_report
@@ -181,6 +182,10 @@ class GraderTask(Task):
         # The grade rule too: cut-points on the expected grade, with a patient-grouped cross-validated kappa.
         rule, rule_metrics = grade_rule(val_ev.probs, val_ev.labels, [r.group for r in val_items],
                                         where=self.describe_validation(cfg, val_items))
+        # And how a study's per-eye grade uses the other eye, where the split has both eyes of enough patients.
+        fellow, fellow_metrics = fellow_eye_rule(val_ev.probs, val_ev.labels, [r.group for r in val_items],
+                                                 fellow_indices(val_items),
+                                                 where=self.describe_validation(cfg, val_items))
         metrics: dict[str, float] = {}
         metrics_data = "none (no held-out data given)"
         if held_out is not None:
@@ -211,9 +216,11 @@ class GraderTask(Task):
         # A checkpoint whose config has no objective was trained with plain cross-entropy.
         objective = json.loads(ck["config"]).get("objective", "ce")
         views = ", ".join(view_names(cfg.test_time_views))
-        return Measured({**metrics, **rule_metrics}, f"{metrics_data}; training objective {objective}; test-time "
-                        f"views averaged in the graph: {views}; grade rule and its kappas on the validation split",
-                        operating_points=(point,), grade_rule=rule)
+        fellow_note = "; fellow-eye rule and its figures on the validation split" if fellow_metrics else ""
+        return Measured({**metrics, **rule_metrics, **fellow_metrics}, f"{metrics_data}; training objective "
+                        f"{objective}; test-time views averaged in the graph: {views}; grade rule and its kappas on "
+                        f"the validation split{fellow_note}",
+                        operating_points=(point,), grade_rule=rule, fellow_eye=fellow)
 
     def evaluate(self, model: nn.Module, cfg: TrainConfig, ck: dict[str, Any], items: list[Any], *,
                  threshold: float | None, page: Page | None, caption: str) -> dict[str, float]:
