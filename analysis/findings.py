@@ -138,11 +138,12 @@ class EyeResult(_Out):
     referable: bool | None = None
     referable_probability: float | None = None
     photograph_grade: int | None = Field(None, ge=0, le=4, description=(
-        "the grade of the eye's worst gradable photograph on its own (dr_grade differs when the fellow eye "
+        "the grade of the eye's worst gradable photograph on its own (dr_grade may differ when the fellow eye "
         "informed it)"))
-    fellow_eye_weight: float | None = Field(None, description=(
-        "the weight of the other eye's worst photograph in dr_grade (the grader card's fellow-eye rule); null "
-        "when the eye's own photographs alone graded it. The referral is always the eye's own photographs'"))
+    fellow_eye_weight: float | None = Field(None, gt=0.0, le=0.5, description=(
+        "the weight of the other eye's worst photograph in dr_grade (the grader card's fellow-eye rule; an eye "
+        "its own photographs do not refer keeps a grade below 2); null when the eye's own photographs alone "
+        "graded it. The referral is always the eye's own photographs'"))
 
 
 class PatientResult(_Out):

@@ -11,10 +11,11 @@ Screening programmes report per eye and per patient; the rules implemented here:
   (:class:`models.card.FellowEyeRule`, fitted by :mod:`training.fellow_eye`): each eye's grade combines the
   expected grade of its worst photograph with the other eye's worst (:func:`models.grading.with_fellow_eye`),
   cut at the rule's cut-points. Diabetic retinopathy affects both eyes and one photograph's grade is noisy; the
-  eye's own photograph still weighs more, and ``photograph_grade`` keeps what it showed alone. The referral is
-  not combined: on the validation patients the combined probability ranked eyes better, but per patient, at the
-  sensitivity the photographs' operating point gives, it referred no fewer patients without DR (README, "Real
-  photographs"); a screening referral should not trade sensitivity for a grade's agreement;
+  eye's own photograph still weighs more, and ``photograph_grade`` keeps what it showed alone. An eye its own
+  photographs do not refer keeps a grade below 2. The referral is not combined: on the validation patients the
+  combined probability ranked eyes better, but per patient it was no clear gain (more specific at a patient
+  sensitivity of 0.91, less at 0.95) and, at its own per-eye operating point, less sensitive than today's rule
+  (README, "Real photographs"); a screening referral should not trade sensitivity for a grade's agreement;
 * **per patient**: referable if any eye (or any image of unknown laterality) is referable — the worse eye
   decides; not referable only when every eye photographed has a gradable, non-referable result; otherwise
   ``null`` with the reason (insufficient quality).
@@ -29,7 +30,7 @@ import numpy as np
 
 from analysis.findings import EyeResult, Findings, PatientResult
 from models.card import ICDR_LABELS, FellowEyeRule
-from models.grading import with_fellow_eye
+from models.grading import REFERABLE_MIN_GRADE, with_fellow_eye
 
 _EYES: tuple[Literal["L", "R"], ...] = ("R", "L")
 _EYE_NAMES = {"R": "right eye", "L": "left eye", "unknown": "image(s) without laterality"}
@@ -66,6 +67,11 @@ def _with_fellow(result: EyeResult, own: Findings, fellow: Findings, rule: Fello
     expected, _ = with_fellow_eye(np.asarray(own.dr_grade.probabilities, dtype=np.float64),
                                   np.asarray(fellow.dr_grade.probabilities, dtype=np.float64), rule.weight)
     grade = int(np.digitize(expected, np.asarray(rule.cutpoints)))
+    if result.referable is False:
+        # The fellow eye never shows a referable grade on an eye its own photographs do not refer ("2 - Moderate
+        # NPDR, do not refer" would contradict itself). A photograph alone cannot: below the operating point its
+        # expected grade is far under the grade-2 cut-point. On the validation patients no eye was capped.
+        grade = min(grade, REFERABLE_MIN_GRADE - 1)
     return result.model_copy(update={"dr_grade": grade, "label": classes[grade], "fellow_eye_weight": rule.weight})
 
 

@@ -45,7 +45,8 @@ FOLDS = 5
 def fellow_indices(records: Sequence[FundusRecord]) -> np.ndarray:
     """For each record, the index of a photograph of the same patient's other eye (the first in ``records``), or
     -1: no laterality, no patient, or no photograph of the other eye. Records without ``patient`` have no
-    fellow (their file stem is not a patient)."""
+    fellow (their file stem is not a patient). EyePACS has one photograph per eye; a study served with several
+    combines each eye's worst (:mod:`analysis.study`)."""
     first: dict[tuple[str, str], int] = {}
     for i, r in enumerate(records):
         if r.patient is not None and r.laterality is not None:

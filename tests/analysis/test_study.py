@@ -114,13 +114,54 @@ def test_the_fellow_eye_is_not_used_when_an_eye_is_ungradable() -> None:
 
 
 def test_each_eyes_worst_photograph_is_combined() -> None:
-    """An eye with several photographs: its worst (grade 2, then the higher P(ref)) meets the other eye's worst."""
-    worst, milder = [0.3, 0.2, 0.5, 0.0, 0.0], [0.1, 0.9, 0.0, 0.0, 0.0]
-    fellow = [1.0, 0.0, 0.0, 0.0, 0.0]
-    images = [_f("R", 1, 0.0, probs=milder), _f("R", 2, 0.5, probs=worst), _f("L", 0, 0.0, probs=fellow),
-              _f("L", 0, 0.0, probs=fellow, gradable=False)]
+    """An eye with several photographs: its worst gradable one (highest shown grade, then highest P(ref)) meets
+    the other eye's worst. The probabilities are chosen so that any other photograph gives another grade."""
+    worst = [0.0, 0.1, 0.3, 0.6, 0.0]        # shown 2, P(ref) 0.9, E 2.5
+    tied = [0.2, 0.5, 0.3, 0.0, 0.0]         # shown 2 too, P(ref) 0.3: loses the tie
+    milder = [1.0, 0.0, 0.0, 0.0, 0.0]       # shown 1 (as a grade rule may), E 0
+    hidden = [1.0, 0.0, 0.0, 0.0, 0.0]       # ungradable, shown 4: never combined, E 0
+    fellow = [0.9, 0.1, 0.0, 0.0, 0.0]
+    images = [_f("R", 2, 0.3, probs=tied), _f("R", 1, 0.0, probs=milder), _f("R", 2, 0.9, probs=worst),
+              _f("R", 4, 1.0, probs=hidden, gradable=False), _f("L", 0, 0.1, probs=fellow),
+              _f("L", 4, 1.0, probs=hidden, gradable=False)]
     right, left = eye_results(images, fellow_eye=RULE)
     e, _ = with_fellow_eye(np.array(worst), np.array(fellow), 0.4)
-    assert right.photograph_grade == 2 and right.dr_grade == int(np.digitize(e, RULE.cutpoints)) == 1
+    assert right.photograph_grade == 2 and right.dr_grade == int(np.digitize(e, RULE.cutpoints)) == 2  # E 1.54
+    for other in (tied, milder, hidden):  # any other photograph would have given another grade
+        e_other, _ = with_fellow_eye(np.array(other), np.array(fellow), 0.4)
+        assert int(np.digitize(e_other, RULE.cutpoints)) != right.dr_grade
     e, _ = with_fellow_eye(np.array(fellow), np.array(worst), 0.4)
-    assert left.images == [2, 3] and left.dr_grade == int(np.digitize(e, RULE.cutpoints)) == 0
+    assert left.images == [4, 5] and left.dr_grade == int(np.digitize(e, RULE.cutpoints)) == 1  # E 1.06
+    e_hidden, _ = with_fellow_eye(np.array(fellow), np.array(hidden), 0.4)
+    assert int(np.digitize(e_hidden, RULE.cutpoints)) != left.dr_grade
+
+
+def test_an_eye_its_photographs_do_not_refer_keeps_a_grade_below_2() -> None:
+    """Cut-points low enough to put the clear eye's combined grade (E 1.41) at 3: it is shown 1, as its own
+    photograph does not refer it; the referred severe eye keeps its combined grade."""
+    low = FellowEyeRule(weight=0.4, cutpoints=(0.5, 1.0, 1.4, 3.5), chosen_on="test")
+    right, left = eye_results(_pair(CLEAR, SEVERE), fellow_eye=low)
+    assert right.referable is False and right.dr_grade == 1 and right.label == "Mild NPDR"
+    e, _ = with_fellow_eye(np.array(SEVERE), np.array(CLEAR), 0.4)
+    assert left.referable is True and left.dr_grade == int(np.digitize(e, low.cutpoints)) == 3
+
+
+@pytest.mark.parametrize("case", ["right ungradable", "left missing", "left only", "no laterality beside both"])
+def test_the_rule_needs_both_eyes_gradable(case: str) -> None:
+    r, l_ = _pair(CLEAR, SEVERE)
+    images = {
+        "right ungradable": [r.model_copy(update={"quality": Quality(gradable=False, score=0.1, reasons=["blur"],
+                                                                      method="test")}), l_],
+        "left missing": [r],
+        "left only": [l_],
+        "no laterality beside both": [r, _f(None, 4, 1.0, probs=[0, 0, 0, 0, 1.0]), l_],
+    }[case]
+    eyes = eye_results(images, fellow_eye=RULE)
+    combined = [e for e in eyes if e.fellow_eye_weight is not None]
+    if case == "no laterality beside both":
+        # The unlabelled photograph is nobody's fellow: each eye is combined with the other eye's photograph.
+        assert len(combined) == 2 and eyes[0].images == [0] and eyes[1].images == [2]
+        e, _ = with_fellow_eye(np.array(CLEAR), np.array(SEVERE), 0.4)
+        assert eyes[0].dr_grade == int(np.digitize(e, RULE.cutpoints))
+    else:
+        assert combined == [] and all(e.dr_grade == e.photograph_grade for e in eyes)

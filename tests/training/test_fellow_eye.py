@@ -114,3 +114,28 @@ def test_the_command_refuses_a_card_that_is_not_a_grader(tiny_research_run: tupl
     assert "not a grader" in capsys.readouterr().err
     assert main(["--config", str(cfg), "--card", str(tmp_path / "missing.card.json")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_each_fold_is_predicted_by_a_choice_made_without_its_patients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The nested cross-validation: every fold's weight and cut-points are chosen on the other folds' rows only
+    (each row left out of exactly one choice), then the rule itself on all of them."""
+    import training.fellow_eye as fe
+
+    probs, labels, groups, fellow = _patients(60, shared=True, noise=1.2)
+    seen: list[np.ndarray] = []
+    real = fe._choose
+
+    def spy(own: np.ndarray, other: np.ndarray, y: np.ndarray):  # type: ignore[no-untyped-def]
+        seen.append(own.copy())
+        return real(own, other, y)
+
+    monkeypatch.setattr(fe, "WEIGHTS", (0.2,))
+    monkeypatch.setattr("training.grade_rule.GRID_POINTS", 21)  # coarse fits: only who is fitted on matters
+    monkeypatch.setattr(fe, "_choose", spy)
+    fe.fellow_eye_rule(probs, labels, groups, fellow, where="toy")
+    assert len(seen) == fe.FOLDS + 1 and len(seen[-1]) == len(labels)
+    left_out = [{tuple(r) for r in probs} - {tuple(r) for r in chosen_on} for chosen_on in seen[:-1]]
+    assert all(left_out) and sum(len(s) for s in left_out) == len(labels)  # a partition of the photographs
+    for out in left_out:  # whole patients: both eyes of a patient leave together
+        rows = [i for i, r in enumerate(probs) if tuple(r) in out]
+        assert {groups[i] for i in rows} == {groups[i ^ 1] for i in rows}
