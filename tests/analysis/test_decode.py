@@ -1102,6 +1102,54 @@ def test_inflated_size_stops_past_the_limit() -> None:
     assert inflated_size(stream, 100 << 20, wbits=15) == 50 << 20
 
 
+def _streams() -> dict[str, tuple[bytes, int]]:
+    import zlib
+
+    image = bytes(range(256)) * 12 + b"\x00" * (5 << 20)  # incompressible head, then 5 MiB of zeros
+    wrapped = zlib.compress(image, 6)
+    raw = zlib.compressobj(6, zlib.DEFLATED, -15)
+    deflated = raw.compress(image) + raw.flush()
+    return {"zlib": (wrapped, 15), "zlib, trailing bytes": (wrapped + b"garbage", 15),
+            "zlib, truncated": (wrapped[: len(wrapped) // 2], 15), "raw": (deflated, -15),
+            "raw, trailing bytes": (deflated + b"xyz", -15), "raw, truncated": (deflated[: len(deflated) // 2], -15),
+            "bomb": (zlib.compress(b"\x00" * (64 << 20), 9), 15), "empty": (b"", 15)}
+
+
+@pytest.mark.parametrize("name", list(_streams()))
+@pytest.mark.parametrize("limit", [1 << 20, 1 << 30])
+def test_inflated_size_counts_what_zlib_inflates(name: str, limit: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check's inflater (ISA-L when installed) counts the bytes zlib's own inflate gives, to the end of the
+    stream or just past the limit; trailing bytes are not counted; what a truncated stream gives counts."""
+    import importlib.util
+    import zlib
+
+    import analysis.decode_checks as checks
+
+    if importlib.util.find_spec("isal") is not None:
+        assert checks.INFLATER.__name__.endswith("isal_zlib")  # what is compared with zlib below
+    data, wbits = _streams()[name]
+    inflater = zlib.decompressobj(wbits)
+    whole = len(inflater.decompress(data) + inflater.flush())
+    counted = checks.inflated_size(data, limit, wbits=wbits)
+    assert counted == whole if whole <= limit else limit < counted <= limit + (1 << 20)
+    monkeypatch.setattr(checks, "INFLATER", zlib)
+    assert checks.inflated_size(data, limit, wbits=wbits) == counted
+
+
+def test_a_corrupt_stream_raises_zlibs_error_from_either_inflater(monkeypatch: pytest.MonkeyPatch) -> None:
+    import zlib
+
+    import analysis.decode_checks as checks
+
+    stream = zlib.compress(bytes(range(256)) * 64)
+    for corrupt in (b"hello world", stream[:2] + b"\xff" * 20 + stream[22:], stream[:-4] + b"\x00\x00\x00\x00"):
+        with pytest.raises(zlib.error):
+            checks.inflated_size(corrupt, 1 << 30, wbits=15)
+    monkeypatch.setattr(checks, "INFLATER", zlib)
+    with pytest.raises(zlib.error):
+        checks.inflated_size(b"hello world", 1 << 30, wbits=15)
+
+
 def test_an_unknown_vr_is_unreadable_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     # Found by bench.fuzz: pydicom raises NotImplementedError when it first converts such an element.
     # (0020,0062) ImageLaterality is first read after the pixels are decoded.
