@@ -102,6 +102,11 @@ class TrainConfig:
     #: learning rate of the trunk (``features``) relative to ``lr``, which the head gets: below 1 fine-tunes
     #: pretrained features gently while the new head learns fast
     backbone_lr_scale: float = 1.0
+    #: freeze the first this many modules of the trunk (``features``: the stem, then one per block): no
+    #: gradients, and their BatchNorm keeps its (pretrained) statistics in training too. The early layers work at
+    #: the highest resolution: for EfficientNet-Lite0 at 288 px, freezing the first 6 (to stride 8) halves a
+    #: CPU training step. 0: train everything
+    frozen_layers: int = 0
     #: keep an exponential moving average of the weights with this decay per step (:mod:`training.ema`) and
     #: validate, keep and export it instead of the raw weights; None: the raw weights
     ema_decay: float | None = None
@@ -147,6 +152,8 @@ class TrainConfig:
             raise ValueError(f"teacher_views must be one of {', '.join(map(str, VIEW_COUNTS))}, not {self.teacher_views}")
         if not self.distill_weight > 0.0:
             raise ValueError(f"distill_weight must be positive, not {self.distill_weight}")
+        if self.frozen_layers < 0:
+            raise ValueError(f"frozen_layers must be 0 or more, not {self.frozen_layers}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie strictly between 0 and 1 (e.g. 0.998), not {self.ema_decay}")
 

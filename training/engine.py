@@ -48,6 +48,27 @@ def param_groups(model: nn.Module, lr: float, backbone_scale: float) -> list[dic
             {"params": [p for p in model.parameters() if id(p) not in trunk], "lr": lr}]
 
 
+#: Set on modules :func:`freeze_prefix` froze: :func:`train_one_epoch` puts them back in eval mode.
+FROZEN = "fovea_frozen"
+
+
+def freeze_prefix(model: nn.Module, count: int) -> None:
+    """Freeze the first ``count`` modules of ``model.features`` (the trunk): no gradients (the optimizer skips
+    them), and in eval mode whenever :func:`train_one_epoch` trains, so their BatchNorm normalises with its
+    running statistics and never updates them. Raises ``ValueError`` when the model has no sequential trunk or
+    ``count`` would freeze all of it."""
+    features = getattr(model, "features", None)
+    if not isinstance(features, nn.Sequential):
+        raise ValueError(f"frozen_layers needs a model with a sequential trunk (features); "
+                         f"{type(model).__name__} has none")
+    if count >= len(features):
+        raise ValueError(f"frozen_layers {count} would freeze the whole trunk of {len(features)} modules")
+    for module in features[:count]:
+        module.requires_grad_(False)
+        setattr(module, FROZEN, True)
+        module.eval()
+
+
 def is_channels_last(model: nn.Module) -> bool:
     """Whether ``model``'s first 4-D weight is stored channels-last (inputs should then be too)."""
     for p in model.parameters():
@@ -76,6 +97,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optim
     :func:`training.precision.make_scaler` (made here when not given). ``after_step`` runs after every optimizer
     step (e.g. a weight average's update)."""
     model.train()
+    for module in model.modules():
+        if getattr(module, FROZEN, False):
+            module.eval()  # a frozen prefix (freeze_prefix) keeps its BatchNorm statistics
     device = next(model.parameters()).device
     memory_format = torch.channels_last if is_channels_last(model) else torch.contiguous_format
     scaler = scaler if scaler is not None else make_scaler(device, amp)

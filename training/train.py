@@ -29,7 +29,7 @@ from training.config import SyntheticSpec, TrainConfig
 from training.data import EpochSampler
 from training.distributed import World, barrier, broadcast, setup, teardown
 from training.ema import make_ema
-from training.engine import param_groups, train_one_epoch, warmup_cosine
+from training.engine import freeze_prefix, param_groups, train_one_epoch, warmup_cosine
 from training.precision import make_scaler, training_device
 from training.report import plot_history
 from training.tasks import Task, get_task
@@ -96,6 +96,8 @@ def fit(task: Task, cfg: TrainConfig, world: World, *, resume: bool = False, com
 
     device = training_device()
     core = task.build_model(cfg).to(device)
+    if cfg.frozen_layers:
+        freeze_prefix(core, cfg.frozen_layers)
     if cfg.channels_last or task.channels_last:
         core = core.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(param_groups(core, cfg.lr, cfg.backbone_lr_scale), lr=cfg.lr,

@@ -54,3 +54,12 @@ def test_test_time_views_are_checked_and_only_graders_take_them(tmp_path: Path) 
     detector = load_config(REPO / "training/configs/detector.yaml", {"out": None})
     with pytest.raises(ValueError, match="DR grader only"):
         get_task("lesion-detection").check_config(dataclasses.replace(detector, test_time_views=2))
+
+
+def test_frozen_layers_is_a_count(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("frozen_layers: 6\ndata: {train: a, test: b}\n")
+    assert load_config(p).frozen_layers == 6
+    p.write_text("frozen_layers: -1\ndata: {train: a, test: b}\n")
+    with pytest.raises(ValueError, match="frozen_layers must be 0 or more, not -1"):
+        load_config(p)

@@ -63,3 +63,48 @@ def test_cpu_epoch_lowers_the_loss_in_float32(objective: str) -> None:
         last = train_one_epoch(model, loader, opt, sched, loss_fn, epoch, progress=False)
     assert last < first
     assert model.weight.dtype == torch.float32
+
+
+class _Trunked(torch.nn.Module):
+    """A classifier with a sequential trunk (``features``) of conv + BatchNorm blocks, like the registry's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        block = lambda cin, cout: torch.nn.Sequential(  # noqa: E731
+            torch.nn.Conv2d(cin, cout, 3, padding=1), torch.nn.BatchNorm2d(cout), torch.nn.ReLU())
+        self.features = torch.nn.Sequential(block(3, 4), block(4, 4), block(4, 8))
+        self.head = torch.nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def test_a_frozen_prefix_keeps_its_weights_and_batchnorm_statistics_while_the_rest_trains() -> None:
+    from training.engine import freeze_prefix, param_groups
+
+    torch.manual_seed(0)
+    model = _Trunked()
+    freeze_prefix(model, 2)
+    frozen = {k: v.clone() for k, v in model.features[:2].state_dict().items()}
+    free = {k: v.clone() for k, v in model.features[2].state_dict().items()}
+    opt = torch.optim.AdamW(param_groups(model, 1e-2, 0.1), lr=1e-2, weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    data = TensorDataset(torch.randn(16, 3, 8, 8) * 3 + 1, torch.randint(0, 5, (16,)))
+    for epoch in range(2):
+        train_one_epoch(model, DataLoader(data, batch_size=8), opt, sched, build_loss("ce"), epoch, progress=False)
+        assert not any(m.training for i in range(2) for m in model.features[i].modules())  # eval again
+        assert model.features[2].training and model.head.training
+    for k, v in model.features[:2].state_dict().items():
+        assert torch.equal(v, frozen[k]), k  # weights, running statistics and counts: untouched
+    assert not torch.equal(model.features[2].state_dict()["1.running_mean"], free["1.running_mean"])
+    assert not torch.equal(model.features[2].state_dict()["0.weight"], free["0.weight"])
+    assert all(not p.requires_grad for p in model.features[:2].parameters())
+
+
+def test_freezing_needs_a_trunk_and_leaves_part_of_it_to_train() -> None:
+    from training.engine import freeze_prefix
+
+    with pytest.raises(ValueError, match="whole trunk of 3 modules"):
+        freeze_prefix(_Trunked(), 3)
+    with pytest.raises(ValueError, match="sequential trunk"):
+        freeze_prefix(torch.nn.Linear(2, 2), 1)
