@@ -20,19 +20,17 @@ eyes of enough patients; this command fits it for an exported card without retra
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
 from datasets.readers.record import FundusRecord
-from models.card import FellowEyeRule, ModelCard, recipe_of
+from models.card import FellowEyeRule
 from models.grading import REFERABLE_MIN_GRADE, expected_grade, referable_probability, with_fellow_eye
-from training.grade_rule import cross_validated_kappa, fit_cutpoints
+from training.grade_rule import card_on_validation, cross_validated_kappa, fit_cutpoints
 from training.metrics import quadratic_weighted_kappa
 
 #: The fellow eye's weights tried (0.5 would give both eyes one result).
@@ -125,37 +123,18 @@ def fellow_eye_rule(probs: np.ndarray, labels: np.ndarray, groups: Sequence[str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.fellow_eye", description=__doc__.split("\n")[0])
-    p.add_argument("--config", type=Path, required=True, help="the grader's training config (its validation split)")
-    p.add_argument("--card", type=Path, required=True, help="the exported grader's card")
-    p.add_argument("--write", action="store_true", help="write the rule and its figures into the card")
-    args = p.parse_args(argv)
-    from models.card import CardError, read_verified
-    from training.config import load_config
-    from training.tasks.grader import onnx_evaluate
-    from training.tasks.registry import get_task
-
-    try:
-        card = ModelCard.load(args.card)
-        onnx = read_verified(card, args.card.parent)
-    except CardError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if card.task != "dr-grading":
-        print(f"error: {card.tag} is a {card.task} model, not a grader", file=sys.stderr)
-        return 2
-    cfg = load_config(args.config)
-    task = get_task(cfg.task)
-    _, val = task.split(cfg, verbose=False)
+    opened = card_on_validation(argv, prog="python -m training.fellow_eye", description=__doc__.split("\n")[0])
+    if isinstance(opened, int):
+        return opened
+    card, val = opened.card, opened.val
     fellow = fellow_indices(val)
     patients = len({val[i].group for i in np.flatnonzero(fellow >= 0)})
     if patients < MIN_PATIENTS:
         print(f"error: {patients} validation patients have photographs of both eyes with laterality; the rule needs "
               f"{MIN_PATIENTS} (a layout that names the eye, e.g. EyePACS <patient>_left/_right)", file=sys.stderr)
         return 1
-    ev = onnx_evaluate(onnx, val, card.input.size, recipe=recipe_of(card))
-    rule, metrics = fellow_eye_rule(ev.probs, ev.labels, [r.group for r in val], fellow,
-                                    where=task.describe_validation(cfg, val))
+    ev = opened.predict()
+    rule, metrics = fellow_eye_rule(ev.probs, ev.labels, [r.group for r in val], fellow, where=opened.where())
     print(f"{card.tag} on {int(metrics['fellow_eye_photographs'])} validation photographs with a fellow eye:")
     for k, v in metrics.items():
         print(f"  {k}: {v:.3f}")
@@ -164,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
               "chosen on", file=sys.stderr)
         return 1
     print(f"rule: weight {rule.weight}, cut-points {rule.cutpoints}")
-    if args.write:
-        card.model_copy(update={"fellow_eye": rule, "metrics": {**card.metrics, **metrics}}).save(args.card)
-        print(f"wrote the fellow-eye rule into {args.card}")
+    if opened.write:
+        card.model_copy(update={"fellow_eye": rule, "metrics": {**card.metrics, **metrics}}).save(opened.card_path)
+        print(f"wrote the fellow-eye rule into {opened.card_path}")
     return 0
 
 

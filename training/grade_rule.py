@@ -16,13 +16,21 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from models.card import GradeRule, ModelCard, recipe_of
 from models.grading import expected_grade, grade_from
 from training.metrics import quadratic_weighted_kappa
+
+if TYPE_CHECKING:  # the grader task imports this module
+    from datasets.readers.record import FundusRecord
+    from training.config import TrainConfig
+    from training.tasks.base import Task
+    from training.tasks.grader import OnnxEvaluation
 
 GRADES = 5  # ICDR 0-4
 #: Cut-points start between the grades and move over this many quantiles of the expected grade.
@@ -88,16 +96,42 @@ def grade_rule(probs: np.ndarray, labels: np.ndarray, groups: Sequence[str], *, 
     return rule, metrics
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.grade_rule", description=__doc__.split("\n")[0])
+@dataclass(frozen=True)
+class CardOnValidation:
+    """What a command that re-measures an exported grader on its validation split starts from (the
+    ``--config``/``--card``/``--write`` commands: this one and :mod:`training.fellow_eye`)."""
+
+    card_path: Path
+    write: bool
+    card: ModelCard
+    onnx: bytes
+    cfg: TrainConfig
+    task: Task
+    val: list[FundusRecord]
+
+    def where(self) -> str:
+        """The validation split, described as the card's texts describe it."""
+        return self.task.describe_validation(self.cfg, self.val)
+
+    def predict(self) -> OnnxEvaluation:
+        """The card's ONNX model on the validation split, preprocessed as serving does."""
+        from training.tasks.grader import onnx_evaluate
+
+        return onnx_evaluate(self.onnx, self.val, self.card.input.size, recipe=recipe_of(self.card))
+
+
+def card_on_validation(argv: list[str] | None, *, prog: str, description: str) -> CardOnValidation | int:
+    """Parse ``--config``, ``--card`` and ``--write``, verify the card's ONNX file and split the config's data
+    as training did; an exit code (after an ``error:`` line) for a card that is unreadable, does not match its
+    file, or is not a grader."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--config", type=Path, required=True, help="the grader's training config (its validation split)")
     p.add_argument("--card", type=Path, required=True, help="the exported grader's card")
-    p.add_argument("--write", action="store_true", help="write the rule and its figures into the card")
+    p.add_argument("--write", action="store_true", help="write the result and its figures into the card")
     args = p.parse_args(argv)
-    from training.config import load_config
-    from training.tasks.grader import onnx_evaluate
-    from training.tasks.registry import get_task
     from models.card import CardError, read_verified
+    from training.config import load_config
+    from training.tasks.registry import get_task
 
     try:
         card = ModelCard.load(args.card)
@@ -111,9 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config)
     task = get_task(cfg.task)
     _, val = task.split(cfg, verbose=False)
-    ev = onnx_evaluate(onnx, val, card.input.size, recipe=recipe_of(card))
-    rule, metrics = grade_rule(ev.probs, ev.labels, [r.group for r in val],
-                               where=task.describe_validation(cfg, val))
+    return CardOnValidation(card_path=args.card, write=args.write, card=card, onnx=onnx, cfg=cfg, task=task,
+                            val=val)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opened = card_on_validation(argv, prog="python -m training.grade_rule", description=__doc__.split("\n")[0])
+    if isinstance(opened, int):
+        return opened
+    card, val = opened.card, opened.val
+    ev = opened.predict()
+    rule, metrics = grade_rule(ev.probs, ev.labels, [r.group for r in val], where=opened.where())
     if rule is None:
         print(f"error: on {len(val)} validation photographs no cut-points beat the most probable grade "
               f"(cross-validated kappa {metrics['quadratic_weighted_kappa_grade_rule_cv']:.3f}, argmax "
@@ -122,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{card.tag} on {len(val)} validation photographs: cut-points {rule.cutpoints}")
     for k, v in metrics.items():
         print(f"  {k}: {v:.3f}")
-    if args.write:
-        card.model_copy(update={"grade_rule": rule, "metrics": {**card.metrics, **metrics}}).save(args.card)
-        print(f"wrote the grade rule into {args.card}")
+    if opened.write:
+        card.model_copy(update={"grade_rule": rule, "metrics": {**card.metrics, **metrics}}).save(opened.card_path)
+        print(f"wrote the grade rule into {opened.card_path}")
     return 0
 
 

@@ -67,3 +67,15 @@ def test_too_little_data_gives_no_rule_rather_than_a_broken_one() -> None:
     probs = np.tile([0.2, 0.2, 0.2, 0.2, 0.2], (12, 1))  # one expected grade for every photograph
     rule, metrics = grade_rule(probs, np.array([0, 1, 2] * 4), [str(i) for i in range(12)], where="toy")
     assert rule is None and "quadratic_weighted_kappa_grade_rule_cv" in metrics
+
+
+def test_the_command_refuses_a_card_that_is_not_a_grader(tiny_research_run: tuple, tmp_path, capsys) -> None:
+    """The command shares its start with training.fellow_eye (training.grade_rule.card_on_validation)."""
+    from models.store import DEFAULT_DIR
+    from training.grade_rule import main
+
+    cfg, _ = tiny_research_run
+    assert main(["--config", str(cfg), "--card", str(DEFAULT_DIR / "image-quality.card.json")]) == 2
+    assert "image-quality:" in capsys.readouterr().err
+    assert main(["--config", str(cfg), "--card", str(tmp_path / "missing.card.json")]) == 2
+    assert "error:" in capsys.readouterr().err
