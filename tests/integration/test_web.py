@@ -233,22 +233,29 @@ def test_invalid_upload_shows_the_error(page: Any, server: str, tmp_path: Path) 
     _shot(page, "web-error.png")
 
 
+def _study_on_the_page(page: Any, server: str, right: Path, left: Path) -> tuple[dict, Any]:
+    """The API's answer for the two photographs (right, left), and the page's patient card after submitting the
+    same two with those lateralities chosen in the form."""
+    files = [right, left]
+    expected = httpx.post(f"{server}/analyze_study", data={"laterality": "R,L"}, timeout=60,
+                          files=[("images", (f.name, f.read_bytes())) for f in files]).json()
+    _open(page)
+    page.set_input_files("#files", [str(f) for f in files])
+    page.get_by_label(right.name, exact=True).select_option("R")
+    page.get_by_label(left.name, exact=True).select_option("L")
+    page.get_by_role("button", name="Analyse").click()
+    patient = page.locator("article.patient")
+    patient.wait_for()
+    return expected, patient
+
+
 def test_both_eyes_gradable_show_the_fellow_eye_grade(page: Any, server: str, retina_path: Path,
                                                       lesioned_retina: Path) -> None:
     """Both eyes gradable: the per-eye table says the other eye's photograph informed each grade, with its
     weight, and shows the photograph's own grade beside any grade it changed."""
-    files = [retina_path, lesioned_retina]
-    expected = httpx.post(f"{server}/analyze_study", data={"laterality": "R,L"}, timeout=60,
-                          files=[("images", (f.name, f.read_bytes())) for f in files]).json()
+    expected, patient = _study_on_the_page(page, server, retina_path, lesioned_retina)
     eyes = expected["eyes"]
     assert all(e["gradable"] and e["fellow_eye_weight"] is not None for e in eyes)
-    _open(page)
-    page.set_input_files("#files", [str(f) for f in files])
-    page.get_by_label(retina_path.name, exact=True).select_option("R")
-    page.get_by_label(lesioned_retina.name, exact=True).select_option("L")
-    page.get_by_role("button", name="Analyse").click()
-    patient = page.locator("article.patient")
-    patient.wait_for()
     assert f"other eye's photograph weighing {eyes[0]['fellow_eye_weight']}" in patient.locator("caption").inner_text()
     for row, eye in zip(patient.locator("tbody tr").all(), eyes, strict=True):
         grade = row.locator("td").nth(2).inner_text()
@@ -259,17 +266,8 @@ def test_both_eyes_gradable_show_the_fellow_eye_grade(page: Any, server: str, re
 def test_two_photograph_study(page: Any, server: str, retina_path: Path, dark_retina: Path) -> None:
     """Right eye: the real photograph; left eye: the same underexposed, so the patient outcome must say
     insufficient quality, and the left eye's card must say why."""
-    files = [retina_path, dark_retina]
-    expected = httpx.post(f"{server}/analyze_study", data={"laterality": "R,L"}, timeout=60,
-                          files=[("images", (f.name, f.read_bytes())) for f in files]).json()
+    expected, patient = _study_on_the_page(page, server, retina_path, dark_retina)
     assert [f["quality"]["gradable"] for f in expected["images"]] == [True, False]
-    _open(page)
-    page.set_input_files("#files", [str(f) for f in files])
-    page.get_by_label(retina_path.name, exact=True).select_option("R")
-    page.get_by_label(dark_retina.name, exact=True).select_option("L")
-    page.get_by_role("button", name="Analyse").click()
-    patient = page.locator("article.patient")
-    patient.wait_for()
 
     outcome = expected["patient"]
     assert patient.locator(".verdict-title").inner_text().endswith(_referral_words(outcome["referable"]))
