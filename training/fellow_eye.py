@@ -135,18 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     ev = opened.predict()
     rule, metrics = fellow_eye_rule(ev.probs, ev.labels, [r.group for r in val], fellow, where=opened.where())
-    print(f"{card.tag} on {int(metrics['fellow_eye_photographs'])} validation photographs with a fellow eye:")
-    for k, v in metrics.items():
-        print(f"  {k}: {v:.3f}")
     if rule is None:
         print("error: with the fellow eye the grade does not beat the photograph alone on patients it was not "
-              "chosen on", file=sys.stderr)
+              f"chosen on (cross-validated kappa {metrics['quadratic_weighted_kappa_fellow_eye_cv']:.3f} against "
+              f"{metrics['quadratic_weighted_kappa_grade_rule_cv_paired']:.3f})", file=sys.stderr)
         return 1
-    print(f"rule: weight {rule.weight}, cut-points {rule.cutpoints}")
-    if opened.write:
-        card.model_copy(update={"fellow_eye": rule, "metrics": {**card.metrics, **metrics}}).save(opened.card_path)
-        print(f"wrote the fellow-eye rule into {opened.card_path}")
-    return 0
+    print(f"{card.tag} on {int(metrics['fellow_eye_photographs'])} validation photographs with a fellow eye: "
+          f"weight {rule.weight}, cut-points {rule.cutpoints}")
+    return opened.finish("fellow_eye", rule, metrics, "the fellow-eye rule")
 
 
 if __name__ == "__main__":

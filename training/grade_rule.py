@@ -113,6 +113,17 @@ class CardOnValidation:
         """The validation split, described as the card's texts describe it."""
         return self.task.describe_validation(self.cfg, self.val)
 
+    def finish(self, field: str, value: object, metrics: dict[str, float], what: str) -> int:
+        """Print ``metrics``; with ``--write``, put ``value`` in the card's ``field`` and the metrics beside
+        the card's (the ONNX file is unchanged) and say so. Returns the exit code, 0."""
+        for k, v in metrics.items():
+            print(f"  {k}: {v:.3f}")
+        if self.write:
+            update = {field: value, "metrics": {**self.card.metrics, **metrics}}
+            self.card.model_copy(update=update).save(self.card_path)
+            print(f"wrote {what} into {self.card_path}")
+        return 0
+
     def predict(self) -> OnnxEvaluation:
         """The card's ONNX model on the validation split, preprocessed as serving does."""
         from training.tasks.grader import onnx_evaluate
@@ -162,12 +173,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{metrics['quadratic_weighted_kappa_argmax']:.3f})", file=sys.stderr)
         return 1
     print(f"{card.tag} on {len(val)} validation photographs: cut-points {rule.cutpoints}")
-    for k, v in metrics.items():
-        print(f"  {k}: {v:.3f}")
-    if opened.write:
-        card.model_copy(update={"grade_rule": rule, "metrics": {**card.metrics, **metrics}}).save(opened.card_path)
-        print(f"wrote the grade rule into {opened.card_path}")
-    return 0
+    return opened.finish("grade_rule", rule, metrics, "the grade rule")
 
 
 if __name__ == "__main__":
