@@ -30,7 +30,7 @@ import numpy as np
 
 from analysis.findings import EyeResult, Findings, PatientResult
 from models.card import ICDR_LABELS, FellowEyeRule
-from models.grading import REFERABLE_MIN_GRADE, with_fellow_eye
+from models.grading import REFERABLE_MIN_GRADE, grade_at, with_fellow_eye
 
 _EYES: tuple[Literal["L", "R"], ...] = ("R", "L")
 _EYE_NAMES = {"R": "right eye", "L": "left eye", "unknown": "image(s) without laterality"}
@@ -66,7 +66,7 @@ def _with_fellow(result: EyeResult, own: Findings, fellow: Findings, rule: Fello
     """``result`` with its grade combined from its worst photograph ``own`` and the other eye's ``fellow``."""
     expected, _ = with_fellow_eye(np.asarray(own.dr_grade.probabilities, dtype=np.float64),
                                   np.asarray(fellow.dr_grade.probabilities, dtype=np.float64), rule.weight)
-    grade = int(np.digitize(expected, np.asarray(rule.cutpoints)))
+    grade = int(grade_at(expected, rule.cutpoints))
     if result.referable is False:
         # The fellow eye never shows a referable grade on an eye its own photographs do not refer ("2 - Moderate
         # NPDR, do not refer" would contradict itself). A photograph alone cannot: below the operating point its

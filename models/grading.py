@@ -42,7 +42,13 @@ def grade_from(probs: np.ndarray, cutpoints: tuple[float, ...] | None = None) ->
     p = np.asarray(probs)
     if cutpoints is None:
         return np.argmax(p, axis=-1)
-    return np.digitize(expected_grade(p), np.asarray(cutpoints, dtype=np.float64))
+    return grade_at(expected_grade(p), cutpoints)
+
+
+def grade_at(expected: np.ndarray | float, cutpoints: tuple[float, ...]) -> np.ndarray:
+    """The grade an expected grade (or a combination of them, :func:`with_fellow_eye`) falls in: the number of
+    ascending ``cutpoints`` at or below it."""
+    return np.digitize(expected, np.asarray(cutpoints, dtype=np.float64))
 
 
 #: Referable probabilities are clipped to this distance from 0 and 1 before their logits are blended (a grader

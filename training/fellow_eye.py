@@ -24,14 +24,12 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-from torchmetrics.functional.classification import binary_auroc
 
 from datasets.readers.record import FundusRecord
 from models.card import FellowEyeRule
-from models.grading import REFERABLE_MIN_GRADE, expected_grade, referable_probability, with_fellow_eye
+from models.grading import expected_grade, grade_at, referable_probability, with_fellow_eye
 from training.grade_rule import card_on_validation, cross_validated_kappa, fit_cutpoints
-from training.metrics import quadratic_weighted_kappa
+from training.metrics import quadratic_weighted_kappa, referable_auc
 
 #: The fellow eye's weights tried (0.5 would give both eyes one result).
 WEIGHTS = (0.1, 0.2, 0.3, 0.4)
@@ -55,10 +53,8 @@ def fellow_indices(records: Sequence[FundusRecord]) -> np.ndarray:
 
 
 def _auc(p_ref: np.ndarray, labels: np.ndarray) -> float:
-    ref = torch.from_numpy((np.asarray(labels) >= REFERABLE_MIN_GRADE).astype(np.int64))
-    if not 0 < int(ref.sum()) < len(ref):
-        return float("nan")
-    return float(binary_auroc(torch.from_numpy(np.asarray(p_ref, dtype=np.float64)), ref))
+    auc = referable_auc(p_ref, labels)
+    return float("nan") if auc is None else auc
 
 
 def _choose(own: np.ndarray, fellow: np.ndarray, labels: np.ndarray
@@ -95,7 +91,7 @@ def fellow_eye_rule(probs: np.ndarray, labels: np.ndarray, groups: Sequence[str]
         test = np.isin(g, fold)
         w, cuts, _ = _choose(own[~test], other[~test], y[~test])
         e, p = with_fellow_eye(own[test], other[test], w)
-        graded[test], p_cv[test] = np.digitize(e, np.asarray(cuts)), p
+        graded[test], p_cv[test] = grade_at(e, cuts), p
     weight, cuts, fitted = _choose(own, other, y)
     _, p_ref = with_fellow_eye(own, other, weight)
     metrics = {

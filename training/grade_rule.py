@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from models.card import GradeRule, ModelCard, recipe_of
-from models.grading import expected_grade, grade_from
+from models.grading import expected_grade, grade_at, grade_from
 from training.metrics import quadratic_weighted_kappa
 
 if TYPE_CHECKING:  # the grader task imports this module
@@ -43,7 +43,7 @@ def fit_cutpoints(expected: np.ndarray, labels: np.ndarray) -> tuple[tuple[float
     0.5/1.5/2.5/3.5 over quantiles of ``expected``), and that QWK."""
     cuts = np.array([0.5, 1.5, 2.5, 3.5])
     grid = np.unique(np.quantile(expected, np.linspace(0.0, 1.0, GRID_POINTS)))
-    best = quadratic_weighted_kappa(labels, np.digitize(expected, cuts))
+    best = quadratic_weighted_kappa(labels, grade_at(expected, cuts))
     for _ in range(SWEEPS):
         for k in range(len(cuts)):
             lo = cuts[k - 1] if k > 0 else 0.0
@@ -51,7 +51,7 @@ def fit_cutpoints(expected: np.ndarray, labels: np.ndarray) -> tuple[tuple[float
             for g in grid[(grid > lo) & (grid < hi)]:
                 trial = cuts.copy()
                 trial[k] = g
-                kappa = quadratic_weighted_kappa(labels, np.digitize(expected, trial))
+                kappa = quadratic_weighted_kappa(labels, grade_at(expected, trial))
                 if kappa > best:
                     best, cuts = kappa, trial
     return (float(cuts[0]), float(cuts[1]), float(cuts[2]), float(cuts[3])), best
@@ -67,7 +67,7 @@ def cross_validated_kappa(expected: np.ndarray, labels: np.ndarray, groups: Sequ
     for fold in np.array_split(patients, folds):
         test = np.isin(groups_arr, fold)
         cuts, _ = fit_cutpoints(expected[~test], labels[~test])
-        predicted[test] = np.digitize(expected[test], cuts)
+        predicted[test] = grade_at(expected[test], cuts)
     return quadratic_weighted_kappa(labels, predicted)
 
 

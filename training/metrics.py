@@ -29,7 +29,7 @@ from models.preprocess import FundusTransform
 
 __all__ = ["POINTING_TOLERANCE", "REFERABLE_MIN_GRADE", "bootstrap_interval", "cam_peak", "choose_operating_point",
            "confusion_matrix", "field_centre", "grader_intervals", "grader_metrics", "pointing_game", "pointing_hit",
-           "referable_probability"]
+           "referable_auc", "referable_probability"]
 
 #: Bootstrap defaults: resamples, confidence level and the fixed seed that makes a card's intervals reproducible.
 BOOTSTRAP_RESAMPLES = 1000
@@ -78,6 +78,16 @@ def quadratic_weighted_kappa(labels: np.ndarray, predicted: np.ndarray, num_clas
                              task="multiclass", num_classes=num_classes, weights="quadratic"))
 
 
+def referable_auc(p_ref: np.ndarray, labels: np.ndarray) -> float | None:
+    """ROC AUC of a referable-DR probability (any: a photograph's, a combination's) against ``labels`` >= 2;
+    ``None`` unless both classes are present."""
+    ref = torch.from_numpy((np.asarray(labels) >= REFERABLE_MIN_GRADE).astype(np.int64))
+    if not 0 < int(ref.sum()) < len(ref):
+        return None
+    # float64 in [0, 1]: torchmetrics would apply a sigmoid to everything if one value left that range.
+    return float(binary_auroc(torch.from_numpy(np.asarray(p_ref, dtype=np.float64)), ref))
+
+
 def grader_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float | None = None) -> dict[str, float]:
     """Quadratic-weighted kappa, accuracy, calibration error, referable AUC and, given a ``threshold``,
     sensitivity/specificity of referable DR at it."""
@@ -93,8 +103,9 @@ def grader_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float | Non
     }
     ref = (y >= REFERABLE_MIN_GRADE).long()
     p_ref_np = referable_probability(probs)
-    if 0 < int(ref.sum()) < len(ref):  # AUC needs both classes
-        out["referable_auc"] = float(binary_auroc(torch.from_numpy(p_ref_np), ref))
+    auc = referable_auc(p_ref_np, labels)
+    if auc is not None:
+        out["referable_auc"] = auc
     if threshold is not None:
         # Hard decisions with the serving rule (p >= t); torchmetrics' own thresholding uses p > t.
         decided = torch.from_numpy(np.asarray(is_referable(p_ref_np, threshold), dtype=np.int64))

@@ -39,3 +39,12 @@ def test_batches_and_certain_photographs() -> None:
 def test_a_weight_outside_the_open_half_is_refused(weight: float) -> None:
     with pytest.raises(ValueError, match="fellow-eye weight"):
         with_fellow_eye(OWN, FELLOW, weight)
+
+
+def test_grade_at_counts_the_cutpoints_at_or_below_and_grade_from_uses_it() -> None:
+    from models.grading import expected_grade, grade_at, grade_from
+
+    cuts = (0.5, 1.5, 2.5, 3.5)
+    assert grade_at(np.array([0.0, 0.5, 1.49, 3.5, 4.0]), cuts).tolist() == [0, 1, 1, 4, 4]
+    probs = np.array([OWN, FELLOW])
+    assert grade_from(probs, cuts).tolist() == grade_at(expected_grade(probs), cuts).tolist() == [0, 2]

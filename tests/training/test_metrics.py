@@ -125,3 +125,12 @@ def test_field_centre_is_the_crop_centre_in_original_pixels() -> None:
     t = FundusTransform(x0=100.0, y0=50.0, scale=2.0, size=64, original_width=300, original_height=300)
     # model centre 31.5 -> (31.5 + 0.5) * 2 - 0.5 + offset
     assert field_centre(t) == (163.5, 113.5)
+
+
+def test_referable_auc_of_any_probability_and_none_with_one_class() -> None:
+    from training.metrics import referable_auc
+
+    labels = np.array([0, 1, 2, 4])
+    assert referable_auc(np.array([0.1, 0.2, 0.8, 0.9]), labels) == pytest.approx(1.0)
+    assert referable_auc(np.array([0.9, 0.8, 0.2, 0.1]), labels) == pytest.approx(0.0)
+    assert referable_auc(np.array([0.1, 0.2]), np.array([0, 1])) is None
