@@ -40,6 +40,9 @@ class DataConfig:
     description: str | None = None
     terms: str | None = None
     val_fraction: float = 0.15
+    #: train on this share of the training patients only (nested, seeded; the validation split is unchanged):
+    #: a learning curve against the amount of data (README, Real photographs)
+    train_fraction: float = 1.0
     synthetic_train: SyntheticSpec | None = None
     synthetic_test: SyntheticSpec | None = None
     #: image quality: human quality grades of real photographs (an EyeQ-style CSV ``image,quality`` with 0 Good,
@@ -154,6 +157,8 @@ class TrainConfig:
             raise ValueError(f"distill_weight must be positive, not {self.distill_weight}")
         if self.frozen_layers < 0:
             raise ValueError(f"frozen_layers must be 0 or more, not {self.frozen_layers}")
+        if not 0.0 < self.data.train_fraction <= 1.0:
+            raise ValueError(f"data.train_fraction must be above 0 and at most 1, not {self.data.train_fraction}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie strictly between 0 and 1 (e.g. 0.998), not {self.ema_decay}")
 

@@ -83,14 +83,24 @@ def load_graded(root: Path, fmt: str, *, split: str | None = None, verbose: bool
     return sel.graded
 
 
-def split_by_patient(records: Sequence[FundusRecord], val_fraction: float, seed: int
-                     ) -> tuple[list[FundusRecord], list[FundusRecord]]:
-    """Split so all images of a patient land on the same side (``record.patient``, else the file stem)."""
+def split_by_patient(records: Sequence[FundusRecord], val_fraction: float, seed: int, *,
+                     train_fraction: float = 1.0) -> tuple[list[FundusRecord], list[FundusRecord]]:
+    """Split so all images of a patient land on the same side (``record.patient``, else the file stem).
+
+    ``train_fraction`` < 1 keeps only that share of the training patients (at least one), for learning curves
+    against the amount of data. The validation patients do not depend on it, and the kept training patients
+    are nested: a smaller fraction keeps a subset of a larger one's patients (same seed).
+    """
+    if not 0.0 < train_fraction <= 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1], not {train_fraction}")
     patients = sorted({r.group for r in records})
     rng = np.random.default_rng(seed)
     n_val = max(1, round(len(patients) * val_fraction)) if len(patients) > 1 else 0
-    val_patients = set(rng.permutation(patients)[:n_val].tolist())
-    train = [r for r in records if r.group not in val_patients]
+    order = rng.permutation(patients).tolist()
+    val_patients = set(order[:n_val])
+    rest = order[n_val:]
+    kept = set(rest[:max(1, round(len(rest) * train_fraction))]) if rest else set()
+    train = [r for r in records if r.group in kept]
     val = [r for r in records if r.group in val_patients]
     return train, val
 

@@ -63,3 +63,13 @@ def test_frozen_layers_is_a_count(tmp_path: Path) -> None:
     p.write_text("frozen_layers: -1\ndata: {train: a, test: b}\n")
     with pytest.raises(ValueError, match="frozen_layers must be 0 or more, not -1"):
         load_config(p)
+
+
+def test_train_fraction_is_a_share_of_the_patients(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("data: {train: a, test: b, train_fraction: 0.25}\n")
+    assert load_config(p).data.train_fraction == 0.25
+    assert load_config(REPO / "training/configs/real-grader.yaml", {"out": None}).data.train_fraction == 1.0
+    p.write_text("data: {train: a, test: b, train_fraction: 0}\n")
+    with pytest.raises(ValueError, match="data.train_fraction must be above 0 and at most 1, not 0"):
+        load_config(p)

@@ -48,6 +48,23 @@ def test_split_by_patient_keeps_patients_together_and_falls_back_to_stem() -> No
     assert split_by_patient(records, 0.3, seed=1) == (train, val)  # deterministic
 
 
+def test_train_fraction_keeps_nested_training_patients_and_the_same_validation() -> None:
+    records = [_r(f"{p}_{eye}", p % 5, patient=str(p)) for p in range(40) for eye in ("left", "right")]
+    full, val = split_by_patient(records, 0.25, seed=3)
+    half, val_half = split_by_patient(records, 0.25, seed=3, train_fraction=0.5)
+    quarter, val_quarter = split_by_patient(records, 0.25, seed=3, train_fraction=0.25)
+    assert val_half == val_quarter == val  # the validation patients do not depend on the fraction
+    patients = [{r.group for r in part} for part in (full, half, quarter)]
+    assert [len(p) for p in patients] == [30, 15, 8]  # 30 training patients: half, and a quarter rounded
+    assert patients[0] > patients[1] > patients[2]  # nested: a smaller share keeps a subset of a larger one's
+    assert all(len([r for r in half if r.group == g]) == 2 for g in patients[1])  # both eyes kept together
+    [only] = {r.group for r in split_by_patient(records, 0.25, seed=3, train_fraction=0.001)[0]}  # at least one
+    assert only in patients[2]
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match=f"train_fraction must be in \\(0, 1\\], not {bad}"):
+            split_by_patient(records, 0.25, seed=3, train_fraction=bad)
+
+
 def test_dataset_refuses_ungraded_records() -> None:
     with pytest.raises(ValueError, match="1 records have no grade"):
         FundusDataset([_r("a", None)], 32, train=False)

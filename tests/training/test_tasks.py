@@ -49,3 +49,13 @@ def test_a_config_that_does_not_fit_its_task_is_refused(tmp_path: Path) -> None:
     cfg.write_text("task: dr-grading\namp: on\n")  # YAML reads a bare on as true
     with pytest.raises(ValueError, match="unknown amp True"):
         load_config(cfg)
+
+
+def test_training_data_names_a_partial_share_of_the_patients() -> None:
+    import dataclasses
+
+    cfg = load_config(Path("training/configs/real-grader.yaml"), {"out": None})
+    task = get_task(cfg.task)
+    assert task.training_data(cfg) == (f"{cfg.data.description}: ../shared/real-dev/eyepacs256 (eyepacs)")
+    half = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_fraction=0.5))
+    assert task.training_data(half).endswith("(eyepacs), 50% of its training patients")

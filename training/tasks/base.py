@@ -191,8 +191,11 @@ class Task(ABC):
 
     # --- the model card --------------------------------------------------------------------------------------
     def training_data(self, cfg: TrainConfig) -> str:
-        """The card's ``training.data``: the config's description of the data (when it has one) and the folder."""
+        """The card's ``training.data``: the config's description of the data (when it has one), the folder, and
+        the share of its training patients when ``train_fraction`` kept only some."""
         where = f"{cfg.data.train} ({cfg.data.format})"
+        if cfg.data.train_fraction < 1.0:
+            where += f", {cfg.data.train_fraction:.0%} of its training patients"
         return f"{cfg.data.description}: {where}" if cfg.data.description else where
 
     def data_terms(self, cfg: TrainConfig) -> str | None:
@@ -228,5 +231,5 @@ class Task(ABC):
 
 
 def patient_split(items: list[Any], cfg: TrainConfig) -> tuple[list[Any], list[Any]]:
-    """:func:`training.data.split_by_patient` with the config's fraction and seed."""
-    return split_by_patient(items, cfg.data.val_fraction, cfg.seed)
+    """:func:`training.data.split_by_patient` with the config's fractions and seed."""
+    return split_by_patient(items, cfg.data.val_fraction, cfg.seed, train_fraction=cfg.data.train_fraction)
