@@ -12,9 +12,11 @@ cross-validated QWK (:func:`training.grade_rule.grade_rule`).
 
 A power law in the error, ``1 - metric = a * n^b`` (least squares on the logarithms; the usual form of a learning
 curve in the amount of data), is fitted to each metric over the checkpoints and extrapolated to the number of
-training photographs at which it would reach its target. It is an extrapolation from a few points, each with the
-interval it has: the command prints it as such, and refuses checkpoints that were not validated on the same
-photographs.
+training photographs at which it would reach its target. Learning curves flatten as the error nears what the
+labels allow, so with three or more amounts of data the law through the two largest alone (the last stretch's
+slope) is extrapolated as well: the more conservative of the two. Both are extrapolations from a few points, each
+with the interval it has: the command prints them as such, and refuses checkpoints that were not validated on the
+same photographs.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ def measure(checkpoint: Path, views: int | None) -> tuple[CurvePoint, list[str]]
     return point, sorted(str(r.image) for r in val)
 
 
-def plot(points: Sequence[CurvePoint], fits: dict[str, PowerLaw], targets: dict[str, float], out: Path) -> None:
+def plot(points: Sequence[CurvePoint], fits: Curve, targets: dict[str, float], out: Path) -> None:
     """One panel per metric: the points with their intervals, the fitted power law to past the target, the target."""
     import matplotlib
 
@@ -142,15 +144,19 @@ def plot(points: Sequence[CurvePoint], fits: dict[str, PowerLaw], targets: dict[
             ax.plot(n, ys, "o", color="C0", label="measured")
         target = targets[key]
         ax.axhline(target, color="C3", linestyle=":", label=f"goal {target:g}")
-        need = fits[key].photographs_for(target)
-        right = min(max(need * 1.3, n.max() * 2), n.max() * 1000) if math.isfinite(need) else n.max() * 10
+        laws = [(fits.all[key], "C1", "--", "power law, all points"),
+                *([(fits.last[key], "C2", "-.", "the two largest only")] if key in fits.last else [])]
+        needs = [law.photographs_for(target) for law, *_ in laws]
+        finite = [x for x in needs if math.isfinite(x)]
+        right = min(max(max(finite, default=0.0) * 1.3, n.max() * 2), n.max() * 1000)
         grid = np.geomspace(n.min() * 0.8, right, 100)
-        ax.plot(grid, [fits[key].metric_at(g) for g in grid], "--", color="C1",
-                label=f"power-law fit (exponent {fits[key].exponent:.2f})")
-        if math.isfinite(need) and need <= right:
-            ax.axvline(need, color="C1", alpha=0.4)
-            ax.annotate(f"≈{need:,.0f}", (need, target), textcoords="offset points", xytext=(4, -14),
-                        fontsize=8, color="C1")
+        for (law, colour, style, what), need in zip(laws, needs, strict=True):
+            ax.plot(grid, [law.metric_at(g) for g in grid], style, color=colour,
+                    label=f"{what} (exponent {law.exponent:.2f})")
+            if math.isfinite(need) and need <= right:
+                ax.axvline(need, color=colour, alpha=0.4)
+                ax.annotate(f"≈{need:,.0f}", (need, target), textcoords="offset points", xytext=(4, -14),
+                            fontsize=8, color=colour)
         ax.set_xscale("log")
         ax.set_xlabel("training photographs (log scale)")
         ax.set_title(label, fontsize=10)
@@ -164,10 +170,24 @@ def plot(points: Sequence[CurvePoint], fits: dict[str, PowerLaw], targets: dict[
     plt.close(fig)
 
 
-def curve(points: Sequence[CurvePoint]) -> dict[str, PowerLaw]:
-    """The power-law fit of each metric over the points (two or more amounts of data)."""
+@dataclass(frozen=True)
+class Curve:
+    """Each metric's power law through ``all`` the points, and through the ``last`` two amounts of data only
+    (present with three or more amounts: with two it is the same law)."""
+
+    all: dict[str, PowerLaw]
+    last: dict[str, PowerLaw]
+
+
+def curve(points: Sequence[CurvePoint]) -> Curve:
+    """The power laws of each metric over ``points`` (two or more amounts of data)."""
     sizes = [p.train_photographs for p in points]
-    return {key: fit_power_law(sizes, [getattr(p, key) for p in points]) for key, _ in METRICS}
+    largest = sorted(set(sizes))[-2:]
+    tail = [p for p in points if p.train_photographs in largest]
+    return Curve(
+        all={key: fit_power_law(sizes, [getattr(p, key) for p in points]) for key, _ in METRICS},
+        last=({key: fit_power_law([p.train_photographs for p in tail], [getattr(p, key) for p in tail])
+               for key, _ in METRICS} if len(set(sizes)) >= 3 else {}))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -201,15 +221,18 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"AUC {p.referable_auc:.3f} [{p.referable_auc_ci[0]:.3f}, {p.referable_auc_ci[1]:.3f}], "
               f"grade rule (CV) {p.grade_rule_kappa_cv:.3f}   {p.checkpoint}")
     for key, label in METRICS:
-        need = fits[key].photographs_for(targets[key])
-        where = f"~{need:,.0f} training photographs" if math.isfinite(need) else "never (no gain with data)"
-        print(f"{label}: error ∝ n^{fits[key].exponent:.2f}; {targets[key]:g} extrapolates to {where}")
+        for law, what in ((fits.all.get(key), "all points"), (fits.last.get(key), "the two largest")):
+            if law is not None:
+                need = law.photographs_for(targets[key])
+                where = f"~{need:,.0f} training photographs" if math.isfinite(need) else "never (no gain with data)"
+                print(f"{label}, {what}: error ∝ n^{law.exponent:.2f}; {targets[key]:g} extrapolates to {where}")
     if args.out:
         plot(points, fits, targets, args.out)
         print(f"figure: {args.out}")
     if args.json:
         args.json.write_text(json.dumps({"points": [asdict(p) for p in points],
-                                         "fits": {k: asdict(f) for k, f in fits.items()},
+                                         "fits": {k: asdict(f) for k, f in fits.all.items()},
+                                         "fits_two_largest": {k: asdict(f) for k, f in fits.last.items()},
                                          "targets": targets}, indent=2) + "\n")
     return 0
 

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("torch", reason="training extras (torch) are not installed")
 
-from training.data_curve import PowerLaw, fit_power_law, main  # noqa: E402
+from training.data_curve import CurvePoint, PowerLaw, curve, fit_power_law, main  # noqa: E402
 
 
 def test_fit_power_law_recovers_a_learning_curve_and_extrapolates_it() -> None:
@@ -31,6 +31,23 @@ def test_fit_power_law_refuses_what_has_no_curve() -> None:
         fit_power_law([1_000, 1_000], [0.8, 0.82])
     with pytest.raises(ValueError, match="a metric of 1 or more"):
         fit_power_law([1_000, 2_000], [0.8, 1.0])
+
+
+def _point(n: int, kappa: float, auc: float) -> CurvePoint:
+    return CurvePoint(checkpoint=f"ck{n}", train_fraction=1.0, train_photographs=n, train_patients=n // 2, views=1,
+                      quadratic_weighted_kappa=kappa, quadratic_weighted_kappa_ci=(kappa - 0.1, kappa + 0.1),
+                      referable_auc=auc, referable_auc_ci=(auc - 0.05, auc + 0.05), grade_rule_kappa_cv=kappa)
+
+
+def test_a_flattening_curve_is_also_extrapolated_from_its_last_stretch() -> None:
+    # the error halves from the first amount to the second, then falls by a tenth: the curve flattens
+    points = [_point(1_000, 0.2, 0.6), _point(2_000, 0.6, 0.8), _point(4_000, 0.64, 0.82)]
+    fits = curve(points)
+    last = fits.last["referable_auc"]
+    assert last.exponent == pytest.approx(math.log(0.18 / 0.2) / math.log(2))  # through the two largest only
+    assert last.photographs_for(0.88) > fits.all["referable_auc"].photographs_for(0.88)  # the cautious one
+    assert set(fits.all) == set(fits.last) == {"quadratic_weighted_kappa", "referable_auc", "grade_rule_kappa_cv"}
+    assert curve(points[1:]).last == {}  # two amounts: one law
 
 
 def _train(tiny_config: Path, tmp_path: Path, name: str, *, seed: int = 0, train_fraction: float = 1.0) -> Path:
@@ -64,9 +81,10 @@ def test_the_command_puts_checkpoints_on_one_curve(tiny_export: Path, tiny_confi
     assert small["train_photographs"] < large["train_photographs"]
     assert small["train_patients"] == round(large["train_patients"] * 0.5)
     assert set(report["fits"]) == {"quadratic_weighted_kappa", "referable_auc", "grade_rule_kappa_cv"}
+    assert report["fits_two_largest"] == {}  # two amounts of data: one law
     assert report["targets"]["referable_auc"] == 0.88
     printed = capsys.readouterr().out
-    assert "referable-DR AUC: error ∝ n^" in printed and "0.88 extrapolates to" in printed
+    assert "referable-DR AUC, all points: error ∝ n^" in printed and "0.88 extrapolates to" in printed
 
     other_split = _train(tiny_config, tmp_path, "seed1", seed=1, train_fraction=0.5)
     assert main([str(full), str(other_split)]) == 2
