@@ -32,10 +32,18 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import DataLoader
 
-#: The learning-curve metrics: the card's key, its label on the figure, and the command's default target.
+from models.architectures.views import ViewAveraged
+from training.checkpoint import load_checkpoint
+from training.grade_rule import grade_rule
+from training.metrics import grader_intervals, grader_metrics
+from training.tasks import get_task
+from training.tasks.grader import predict_probabilities
+
+#: The learning-curve metrics: the :class:`CurvePoint` field, its label on the figure.
 METRICS = (("quadratic_weighted_kappa", "QWK (most probable grade)"),
            ("referable_auc", "referable-DR AUC"),
            ("grade_rule_kappa_cv", "QWK (served grade rule, cross-validated)"))
+#: The command's default goal of each metric.
 TARGETS = {"quadratic_weighted_kappa": 0.70, "referable_auc": 0.88, "grade_rule_kappa_cv": 0.70}
 
 
@@ -94,13 +102,6 @@ def fit_power_law(photographs: Sequence[int], values: Sequence[float]) -> PowerL
 
 def measure(checkpoint: Path, views: int | None) -> tuple[CurvePoint, list[str]]:
     """Grade the checkpoint's validation split; the point and the validation photographs (to compare splits)."""
-    from models.architectures.views import ViewAveraged
-    from training.checkpoint import load_checkpoint
-    from training.grade_rule import grade_rule
-    from training.metrics import grader_intervals, grader_metrics
-    from training.tasks import get_task
-    from training.tasks.grader import predict_probabilities
-
     model, cfg, _ = load_checkpoint(checkpoint)
     if cfg.task != "dr-grading":
         raise ValueError(f"{checkpoint} is a {cfg.task} checkpoint; the learning curve is the DR grader's")
@@ -135,8 +136,8 @@ def plot(points: Sequence[CurvePoint], fits: Curve, targets: dict[str, float], o
     n = np.array([p.train_photographs for p in points], float)
     for ax, (key, label) in zip(axes, METRICS):
         ys = np.array([getattr(p, key) for p in points], float)
-        ci = {"quadratic_weighted_kappa": "quadratic_weighted_kappa_ci", "referable_auc": "referable_auc_ci"}.get(key)
-        if ci:
+        ci = f"{key}_ci"  # the bootstrap interval, where the point has one
+        if hasattr(points[0], ci):
             lo = np.array([getattr(p, ci)[0] for p in points])
             hi = np.array([getattr(p, ci)[1] for p in points])
             ax.errorbar(n, ys, yerr=[ys - lo, hi - ys], fmt="o", color="C0", capsize=3, label="measured (95 % CI)")

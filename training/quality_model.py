@@ -169,17 +169,18 @@ def load_training_items(cfg: TrainConfig) -> list[QualityItem]:
     return items
 
 
-def split_items(items: Sequence[QualityItem], val_fraction: float, seed: int
+def split_items(items: Sequence[QualityItem], val_fraction: float, seed: int, *, train_fraction: float = 1.0
                 ) -> tuple[list[QualityItem], list[QualityItem]]:
-    """Patient-wise split (:func:`training.data.split_by_patient`) of quality items, synthetic and real ones
-    each on their own, so the real photographs' split does not depend on the synthetic folder (and
-    :mod:`training.quality_real` can find the held-out real photographs from the real ones alone)."""
+    """Patient-wise split (:func:`training.data.split_by_patient`, ``train_fraction`` of the training patients
+    kept) of quality items, synthetic and real ones each on their own, so the real photographs' split does not
+    depend on the synthetic folder (and :mod:`training.quality_real` can find the held-out real photographs
+    from the real ones alone)."""
     by_image = {it.record.image: it for it in items}
     train: list[QualityItem] = []
     val: list[QualityItem] = []
     for part in ([it for it in items if it.truth is not None], [it for it in items if it.truth is None]):
         if part:
-            t, v = split_by_patient([it.record for it in part], val_fraction, seed)
+            t, v = split_by_patient([it.record for it in part], val_fraction, seed, train_fraction=train_fraction)
             train += [by_image[r.image] for r in t]
             val += [by_image[r.image] for r in v]
     return train, val

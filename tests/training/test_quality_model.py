@@ -11,13 +11,13 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training extras (torch) are not installed")
 
-from datasets.readers import DatasetError  # noqa: E402
+from datasets.readers import DatasetError, FundusRecord  # noqa: E402
 from datasets.synthetic.quality import ARTEFACTS, ArtefactPlan, judge  # noqa: E402
 from models.card import ModelCard, verify  # noqa: E402
 from analysis.quality import REASONS  # noqa: E402
 from training.__main__ import main  # noqa: E402
 from training.quality_model import (QUALITY_CLASSES, REASON_GROUPS, QualityDataset, QualityItem,  # noqa: E402
-                                    load_quality, quality_loss, quality_targets, read_quality_truth)
+                                    load_quality, quality_loss, quality_targets, read_quality_truth, split_items)
 
 
 def _targets(**strengths: float) -> dict[str, float]:
@@ -55,8 +55,6 @@ def test_quality_csv_problems_name_the_file_and_line(tmp_path: Path) -> None:
 
 def test_augmentation_is_exact_and_keeps_the_labels(tmp_path: Path) -> None:
     import cv2
-
-    from datasets.readers import FundusRecord
 
     rgb = np.zeros((64, 64, 3), np.uint8)
     cv2.circle(rgb, (32, 32), 30, (200, 90, 40), -1)
@@ -151,3 +149,17 @@ def test_loss_ignores_unknown_reasons() -> None:
     wild = torch.tensor([[-6.0, 9, -9, 9, -9, 9, -9]])  # the reasons' logits do not matter when unknown
     assert float(quality_loss(right, y)) == pytest.approx(float(quality_loss(wild, y)))
     assert float(quality_loss(right, y)) < 0.01
+
+
+def test_split_items_keeps_a_share_of_each_sources_training_patients_and_the_same_validation() -> None:
+    def item(name: str, *, real: bool) -> QualityItem:
+        record = FundusRecord(image=Path(f"/d/{name}.png"), grade=0, patient=name.split("_")[0], source="t")
+        return QualityItem(record, None if real else judge(ArtefactPlan({})), eyeq=0 if real else None)
+
+    items = [item(f"{src}{p}_{eye}", real=src == "r") for src in "rs" for p in range(20) for eye in "lr"]
+    full, val = split_items(items, 0.2, seed=2)
+    half, val_half = split_items(items, 0.2, seed=2, train_fraction=0.5)
+    assert val_half == val
+    for src in "rs":  # each source keeps half its own training patients, a subset of the full split's
+        kept = {it.record.group for it in half if it.record.group.startswith(src)}
+        assert len(kept) == 8 and kept < {it.record.group for it in full if it.record.group.startswith(src)}

@@ -94,7 +94,8 @@ class QualityTask(Task):
         return load_quality(root, fmt, split=split)
 
     def split(self, cfg: TrainConfig, *, verbose: bool = True) -> tuple[list[Any], list[Any]]:
-        return split_items(load_training_items(cfg), cfg.data.val_fraction, cfg.seed)
+        return split_items(load_training_items(cfg), cfg.data.val_fraction, cfg.seed,
+                           train_fraction=cfg.data.train_fraction)
 
     def dataset(self, items: Any, cfg: TrainConfig, *, train: bool, desc: str = "preprocess") -> Dataset:
         return QualityDataset(items, cfg.input_size, train=train, seed=cfg.seed, desc=desc, recipe=self.recipe(cfg))
